@@ -1,0 +1,157 @@
+//! The GPU handle: one context, one stream, the kernel module loaded once.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute as Attr;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
+};
+
+use crate::error::{CudaContextExt, Error, Result};
+
+/// What the kernels' launch decisions need to know about the device.
+#[derive(Clone, Debug)]
+pub struct DeviceProps {
+    pub name: String,
+    /// Compute capability (major, minor); the kernels need 9.0 (sm_90).
+    pub compute_capability: (i32, i32),
+    pub sm_count: u32,
+    /// Largest dynamic shared memory a block may opt into, in bytes.
+    pub max_smem_per_block_optin: u32,
+    pub smem_per_sm: u32,
+    pub l2_bytes: u32,
+}
+
+/// A CUDA context with its stream and the library's module.
+///
+/// Everything this crate launches goes to [`Gpu::stream`], in order; no call
+/// synchronises with the host unless its documentation says so.
+#[derive(Clone)]
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    module: Arc<CudaModule>,
+    props: DeviceProps,
+}
+
+impl Gpu {
+    /// Whether the NVIDIA driver library can be loaded here (no GPU call is made).
+    pub fn driver_present() -> bool {
+        // SAFETY: only tries to dlopen the driver library.
+        unsafe { cudarc::driver::sys::is_culib_present() }
+    }
+
+    /// Opens device `ordinal`, loads the embedded PTX and reads the properties.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !Self::driver_present() {
+            return Err(Error::NoDriver(
+                "libcuda could not be loaded (no NVIDIA driver on this machine)".into(),
+            ));
+        }
+        let ctx = CudaContext::new(ordinal).during(|| format!("opening device {ordinal}"))?;
+        // One stream, in-order: cudarc's per-buffer event tracking is not needed
+        // and would add events to every launch (and to graph captures).
+        // SAFETY: this crate uses a single stream per context.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(crate::ptx::PTX))
+            .during(|| "loading the embedded PTX module".into())?;
+        let attr = |a| ctx.attribute(a).during(|| format!("reading {a:?}"));
+        let props = DeviceProps {
+            name: ctx.name().during(|| "reading the device name".into())?,
+            compute_capability: ctx
+                .compute_capability()
+                .during(|| "reading the compute capability".into())?,
+            sm_count: attr(Attr::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            max_smem_per_block_optin: attr(
+                Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )? as u32,
+            smem_per_sm: attr(Attr::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR)?
+                as u32,
+            l2_bytes: attr(Attr::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as u32,
+        };
+        if props.compute_capability.0 < 9 {
+            return Err(Error::Unsupported {
+                arg: "device",
+                what: format!(
+                    "{} has compute capability {}.{}; the kernels need sm_90 (Hopper)",
+                    props.name, props.compute_capability.0, props.compute_capability.1
+                ),
+            });
+        }
+        Ok(Gpu {
+            ctx,
+            stream,
+            module,
+            props,
+        })
+    }
+
+    pub fn props(&self) -> &DeviceProps {
+        &self.props
+    }
+
+    /// The stream every launch of this crate goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// A kernel of the module, with its dynamic shared-memory limit raised to
+    /// `smem_bytes` when that is above the default 48 KiB.
+    pub(crate) fn kernel(&self, name: &str, smem_bytes: u32) -> Result<CudaFunction> {
+        let f = self
+            .module
+            .load_function(name)
+            .during(|| format!("looking up kernel `{name}` in the PTX"))?;
+        if smem_bytes > self.props.max_smem_per_block_optin {
+            return Err(Error::Unsupported {
+                arg: "device",
+                what: format!(
+                    "kernel `{name}` needs {smem_bytes} bytes of shared memory, the device allows {}",
+                    self.props.max_smem_per_block_optin
+                ),
+            });
+        }
+        if smem_bytes > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem_bytes as i32,
+            )
+            .during(|| format!("raising the shared-memory limit of `{name}`"))?;
+        }
+        Ok(f)
+    }
+
+    /// Copies a host slice to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(host)
+            .during(|| format!("uploading {} elements", host.len()))
+    }
+
+    /// A new zero-filled device buffer.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros(len)
+            .during(|| format!("allocating {len} elements"))
+    }
+
+    /// Copies a device buffer back (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(dev)
+            .during(|| format!("downloading {} elements", dev.len()))
+    }
+
+    /// Waits for everything queued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .during(|| "synchronising the stream".into())
+    }
+}

@@ -1,0 +1,78 @@
+//! Errors are values with context: every invalid input names the argument,
+//! what was expected and what was given; driver failures name the step.
+
+use cudarc::driver::DriverError;
+
+/// Result of every fallible call of this crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An argument has the wrong shape, length or value.
+    #[error("invalid argument `{arg}`: expected {expected}, got {actual}")]
+    InvalidArgument {
+        arg: &'static str,
+        expected: String,
+        actual: String,
+    },
+    /// A valid request this library does not implement (for example head_dim 64).
+    #[error("unsupported `{arg}`: {what}")]
+    Unsupported { arg: &'static str, what: String },
+    /// No NVIDIA driver library could be loaded on this machine.
+    #[error("no CUDA driver: {0}")]
+    NoDriver(String),
+    /// `run` was called before a successful `plan`.
+    #[error("{op}: run called without a plan")]
+    NotPlanned { op: &'static str },
+    /// A CUDA driver call failed.
+    #[error("CUDA error while {context}: {source}")]
+    Cuda {
+        context: String,
+        #[source]
+        source: DriverError,
+    },
+}
+
+impl Error {
+    /// Shorthand for [`Error::InvalidArgument`].
+    pub fn invalid(arg: &'static str, expected: impl ToString, actual: impl ToString) -> Self {
+        Error::InvalidArgument {
+            arg,
+            expected: expected.to_string(),
+            actual: actual.to_string(),
+        }
+    }
+}
+
+/// Attaches a description of the step to a driver error.
+pub(crate) trait CudaContextExt<T> {
+    fn during(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> CudaContextExt<T> for core::result::Result<T, DriverError> {
+    fn during(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Cuda {
+            context: context(),
+            source,
+        })
+    }
+}
+
+/// Fails with [`Error::InvalidArgument`] unless `ok`.
+pub(crate) fn ensure(
+    ok: bool,
+    arg: &'static str,
+    expected: impl FnOnce() -> String,
+    actual: impl FnOnce() -> String,
+) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument {
+            arg,
+            expected: expected(),
+            actual: actual(),
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! # sparse-attn
+//!
+//! Block-sparse attention kernels for NVIDIA Hopper (sm_90), written in Rust:
+//! MiniMax-M3's MSA indexer and attention, and their relatives. The device
+//! code lives in `kernels-gpu` and is compiled to PTX by `cargo xtask
+//! build-ptx`; that PTX is embedded here ([`ptx::PTX`]), so using this crate
+//! needs only stable Rust and the NVIDIA driver (loaded at run time).
+//!
+//! ```no_run
+//! use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
+//! # fn main() -> sparse_attn::Result<()> {
+//! let gpu = Gpu::new(0)?;
+//! let cfg = MsaIndexerConfig::minimax_m3();
+//! let mut indexer = MsaIndexer::new(&gpu, cfg)?;
+//! // Two sequences: 1 new token on 1000 cached, 1 new token on 5 cached.
+//! let (offsets, cache_lengths) = ([0u32, 1, 2], [1000u32, 5]);
+//! let layout = PagedLayout::index_k(16, 1, 128, 128);
+//! let lookup: Vec<u32> = vec![3, 7, 9, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
+//! let batch = RaggedBatch::new(&offsets, &cache_lengths);
+//! indexer.plan(&batch, &PageTable::new(&lookup, 8), &layout, 0)?;
+//! let q = gpu.zeros::<half::bf16>(2 * cfg.num_index_heads * 128)?;
+//! let k_cache = gpu.zeros::<half::bf16>(layout.elements())?;
+//! let d_lookup = gpu.upload(&lookup)?;
+//! let mut out = gpu.zeros::<i32>(cfg.num_index_heads * 2 * cfg.topk)?;
+//! indexer.run(&q, &k_cache, &d_lookup, &mut out)?;
+//! let idxs = gpu.download(&out)?; // [heads, rows, topk], -1 padded
+//! # Ok(()) }
+//! ```
+
+pub mod batch;
+pub mod context;
+pub mod error;
+pub mod msa_indexer;
+pub mod ptx;
+
+// Constants shared with the kernels (tile shapes, shared memory, work-item
+// layout): the very file the device crate compiles.
+#[allow(dead_code)]
+#[path = "../../kernels-gpu/src/abi.rs"]
+pub mod abi;
+
+pub use batch::{PageTable, PagedLayout, RaggedBatch};
+pub use context::{DeviceProps, Gpu};
+pub use error::{Error, Result};
+pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
+pub use half::bf16;
+pub use cudarc::driver::CudaSlice;

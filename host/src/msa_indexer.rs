@@ -1,0 +1,438 @@
+//! MSA indexer (`mo.msa.indexer.ragged.paged`): top-k KV blocks per (index
+//! head, query token) from the paged index-K cache. Semantics:
+//! `shared/spec/msa-indexer.md`; kernels: `kernels-gpu/src/msa_indexer.rs`.
+//!
+//! ```text
+//! q         bf16 [num_rows, num_index_heads, 128]
+//! k_cache   bf16 [num_pages, 1, num_layers, 128, 1, 128]   (index-K, page = block = 128 tokens)
+//! lookup    u32  [batch, max_pages]
+//! out_idxs  i32  [num_index_heads, num_rows, topk]         (-1 padded)
+//! ```
+//!
+//! Plan/run split (as FlashInfer): [`MsaIndexer::plan`] validates the host
+//! copies of the metadata and uploads the work list into the reusable
+//! workspace; [`MsaIndexer::run`] only launches (two kernels on the stream,
+//! no host synchronisation, no allocation), so it can be captured in a CUDA
+//! graph and replayed while the plan stays valid.
+//!
+//! Choices where the spec is silent (documented here and in the kernels):
+//! a block's score is the IEEE maxNum over its visible keys (a NaN product
+//! loses to a number; a block of only NaN products scores NaN and ranks last);
+//! `-0.0` and `+0.0` tie; forced init/local blocks are selected first even if
+//! `topk` is smaller than their number (init before local, lower id first).
+
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use crate::abi::*;
+use crate::batch::{PageTable, PagedLayout, RaggedBatch};
+use crate::error::{ensure, CudaContextExt, Error, Result};
+use crate::Gpu;
+
+/// What the indexer computes (the upstream op's compile-time parameters).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MsaIndexerConfig {
+    /// Index heads; each selects its own blocks (1..=128; M3: 4).
+    pub num_index_heads: usize,
+    /// Index head dimension (128).
+    pub head_dim: usize,
+    /// Tokens per block; must equal the cache's page size (128).
+    pub block_size: usize,
+    /// Blocks selected per (head, token), >= 1 (M3: 16).
+    pub topk: usize,
+    /// Leading blocks always kept (score forced to 1e30).
+    pub init_blocks: usize,
+    /// Trailing blocks up to the query's own always kept (score forced to 1e29).
+    pub local_blocks: usize,
+    /// Multiplies every q·k.
+    pub scale: f32,
+}
+
+impl MsaIndexerConfig {
+    /// MiniMax-M3's probable defaults on one index head group (4 heads of 128,
+    /// top-16, no init block, one local block).
+    pub fn minimax_m3() -> Self {
+        MsaIndexerConfig {
+            num_index_heads: 4,
+            head_dim: 128,
+            block_size: 128,
+            topk: 16,
+            init_blocks: 0,
+            local_blocks: 1,
+            scale: 1.0 / (128f32).sqrt(),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.head_dim != MSA_HEAD_DIM as usize {
+            return Err(Error::Unsupported {
+                arg: "head_dim",
+                what: format!("head_dim {} (only {MSA_HEAD_DIM} is implemented)", self.head_dim),
+            });
+        }
+        ensure(self.block_size == MSA_BLOCK as usize, "block_size", || format!("{MSA_BLOCK}"), || {
+            self.block_size.to_string()
+        })?;
+        ensure(self.topk >= 1 && self.topk <= 1 << 20, "topk", || "1 ..= 2^20".into(), || {
+            self.topk.to_string()
+        })?;
+        ensure(
+            (1..=IDX_PREFILL_M_ROWS as usize).contains(&self.num_index_heads),
+            "num_index_heads",
+            || format!("1 ..= {IDX_PREFILL_M_ROWS}"),
+            || self.num_index_heads.to_string(),
+        )?;
+        ensure(
+            self.init_blocks < u32::MAX as usize / 2 && self.local_blocks < u32::MAX as usize / 2,
+            "init_blocks/local_blocks",
+            || "below 2^31".into(),
+            || format!("{} / {}", self.init_blocks, self.local_blocks),
+        )
+    }
+}
+
+/// Which score kernel a plan uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IndexerPath {
+    /// Every sequence has at most one new token: the 4 warps of a CTA split
+    /// each block's keys, and long contexts are split across CTAs.
+    Decode,
+    /// Tiles of `128 / num_index_heads` query rows against their blocks.
+    Prefill,
+}
+
+/// What the current plan launches.
+#[derive(Clone, Debug)]
+struct Plan {
+    path: IndexerPath,
+    batch: usize,
+    num_rows: usize,
+    max_pages: usize,
+    layout: PagedLayout,
+    layer: usize,
+    n_items: usize,
+    score_stride: usize,
+}
+
+/// The MSA indexer with its workspace. Create once, `plan` when the batch
+/// changes, `run` every step.
+pub struct MsaIndexer {
+    gpu: Gpu,
+    cfg: MsaIndexerConfig,
+    k_prefill: CudaFunction,
+    k_decode: CudaFunction,
+    k_topk: CudaFunction,
+    /// Work items `[n_items, IDX_ITEM_WORDS]` (grows, never shrinks).
+    items: CudaSlice<u32>,
+    /// Query position of every row `[num_rows]`.
+    row_qpos: CudaSlice<u32>,
+    /// Block scores `[H, num_rows, score_stride]` f32.
+    scores: CudaSlice<f32>,
+    plan: Option<Plan>,
+    decode_chunk: Option<usize>,
+    force_path: Option<IndexerPath>,
+}
+
+/// Decode split: blocks per work item, from the total work and the SM count.
+/// Enough items for ~4 CTAs per SM (2 resident, 96 KiB each), at least 4
+/// blocks per item so the pipeline ramps up, at most the reduction buffer.
+pub fn decode_chunk(total_blocks: usize, sm_count: usize) -> usize {
+    total_blocks
+        .div_ceil(4 * sm_count.max(1))
+        .clamp(4, IDX_DECODE_MAX_ITEM_BLOCKS as usize)
+}
+
+/// Prefill split: most blocks per work item, so that the long rows at the end
+/// of a causal prompt are spread over several CTAs.
+const PREFILL_CHUNK: usize = 32;
+
+impl MsaIndexer {
+    /// Loads the kernels and checks the configuration. Allocates nothing
+    /// large: the workspace grows at the first `plan` (and [`Self::reserve`]).
+    pub fn new(gpu: &Gpu, cfg: MsaIndexerConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(MsaIndexer {
+            k_prefill: gpu.kernel("msa_indexer_scores_prefill", IDX_SMEM_PREFILL)?,
+            k_decode: gpu.kernel("msa_indexer_scores_decode", IDX_SMEM_DECODE)?,
+            k_topk: gpu.kernel("msa_indexer_topk", 0)?,
+            items: gpu.zeros(IDX_ITEM_WORDS)?,
+            row_qpos: gpu.zeros(1)?,
+            scores: gpu.zeros(1)?,
+            gpu: gpu.clone(),
+            cfg,
+            plan: None,
+            decode_chunk: None,
+            force_path: None,
+        })
+    }
+
+    pub fn config(&self) -> &MsaIndexerConfig {
+        &self.cfg
+    }
+
+    /// Path of the current plan, if any.
+    pub fn path(&self) -> Option<IndexerPath> {
+        self.plan.as_ref().map(|p| p.path)
+    }
+
+    /// Number of CTAs the score kernel of the current plan launches.
+    pub fn work_items(&self) -> usize {
+        self.plan.as_ref().map_or(0, |p| p.n_items)
+    }
+
+    /// Overrides the decode split (blocks per work item); `None` restores the
+    /// tuned rule. For benchmarks and tests.
+    pub fn set_decode_chunk(&mut self, blocks: Option<usize>) {
+        self.decode_chunk = blocks.map(|b| b.clamp(1, IDX_DECODE_MAX_ITEM_BLOCKS as usize));
+    }
+
+    /// Forces the score kernel (`None`: decode when every sequence has at
+    /// most one new token and `num_index_heads <= 16`). Both paths compute
+    /// the same op; tests use this to compare them.
+    pub fn force_path(&mut self, path: Option<IndexerPath>) {
+        self.force_path = path;
+    }
+
+    /// Sizes the workspace for up to `max_rows` query rows of at most
+    /// `max_context` tokens each, so later plans within that do not allocate.
+    pub fn reserve(&mut self, max_rows: usize, max_context: usize) -> Result<()> {
+        let blocks = max_context.div_ceil(MSA_BLOCK as usize).max(1);
+        let items = max_rows * blocks.div_ceil(4) + 1;
+        self.grow(items, max_rows, max_rows * self.cfg.num_index_heads * blocks)
+    }
+
+    fn grow(&mut self, items: usize, rows: usize, scores: usize) -> Result<()> {
+        if self.items.len() < items * IDX_ITEM_WORDS {
+            self.items = self.gpu.zeros(items * IDX_ITEM_WORDS)?;
+        }
+        if self.row_qpos.len() < rows {
+            self.row_qpos = self.gpu.zeros(rows)?;
+        }
+        if self.scores.len() < scores {
+            self.scores = self.gpu.zeros(scores)?;
+        }
+        Ok(())
+    }
+
+    /// Validates the batch, the page table and the cache shape, builds the
+    /// work list ([`plan_work`]) and uploads it. `batch`, `pages` are host
+    /// copies of what `run` will receive on the device; `layout` is the
+    /// index-K pool's shape.
+    pub fn plan(
+        &mut self,
+        batch: &RaggedBatch,
+        pages: &PageTable,
+        layout: &PagedLayout,
+        layer: usize,
+    ) -> Result<()> {
+        self.plan = None;
+        let opts = PlanOptions {
+            sm_count: self.gpu.props().sm_count as usize,
+            decode_chunk: self.decode_chunk,
+            force_path: self.force_path,
+        };
+        let w = plan_work(&self.cfg, batch, pages, layout, layer, &opts)?;
+        let num_rows = w.row_qpos.len();
+        let h = self.cfg.num_index_heads;
+        self.grow(w.items.len().max(1), num_rows.max(1), h * num_rows.max(1) * w.score_stride)?;
+        let flat: Vec<u32> = w.items.iter().flatten().copied().collect();
+        if !flat.is_empty() {
+            let stream = self.gpu.stream().clone();
+            stream
+                .memcpy_htod(&flat, &mut self.items.slice_mut(..flat.len()))
+                .during(|| "uploading the indexer work list".into())?;
+            stream
+                .memcpy_htod(&w.row_qpos, &mut self.row_qpos.slice_mut(..num_rows))
+                .during(|| "uploading the indexer row positions".into())?;
+        }
+        self.plan = Some(Plan {
+            path: w.path,
+            batch: batch.batch(),
+            num_rows,
+            max_pages: pages.max_pages,
+            layout: *layout,
+            layer,
+            n_items: w.items.len(),
+            score_stride: w.score_stride,
+        });
+        Ok(())
+    }
+
+    /// Launches the score and top-k kernels for the current plan.
+    ///
+    /// `q`: `[num_rows, H, 128]`, `k_cache`: the whole index-K pool,
+    /// `lookup`: the device page table (must hold what `plan` was given),
+    /// `out`: `[H, num_rows, topk]`. Every element of `out` is written.
+    pub fn run(
+        &self,
+        q: &CudaSlice<bf16>,
+        k_cache: &CudaSlice<bf16>,
+        lookup: &CudaSlice<u32>,
+        out: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        let p = self.plan.as_ref().ok_or(Error::NotPlanned { op: "msa_indexer" })?;
+        let (h, d, topk) = (self.cfg.num_index_heads, self.cfg.head_dim, self.cfg.topk);
+        let expect_len = |arg, len: usize, want: usize, what: &str| {
+            ensure(len == want, arg, || format!("{want} elements ({what})"), || {
+                format!("{len} elements")
+            })
+        };
+        expect_len("q", q.len(), p.num_rows * h * d, "num_rows * num_index_heads * head_dim")?;
+        expect_len("k_cache", k_cache.len(), p.layout.elements(), "the planned layout")?;
+        expect_len("lookup", lookup.len(), p.batch * p.max_pages, "batch * max_pages")?;
+        expect_len("out_idxs", out.len(), h * p.num_rows * topk, "num_index_heads * num_rows * topk")?;
+        if p.num_rows == 0 {
+            return Ok(());
+        }
+        let stream = self.gpu.stream();
+        let (kernel, smem) = match p.path {
+            IndexerPath::Decode => (&self.k_decode, IDX_SMEM_DECODE),
+            IndexerPath::Prefill => (&self.k_prefill, IDX_SMEM_PREFILL),
+        };
+        if p.n_items > 0 {
+            let (n_items, num_rows, heads) = (p.n_items as u32, p.num_rows as u32, h as u32);
+            let (batch, max_pages) = (p.batch as u32, p.max_pages as u32);
+            let num_pages = p.layout.num_pages as u32;
+            let page_stride = p.layout.page_stride() as u64;
+            let layer_offset = p.layout.layer_offset(0, p.layer) as u64;
+            let stride = p.score_stride as u32;
+            let mut l = stream.launch_builder(kernel);
+            l.arg(q).arg(k_cache).arg(lookup).arg(&self.items).arg(&n_items);
+            l.arg(&self.scores).arg(&num_rows).arg(&heads).arg(&batch).arg(&max_pages);
+            l.arg(&num_pages).arg(&page_stride).arg(&layer_offset).arg(&stride);
+            l.arg(&self.cfg.scale);
+            let cfg = LaunchConfig {
+                grid_dim: (n_items, 1, 1),
+                block_dim: (IDX_THREADS, 1, 1),
+                shared_mem_bytes: smem,
+            };
+            // SAFETY: argument list matches the kernel signature; every
+            // buffer length was checked above against the plan, and the
+            // kernel clamps all metadata it reads.
+            unsafe { l.launch(cfg) }.during(|| "launching the indexer score kernel".into())?;
+        }
+        let pairs = (h * p.num_rows) as u32;
+        let (num_rows, heads, stride) = (p.num_rows as u32, h as u32, p.score_stride as u32);
+        let (topk, init, local) =
+            (topk as u32, self.cfg.init_blocks as u32, self.cfg.local_blocks as u32);
+        let mut l = stream.launch_builder(&self.k_topk);
+        l.arg(&self.scores).arg(&self.row_qpos).arg(&mut *out).arg(&num_rows).arg(&heads);
+        l.arg(&stride).arg(&topk).arg(&init).arg(&local);
+        let cfg = LaunchConfig {
+            grid_dim: (pairs.div_ceil(IDX_TOPK_WARPS), 1, 1),
+            block_dim: (IDX_TOPK_WARPS * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as above; `out` holds H * num_rows * topk elements.
+        unsafe { l.launch(cfg) }.during(|| "launching the indexer top-k kernel".into())?;
+        Ok(())
+    }
+}
+
+/// Knobs of [`plan_work`] besides the op's inputs.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// Streaming multiprocessors of the device (sizes the decode split).
+    pub sm_count: usize,
+    /// Blocks per decode work item (`None`: [`decode_chunk`]'s rule).
+    pub decode_chunk: Option<usize>,
+    /// Score kernel to use (`None`: chosen from the batch).
+    pub force_path: Option<IndexerPath>,
+}
+
+/// The host half of a plan: what the kernels will be given.
+#[derive(Clone, Debug)]
+pub struct WorkList {
+    pub path: IndexerPath,
+    /// `[seq, row0, nrows, qpos0, blk0, blk1, 0, 0]` per CTA, longest first.
+    pub items: Vec<[u32; IDX_ITEM_WORDS]>,
+    /// Query position of every row.
+    pub row_qpos: Vec<u32>,
+    /// Row stride of the score buffer: the most blocks any row sees.
+    pub score_stride: usize,
+}
+
+/// Validates every input of the op (the spec's "bad input" list) and builds
+/// the work list. Pure host code: no device is touched.
+pub fn plan_work(
+    cfg: &MsaIndexerConfig,
+    batch: &RaggedBatch,
+    pages: &PageTable,
+    layout: &PagedLayout,
+    layer: usize,
+    opts: &PlanOptions,
+) -> Result<WorkList> {
+    cfg.validate()?;
+    batch.validate()?;
+    ensure(layout.kv_dim == 1 && layout.n_heads == 1, "k_cache layout", || {
+        "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]".into()
+    }, || format!("kv_dim {} and n_heads {}", layout.kv_dim, layout.n_heads))?;
+    ensure(layout.page_size == cfg.block_size, "page_size", || {
+        format!("block_size = {}", cfg.block_size)
+    }, || layout.page_size.to_string())?;
+    ensure(layout.head_dim == cfg.head_dim, "k_cache head_dim", || {
+        format!("head_dim = {}", cfg.head_dim)
+    }, || layout.head_dim.to_string())?;
+    ensure(layout.num_pages >= 1, "num_pages", || ">= 1".into(), || "0".into())?;
+    ensure(layer < layout.num_layers, "layer", || {
+        format!("below num_layers = {}", layout.num_layers)
+    }, || layer.to_string())?;
+    pages.validate(batch, layout)?;
+
+    let h = cfg.num_index_heads;
+    let num_rows = batch.num_rows();
+    ensure(
+        num_rows.checked_mul(h).is_some_and(|m| m < i32::MAX as usize),
+        "input_row_offsets",
+        || "num_rows * num_index_heads below 2^31".into(),
+        || format!("{num_rows} * {h}"),
+    )?;
+    let path = match opts.force_path {
+        Some(p) => p,
+        None if batch.max_q_len() <= 1 => IndexerPath::Decode,
+        None => IndexerPath::Prefill,
+    };
+    if path == IndexerPath::Decode {
+        ensure(batch.max_q_len() <= 1, "input_row_offsets", || {
+            "at most one new token per sequence on the decode path".into()
+        }, || format!("a sequence with {} new tokens", batch.max_q_len()))?;
+        if h > IDX_MAX_HEADS as usize {
+            return Err(Error::Unsupported {
+                arg: "num_index_heads",
+                what: format!("{h} heads on the decode path (at most {IDX_MAX_HEADS})"),
+            });
+        }
+    }
+
+    let blocks_of = |qpos: usize| qpos / MSA_BLOCK as usize + 1;
+    let total_blocks: usize = (0..batch.batch())
+        .filter(|&b| batch.q_len(b) > 0)
+        .map(|b| blocks_of(batch.seqlen_k(b) as usize - 1))
+        .sum();
+    let (chunk, tile_rows) = match path {
+        IndexerPath::Decode => {
+            let c = opts.decode_chunk.unwrap_or_else(|| decode_chunk(total_blocks, opts.sm_count));
+            (c.clamp(1, IDX_DECODE_MAX_ITEM_BLOCKS as usize), 1)
+        }
+        IndexerPath::Prefill => (PREFILL_CHUNK, IDX_PREFILL_M_ROWS as usize / h),
+    };
+    let mut w = WorkList { path, items: Vec::new(), row_qpos: Vec::with_capacity(num_rows), score_stride: 1 };
+    for b in 0..batch.batch() {
+        let (cache_len, q_len) = (batch.cache_lengths[b] as usize, batch.q_len(b));
+        let off = batch.input_row_offsets[b] as usize;
+        w.row_qpos.extend((0..q_len).map(|i| (cache_len + i) as u32));
+        for r0 in (0..q_len).step_by(tile_rows) {
+            let nrows = tile_rows.min(q_len - r0);
+            let nb = blocks_of(cache_len + r0 + nrows - 1);
+            w.score_stride = w.score_stride.max(nb);
+            for c0 in (0..nb).step_by(chunk) {
+                let c1 = (c0 + chunk).min(nb);
+                let qpos0 = cache_len + r0;
+                w.items.push([b, off + r0, nrows, qpos0, c0, c1, 0, 0].map(|v| v as u32));
+            }
+        }
+    }
+    // Longest items first, so the tail of the grid is short ones.
+    w.items.sort_by_key(|it| std::cmp::Reverse(it[5] - it[4]));
+    Ok(w)
+}

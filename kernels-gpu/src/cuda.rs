@@ -1,0 +1,260 @@
+//! Device support: the small, architecture-specific layer every kernel uses.
+//!
+//! In the spirit of `cuda_std`: kernels read as ordinary Rust and call these
+//! wrappers; every raw `asm!` of the crate lives here, each wrapper naming the
+//! PTX instruction it emits. Pointers into shared memory are 32-bit shared
+//! window addresses (`u32`), as `ld.shared`, `cp.async` and `ldmatrix` take.
+//!
+//! Safety: the wrappers are `unsafe` where the caller must guarantee that an
+//! address is valid and aligned; they never check. Warp-synchronous
+//! instructions (`shfl.sync`, `ldmatrix`, `mma.sync`) are emitted as
+//! side-effecting asm so the compiler never moves them into divergent code;
+//! their callers must execute them with the whole warp.
+
+use core::arch::asm;
+use core::arch::nvptx;
+
+// ---------------------------------------------------------------- indices
+
+/// `%tid.x`
+#[inline(always)]
+pub fn thread_idx_x() -> u32 {
+    unsafe { nvptx::_thread_idx_x() as u32 }
+}
+
+/// `%ctaid.x`
+#[inline(always)]
+pub fn block_idx_x() -> u32 {
+    unsafe { nvptx::_block_idx_x() as u32 }
+}
+
+/// `%ntid.x`
+#[inline(always)]
+pub fn block_dim_x() -> u32 {
+    unsafe { nvptx::_block_dim_x() as u32 }
+}
+
+/// Lane of the calling thread in its warp (`%tid.x % 32` for 1-D blocks).
+#[inline(always)]
+pub fn lane_id() -> u32 {
+    thread_idx_x() & 31
+}
+
+/// Warp index of the calling thread in its block (1-D blocks).
+#[inline(always)]
+pub fn warp_id() -> u32 {
+    thread_idx_x() >> 5
+}
+
+/// `bar.sync 0`: block-wide barrier; also orders shared-memory accesses.
+#[inline(always)]
+pub fn sync_threads() {
+    unsafe { nvptx::_syncthreads() }
+}
+
+/// `trap`: abort the kernel (used only for states that cannot happen).
+#[inline(always)]
+pub fn trap() -> ! {
+    unsafe { nvptx::trap() }
+}
+
+// ---------------------------------------------------------------- warp ops
+
+/// `shfl.sync.bfly.b32` with all lanes taking part: the value of lane `lane ^ mask`.
+///
+/// Emitted through the LLVM intrinsic, which is `convergent`: the compiler
+/// may not sink it into, or duplicate it across, divergent branches. (An
+/// inline-asm version marked `pure` was sunk under `if lane % 4 == 0` and hung
+/// the warp.)
+#[inline(always)]
+pub fn shfl_xor_u32(v: u32, mask: u32) -> u32 {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_shfl_sync_bfly_i32(-1, v as i32, mask as i32, 0x1f) as u32 }
+}
+
+extern "C" {
+    #[link_name = "llvm.nvvm.shfl.sync.bfly.i32"]
+    fn llvm_shfl_sync_bfly_i32(member_mask: i32, value: i32, lane_mask: i32, clamp: i32) -> i32;
+}
+
+/// [`shfl_xor_u32`] for `f32`.
+#[inline(always)]
+pub fn shfl_xor_f32(v: f32, mask: u32) -> f32 {
+    f32::from_bits(shfl_xor_u32(v.to_bits(), mask))
+}
+
+/// [`shfl_xor_u32`] for `u64` (two `shfl.sync.bfly.b32`).
+#[inline(always)]
+pub fn shfl_xor_u64(v: u64, mask: u32) -> u64 {
+    let lo = shfl_xor_u32(v as u32, mask) as u64;
+    let hi = shfl_xor_u32((v >> 32) as u32, mask) as u64;
+    (hi << 32) | lo
+}
+
+/// `max.f32` (IEEE maxNum: a NaN operand loses to a number).
+#[inline(always)]
+pub fn fmax(a: f32, b: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("max.f32 {r}, {a}, {b};", r = out(reg32) r, a = in(reg32) a, b = in(reg32) b,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// Maximum of `v` over the 4 lanes of a quad (lanes `4k .. 4k+4`), NaN-ignoring.
+#[inline(always)]
+pub fn quad_max_f32(v: f32) -> f32 {
+    let v = fmax(v, shfl_xor_f32(v, 1));
+    fmax(v, shfl_xor_f32(v, 2))
+}
+
+/// Maximum of `v` over the whole warp; every lane gets the result.
+#[inline(always)]
+pub fn warp_max_u64(mut v: u64) -> u64 {
+    let mut m = 16;
+    while m > 0 {
+        let o = shfl_xor_u64(v, m);
+        if o > v {
+            v = o;
+        }
+        m >>= 1;
+    }
+    v
+}
+
+// ---------------------------------------------------------------- numbers
+
+/// Exact widening of a bf16 (carried as its bit pattern) to f32.
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Low and high bf16 of a packed pair, widened to f32.
+#[inline(always)]
+pub fn bf16x2_to_f32(pair: u32) -> (f32, f32) {
+    (f32::from_bits(pair << 16), f32::from_bits(pair & 0xffff_0000))
+}
+
+// ---------------------------------------------------------------- global memory
+
+/// `ld.global.nc.v4.u32`: one 16-byte read-only load (`p` 16-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_global_nc_v4(p: *const u8) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    asm!("ld.global.nc.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+         a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+         p = in(reg64) p, options(readonly, nostack));
+    [a, b, c, d]
+}
+
+/// `ld.global.nc.u32`: a 4-byte read-only load (`p` 4-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {
+    let r: u32;
+    asm!("ld.global.nc.u32 {r}, [{p}];", r = out(reg32) r, p = in(reg64) p,
+         options(readonly, nostack));
+    r
+}
+
+// ---------------------------------------------------------------- shared memory
+
+core::arch::global_asm!(".extern .shared .align 128 .b8 SMEM[];");
+
+/// Shared-window address of the kernel's dynamic shared memory (`mov.u32 r, SMEM`).
+/// The launch sets its size.
+#[inline(always)]
+pub fn dynamic_smem() -> u32 {
+    let p: u32;
+    unsafe { asm!("mov.u32 {p}, SMEM;", p = out(reg32) p, options(nomem, nostack, pure)) };
+    p
+}
+
+/// `st.shared.f32`
+#[inline(always)]
+pub unsafe fn st_shared_f32(addr: u32, v: f32) {
+    asm!("st.shared.f32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack));
+}
+
+/// `ld.shared.f32`
+#[inline(always)]
+pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
+    let r: f32;
+    asm!("ld.shared.f32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
+         options(readonly, nostack));
+    r
+}
+
+// ---------------------------------------------------------------- async copies
+
+/// `cp.async.cg.shared.global [dst], [src], 16`: a 16-byte global→shared copy
+/// that bypasses L1 and completes asynchronously (see [`cp_async_wait`]).
+#[inline(always)]
+pub unsafe fn cp_async_16(dst: u32, src: *const u8) {
+    asm!("cp.async.cg.shared.global [{d}], [{s}], 16;", d = in(reg32) dst, s = in(reg64) src,
+         options(nostack));
+}
+
+/// `cp.async.commit_group`: close the group of copies issued since the last commit.
+#[inline(always)]
+pub fn cp_async_commit() {
+    unsafe { asm!("cp.async.commit_group;", options(nostack)) };
+}
+
+/// `cp.async.wait_group N`: wait until at most `N` committed groups are pending.
+#[inline(always)]
+pub fn cp_async_wait<const N: u32>() {
+    unsafe { asm!("cp.async.wait_group {n};", n = const N, options(nostack)) };
+}
+
+// ---------------------------------------------------------------- tensor cores
+
+/// `ldmatrix.sync.aligned.m8n8.x4.shared.b16`: four 8×8 b16 matrices; lane `l`
+/// gives the row address for matrix `l / 8`, row `l % 8`; register `i` of
+/// every lane receives its fragment of matrix `i`.
+#[inline(always)]
+pub unsafe fn ldmatrix_x4(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    asm!("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
+         a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+         p = in(reg32) addr, options(nostack)); // warp-synchronous: not movable
+    [a, b, c, d]
+}
+
+/// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`: `d = a·b + c` for a
+/// 16×16 bf16 A fragment (row-major), a 16×8 bf16 B fragment (column-major)
+/// and a 16×8 f32 accumulator. Fragment layouts (g = lane / 4, c = lane % 4):
+/// `a = [(g, 2c..), (g+8, 2c..), (g, 2c+8..), (g+8, 2c+8..)]` as packed pairs,
+/// `b = [(k 2c.., n g), (k 2c+8.., n g)]`, `acc = [(g, 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1)]`.
+#[inline(always)]
+pub fn mma_bf16_16816(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
+    let (d0, d1, d2, d3): (f32, f32, f32, f32);
+    unsafe {
+        asm!("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {{{d0}, {d1}, {d2}, {d3}}}, {{{a0}, {a1}, {a2}, {a3}}}, {{{b0}, {b1}}}, {{{c0}, {c1}, {c2}, {c3}}};",
+             d0 = out(reg32) d0, d1 = out(reg32) d1, d2 = out(reg32) d2, d3 = out(reg32) d3,
+             a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+             b0 = in(reg32) b[0], b1 = in(reg32) b[1],
+             c0 = in(reg32) c[0], c1 = in(reg32) c[1], c2 = in(reg32) c[2], c3 = in(reg32) c[3],
+             options(nostack)); // warp-synchronous: not `pure`, see `shfl_xor_u32`
+    }
+    [d0, d1, d2, d3]
+}
+
+// ---------------------------------------------------------------- unrolling
+
+/// Repeats `$body` 32 times with `$i` bound to the constants `0..32`.
+///
+/// A register array may only be indexed by constants; LLVM's heuristics
+/// refuse to unroll large loop bodies fully, which would move the array to
+/// local memory (a stack frame in ptxas' report). This makes the unroll explicit.
+#[macro_export]
+macro_rules! unroll32 {
+    ($i:ident => $body:block) => {
+        $crate::unroll32!(@ $i $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+                          16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31)
+    };
+    (@ $i:ident $body:block; $($n:literal)*) => {
+        $( { const $i: usize = $n; $body } )*
+    };
+}

@@ -1,0 +1,24 @@
+//! CPU reference implementations of every op of the sparse-attention library.
+//!
+//! This crate is the executable form of the contract in `spec/`: each op is
+//! written as directly as the spec states it, parallelised with `rayon` over
+//! independent outputs, and computed in `f64` wherever the GPU result is
+//! checked for accuracy (bf16 inputs are widened exactly; products of two
+//! bf16 values are exact in `f64`). Besides the plain ops, it provides the
+//! *checkers* that compare a GPU output with the reference under the spec's
+//! tolerance rules.
+//!
+//! It is also the CPU fallback of the demo, so every function accepts every
+//! valid input (including empty sequences and degenerate parameters) without
+//! panicking; invalid shapes are rejected with a panic that says what is wrong.
+//!
+//! Modules:
+//! - [`paged`]: host description of a MAX-layout paged cache.
+//! - [`msa_indexer`]: MSA top-k block selection (`spec/msa-indexer.md`).
+
+#![forbid(unsafe_code)]
+
+pub mod msa_indexer;
+pub mod paged;
+
+pub use half::bf16;

@@ -1,0 +1,193 @@
+//! Host description of a paged KV cache in MAX's layout.
+//!
+//! The pool is one bf16 tensor
+//! `blocks[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`
+//! (row-major, `head_dim` contiguous):
+//! - main KV cache: `kv_dim = 2` (index 0 = K, 1 = V), `n_heads = n_kv_heads`;
+//! - index-K cache: `kv_dim = 1`, `n_heads = 1`.
+//!
+//! A page holds `page_size` consecutive tokens of one sequence. Logical token
+//! `t` of sequence `b` lives in page `lookup[b * max_pages + t / page_size]`,
+//! slot `t % page_size`, where `lookup: u32 [batch, max_pages]` is the page
+//! table. Entries of `lookup` past a sequence's last page are unspecified
+//! (engines leave stale ids there) and must never be read.
+
+use half::bf16;
+
+/// Shape of a paged pool `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PagedLayout {
+    /// Pages in the pool.
+    pub num_pages: usize,
+    /// 2 for the main KV cache (0 = K, 1 = V), 1 for the index-K cache.
+    pub kv_dim: usize,
+    /// Layers stored in the pool.
+    pub num_layers: usize,
+    /// Tokens per page (128 for the MSA ops).
+    pub page_size: usize,
+    /// KV heads per token (1 for the index-K cache).
+    pub n_heads: usize,
+    /// Elements per head row.
+    pub head_dim: usize,
+}
+
+impl PagedLayout {
+    /// Total number of elements of the pool tensor.
+    pub fn len(&self) -> usize {
+        self.num_pages * self.page_elems()
+    }
+
+    /// True when the pool holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Elements of one page (`kv_dim * num_layers * page_size * n_heads * head_dim`).
+    pub fn page_elems(&self) -> usize {
+        self.kv_dim * self.num_layers * self.page_size * self.n_heads * self.head_dim
+    }
+
+    /// Element offset of `(page, kv, layer, slot, head, 0)`.
+    ///
+    /// Indices are not range-checked here; [`PagedCache::row`] checks them.
+    pub fn offset(&self, page: usize, kv: usize, layer: usize, slot: usize, head: usize) -> usize {
+        ((((page * self.kv_dim + kv) * self.num_layers + layer) * self.page_size + slot)
+            * self.n_heads
+            + head)
+            * self.head_dim
+    }
+}
+
+/// Borrowed view of a paged pool plus its page table.
+#[derive(Clone, Copy, Debug)]
+pub struct PagedCache<'a> {
+    /// Shape of `data`.
+    pub layout: PagedLayout,
+    /// The pool, `layout.len()` bf16 values in the layout above.
+    pub data: &'a [bf16],
+    /// Page table `u32 [batch, max_pages]`, row-major.
+    pub lookup: &'a [u32],
+    /// Row stride of `lookup` (pages per sequence it can address).
+    pub max_pages: usize,
+}
+
+impl PagedCache<'_> {
+    /// Number of sequences the page table describes (`lookup.len() / max_pages`).
+    pub fn batch(&self) -> usize {
+        self.lookup.len().checked_div(self.max_pages).unwrap_or(0)
+    }
+
+    /// The `head_dim`-long row of logical token `t` of sequence `b`
+    /// (page `lookup[b * max_pages + t / page_size]`, slot `t % page_size`).
+    ///
+    /// Panics with a description when the token is not addressable (lookup
+    /// row too short, page id out of the pool, index out of range); use
+    /// [`PagedCache::try_row`] for a non-panicking variant.
+    pub fn row(&self, b: usize, kv: usize, layer: usize, head: usize, t: usize) -> &[bf16] {
+        match self.try_row(b, kv, layer, head, t) {
+            Ok(r) => r,
+            Err(e) => panic!("PagedCache::row: {e}"),
+        }
+    }
+
+    /// Checked variant of [`PagedCache::row`].
+    pub fn try_row(
+        &self,
+        b: usize,
+        kv: usize,
+        layer: usize,
+        head: usize,
+        t: usize,
+    ) -> Result<&[bf16], String> {
+        let l = &self.layout;
+        if l.page_size == 0 {
+            return Err("page_size is 0".into());
+        }
+        if kv >= l.kv_dim || layer >= l.num_layers || head >= l.n_heads {
+            return Err(format!(
+                "kv {kv} / layer {layer} / head {head} out of range for {l:?}"
+            ));
+        }
+        if self.data.len() != l.len() {
+            return Err(format!(
+                "data has {} elements, layout {l:?} needs {}",
+                self.data.len(),
+                l.len()
+            ));
+        }
+        let col = t / l.page_size;
+        if col >= self.max_pages {
+            return Err(format!(
+                "token {t} of sequence {b} needs page column {col}, lookup has max_pages {}",
+                self.max_pages
+            ));
+        }
+        let page = *self
+            .lookup
+            .get(b * self.max_pages + col)
+            .ok_or_else(|| format!("sequence {b} out of range of the page table"))?
+            as usize;
+        if page >= l.num_pages {
+            return Err(format!(
+                "lookup[{b}, {col}] = {page} is out of the pool of {} pages",
+                l.num_pages
+            ));
+        }
+        let off = l.offset(page, kv, layer, t % l.page_size, head);
+        Ok(&self.data[off..off + l.head_dim])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_are_row_major() {
+        let l = PagedLayout {
+            num_pages: 3,
+            kv_dim: 2,
+            num_layers: 2,
+            page_size: 4,
+            n_heads: 2,
+            head_dim: 5,
+        };
+        assert_eq!(l.len(), 3 * 2 * 2 * 4 * 2 * 5);
+        assert_eq!(l.offset(0, 0, 0, 0, 1), 5);
+        assert_eq!(l.offset(0, 0, 0, 1, 0), 10);
+        assert_eq!(l.offset(0, 0, 1, 0, 0), 40);
+        assert_eq!(l.offset(0, 1, 0, 0, 0), 80);
+        assert_eq!(l.offset(1, 0, 0, 0, 0), 160);
+        assert_eq!(l.offset(2, 1, 1, 3, 1) + 5, l.len());
+    }
+
+    #[test]
+    fn row_follows_the_page_table() {
+        let l = PagedLayout {
+            num_pages: 3,
+            kv_dim: 1,
+            num_layers: 1,
+            page_size: 2,
+            n_heads: 1,
+            head_dim: 1,
+        };
+        let data: Vec<bf16> = (0..6).map(|x| bf16::from_f32(x as f32)).collect();
+        // sequence 0 -> pages [2, 0], sequence 1 -> pages [1, stale]
+        let lookup = [2u32, 0, 1, 2];
+        let c = PagedCache {
+            layout: l,
+            data: &data,
+            lookup: &lookup,
+            max_pages: 2,
+        };
+        let v = |b, t| c.row(b, 0, 0, 0, t)[0].to_f32();
+        assert_eq!([v(0, 0), v(0, 1), v(0, 2), v(0, 3)], [4.0, 5.0, 0.0, 1.0]);
+        assert_eq!([v(1, 0), v(1, 1)], [2.0, 3.0]);
+        assert!(c.try_row(0, 0, 0, 0, 4).is_err());
+        assert!(c.try_row(0, 1, 0, 0, 0).is_err());
+        let bad = [7u32, 0, 1, 2];
+        let c2 = PagedCache { lookup: &bad, ..c };
+        assert!(c2.try_row(0, 0, 0, 0, 0).is_err());
+        assert_eq!(c.batch(), 2);
+    }
+}

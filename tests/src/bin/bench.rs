@@ -1,0 +1,267 @@
+//! Benchmarks of the kernels on the cases of `shared/spec/model-shapes.md`.
+//!
+//! `bench [--cases idx-decode-b64-32k,...] [--reps N] [--peers peers.json]
+//!        [--out results.json] [--sweep-chunk]`
+//!
+//! Every case reports the median time over `--reps` launches (device events
+//! around each launch, after warm-up), the achieved bandwidth (bytes that
+//! must be read: q, the index-K context, the output) or tensor rate, and its
+//! fraction of the limit measured in the same run: the device-to-device copy
+//! bandwidth (bytes read + written) of a 1 GiB copy. Inputs larger than L2
+//! are used as they are; smaller ones rotate over several copies so repeated
+//! launches do not just read L2. Peer times (PyTorch, run by
+//! `bench/peers/msa_indexer_torch.py` on the same shapes in the same device
+//! call) are merged from `--peers`.
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cudarc::driver::sys::CUevent_flags;
+use rand::Rng;
+use serde_json::{json, Value};
+use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
+use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
+
+struct Args {
+    cases: Option<Vec<String>>,
+    reps: usize,
+    peers: Option<String>,
+    out: Option<String>,
+    sweep_chunk: bool,
+}
+
+fn parse_args() -> Args {
+    let mut a = Args { cases: None, reps: 50, peers: None, out: None, sweep_chunk: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(k) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
+        match k.as_str() {
+            "--cases" => a.cases = Some(val().split(',').map(String::from).collect()),
+            "--reps" => a.reps = val().parse().expect("--reps N"),
+            "--peers" => a.peers = Some(val()),
+            "--out" => a.out = Some(val()),
+            "--sweep-chunk" => a.sweep_chunk = true,
+            _ => panic!("unknown argument {k}"),
+        }
+    }
+    a
+}
+
+/// Median of `reps` timed calls of `f(i)` (milliseconds), after 3 warm-ups.
+fn time_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut(usize)) -> f64 {
+    let ctx = gpu.context();
+    let ev = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+    for i in 0..3 {
+        f(i);
+    }
+    gpu.synchronize().unwrap();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|i| {
+            let (a, b) = (ev(), ev());
+            a.record(gpu.stream()).unwrap();
+            f(i);
+            b.record(gpu.stream()).unwrap();
+            b.synchronize().unwrap();
+            a.elapsed_ms(&b).unwrap() as f64
+        })
+        .collect();
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    t[t.len() / 2]
+}
+
+/// Device-to-device copy bandwidth in GB/s (bytes read + written) of 1 GiB.
+fn copy_bandwidth(gpu: &Gpu) -> f64 {
+    let n = 1usize << 29; // u16 elements: 1 GiB
+    let src = gpu.upload(&vec![0x3f80u16; n]).unwrap();
+    let mut dst = gpu.zeros::<u16>(n).unwrap();
+    let ms = time_ms(gpu, 20, |_| gpu.stream().memcpy_dtod(&src, &mut dst).unwrap());
+    2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9
+}
+
+/// An indexer benchmark case.
+struct IdxCase {
+    name: &'static str,
+    spec: RaggedSpec,
+}
+
+fn idx_cases() -> Vec<IdxCase> {
+    vec![
+        IdxCase { name: "idx-decode-b64-32k", spec: RaggedSpec::decode(vec![32 * 1024 - 1; 64]) },
+        IdxCase { name: "idx-decode-b1-128k", spec: RaggedSpec::decode(vec![128 * 1024 - 1]) },
+        IdxCase { name: "idx-prefill-8k", spec: RaggedSpec::prefill(&[8 * 1024], &[0]) },
+        IdxCase { name: "idx-prefill-chunk", spec: RaggedSpec::prefill(&[4 * 1024], &[60 * 1024]) },
+    ]
+}
+
+/// Causally visible (query, key) pairs of a batch.
+fn causal_pairs(spec: &RaggedSpec) -> f64 {
+    (0..spec.batch())
+        .map(|b| {
+            let c = spec.cache_lengths[b] as f64;
+            let q = spec.q_len(b) as f64;
+            q * c + q * (q + 1.0) / 2.0
+        })
+        .sum()
+}
+
+fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) -> Vec<Value> {
+    let cfg = MsaIndexerConfig::minimax_m3();
+    let (h, d) = (cfg.num_index_heads, cfg.head_dim);
+    let (mut rng, seed) = seeded(None);
+    let spec = &c.spec;
+    let pages_per_seq: Vec<usize> = (0..spec.batch()).map(|b| spec.seqlen_k(b).div_ceil(128)).collect();
+    let pages: usize = pages_per_seq.iter().sum();
+    let max_pages = *pages_per_seq.iter().max().unwrap();
+    let bytes_k = pages * 128 * d * 2;
+    // Several disjoint copies when one fits in L2 (each launch reads another).
+    let copies = (3 * l2).div_ceil(bytes_k).clamp(1, 8);
+    let layout = PagedLayout::index_k(pages * copies, 1, 128, d);
+    let pool = tensor(&mut rng, layout.elements(), Fill::Normal);
+    let mut perm: Vec<u32> = (0..(pages * copies) as u32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.gen_range(0..=i));
+    }
+    let lookups: Vec<Vec<u32>> = (0..copies)
+        .map(|cp| {
+            let mut t = vec![0u32; spec.batch() * max_pages];
+            let mut next = cp * pages;
+            for (b, &n) in pages_per_seq.iter().enumerate() {
+                t[b * max_pages..][..n].copy_from_slice(&perm[next..next + n]);
+                next += n;
+            }
+            t
+        })
+        .collect();
+    let q = gpu.upload(&tensor(&mut rng, spec.num_rows() * h * d, Fill::Normal)).unwrap();
+    let kc = gpu.upload(&pool).unwrap();
+    let d_lookups: Vec<_> = lookups.iter().map(|t| gpu.upload(t).unwrap()).collect();
+    let mut out = gpu.zeros::<i32>(h * spec.num_rows() * cfg.topk).unwrap();
+    let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
+    let mut idx = MsaIndexer::new(gpu, cfg).unwrap();
+    let decode = (0..spec.batch()).all(|b| spec.q_len(b) <= 1);
+    let chunks: Vec<Option<usize>> = if decode && args.sweep_chunk {
+        [None, Some(2), Some(4), Some(8), Some(16), Some(32), Some(64)].into()
+    } else {
+        vec![None]
+    };
+    let bytes = (spec.num_rows() * h * d * 2 + bytes_k + h * spec.num_rows() * cfg.topk * 4) as f64;
+    let flops = causal_pairs(spec) * h as f64 * d as f64 * 2.0;
+    let mut recs = Vec::new();
+    for chunk in chunks {
+        idx.set_decode_chunk(chunk);
+        idx.plan(&batch, &PageTable::new(&lookups[0], max_pages), &layout, 0).unwrap();
+        let ms = time_ms(gpu, args.reps, |i| {
+            idx.run(&q, &kc, &d_lookups[i % copies], &mut out).unwrap()
+        });
+        let us = ms * 1e3;
+        let (achieved, unit, limit_frac) = if decode {
+            let gbs = bytes / (ms * 1e-3) / 1e9;
+            (gbs, "GB/s", gbs / copy_gbs)
+        } else {
+            let tf = flops / (ms * 1e-3) / 1e12;
+            (tf, "TFLOP/s", f64::NAN)
+        };
+        eprintln!(
+            "{:<22} chunk {:>8} items {:>6}: {:>9.1} us  {:>8.1} {unit}  ({} copies, seed {seed})",
+            c.name,
+            chunk.map_or("auto".into(), |c| c.to_string()),
+            idx.work_items(),
+            us,
+            achieved,
+            copies
+        );
+        if chunk.is_none() {
+            recs.push(json!({
+                "case": c.name, "op": "msa_indexer", "our_us": us, "achieved": achieved,
+                "unit": unit, "fraction_of_limit": if limit_frac.is_nan() { Value::Null } else { json!(limit_frac) },
+                "bytes": bytes, "flops": flops, "work_items": idx.work_items(),
+            }));
+        }
+    }
+    recs
+}
+
+fn main() {
+    let args = parse_args();
+    if !Gpu::driver_present() {
+        eprintln!("bench: no NVIDIA driver on this machine; nothing to measure");
+        return;
+    }
+    let gpu = Gpu::new(0).expect("opening device 0");
+    let props = gpu.props().clone();
+    eprintln!("device: {} ({} SMs, L2 {} MiB)", props.name, props.sm_count, props.l2_bytes >> 20);
+    let copy_gbs = copy_bandwidth(&gpu);
+    eprintln!("copy bandwidth (1 GiB D2D, read + write): {copy_gbs:.0} GB/s");
+    let peers: BTreeMap<String, Value> = args
+        .peers
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let tc_tflops = peers.get("_bf16_matmul_tflops").and_then(Value::as_f64);
+    let date = {
+        let days = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 86400;
+        civil_date(days as i64)
+    };
+    let want = |n: &str| args.cases.as_ref().is_none_or(|c| c.iter().any(|x| x == n));
+    let mut records = Vec::new();
+    for c in idx_cases().iter().filter(|c| want(c.name)) {
+        for mut r in bench_indexer(&gpu, c, &args, copy_gbs, props.l2_bytes as usize) {
+            if r["unit"] == "TFLOP/s" {
+                if let Some(tc) = tc_tflops {
+                    r["fraction_of_limit"] = json!(r["achieved"].as_f64().unwrap() / tc);
+                }
+            }
+            if let Some(Value::Object(p)) = peers.get(c.name) {
+                let best = p.iter().filter_map(|(k, v)| Some((k, v.as_f64()?))).min_by(|a, b| a.1.total_cmp(&b.1));
+                if let Some((name, us)) = best {
+                    r["peer_name"] = json!(name);
+                    r["peer_us"] = json!(us);
+                    r["speedup_vs_peer"] = json!(us / r["our_us"].as_f64().unwrap());
+                }
+                r["peers"] = Value::Object(p.clone());
+            }
+            r["gpu"] = json!(props.name);
+            r["date"] = json!(date);
+            r["copy_gbs"] = json!(copy_gbs);
+            if let Some(tc) = tc_tflops {
+                r["bf16_matmul_tflops"] = json!(tc);
+            }
+            r["command"] = json!("cargo xtask gpu-bundle && bundle/run.sh bench (see BENCHMARKS.md)");
+            records.push(r);
+        }
+    }
+    println!("\n| case | ours (us) | achieved | of limit | peer | peer (us) | speedup |");
+    println!("|---|---|---|---|---|---|---|");
+    for r in &records {
+        println!(
+            "| {} | {:.1} | {:.1} {} | {} | {} | {} | {} |",
+            r["case"].as_str().unwrap(),
+            r["our_us"].as_f64().unwrap(),
+            r["achieved"].as_f64().unwrap(),
+            r["unit"].as_str().unwrap(),
+            r["fraction_of_limit"].as_f64().map_or("-".into(), |f| format!("{:.0}%", f * 100.0)),
+            r["peer_name"].as_str().unwrap_or("-"),
+            r["peer_us"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
+            r["speedup_vs_peer"].as_f64().map_or("-".into(), |v| format!("{v:.2}x")),
+        );
+    }
+    if let Some(path) = &args.out {
+        std::fs::write(path, serde_json::to_string_pretty(&records).unwrap()).unwrap();
+        eprintln!("wrote {path}");
+    }
+}
+
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil_date(z: i64) -> String {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}

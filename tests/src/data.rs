@@ -1,0 +1,374 @@
+//! Seeded random inputs shared by the GPU tests, the benchmarks and the demo.
+//!
+//! Everything is generated from a [`ChaCha8Rng`] obtained with [`seeded`],
+//! which reads `SPARSE_ATTN_SEED` so that any failing run can be replayed.
+//! Large tensors are generated in parallel from per-chunk ChaCha streams, so
+//! the values depend only on the seed (never on the thread count).
+//!
+//! Paged pools use MAX's layout
+//! `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]` (see
+//! [`sparse_attn_reference::paged`]); pages are handed to sequences in a
+//! shuffled order, the pool has unused pages, stale lookup entries hold valid
+//! but unrelated page ids, and every slot that holds no token of a sequence
+//! contains garbage (±1e4..3e4, NaN, ±Inf), never zeros, so a kernel that
+//! reads past a sequence's keys gives a visibly wrong answer.
+
+use half::bf16;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+pub use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use sparse_attn_reference::paged::{PagedCache, PagedLayout};
+
+/// Environment variable that fixes the seed of [`seeded`] (decimal or `0x` hex).
+pub const SEED_ENV: &str = "SPARSE_ATTN_SEED";
+
+/// Elements per independently seeded chunk of a generated tensor.
+const CHUNK: usize = 1 << 16;
+
+/// A seeded generator. `Some(seed)` is used as given; with `None` the seed
+/// comes from `SPARSE_ATTN_SEED` if set, else from the clock. The seed is
+/// printed to stderr (`SPARSE_ATTN_SEED=<seed>`) and returned so that
+/// callers can report it.
+///
+/// Panics if `SPARSE_ATTN_SEED` is set but is not a `u64`.
+pub fn seeded(seed: Option<u64>) -> (ChaCha8Rng, u64) {
+    let seed = seed.or_else(env_seed).unwrap_or_else(clock_seed);
+    eprintln!("{SEED_ENV}={seed}");
+    (ChaCha8Rng::seed_from_u64(seed), seed)
+}
+
+fn env_seed() -> Option<u64> {
+    let s = std::env::var(SEED_ENV).ok()?;
+    let t = s.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => t.parse::<u64>(),
+    };
+    match parsed {
+        Ok(v) => Some(v),
+        Err(e) => panic!("{SEED_ENV}={s:?} is not a u64: {e}"),
+    }
+}
+
+fn clock_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    // splitmix64 finaliser of the nanoseconds and the process id
+    let mut z = (nanos as u64) ^ ((nanos >> 64) as u64) ^ (u64::from(std::process::id()) << 32);
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// A ragged batch: `offsets: u32 [batch + 1]` (`input_row_offsets`, rows of
+/// sequence `b` are `offsets[b] .. offsets[b + 1]`) and
+/// `cache_lengths: u32 [batch]` (tokens cached before this step).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RaggedSpec {
+    /// `u32 [batch + 1]`, `offsets[0] = 0`, non-decreasing.
+    pub offsets: Vec<u32>,
+    /// `u32 [batch]`.
+    pub cache_lengths: Vec<u32>,
+}
+
+impl RaggedSpec {
+    /// Number of sequences.
+    pub fn batch(&self) -> usize {
+        self.cache_lengths.len()
+    }
+
+    /// Total new tokens (`offsets[batch]`).
+    pub fn num_rows(&self) -> usize {
+        self.offsets.last().map_or(0, |&x| x as usize)
+    }
+
+    /// New tokens of sequence `b`.
+    pub fn q_len(&self, b: usize) -> usize {
+        (self.offsets[b + 1] - self.offsets[b]) as usize
+    }
+
+    /// Keys of sequence `b` after this step: `cache_len[b] + q_len[b]`.
+    pub fn seqlen_k(&self, b: usize) -> usize {
+        self.cache_lengths[b] as usize + self.q_len(b)
+    }
+
+    /// Largest `seqlen_k` of the batch (0 for an empty batch).
+    pub fn max_seqlen_k(&self) -> usize {
+        (0..self.batch())
+            .map(|b| self.seqlen_k(b))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Decode step: one new token per sequence.
+    pub fn decode(cache_lengths: Vec<u32>) -> Self {
+        let offsets = (0..=cache_lengths.len() as u32).collect();
+        RaggedSpec {
+            offsets,
+            cache_lengths,
+        }
+    }
+
+    /// Prefill / chunked prefill: `q_lens[b]` new tokens on `cache_lengths[b]`
+    /// cached ones. Panics if the two slices differ in length.
+    pub fn prefill(q_lens: &[u32], cache_lengths: &[u32]) -> Self {
+        assert_eq!(
+            q_lens.len(),
+            cache_lengths.len(),
+            "prefill: q_lens and cache_lengths differ in length"
+        );
+        let mut offsets = Vec::with_capacity(q_lens.len() + 1);
+        offsets.push(0u32);
+        for &q in q_lens {
+            offsets.push(offsets[offsets.len() - 1] + q);
+        }
+        RaggedSpec {
+            offsets,
+            cache_lengths: cache_lengths.to_vec(),
+        }
+    }
+
+    /// A random batch of `batch` sequences with `q_len` in `0..=max_q_len` and
+    /// `cache_len` in `0..=max_cache_len`; roughly one sequence in five is
+    /// forced to `q_len = 0` and one in five to `cache_len = 0`.
+    pub fn random(rng: &mut impl Rng, batch: usize, max_q_len: u32, max_cache_len: u32) -> Self {
+        let mut q = Vec::with_capacity(batch);
+        let mut c = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            q.push(if rng.gen_ratio(1, 5) {
+                0
+            } else {
+                rng.gen_range(0..=max_q_len)
+            });
+            c.push(if rng.gen_ratio(1, 5) {
+                0
+            } else {
+                rng.gen_range(0..=max_cache_len)
+            });
+        }
+        Self::prefill(&q, &c)
+    }
+}
+
+/// Value distribution of generated data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// Standard normal samples rounded to bf16.
+    Normal,
+    /// Integers in `[-4, 4]` (exact in bf16; dot products exact in f32).
+    SmallInts,
+}
+
+/// One sample of `fill`.
+pub fn sample(rng: &mut impl Rng, fill: Fill) -> f32 {
+    match fill {
+        Fill::Normal => {
+            // Box-Muller; u1 in (0, 1].
+            let u1: f64 = 1.0 - rng.gen::<f64>();
+            let u2: f64 = rng.gen();
+            ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+        }
+        Fill::SmallInts => rng.gen_range(-4i32..=4) as f32,
+    }
+}
+
+/// A garbage value for slots that hold no token: mostly ±1e4..3e4, with
+/// NaN, +Inf and -Inf one time in sixteen each. Never zero.
+pub fn garbage(rng: &mut impl Rng) -> bf16 {
+    match rng.gen_range(0u32..16) {
+        0 => bf16::NAN,
+        1 => bf16::INFINITY,
+        2 => bf16::NEG_INFINITY,
+        _ => {
+            // drawn from [1.1e4, 3e4) so that bf16 rounding stays >= 1e4
+            let m: f32 = rng.gen_range(1.1e4..3.0e4);
+            bf16::from_f32(if rng.gen() { m } else { -m })
+        }
+    }
+}
+
+/// A generator of stream `stream` derived from `base` (independent per chunk).
+fn stream_rng(base: u64, stream: u64) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(base);
+    r.set_stream(stream);
+    r
+}
+
+/// `len` values of `fill` as bf16 (e.g. `q [num_rows, heads, head_dim]`).
+/// Draws one `u64` from `rng`; the values are generated in parallel.
+pub fn tensor(rng: &mut impl Rng, len: usize, fill: Fill) -> Vec<bf16> {
+    let base: u64 = rng.gen();
+    let mut out = vec![bf16::ZERO; len];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        let mut r = stream_rng(base, i as u64);
+        for x in c {
+            *x = bf16::from_f32(sample(&mut r, fill));
+        }
+    });
+    out
+}
+
+/// A random paged pool and page table for a ragged batch.
+#[derive(Clone, Debug)]
+pub struct PagedPool {
+    /// `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`.
+    pub layout: PagedLayout,
+    /// The pool, `layout.len()` values.
+    pub data: Vec<bf16>,
+    /// Page table `u32 [batch, max_pages]`.
+    pub lookup: Vec<u32>,
+    /// Row stride of `lookup`.
+    pub max_pages: usize,
+}
+
+impl PagedPool {
+    /// Borrowed view for the reference.
+    pub fn cache(&self) -> PagedCache<'_> {
+        PagedCache {
+            layout: self.layout,
+            data: &self.data,
+            lookup: &self.lookup,
+            max_pages: self.max_pages,
+        }
+    }
+
+    /// Widens the page table by `extra` columns of stale (valid but
+    /// unrelated) page ids; the pool itself is unchanged.
+    pub fn with_extra_columns(mut self, rng: &mut impl Rng, extra: usize) -> Self {
+        if extra == 0 {
+            return self;
+        }
+        let batch = self.lookup.len() / self.max_pages.max(1);
+        let stride = self.max_pages + extra;
+        let n = self.layout.num_pages as u32;
+        let mut lookup = Vec::with_capacity(batch * stride);
+        for row in self.lookup.chunks(self.max_pages.max(1)).take(batch) {
+            lookup.extend_from_slice(row);
+            lookup.extend((0..extra).map(|_| rng.gen_range(0..n)));
+        }
+        self.lookup = lookup;
+        self.max_pages = stride;
+        self
+    }
+
+    /// Pages used by sequence `b` (`ceil(seqlen_k / page_size)` leading
+    /// entries of its lookup row).
+    pub fn pages_of(&self, spec: &RaggedSpec, b: usize) -> &[u32] {
+        let n = spec.seqlen_k(b).div_ceil(self.layout.page_size);
+        &self.lookup[b * self.max_pages..b * self.max_pages + n]
+    }
+}
+
+/// A random paged pool for `spec`:
+/// `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]` with
+/// `num_pages = sum_b ceil(seqlen_k[b] / page_size) + extra_pages` (at least 1).
+///
+/// Pages are a random permutation of the pool handed out sequence by
+/// sequence, so `extra_pages` pages stay unused. `lookup: u32 [batch,
+/// max_pages]` with `max_pages = max(1, max_b ceil(seqlen_k[b] / page_size))`
+/// (see [`PagedPool::with_extra_columns`] for wider tables); entries past a
+/// sequence's last page hold random valid page ids (stale, as engines leave
+/// them). Tokens `0..seqlen_k[b]` of every sequence, in every `kv`, layer and
+/// head, hold `fill` values; every other slot holds [`garbage`].
+///
+/// Panics if `page_size`, `kv_dim`, `num_layers`, `n_heads` or `head_dim` is 0.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_pool(
+    rng: &mut impl Rng,
+    spec: &RaggedSpec,
+    kv_dim: usize,
+    num_layers: usize,
+    n_heads: usize,
+    head_dim: usize,
+    page_size: usize,
+    extra_pages: usize,
+    fill: Fill,
+) -> PagedPool {
+    assert!(
+        page_size > 0 && kv_dim > 0 && num_layers > 0 && n_heads > 0 && head_dim > 0,
+        "paged_pool: every dimension must be positive"
+    );
+    let batch = spec.batch();
+    let pages: Vec<usize> = (0..batch)
+        .map(|b| spec.seqlen_k(b).div_ceil(page_size))
+        .collect();
+    let num_pages = (pages.iter().sum::<usize>() + extra_pages).max(1);
+    let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
+    let mut perm: Vec<u32> = (0..num_pages as u32).collect();
+    perm.shuffle(rng);
+    // owner[page] = (sequence, valid tokens in the page)
+    let mut owner: Vec<Option<(usize, usize)>> = vec![None; num_pages];
+    let mut lookup = vec![0u32; batch * max_pages];
+    let mut next = 0;
+    for b in 0..batch {
+        for c in 0..max_pages {
+            lookup[b * max_pages + c] = if c < pages[b] {
+                let page = perm[next];
+                next += 1;
+                let valid = (spec.seqlen_k(b) - c * page_size).min(page_size);
+                owner[page as usize] = Some((b, valid));
+                page
+            } else {
+                rng.gen_range(0..num_pages as u32)
+            };
+        }
+    }
+    let layout = PagedLayout {
+        num_pages,
+        kv_dim,
+        num_layers,
+        page_size,
+        n_heads,
+        head_dim,
+    };
+    let base: u64 = rng.gen();
+    let row = n_heads * head_dim; // elements of one slot
+    let mut data = vec![bf16::ZERO; layout.len()];
+    data.par_chunks_mut(layout.page_elems())
+        .enumerate()
+        .for_each(|(page, chunk)| {
+            let mut r = stream_rng(base, page as u64);
+            let valid = owner[page].map_or(0, |(_, v)| v);
+            // chunk is [kv_dim * num_layers, page_size, n_heads * head_dim]
+            for (i, x) in chunk.iter_mut().enumerate() {
+                let slot = (i / row) % page_size;
+                *x = if slot < valid {
+                    bf16::from_f32(sample(&mut r, fill))
+                } else {
+                    garbage(&mut r)
+                };
+            }
+        });
+    PagedPool {
+        layout,
+        data,
+        lookup,
+        max_pages,
+    }
+}
+
+/// An index-K pool for the MSA indexer: `kv_dim = 1`, one head,
+/// `page_size = 128`.
+pub fn index_k_pool(
+    rng: &mut impl Rng,
+    spec: &RaggedSpec,
+    num_layers: usize,
+    head_dim: usize,
+    extra_pages: usize,
+    fill: Fill,
+) -> PagedPool {
+    paged_pool(
+        rng,
+        spec,
+        1,
+        num_layers,
+        1,
+        head_dim,
+        128,
+        extra_pages,
+        fill,
+    )
+}
