@@ -2,8 +2,8 @@
 paged index-K, batched matmul, mask, block max, torch.topk.
 
 Same shapes as `bench` (tests/src/bin/bench.rs): 4 index heads of 128, top-16,
-init 0, local 1, page = block = 128 tokens, shuffled page table. Times are
-medians of CUDA-event-timed calls after warm-up. Also measures the bf16
+init 0, local 1, page = block = 128 tokens, shuffled page table. Times are per
+call: back-to-back calls between CUDA events, median of 5 batches. Also measures the bf16
 tensor-core rate (a large torch.matmul) used as the prefill limit.
 
 usage: python3 msa_indexer_torch.py OUT.json [case ...]
@@ -18,19 +18,22 @@ SCALE = D ** -0.5
 dev = "cuda"
 
 
-def median_us(fn, reps=30, warmup=3):
+def median_us(fn, reps=20, batches=5, warmup=3):
+    """Per-call time: `reps` calls back to back between two CUDA events,
+    median over `batches` (the same method as the Rust bench)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     ts = []
-    for _ in range(reps):
+    for _ in range(batches):
         a = torch.cuda.Event(enable_timing=True)
         b = torch.cuda.Event(enable_timing=True)
         a.record()
-        fn()
+        for _ in range(reps):
+            fn()
         b.record()
         b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3)
+        ts.append(a.elapsed_time(b) * 1e3 / reps)
     ts.sort()
     return ts[len(ts) // 2]
 
@@ -84,7 +87,7 @@ def prefill_peer(q_len, cache_len):
         blk = s.view(H, q_len, maxp, BLK).amax(-1).float() * SCALE
         blk.scatter_(2, local, 1e29)
         return torch.topk(blk, min(TOPK, maxp), dim=-1).indices
-    return median_us(run, reps=10)
+    return median_us(run, reps=5)
 
 
 def matmul_tflops():

@@ -20,7 +20,10 @@ pub struct RaggedBatch<'a> {
 
 impl<'a> RaggedBatch<'a> {
     pub fn new(input_row_offsets: &'a [u32], cache_lengths: &'a [u32]) -> Self {
-        RaggedBatch { input_row_offsets, cache_lengths }
+        RaggedBatch {
+            input_row_offsets,
+            cache_lengths,
+        }
     }
 
     /// Number of sequences.
@@ -55,25 +58,46 @@ impl<'a> RaggedBatch<'a> {
         ensure(
             off.len() == batch + 1,
             "input_row_offsets",
-            || format!("batch + 1 = {} entries (cache_lengths has {batch})", batch + 1),
+            || {
+                format!(
+                    "batch + 1 = {} entries (cache_lengths has {batch})",
+                    batch + 1
+                )
+            },
             || format!("{} entries", off.len()),
         )?;
-        ensure(off[0] == 0, "input_row_offsets", || "offsets[0] = 0".into(), || {
-            format!("offsets[0] = {}", off[0])
-        })?;
+        ensure(
+            off[0] == 0,
+            "input_row_offsets",
+            || "offsets[0] = 0".into(),
+            || format!("offsets[0] = {}", off[0]),
+        )?;
         for b in 0..batch {
             ensure(
                 off[b + 1] >= off[b],
                 "input_row_offsets",
                 || "non-decreasing offsets".into(),
-                || format!("offsets[{}] = {} < offsets[{b}] = {}", b + 1, off[b + 1], off[b]),
+                || {
+                    format!(
+                        "offsets[{}] = {} < offsets[{b}] = {}",
+                        b + 1,
+                        off[b + 1],
+                        off[b]
+                    )
+                },
             )?;
             let sk = self.seqlen_k(b);
             ensure(
                 sk < (u32::MAX / 2) as u64,
                 "cache_lengths",
                 || "cache_len + q_len below 2^31 tokens".into(),
-                || format!("sequence {b}: {} + {} = {sk}", self.cache_lengths[b], self.q_len(b)),
+                || {
+                    format!(
+                        "sequence {b}: {} + {} = {sk}",
+                        self.cache_lengths[b],
+                        self.q_len(b)
+                    )
+                },
             )?;
         }
         Ok(())
@@ -96,7 +120,14 @@ pub struct PagedLayout {
 impl PagedLayout {
     /// Index-K cache: `[num_pages, 1, num_layers, page_size, 1, head_dim]`.
     pub fn index_k(num_pages: usize, num_layers: usize, page_size: usize, head_dim: usize) -> Self {
-        PagedLayout { num_pages, kv_dim: 1, num_layers, page_size, n_heads: 1, head_dim }
+        PagedLayout {
+            num_pages,
+            kv_dim: 1,
+            num_layers,
+            page_size,
+            n_heads: 1,
+            head_dim,
+        }
     }
 
     /// Elements of the whole pool.
@@ -145,11 +176,20 @@ impl<'a> PageTable<'a> {
             ensure(
                 pages <= self.max_pages,
                 "lookup",
-                || format!("rows of at least {pages} pages for sequence {b} (seqlen_k {})", batch.seqlen_k(b)),
+                || {
+                    format!(
+                        "rows of at least {pages} pages for sequence {b} (seqlen_k {})",
+                        batch.seqlen_k(b)
+                    )
+                },
                 || format!("max_pages = {}", self.max_pages),
             )?;
             let row = &self.lookup[b * self.max_pages..][..pages];
-            if let Some((j, &p)) = row.iter().enumerate().find(|(_, &p)| p as usize >= layout.num_pages) {
+            if let Some((j, &p)) = row
+                .iter()
+                .enumerate()
+                .find(|(_, &p)| p as usize >= layout.num_pages)
+            {
                 return Err(crate::Error::invalid(
                     "lookup",
                     format!("page ids below num_pages = {}", layout.num_pages),

@@ -41,7 +41,7 @@ pub mod abi;
 
 pub use batch::{PageTable, PagedLayout, RaggedBatch};
 pub use context::{DeviceProps, Gpu};
-pub use error::{Error, Result};
-pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
-pub use half::bf16;
 pub use cudarc::driver::CudaSlice;
+pub use error::{Error, Result};
+pub use half::bf16;
+pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};

@@ -67,15 +67,24 @@ impl MsaIndexerConfig {
         if self.head_dim != MSA_HEAD_DIM as usize {
             return Err(Error::Unsupported {
                 arg: "head_dim",
-                what: format!("head_dim {} (only {MSA_HEAD_DIM} is implemented)", self.head_dim),
+                what: format!(
+                    "head_dim {} (only {MSA_HEAD_DIM} is implemented)",
+                    self.head_dim
+                ),
             });
         }
-        ensure(self.block_size == MSA_BLOCK as usize, "block_size", || format!("{MSA_BLOCK}"), || {
-            self.block_size.to_string()
-        })?;
-        ensure(self.topk >= 1 && self.topk <= 1 << 20, "topk", || "1 ..= 2^20".into(), || {
-            self.topk.to_string()
-        })?;
+        ensure(
+            self.block_size == MSA_BLOCK as usize,
+            "block_size",
+            || format!("{MSA_BLOCK}"),
+            || self.block_size.to_string(),
+        )?;
+        ensure(
+            self.topk >= 1 && self.topk <= 1 << 20,
+            "topk",
+            || "1 ..= 2^20".into(),
+            || self.topk.to_string(),
+        )?;
         ensure(
             (1..=IDX_PREFILL_M_ROWS as usize).contains(&self.num_index_heads),
             "num_index_heads",
@@ -122,6 +131,7 @@ pub struct MsaIndexer {
     k_prefill: CudaFunction,
     k_decode: CudaFunction,
     k_topk: CudaFunction,
+    k_topk_long: CudaFunction,
     /// Work items `[n_items, IDX_ITEM_WORDS]` (grows, never shrinks).
     items: CudaSlice<u32>,
     /// Query position of every row `[num_rows]`.
@@ -139,7 +149,7 @@ pub struct MsaIndexer {
 pub fn decode_chunk(total_blocks: usize, sm_count: usize) -> usize {
     total_blocks
         .div_ceil(4 * sm_count.max(1))
-        .clamp(4, IDX_DECODE_MAX_ITEM_BLOCKS as usize)
+        .clamp(4, IDX_MAX_ITEM_BLOCKS as usize)
 }
 
 /// Prefill split: most blocks per work item, so that the long rows at the end
@@ -155,6 +165,7 @@ impl MsaIndexer {
             k_prefill: gpu.kernel("msa_indexer_scores_prefill", IDX_SMEM_PREFILL)?,
             k_decode: gpu.kernel("msa_indexer_scores_decode", IDX_SMEM_DECODE)?,
             k_topk: gpu.kernel("msa_indexer_topk", 0)?,
+            k_topk_long: gpu.kernel("msa_indexer_topk_long", IDX_SMEM_TOPK_LONG)?,
             items: gpu.zeros(IDX_ITEM_WORDS)?,
             row_qpos: gpu.zeros(1)?,
             scores: gpu.zeros(1)?,
@@ -183,7 +194,7 @@ impl MsaIndexer {
     /// Overrides the decode split (blocks per work item); `None` restores the
     /// tuned rule. For benchmarks and tests.
     pub fn set_decode_chunk(&mut self, blocks: Option<usize>) {
-        self.decode_chunk = blocks.map(|b| b.clamp(1, IDX_DECODE_MAX_ITEM_BLOCKS as usize));
+        self.decode_chunk = blocks.map(|b| b.clamp(1, IDX_MAX_ITEM_BLOCKS as usize));
     }
 
     /// Forces the score kernel (`None`: decode when every sequence has at
@@ -198,7 +209,11 @@ impl MsaIndexer {
     pub fn reserve(&mut self, max_rows: usize, max_context: usize) -> Result<()> {
         let blocks = max_context.div_ceil(MSA_BLOCK as usize).max(1);
         let items = max_rows * blocks.div_ceil(4) + 1;
-        self.grow(items, max_rows, max_rows * self.cfg.num_index_heads * blocks)
+        self.grow(
+            items,
+            max_rows,
+            max_rows * self.cfg.num_index_heads * blocks,
+        )
     }
 
     fn grow(&mut self, items: usize, rows: usize, scores: usize) -> Result<()> {
@@ -234,7 +249,11 @@ impl MsaIndexer {
         let w = plan_work(&self.cfg, batch, pages, layout, layer, &opts)?;
         let num_rows = w.row_qpos.len();
         let h = self.cfg.num_index_heads;
-        self.grow(w.items.len().max(1), num_rows.max(1), h * num_rows.max(1) * w.score_stride)?;
+        self.grow(
+            w.items.len().max(1),
+            num_rows.max(1),
+            h * num_rows.max(1) * w.score_stride,
+        )?;
         let flat: Vec<u32> = w.items.iter().flatten().copied().collect();
         if !flat.is_empty() {
             let stream = self.gpu.stream().clone();
@@ -270,17 +289,43 @@ impl MsaIndexer {
         lookup: &CudaSlice<u32>,
         out: &mut CudaSlice<i32>,
     ) -> Result<()> {
-        let p = self.plan.as_ref().ok_or(Error::NotPlanned { op: "msa_indexer" })?;
+        let p = self
+            .plan
+            .as_ref()
+            .ok_or(Error::NotPlanned { op: "msa_indexer" })?;
         let (h, d, topk) = (self.cfg.num_index_heads, self.cfg.head_dim, self.cfg.topk);
         let expect_len = |arg, len: usize, want: usize, what: &str| {
-            ensure(len == want, arg, || format!("{want} elements ({what})"), || {
-                format!("{len} elements")
-            })
+            ensure(
+                len == want,
+                arg,
+                || format!("{want} elements ({what})"),
+                || format!("{len} elements"),
+            )
         };
-        expect_len("q", q.len(), p.num_rows * h * d, "num_rows * num_index_heads * head_dim")?;
-        expect_len("k_cache", k_cache.len(), p.layout.elements(), "the planned layout")?;
-        expect_len("lookup", lookup.len(), p.batch * p.max_pages, "batch * max_pages")?;
-        expect_len("out_idxs", out.len(), h * p.num_rows * topk, "num_index_heads * num_rows * topk")?;
+        expect_len(
+            "q",
+            q.len(),
+            p.num_rows * h * d,
+            "num_rows * num_index_heads * head_dim",
+        )?;
+        expect_len(
+            "k_cache",
+            k_cache.len(),
+            p.layout.elements(),
+            "the planned layout",
+        )?;
+        expect_len(
+            "lookup",
+            lookup.len(),
+            p.batch * p.max_pages,
+            "batch * max_pages",
+        )?;
+        expect_len(
+            "out_idxs",
+            out.len(),
+            h * p.num_rows * topk,
+            "num_index_heads * num_rows * topk",
+        )?;
         if p.num_rows == 0 {
             return Ok(());
         }
@@ -297,9 +342,20 @@ impl MsaIndexer {
             let layer_offset = p.layout.layer_offset(0, p.layer) as u64;
             let stride = p.score_stride as u32;
             let mut l = stream.launch_builder(kernel);
-            l.arg(q).arg(k_cache).arg(lookup).arg(&self.items).arg(&n_items);
-            l.arg(&self.scores).arg(&num_rows).arg(&heads).arg(&batch).arg(&max_pages);
-            l.arg(&num_pages).arg(&page_stride).arg(&layer_offset).arg(&stride);
+            l.arg(q)
+                .arg(k_cache)
+                .arg(lookup)
+                .arg(&self.items)
+                .arg(&n_items);
+            l.arg(&self.scores)
+                .arg(&num_rows)
+                .arg(&heads)
+                .arg(&batch)
+                .arg(&max_pages);
+            l.arg(&num_pages)
+                .arg(&page_stride)
+                .arg(&layer_offset)
+                .arg(&stride);
             l.arg(&self.cfg.scale);
             let cfg = LaunchConfig {
                 grid_dim: (n_items, 1, 1),
@@ -313,15 +369,30 @@ impl MsaIndexer {
         }
         let pairs = (h * p.num_rows) as u32;
         let (num_rows, heads, stride) = (p.num_rows as u32, h as u32, p.score_stride as u32);
-        let (topk, init, local) =
-            (topk as u32, self.cfg.init_blocks as u32, self.cfg.local_blocks as u32);
-        let mut l = stream.launch_builder(&self.k_topk);
-        l.arg(&self.scores).arg(&self.row_qpos).arg(&mut *out).arg(&num_rows).arg(&heads);
+        let (topk, init, local) = (
+            topk as u32,
+            self.cfg.init_blocks as u32,
+            self.cfg.local_blocks as u32,
+        );
+        // Long rows: one CTA per (head, row), its warps split the blocks.
+        let long = stride > IDX_TOPK_LONG_FROM && topk <= IDX_TOPK_LONG_MAX;
+        let (kernel, cfg) = if long {
+            let grid = (pairs, 1, 1);
+            (&self.k_topk_long, (grid, IDX_SMEM_TOPK_LONG))
+        } else {
+            ((&self.k_topk), ((pairs.div_ceil(IDX_TOPK_WARPS), 1, 1), 0))
+        };
+        let mut l = stream.launch_builder(kernel);
+        l.arg(&self.scores)
+            .arg(&self.row_qpos)
+            .arg(&mut *out)
+            .arg(&num_rows)
+            .arg(&heads);
         l.arg(&stride).arg(&topk).arg(&init).arg(&local);
         let cfg = LaunchConfig {
-            grid_dim: (pairs.div_ceil(IDX_TOPK_WARPS), 1, 1),
+            grid_dim: cfg.0,
             block_dim: (IDX_TOPK_WARPS * 32, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: cfg.1,
         };
         // SAFETY: as above; `out` holds H * num_rows * topk elements.
         unsafe { l.launch(cfg) }.during(|| "launching the indexer top-k kernel".into())?;
@@ -364,25 +435,44 @@ pub fn plan_work(
 ) -> Result<WorkList> {
     cfg.validate()?;
     batch.validate()?;
-    ensure(layout.kv_dim == 1 && layout.n_heads == 1, "k_cache layout", || {
-        "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]".into()
-    }, || format!("kv_dim {} and n_heads {}", layout.kv_dim, layout.n_heads))?;
-    ensure(layout.page_size == cfg.block_size, "page_size", || {
-        format!("block_size = {}", cfg.block_size)
-    }, || layout.page_size.to_string())?;
-    ensure(layout.head_dim == cfg.head_dim, "k_cache head_dim", || {
-        format!("head_dim = {}", cfg.head_dim)
-    }, || layout.head_dim.to_string())?;
-    ensure(layout.num_pages >= 1, "num_pages", || ">= 1".into(), || "0".into())?;
-    ensure(layer < layout.num_layers, "layer", || {
-        format!("below num_layers = {}", layout.num_layers)
-    }, || layer.to_string())?;
+    ensure(
+        layout.kv_dim == 1 && layout.n_heads == 1,
+        "k_cache layout",
+        || "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]".into(),
+        || format!("kv_dim {} and n_heads {}", layout.kv_dim, layout.n_heads),
+    )?;
+    ensure(
+        layout.page_size == cfg.block_size,
+        "page_size",
+        || format!("block_size = {}", cfg.block_size),
+        || layout.page_size.to_string(),
+    )?;
+    ensure(
+        layout.head_dim == cfg.head_dim,
+        "k_cache head_dim",
+        || format!("head_dim = {}", cfg.head_dim),
+        || layout.head_dim.to_string(),
+    )?;
+    ensure(
+        layout.num_pages >= 1,
+        "num_pages",
+        || ">= 1".into(),
+        || "0".into(),
+    )?;
+    ensure(
+        layer < layout.num_layers,
+        "layer",
+        || format!("below num_layers = {}", layout.num_layers),
+        || layer.to_string(),
+    )?;
     pages.validate(batch, layout)?;
 
     let h = cfg.num_index_heads;
     let num_rows = batch.num_rows();
     ensure(
-        num_rows.checked_mul(h).is_some_and(|m| m < i32::MAX as usize),
+        num_rows
+            .checked_mul(h)
+            .is_some_and(|m| m < i32::MAX as usize),
         "input_row_offsets",
         || "num_rows * num_index_heads below 2^31".into(),
         || format!("{num_rows} * {h}"),
@@ -393,9 +483,12 @@ pub fn plan_work(
         None => IndexerPath::Prefill,
     };
     if path == IndexerPath::Decode {
-        ensure(batch.max_q_len() <= 1, "input_row_offsets", || {
-            "at most one new token per sequence on the decode path".into()
-        }, || format!("a sequence with {} new tokens", batch.max_q_len()))?;
+        ensure(
+            batch.max_q_len() <= 1,
+            "input_row_offsets",
+            || "at most one new token per sequence on the decode path".into(),
+            || format!("a sequence with {} new tokens", batch.max_q_len()),
+        )?;
         if h > IDX_MAX_HEADS as usize {
             return Err(Error::Unsupported {
                 arg: "num_index_heads",
@@ -411,16 +504,24 @@ pub fn plan_work(
         .sum();
     let (chunk, tile_rows) = match path {
         IndexerPath::Decode => {
-            let c = opts.decode_chunk.unwrap_or_else(|| decode_chunk(total_blocks, opts.sm_count));
-            (c.clamp(1, IDX_DECODE_MAX_ITEM_BLOCKS as usize), 1)
+            let c = opts
+                .decode_chunk
+                .unwrap_or_else(|| decode_chunk(total_blocks, opts.sm_count));
+            (c.clamp(1, IDX_MAX_ITEM_BLOCKS as usize), 1)
         }
         IndexerPath::Prefill => (PREFILL_CHUNK, IDX_PREFILL_M_ROWS as usize / h),
     };
-    let mut w = WorkList { path, items: Vec::new(), row_qpos: Vec::with_capacity(num_rows), score_stride: 1 };
+    let mut w = WorkList {
+        path,
+        items: Vec::new(),
+        row_qpos: Vec::with_capacity(num_rows),
+        score_stride: 1,
+    };
     for b in 0..batch.batch() {
         let (cache_len, q_len) = (batch.cache_lengths[b] as usize, batch.q_len(b));
         let off = batch.input_row_offsets[b] as usize;
-        w.row_qpos.extend((0..q_len).map(|i| (cache_len + i) as u32));
+        w.row_qpos
+            .extend((0..q_len).map(|i| (cache_len + i) as u32));
         for r0 in (0..q_len).step_by(tile_rows) {
             let nrows = tile_rows.min(q_len - r0);
             let nb = blocks_of(cache_len + r0 + nrows - 1);
@@ -428,7 +529,8 @@ pub fn plan_work(
             for c0 in (0..nb).step_by(chunk) {
                 let c1 = (c0 + chunk).min(nb);
                 let qpos0 = cache_len + r0;
-                w.items.push([b, off + r0, nrows, qpos0, c0, c1, 0, 0].map(|v| v as u32));
+                w.items
+                    .push([b, off + r0, nrows, qpos0, c0, c1, 0, 0].map(|v| v as u32));
             }
         }
     }

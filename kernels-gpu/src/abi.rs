@@ -21,21 +21,30 @@ pub const IDX_PREFILL_M_ROWS: u32 = 128;
 /// Decode score kernel: all index heads of one query share one 16-row m-tile,
 /// so at most 16 index heads.
 pub const IDX_MAX_HEADS: u32 = 16;
-/// Decode score kernel: most blocks one work item may cover (size of the
-/// cross-warp reduction buffer).
-pub const IDX_DECODE_MAX_ITEM_BLOCKS: u32 = 64;
+/// Score kernels: most blocks one work item may cover (the page ids of an
+/// item are staged in shared memory; decode also sizes its cross-warp
+/// reduction buffer by it). Longer items are cut (the host never plans them).
+pub const IDX_MAX_ITEM_BLOCKS: u32 = 64;
 /// Words per work item: `[seq, row0, nrows, qpos0, blk0, blk1, 0, 0]`: rows
 /// `row0 .. row0 + nrows` of sequence `seq` (query positions `qpos0 ..`)
 /// against KV blocks `blk0 .. blk1`.
 pub const IDX_ITEM_WORDS: usize = 8;
-/// Dynamic shared memory of the prefill score kernel.
-pub const IDX_SMEM_PREFILL: u32 = IDX_STAGES * IDX_BLOCK_BYTES;
-/// Dynamic shared memory of the decode score kernel: stages plus the
+/// Dynamic shared memory of the prefill score kernel: the stages, then the
+/// item's page ids.
+pub const IDX_SMEM_PREFILL: u32 = IDX_STAGES * IDX_BLOCK_BYTES + IDX_MAX_ITEM_BLOCKS * 4;
+/// Dynamic shared memory of the decode score kernel: as prefill, then the
 /// `[blocks, warps, 16]` f32 cross-warp reduction buffer.
-pub const IDX_SMEM_DECODE: u32 = IDX_SMEM_PREFILL + IDX_DECODE_MAX_ITEM_BLOCKS * 4 * 16 * 4;
+pub const IDX_SMEM_DECODE: u32 = IDX_SMEM_PREFILL + IDX_MAX_ITEM_BLOCKS * 4 * 16 * 4;
 /// Top-k kernel: one warp per (index head, query row), 4 warps per CTA.
 pub const IDX_TOPK_WARPS: u32 = 4;
-/// Top-k kernel: keys each lane keeps in registers; rows with more than
-/// `32 * IDX_TOPK_KEYS_PER_LANE` blocks (4096 × 128 = 512K tokens) still work,
+/// Top-k kernel: most keys a lane keeps in registers; rows with more than
+/// `32 * IDX_TOPK_KEYS_PER_LANE` blocks (1024 × 128 = 128K tokens) still work,
 /// re-reading the excess from memory on every pick (slower).
 pub const IDX_TOPK_KEYS_PER_LANE: u32 = 32;
+/// Long-row top-k (`msa_indexer_topk_long`, one CTA per row): most `topk`
+/// it takes (its candidates live in shared memory).
+pub const IDX_TOPK_LONG_MAX: u32 = 64;
+/// Dynamic shared memory of the long-row top-k: `[warps, topk]` u64 keys.
+pub const IDX_SMEM_TOPK_LONG: u32 = IDX_TOPK_WARPS * IDX_TOPK_LONG_MAX * 8;
+/// Rows with more blocks than this use the long-row top-k (when `topk` allows).
+pub const IDX_TOPK_LONG_FROM: u32 = 256;

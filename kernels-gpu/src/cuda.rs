@@ -109,18 +109,28 @@ pub fn quad_max_f32(v: f32) -> f32 {
     fmax(v, shfl_xor_f32(v, 2))
 }
 
-/// Maximum of `v` over the whole warp; every lane gets the result.
+/// `redux.sync.max.u32` over the whole warp (sm_80+), through the convergent
+/// LLVM intrinsic: one instruction instead of five shuffle rounds.
 #[inline(always)]
-pub fn warp_max_u64(mut v: u64) -> u64 {
-    let mut m = 16;
-    while m > 0 {
-        let o = shfl_xor_u64(v, m);
-        if o > v {
-            v = o;
-        }
-        m >>= 1;
-    }
-    v
+pub fn warp_max_u32(v: u32) -> u32 {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_redux_sync_umax(v as i32, -1) as u32 }
+}
+
+extern "C" {
+    #[link_name = "llvm.nvvm.redux.sync.umax"]
+    fn llvm_redux_sync_umax(value: i32, member_mask: i32) -> i32;
+}
+
+/// Maximum of `v` over the whole warp; every lane gets the result. Two
+/// `redux.sync.max.u32`: the high words, then the low words of the lanes
+/// holding the highest high word.
+#[inline(always)]
+pub fn warp_max_u64(v: u64) -> u64 {
+    let hi = (v >> 32) as u32;
+    let max_hi = warp_max_u32(hi);
+    let max_lo = warp_max_u32(if hi == max_hi { v as u32 } else { 0 });
+    ((max_hi as u64) << 32) | max_lo as u64
 }
 
 // ---------------------------------------------------------------- numbers
@@ -145,7 +155,7 @@ pub unsafe fn ld_global_nc_v4(p: *const u8) -> [u32; 4] {
     let (a, b, c, d): (u32, u32, u32, u32);
     asm!("ld.global.nc.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
          a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
-         p = in(reg64) p, options(readonly, nostack));
+         p = in(reg64) p, options(pure, readonly, nostack));
     [a, b, c, d]
 }
 
@@ -153,8 +163,10 @@ pub unsafe fn ld_global_nc_v4(p: *const u8) -> [u32; 4] {
 #[inline(always)]
 pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {
     let r: u32;
+    // `pure, readonly`: a load of read-only data, free to be scheduled early
+    // (several in flight) or merged.
     asm!("ld.global.nc.u32 {r}, [{p}];", r = out(reg32) r, p = in(reg64) p,
-         options(readonly, nostack));
+         options(pure, readonly, nostack));
     r
 }
 
@@ -175,6 +187,36 @@ pub fn dynamic_smem() -> u32 {
 #[inline(always)]
 pub unsafe fn st_shared_f32(addr: u32, v: f32) {
     asm!("st.shared.f32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack));
+}
+
+/// `st.shared.u32`
+#[inline(always)]
+pub unsafe fn st_shared_u32(addr: u32, v: u32) {
+    asm!("st.shared.u32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack));
+}
+
+/// `ld.shared.u32`
+#[inline(always)]
+pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
+    let r: u32;
+    asm!("ld.shared.u32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
+         options(readonly, nostack));
+    r
+}
+
+/// `st.shared.u64`
+#[inline(always)]
+pub unsafe fn st_shared_u64(addr: u32, v: u64) {
+    asm!("st.shared.u64 [{a}], {v};", a = in(reg32) addr, v = in(reg64) v, options(nostack));
+}
+
+/// `ld.shared.u64`
+#[inline(always)]
+pub unsafe fn ld_shared_u64(addr: u32) -> u64 {
+    let r: u64;
+    asm!("ld.shared.u64 {r}, [{a}];", r = out(reg64) r, a = in(reg32) addr,
+         options(readonly, nostack));
+    r
 }
 
 /// `ld.shared.f32`
@@ -243,18 +285,25 @@ pub fn mma_bf16_16816(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
 
 // ---------------------------------------------------------------- unrolling
 
-/// Repeats `$body` 32 times with `$i` bound to the constants `0..32`.
+/// `unroll!(N, I => { .. })` repeats the block `N` times (N in 2, 4, 8, 16,
+/// 32) with `I` bound to the constants `0..N`.
 ///
 /// A register array may only be indexed by constants; LLVM's heuristics
-/// refuse to unroll large loop bodies fully, which would move the array to
-/// local memory (a stack frame in ptxas' report). This makes the unroll explicit.
+/// refuse to unroll large loop bodies fully, which moves the array to local
+/// memory (a stack frame in ptxas' report). This makes the unroll explicit.
 #[macro_export]
-macro_rules! unroll32 {
-    ($i:ident => $body:block) => {
-        $crate::unroll32!(@ $i $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
-                          16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31)
+macro_rules! unroll {
+    (2, $i:ident => $body:block) => { $crate::unroll!(@ $i $body; 0 1) };
+    (4, $i:ident => $body:block) => { $crate::unroll!(@ $i $body; 0 1 2 3) };
+    (8, $i:ident => $body:block) => { $crate::unroll!(@ $i $body; 0 1 2 3 4 5 6 7) };
+    (16, $i:ident => $body:block) => {
+        $crate::unroll!(@ $i $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (32, $i:ident => $body:block) => {
+        $crate::unroll!(@ $i $body; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15
+                        16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31)
     };
     (@ $i:ident $body:block; $($n:literal)*) => {
-        $( { const $i: usize = $n; $body } )*
+        $( { #[allow(non_upper_case_globals)] const $i: usize = $n; $body } )*
     };
 }

@@ -32,6 +32,8 @@ const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
 const ROW_CHUNKS: u32 = ROW_BYTES / 16;
 /// n-tiles (8 keys each) per block.
 const N_TILES: u32 = MSA_BLOCK / 8;
+/// n-tiles computed together (independent accumulator chains).
+const NG: usize = 4;
 /// k-steps (16 dims each) per head.
 const K_STEPS: usize = (MSA_HEAD_DIM / 16) as usize;
 const WARPS: u32 = IDX_THREADS / 32;
@@ -107,11 +109,9 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
     let row0 = ld_global_nc_u32(w.add(1)).min(p.num_rows);
     let nrows = ld_global_nc_u32(w.add(2)).min(p.num_rows - row0);
     let qpos0 = ld_global_nc_u32(w.add(3));
-    let mut blk1 = ld_global_nc_u32(w.add(5)).min(p.max_pages).min(p.score_stride);
-    if WN > 1 {
-        blk1 = blk1.min(ld_global_nc_u32(w.add(4)).saturating_add(IDX_DECODE_MAX_ITEM_BLOCKS));
-    }
+    let blk1 = ld_global_nc_u32(w.add(5)).min(p.max_pages).min(p.score_stride);
     let blk0 = ld_global_nc_u32(w.add(4)).min(blk1);
+    let blk1 = blk1.min(blk0 + IDX_MAX_ITEM_BLOCKS);
     let nblk = blk1 - blk0;
     let m_valid = nrows * p.num_heads;
 
@@ -123,35 +123,50 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
     // Q fragments for the warp's m-tiles, straight from global memory (rows
     // past the item are zero). M row m is q row row0 + m / H, head m % H.
     let qt = p.q.add(row0 as usize * p.num_heads as usize * MSA_HEAD_DIM as usize);
+    // A negative scale is folded into q (negating bf16 is exact), so the
+    // block max of the raw dot products times |scale| is the spec's score.
+    let sign = if p.scale < 0.0 { 0x8000_8000u32 } else { 0 };
+    let abs_scale = if p.scale < 0.0 { -p.scale } else { p.scale };
     let mut a = [[[0u32; 4]; K_STEPS]; MT];
     let mut qpos = [[0u32; 2]; MT]; // query position of the thread's two rows per m-tile
     let mut out_off = [[usize::MAX; 2]; MT]; // scores offset of those rows (MAX: no row)
-    for mt in 0..MT {
-        for half in 0..2 {
-            let m = m_warp + mt as u32 * 16 + g + 8 * half as u32;
+    // MT <= 2: the kernels instantiate MT = 1 and 2.
+    crate::unroll!(2, mt => { if mt < MT {
+        crate::unroll!(2, HALF => {
+            let m = m_warp + mt as u32 * 16 + g + 8 * HALF as u32;
             let r = m / p.num_heads;
-            qpos[mt][half] = qpos0 + r;
-            if m < m_valid {
-                let h = m % p.num_heads;
-                let row = row0 + r;
-                out_off[mt][half] = (h as usize * p.num_rows as usize + row as usize)
+            qpos[mt][HALF] = qpos0 + r;
+            let valid = m < m_valid;
+            let h = m % p.num_heads;
+            if valid {
+                out_off[mt][HALF] = (h as usize * p.num_rows as usize + (row0 + r) as usize)
                     * p.score_stride as usize;
-                let qrow = qt.add(m as usize * MSA_HEAD_DIM as usize);
-                for ks in 0..K_STEPS {
-                    let k0 = ks * 16 + 2 * c as usize;
-                    a[mt][ks][half] = ld_global_nc_u32(qrow.add(k0) as *const u32);
-                    a[mt][ks][2 + half] = ld_global_nc_u32(qrow.add(k0 + 8) as *const u32);
-                }
             }
-        }
-    }
+            let qrow = qt.add(if valid { m as usize * MSA_HEAD_DIM as usize } else { 0 });
+            crate::unroll!(8, KS => {
+                let k0 = KS * 16 + 2 * c as usize;
+                if valid {
+                    a[mt][KS][HALF] = ld_global_nc_u32(qrow.add(k0) as *const u32) ^ sign;
+                    a[mt][KS][2 + HALF] = ld_global_nc_u32(qrow.add(k0 + 8) as *const u32) ^ sign;
+                }
+            });
+        });
+    }});
 
     let smem = dynamic_smem();
-    let red = smem + IDX_STAGES * IDX_BLOCK_BYTES; // decode: [blocks, WARPS, 16] f32
-    let lk = p.lookup.add(seq as usize * p.max_pages as usize);
+    let pages = smem + IDX_STAGES * IDX_BLOCK_BYTES; // [IDX_MAX_ITEM_BLOCKS] u32
+    let red = pages + IDX_MAX_ITEM_BLOCKS * 4; // decode: [blocks, WARPS, 16] f32
     let tid = thread_idx_x();
+    // Stage the item's page ids once, so issuing a block's copies never
+    // waits on a dependent global load.
+    if tid < nblk {
+        let lk = p.lookup.add(seq as usize * p.max_pages as usize);
+        let page = ld_global_nc_u32(lk.add((blk0 + tid) as usize)).min(p.num_pages - 1);
+        st_shared_u32(pages + tid * 4, page);
+    }
+    sync_threads();
     let load = |i: u32| {
-        let page = ld_global_nc_u32(lk.add((blk0 + i) as usize)).min(p.num_pages - 1);
+        let page = ld_shared_u32(pages + i * 4);
         let src = p.k_cache.add(page as usize * p.page_stride as usize + p.layer_offset as usize)
             as *const u8;
         let dst = smem + (i % IDX_STAGES) * IDX_BLOCK_BYTES;
@@ -170,6 +185,8 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
         }
         cp_async_commit();
     }
+    // Warp's n-tiles per block, taken NG at a time so that NG * MT
+    // accumulator chains are in flight between dependent mma's.
     let nt_count = N_TILES / WN;
     let nt0 = if WN == 1 { 0 } else { warp * nt_count };
     for i in 0..nblk {
@@ -185,28 +202,41 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
         // Every row of the item sees the whole block: no per-key mask.
         let full = kbase + MSA_BLOCK - 1 <= qpos0;
         let mut rmax = [[f32::NAN; 2]; MT];
-        for t in 0..nt_count {
-            let nt = nt0 + t;
-            let mut acc = [[0f32; 4]; MT];
-            for kk in 0..K_STEPS / 2 {
-                // keys nt*8 .. +8, dims kk*32 .. +32: B fragments of two k-steps
-                let r = nt * 8 + (lane & 7);
-                let cc = kk as u32 * 4 + (lane >> 3);
-                let b = ldmatrix_x4(sb + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                for mt in 0..MT {
-                    acc[mt] = mma_bf16_16816(a[mt][2 * kk], [b[0], b[1]], acc[mt]);
-                    acc[mt] = mma_bf16_16816(a[mt][2 * kk + 1], [b[2], b[3]], acc[mt]);
+        for t in (0..nt_count).step_by(NG) {
+            let mut acc = [[[0f32; 4]; MT]; NG];
+            const _: () = assert!(K_STEPS == 8, "the unroll below covers 4 pairs of k-steps");
+            crate::unroll!(4, KK => {
+                // keys (nt0+t+j)*8 .. +8, dims KK*32 .. +32: B fragments of two k-steps
+                let mut b = [[0u32; 4]; NG];
+                for (j, bj) in b.iter_mut().enumerate() {
+                    let r = (nt0 + t + j as u32) * 8 + (lane & 7);
+                    let cc = KK as u32 * 4 + (lane >> 3);
+                    *bj = ldmatrix_x4(sb + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
                 }
-            }
-            let col = kbase + nt * 8 + 2 * c;
-            for mt in 0..MT {
-                for e in 0..4 {
-                    let half = e >> 1;
-                    let pos = col + (e as u32 & 1);
-                    if full || pos <= qpos[mt][half] {
-                        rmax[mt][half] = fmax(rmax[mt][half], p.scale * acc[mt][e]);
+                for j in 0..NG {
+                    for mt in 0..MT {
+                        let x = mma_bf16_16816(a[mt][2 * KK], [b[j][0], b[j][1]], acc[j][mt]);
+                        acc[j][mt] = mma_bf16_16816(a[mt][2 * KK + 1], [b[j][2], b[j][3]], x);
                     }
                 }
+            });
+            for (j, accj) in acc.iter().enumerate() {
+                let col = kbase + (nt0 + t + j as u32) * 8 + 2 * c;
+                for mt in 0..MT {
+                    for e in 0..4 {
+                        let half = e >> 1;
+                        if full || col + (e as u32 & 1) <= qpos[mt][half] {
+                            rmax[mt][half] = fmax(rmax[mt][half], accj[mt][e]);
+                        }
+                    }
+                }
+            }
+        }
+        // max(scale * dot) = |scale| * max(sign(scale) * dot) exactly (rounding
+        // is monotonic); the sign was folded into q.
+        for row in rmax.iter_mut() {
+            for v in row.iter_mut() {
+                *v *= abs_scale;
             }
         }
         for mt in 0..MT {
@@ -266,55 +296,54 @@ fn block_key(score: f32, j: u32, num_blocks: u32, init_blocks: u32, local_blocks
     ((ord as u64) << 32) | (u32::MAX - j) as u64
 }
 
-/// Top-k block ids per (index head, query row).
-///
-/// * `scores`: f32 `[num_heads, num_rows, score_stride]` from a score kernel
-/// * `row_qpos`: `[num_rows]` query position of each row (`num_blocks =
-///   q_pos / 128 + 1`, clamped to `score_stride`)
-/// * `out`: i32 `[num_heads, num_rows, topk]`, descending score, ties by lower
-///   id, `-1` padding
-#[no_mangle]
-pub unsafe extern "ptx-kernel" fn msa_indexer_topk(
-    scores: *const f32, row_qpos: *const u32, out: *mut i32, num_rows: u32, num_heads: u32,
-    score_stride: u32, topk: u32, init_blocks: u32, local_blocks: u32,
-) {
-    const KPL: usize = IDX_TOPK_KEYS_PER_LANE as usize;
-    const _: () = assert!(KPL == 32, "the unroll below covers 32 keys per lane");
-    let pair = block_idx_x() * IDX_TOPK_WARPS + warp_id();
-    if num_rows == 0 || pair >= num_rows * num_heads {
-        return;
-    }
-    let lane = lane_id();
-    let row = pair % num_rows;
-    let nb = (ld_global_nc_u32(row_qpos.add(row as usize)) / MSA_BLOCK + 1).min(score_stride);
-    let srow = scores.add(pair as usize * score_stride as usize);
-    let key = |j: u32| {
-        let s = f32::from_bits(ld_global_nc_u32(srow.add(j as usize) as *const u32));
-        block_key(s, j, nb, init_blocks, local_blocks)
-    };
-    let mut keys = [0u64; KPL];
-    crate::unroll32!(I => {
-        let j = lane + 32 * I as u32;
-        keys[I] = if j < nb { key(j) } else { 0 };
+/// Picks, with the whole warp (`KPL <= 32`), the `topk` largest keys of a lane-strided set
+/// and hands each to `emit(slot, key)` in descending order; returns how many
+/// (fewer than `topk` when the set runs out). Lane `l` owns the keys
+/// `key(base + l + stride * i)` for the indices below `end`; the first `KPL`
+/// of them live in registers, any further ones are re-read on every pick.
+/// Each pick is a warp arg-max; only the lane that held the winner rescans.
+#[inline(always)]
+fn select<const KPL: usize>(
+    base: u32,
+    stride: u32,
+    end: u32,
+    key: impl Fn(u32) -> u64,
+    topk: u32,
+    mut emit: impl FnMut(u32, u64),
+) -> u32 {
+    let first = base + lane_id();
+    // Register arrays of the largest size; entries past KPL stay constant
+    // zeros and compile away. Explicit unrolls keep them in registers.
+    let mut keys = [0u64; 32];
+    crate::unroll!(32, I => {
+        if I < KPL {
+            let j = first + stride * I as u32;
+            keys[I] = if j < end { key(j) } else { 0 };
+        }
     });
     // Largest key of this lane below `bound` (keys are unique).
-    let best_below = |keys: &[u64; KPL], bound: u64| {
-        let mut best = 0u64;
-        crate::unroll32!(I => {
-            let k = keys[I];
-            best = if k < bound && k > best { k } else { best };
+    let best_below = |keys: &[u64; 32], bound: u64| {
+        let mut m = [0u64; 32];
+        crate::unroll!(32, I => {
+            m[I] = if keys[I] < bound { keys[I] } else { 0 };
         });
-        let mut j = lane + 32 * KPL as u32;
-        while j < nb {
+        // tree: log2(32) dependent steps
+        crate::unroll!(16, I => { m[I] = m[I].max(m[I + 16]); });
+        crate::unroll!(8, I => { m[I] = m[I].max(m[I + 8]); });
+        crate::unroll!(4, I => { m[I] = m[I].max(m[I + 4]); });
+        crate::unroll!(2, I => { m[I] = m[I].max(m[I + 2]); });
+        m[0] = m[0].max(m[1]);
+        let mut best = m[0];
+        let mut j = first + stride * KPL as u32;
+        while j < end {
             let k = key(j);
             if k < bound && k > best {
                 best = k;
             }
-            j += 32;
+            j += stride;
         }
         best
     };
-    let o = out.add(pair as usize * topk as usize);
     let mut best = best_below(&keys, u64::MAX);
     let mut slot = 0;
     while slot < topk {
@@ -322,17 +351,135 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk(
         if win == 0 {
             break;
         }
-        if lane == 0 {
-            *o.add(slot as usize) = (u32::MAX - win as u32) as i32;
-        }
+        emit(slot, win);
         if best == win {
             best = best_below(&keys, win);
         }
         slot += 1;
     }
-    let mut s = slot + lane;
+    slot
+}
+
+/// Block id held in a key.
+#[inline(always)]
+fn key_block(key: u64) -> i32 {
+    (u32::MAX - key as u32) as i32
+}
+
+/// Row metadata of the top-k kernels: number of blocks and the key reader.
+#[inline(always)]
+unsafe fn row_keys(
+    scores: *const f32, row_qpos: *const u32, pair: u32, num_rows: u32, score_stride: u32,
+    init_blocks: u32, local_blocks: u32,
+) -> (u32, impl Fn(u32) -> u64) {
+    let row = pair % num_rows;
+    let nb = (ld_global_nc_u32(row_qpos.add(row as usize)) / MSA_BLOCK + 1).min(score_stride);
+    let srow = scores.add(pair as usize * score_stride as usize);
+    let key = move |j: u32| {
+        let s = f32::from_bits(ld_global_nc_u32(srow.add(j as usize) as *const u32));
+        block_key(s, j, nb, init_blocks, local_blocks)
+    };
+    (nb, key)
+}
+
+/// Top-k block ids per (index head, query row): one warp per pair.
+///
+/// * `scores`: f32 `[num_heads, num_rows, score_stride]` from a score kernel
+/// * `row_qpos`: `[num_rows]` query position of each row (`num_blocks =
+///   q_pos / 128 + 1`, clamped to `score_stride`)
+/// * `out`: i32 `[num_heads, num_rows, topk]`, descending score, ties by lower
+///   id, `-1` padding
+///
+/// Keys per lane in registers follow the row's length (1, 8 or 32), so short
+/// prefill rows cost a few instructions per pick.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_indexer_topk(
+    scores: *const f32, row_qpos: *const u32, out: *mut i32, num_rows: u32, num_heads: u32,
+    score_stride: u32, topk: u32, init_blocks: u32, local_blocks: u32,
+) {
+    let pair = block_idx_x() * IDX_TOPK_WARPS + warp_id();
+    if num_rows == 0 || pair >= num_rows * num_heads {
+        return;
+    }
+    let (nb, key) =
+        row_keys(scores, row_qpos, pair, num_rows, score_stride, init_blocks, local_blocks);
+    let o = out.add(pair as usize * topk as usize);
+    let emit = |slot: u32, k: u64| {
+        if lane_id() == 0 {
+            *o.add(slot as usize) = key_block(k);
+        }
+    };
+    let n = if nb <= 32 {
+        select::<1>(0, 32, nb, key, topk, emit)
+    } else if nb <= 256 {
+        select::<8>(0, 32, nb, key, topk, emit)
+    } else {
+        select::<{ IDX_TOPK_KEYS_PER_LANE as usize }>(0, 32, nb, key, topk, emit)
+    };
+    let mut s = n + lane_id();
     while s < topk {
         *o.add(s as usize) = -1;
         s += 32;
+    }
+}
+
+/// Top-k for long rows (decode): one CTA of `IDX_TOPK_WARPS` warps per
+/// (head, row). Each warp selects the `topk` best of every
+/// `IDX_TOPK_WARPS`-th run of 32 blocks, then warp 0 merges the candidates
+/// from shared memory (`IDX_TOPK_WARPS * topk` keys, `topk <=
+/// IDX_TOPK_LONG_MAX`). Arguments as [`msa_indexer_topk`].
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_indexer_topk_long(
+    scores: *const f32, row_qpos: *const u32, out: *mut i32, num_rows: u32, num_heads: u32,
+    score_stride: u32, topk: u32, init_blocks: u32, local_blocks: u32,
+) {
+    let pair = block_idx_x();
+    if num_rows == 0 || pair >= num_rows * num_heads || topk > IDX_TOPK_LONG_MAX {
+        return;
+    }
+    let (nb, key) =
+        row_keys(scores, row_qpos, pair, num_rows, score_stride, init_blocks, local_blocks);
+    // candidates [warps, topk] u64 (0 = none)
+    let cand = dynamic_smem();
+    let w = warp_id();
+    let mine = cand + w * topk * 8;
+    let n = select::<{ IDX_TOPK_KEYS_PER_LANE as usize / IDX_TOPK_WARPS as usize }>(
+        32 * w,
+        32 * IDX_TOPK_WARPS,
+        nb,
+        key,
+        topk,
+        |slot, k| {
+            if lane_id() == 0 {
+                st_shared_u64(mine + slot * 8, k);
+            }
+        },
+    );
+    let mut s = n + lane_id();
+    while s < topk {
+        st_shared_u64(mine + s * 8, 0);
+        s += 32;
+    }
+    sync_threads();
+    if w == 0 {
+        let o = out.add(pair as usize * topk as usize);
+        let all = IDX_TOPK_WARPS * topk;
+        let n = select::<{ (IDX_TOPK_WARPS * IDX_TOPK_LONG_MAX / 32) as usize }>(
+            0,
+            32,
+            all,
+            |j| ld_shared_u64(cand + j * 8),
+            topk,
+            |slot, k| {
+                if lane_id() == 0 {
+                    *o.add(slot as usize) = key_block(k);
+                }
+            },
+        );
+        let mut s = n + lane_id();
+        while s < topk {
+            *o.add(s as usize) = -1;
+            s += 32;
+        }
     }
 }

@@ -94,7 +94,15 @@ struct Inputs {
 
 fn make_inputs(rng: &mut ChaCha8Rng, c: &Case) -> Inputs {
     let pool = paged_pool(
-        rng, &c.spec, 1, c.num_layers, 1, 128, 128, c.extra_pages, c.fill,
+        rng,
+        &c.spec,
+        1,
+        c.num_layers,
+        1,
+        128,
+        128,
+        c.extra_pages,
+        c.fill,
     )
     .with_extra_columns(rng, c.extra_cols);
     let (h, d) = (c.cfg.num_index_heads, c.cfg.head_dim);
@@ -112,7 +120,8 @@ fn run_gpu(gpu: &Gpu, c: &Case, inp: &Inputs) -> Vec<i32> {
     idx.set_decode_chunk(c.decode_chunk);
     let batch = RaggedBatch::new(&c.spec.offsets, &c.spec.cache_lengths);
     let table = PageTable::new(&inp.pool.lookup, inp.pool.max_pages);
-    idx.plan(&batch, &table, &host_layout(&inp.pool), c.layer).unwrap();
+    idx.plan(&batch, &table, &host_layout(&inp.pool), c.layer)
+        .unwrap();
     let n = c.cfg.num_index_heads * c.spec.num_rows() * c.cfg.topk;
     let mut out = gpu.upload(&vec![POISON; n]).unwrap();
     let q = gpu.upload(&inp.q).unwrap();
@@ -132,7 +141,12 @@ fn check_case(gpu: &Gpu, rng: &mut ChaCha8Rng, c: &Case) {
     let got = run_gpu(gpu, c, &inp);
     let p = params(&c.cfg);
     let scores = reference::block_scores(
-        &inp.q, &c.spec.offsets, &c.spec.cache_lengths, &inp.pool.cache(), c.layer, &p,
+        &inp.q,
+        &c.spec.offsets,
+        &c.spec.cache_lengths,
+        &inp.pool.cache(),
+        c.layer,
+        &p,
     );
     let verdict = match c.fill {
         Fill::SmallInts => reference::check_exact(&got, &scores, &p),
@@ -172,28 +186,97 @@ fn gpu_decode_matches_reference() {
     eprintln!("seed {seed}");
     let m3 = MsaIndexerConfig::minimax_m3();
     let mut cases = vec![
-        Case::new("decode b64 up to 40K", RaggedSpec::decode(random_lengths(&mut rng, 64, 40_000)), m3, Fill::Normal),
-        Case::new("decode b16 ints, init 1 local 2 topk 8", RaggedSpec::decode(random_lengths(&mut rng, 16, 9_000)), cfg(4, 8, 1, 2), Fill::SmallInts),
-        Case::new("decode b128 short contexts, topk 64 > blocks", RaggedSpec::decode(random_lengths(&mut rng, 128, 3_000)), cfg(4, 64, 0, 1), Fill::SmallInts),
-        Case::new("decode one partial block (cache 0..127)", RaggedSpec::decode(random_lengths(&mut rng, 8, 127)), cfg(4, 4, 0, 0), Fill::SmallInts),
-        Case::new("decode init+local > topk", RaggedSpec::decode(random_lengths(&mut rng, 8, 5_000)), cfg(4, 8, 6, 5), Fill::SmallInts),
-        Case::new("decode init, local > num_blocks", RaggedSpec::decode(random_lengths(&mut rng, 8, 600)), cfg(2, 16, 9, 7), Fill::SmallInts),
-        Case::new("decode init = local = 0, topk 1", RaggedSpec::decode(random_lengths(&mut rng, 32, 20_000)), cfg(4, 1, 0, 0), Fill::SmallInts),
-        Case::new("decode 16 heads", RaggedSpec::decode(random_lengths(&mut rng, 8, 9_000)), cfg(16, 16, 1, 1), Fill::Normal),
-        Case::new("decode 1 head", RaggedSpec::decode(random_lengths(&mut rng, 8, 9_000)), cfg(1, 16, 0, 1), Fill::SmallInts),
+        Case::new(
+            "decode b64 up to 40K",
+            RaggedSpec::decode(random_lengths(&mut rng, 64, 40_000)),
+            m3,
+            Fill::Normal,
+        ),
+        Case::new(
+            "decode b16 ints, init 1 local 2 topk 8",
+            RaggedSpec::decode(random_lengths(&mut rng, 16, 9_000)),
+            cfg(4, 8, 1, 2),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "decode b128 short contexts, topk 64 > blocks",
+            RaggedSpec::decode(random_lengths(&mut rng, 128, 3_000)),
+            cfg(4, 64, 0, 1),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "decode one partial block (cache 0..127)",
+            RaggedSpec::decode(random_lengths(&mut rng, 8, 127)),
+            cfg(4, 4, 0, 0),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "decode init+local > topk",
+            RaggedSpec::decode(random_lengths(&mut rng, 8, 5_000)),
+            cfg(4, 8, 6, 5),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "decode init, local > num_blocks",
+            RaggedSpec::decode(random_lengths(&mut rng, 8, 600)),
+            cfg(2, 16, 9, 7),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "decode init = local = 0, topk 1",
+            RaggedSpec::decode(random_lengths(&mut rng, 32, 20_000)),
+            cfg(4, 1, 0, 0),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "decode 16 heads",
+            RaggedSpec::decode(random_lengths(&mut rng, 8, 9_000)),
+            cfg(16, 16, 1, 1),
+            Fill::Normal,
+        ),
+        Case::new(
+            "decode 1 head",
+            RaggedSpec::decode(random_lengths(&mut rng, 8, 9_000)),
+            cfg(1, 16, 0, 1),
+            Fill::SmallInts,
+        ),
     ];
-    let mut c = Case::new("decode layer 2 of 3, wide table", RaggedSpec::decode(random_lengths(&mut rng, 8, 9_000)), m3, Fill::SmallInts);
+    let mut c = Case::new(
+        "decode layer 2 of 3, wide table",
+        RaggedSpec::decode(random_lengths(&mut rng, 8, 9_000)),
+        m3,
+        Fill::SmallInts,
+    );
     (c.num_layers, c.layer, c.extra_cols) = (3, 2, 5);
     cases.push(c);
-    let mut c = Case::new("decode NaN query rows", RaggedSpec::decode(random_lengths(&mut rng, 4, 3_000)), cfg(4, 8, 1, 1), Fill::SmallInts);
+    let mut c = Case::new(
+        "decode NaN query rows",
+        RaggedSpec::decode(random_lengths(&mut rng, 4, 3_000)),
+        cfg(4, 8, 1, 1),
+        Fill::SmallInts,
+    );
     c.nan_q = vec![(0, 1), (2, 0), (2, 3)];
     cases.push(c);
     let ctx = 131_072 + rng.gen_range(0..128);
     for chunk in [None, Some(1), Some(64)] {
-        let mut c = Case::new("decode b1 128K", RaggedSpec::decode(vec![ctx - 1]), m3, Fill::Normal);
+        let mut c = Case::new(
+            "decode b1 128K",
+            RaggedSpec::decode(vec![ctx - 1]),
+            m3,
+            Fill::Normal,
+        );
         c.decode_chunk = chunk;
         cases.push(c);
     }
+    // topk above the long-row kernel's limit: warp top-k with keys re-read
+    // past 1024 blocks.
+    let c = Case::new(
+        "decode b2 160K, topk 72",
+        RaggedSpec::decode(vec![160_000, 140_000 + rng.gen_range(0..128)]),
+        cfg(4, 72, 1, 3),
+        Fill::SmallInts,
+    );
+    cases.push(c);
     for c in &cases {
         check_case(&gpu, &mut rng, c);
     }
@@ -207,23 +290,79 @@ fn gpu_prefill_matches_reference() {
     let m3 = MsaIndexerConfig::minimax_m3();
     let ragged = |rng: &mut ChaCha8Rng, n: usize, max_q: u32, max_cache: u32| {
         let q: Vec<u32> = (0..n)
-            .map(|_| if rng.gen_bool(0.2) { 0 } else { rng.gen_range(1..max_q) })
+            .map(|_| {
+                if rng.gen_bool(0.2) {
+                    0
+                } else {
+                    rng.gen_range(1..max_q)
+                }
+            })
             .collect();
         let c = random_lengths(rng, n, max_cache);
         RaggedSpec::prefill(&q, &c)
     };
     let mut cases = vec![
-        Case::new("prefill ragged, q_len 0 for some", ragged(&mut rng, 6, 700, 3_000), m3, Fill::Normal),
-        Case::new("prefill ragged ints", ragged(&mut rng, 6, 700, 3_000), cfg(4, 16, 1, 2), Fill::SmallInts),
-        Case::new("prefill no cache", RaggedSpec::prefill(&[1_000 + rng.gen_range(0..200)], &[0]), m3, Fill::Normal),
-        Case::new("prefill 5 heads (tile of 25 rows)", ragged(&mut rng, 3, 300, 2_000), cfg(5, 16, 0, 1), Fill::SmallInts),
-        Case::new("prefill 32 heads", ragged(&mut rng, 3, 100, 1_000), cfg(32, 8, 1, 1), Fill::SmallInts),
-        Case::new("prefill topk 64 > blocks, init+local > topk", ragged(&mut rng, 4, 300, 1_500), cfg(4, 64, 2, 3), Fill::SmallInts),
-        Case::new("prefill init/local > blocks", ragged(&mut rng, 4, 200, 300), cfg(4, 16, 9, 8), Fill::SmallInts),
-        Case::new("speculative 2..8 tokens", RaggedSpec::prefill(&[2, 8, 5, 3], &random_lengths(&mut rng, 4, 20_000)), m3, Fill::SmallInts),
-        Case::new("chunked prefill on a long cache", RaggedSpec::prefill(&[300], &[20_000 + rng.gen_range(0..128)]), m3, Fill::Normal),
+        Case::new(
+            "prefill ragged, q_len 0 for some",
+            ragged(&mut rng, 6, 700, 3_000),
+            m3,
+            Fill::Normal,
+        ),
+        Case::new(
+            "prefill ragged ints",
+            ragged(&mut rng, 6, 700, 3_000),
+            cfg(4, 16, 1, 2),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "prefill no cache",
+            RaggedSpec::prefill(&[1_000 + rng.gen_range(0..200)], &[0]),
+            m3,
+            Fill::Normal,
+        ),
+        Case::new(
+            "prefill 5 heads (tile of 25 rows)",
+            ragged(&mut rng, 3, 300, 2_000),
+            cfg(5, 16, 0, 1),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "prefill 32 heads",
+            ragged(&mut rng, 3, 100, 1_000),
+            cfg(32, 8, 1, 1),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "prefill topk 64 > blocks, init+local > topk",
+            ragged(&mut rng, 4, 300, 1_500),
+            cfg(4, 64, 2, 3),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "prefill init/local > blocks",
+            ragged(&mut rng, 4, 200, 300),
+            cfg(4, 16, 9, 8),
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "speculative 2..8 tokens",
+            RaggedSpec::prefill(&[2, 8, 5, 3], &random_lengths(&mut rng, 4, 20_000)),
+            m3,
+            Fill::SmallInts,
+        ),
+        Case::new(
+            "chunked prefill on a long cache",
+            RaggedSpec::prefill(&[300], &[20_000 + rng.gen_range(0..128)]),
+            m3,
+            Fill::Normal,
+        ),
     ];
-    let mut c = Case::new("prefill layer 1 of 2", ragged(&mut rng, 3, 300, 1_000), m3, Fill::SmallInts);
+    let mut c = Case::new(
+        "prefill layer 1 of 2",
+        ragged(&mut rng, 3, 300, 1_000),
+        m3,
+        Fill::SmallInts,
+    );
     (c.num_layers, c.layer) = (2, 1);
     cases.push(c);
     for c in &cases {
@@ -242,21 +381,38 @@ fn gpu_decode_and_prefill_paths_agree_and_repeat() {
     let mut c = Case::new("paths", spec, MsaIndexerConfig::minimax_m3(), Fill::Normal);
     let inp = make_inputs(&mut rng, &c);
     let decode = run_gpu(&gpu, &c, &inp);
-    assert_eq!(decode, run_gpu(&gpu, &c, &inp), "decode output changed between runs");
+    assert_eq!(
+        decode,
+        run_gpu(&gpu, &c, &inp),
+        "decode output changed between runs"
+    );
     c.path = Some(IndexerPath::Prefill);
-    assert_eq!(decode, run_gpu(&gpu, &c, &inp), "prefill path differs from decode path");
+    assert_eq!(
+        decode,
+        run_gpu(&gpu, &c, &inp),
+        "prefill path differs from decode path"
+    );
 }
 
 // ------------------------------------------------------------ host-only tests
 
 fn tiny() -> (Vec<u32>, Vec<u32>, Vec<u32>, PagedLayout) {
     // two sequences: 1 new token on 200 cached (2 pages), 3 new on 0 cached
-    (vec![0, 1, 4], vec![200, 0], vec![5, 2, 7, 0], PagedLayout::index_k(8, 2, 128, 128))
+    (
+        vec![0, 1, 4],
+        vec![200, 0],
+        vec![5, 2, 7, 0],
+        PagedLayout::index_k(8, 2, 128, 128),
+    )
 }
 
 fn expect_err(r: Result<impl std::fmt::Debug, Error>, arg: &str, needle: &str) {
     match r {
-        Err(Error::InvalidArgument { arg: a, expected, actual }) => {
+        Err(Error::InvalidArgument {
+            arg: a,
+            expected,
+            actual,
+        }) => {
             let msg = format!("{a}: expected {expected}, got {actual}");
             assert_eq!(a, arg, "wrong argument named: {msg}");
             assert!(msg.contains(needle), "message `{msg}` lacks `{needle}`");
@@ -273,28 +429,151 @@ fn expect_err(r: Result<impl std::fmt::Debug, Error>, arg: &str, needle: &str) {
 fn bad_input_is_a_clear_error() {
     let (off, cl, lookup, layout) = tiny();
     let m3 = MsaIndexerConfig::minimax_m3();
-    let o = PlanOptions { sm_count: 132, ..Default::default() };
+    let o = PlanOptions {
+        sm_count: 132,
+        ..Default::default()
+    };
     let t = PageTable::new(&lookup, 2);
     let b = RaggedBatch::new(&off, &cl);
     plan_work(&m3, &b, &t, &layout, 1, &o).expect("valid input");
 
-    expect_err(plan_work(&m3, &RaggedBatch::new(&[0, 3, 2], &cl), &t, &layout, 0, &o), "input_row_offsets", "offsets[2] = 2 < offsets[1] = 3");
-    expect_err(plan_work(&m3, &RaggedBatch::new(&[1, 3, 4], &cl), &t, &layout, 0, &o), "input_row_offsets", "offsets[0] = 1");
-    expect_err(plan_work(&m3, &RaggedBatch::new(&[0, 1], &cl), &t, &layout, 0, &o), "input_row_offsets", "batch + 1 = 3");
+    expect_err(
+        plan_work(&m3, &RaggedBatch::new(&[0, 3, 2], &cl), &t, &layout, 0, &o),
+        "input_row_offsets",
+        "offsets[2] = 2 < offsets[1] = 3",
+    );
+    expect_err(
+        plan_work(&m3, &RaggedBatch::new(&[1, 3, 4], &cl), &t, &layout, 0, &o),
+        "input_row_offsets",
+        "offsets[0] = 1",
+    );
+    expect_err(
+        plan_work(&m3, &RaggedBatch::new(&[0, 1], &cl), &t, &layout, 0, &o),
+        "input_row_offsets",
+        "batch + 1 = 3",
+    );
     let bad_page = [5, 8, 7, 0];
-    expect_err(plan_work(&m3, &b, &PageTable::new(&bad_page, 2), &layout, 0, &o), "lookup", "lookup[0][1] = 8");
-    expect_err(plan_work(&m3, &RaggedBatch::new(&off, &[300, 0]), &t, &layout, 0, &o), "lookup", "max_pages = 2");
-    expect_err(plan_work(&m3, &b, &PageTable::new(&lookup[..3], 2), &layout, 0, &o), "lookup", "3 entries");
-    expect_err(plan_work(&MsaIndexerConfig { topk: 0, ..m3 }, &b, &t, &layout, 0, &o), "topk", "got 0");
-    expect_err(plan_work(&MsaIndexerConfig { block_size: 64, ..m3 }, &b, &t, &layout, 0, &o), "block_size", "64");
-    expect_err(plan_work(&m3, &b, &t, &PagedLayout { page_size: 64, ..layout }, 0, &o), "page_size", "64");
-    expect_err(plan_work(&MsaIndexerConfig { head_dim: 64, ..m3 }, &b, &t, &layout, 0, &o), "head_dim", "64");
-    expect_err(plan_work(&m3, &b, &t, &PagedLayout { head_dim: 64, ..layout }, 0, &o), "k_cache head_dim", "64");
-    expect_err(plan_work(&m3, &b, &t, &PagedLayout { kv_dim: 2, ..layout }, 0, &o), "k_cache layout", "kv_dim 2");
-    expect_err(plan_work(&m3, &b, &t, &layout, 2, &o), "layer", "num_layers = 2");
-    expect_err(plan_work(&MsaIndexerConfig { num_index_heads: 0, ..m3 }, &b, &t, &layout, 0, &o), "num_index_heads", "got 0");
-    let forced = PlanOptions { force_path: Some(IndexerPath::Decode), ..o.clone() };
-    expect_err(plan_work(&m3, &b, &t, &layout, 0, &forced), "input_row_offsets", "3 new tokens");
+    expect_err(
+        plan_work(&m3, &b, &PageTable::new(&bad_page, 2), &layout, 0, &o),
+        "lookup",
+        "lookup[0][1] = 8",
+    );
+    expect_err(
+        plan_work(&m3, &RaggedBatch::new(&off, &[300, 0]), &t, &layout, 0, &o),
+        "lookup",
+        "max_pages = 2",
+    );
+    expect_err(
+        plan_work(&m3, &b, &PageTable::new(&lookup[..3], 2), &layout, 0, &o),
+        "lookup",
+        "3 entries",
+    );
+    expect_err(
+        plan_work(&MsaIndexerConfig { topk: 0, ..m3 }, &b, &t, &layout, 0, &o),
+        "topk",
+        "got 0",
+    );
+    expect_err(
+        plan_work(
+            &MsaIndexerConfig {
+                block_size: 64,
+                ..m3
+            },
+            &b,
+            &t,
+            &layout,
+            0,
+            &o,
+        ),
+        "block_size",
+        "64",
+    );
+    expect_err(
+        plan_work(
+            &m3,
+            &b,
+            &t,
+            &PagedLayout {
+                page_size: 64,
+                ..layout
+            },
+            0,
+            &o,
+        ),
+        "page_size",
+        "64",
+    );
+    expect_err(
+        plan_work(
+            &MsaIndexerConfig { head_dim: 64, ..m3 },
+            &b,
+            &t,
+            &layout,
+            0,
+            &o,
+        ),
+        "head_dim",
+        "64",
+    );
+    expect_err(
+        plan_work(
+            &m3,
+            &b,
+            &t,
+            &PagedLayout {
+                head_dim: 64,
+                ..layout
+            },
+            0,
+            &o,
+        ),
+        "k_cache head_dim",
+        "64",
+    );
+    expect_err(
+        plan_work(
+            &m3,
+            &b,
+            &t,
+            &PagedLayout {
+                kv_dim: 2,
+                ..layout
+            },
+            0,
+            &o,
+        ),
+        "k_cache layout",
+        "kv_dim 2",
+    );
+    expect_err(
+        plan_work(&m3, &b, &t, &layout, 2, &o),
+        "layer",
+        "num_layers = 2",
+    );
+    expect_err(
+        plan_work(
+            &MsaIndexerConfig {
+                num_index_heads: 0,
+                ..m3
+            },
+            &b,
+            &t,
+            &layout,
+            0,
+            &o,
+        ),
+        "num_index_heads",
+        "got 0",
+    );
+    let forced = PlanOptions {
+        force_path: Some(IndexerPath::Decode),
+        ..o.clone()
+    };
+    expect_err(
+        plan_work(&m3, &b, &t, &layout, 0, &forced),
+        "input_row_offsets",
+        "3 new tokens",
+    );
 }
 
 /// Every (row, block) a row can see is covered by exactly one work item that
@@ -306,22 +585,53 @@ fn plan_covers_every_row_block_once() {
     for trial in 0..40 {
         let n = rng.gen_range(1..6);
         let decode = trial % 2 == 0;
-        let q: Vec<u32> = (0..n).map(|_| if decode { rng.gen_range(0..2) } else { rng.gen_range(0..400) }).collect();
+        let q: Vec<u32> = (0..n)
+            .map(|_| {
+                if decode {
+                    rng.gen_range(0..2)
+                } else {
+                    rng.gen_range(0..400)
+                }
+            })
+            .collect();
         let c = random_lengths(&mut rng, n, 5_000);
         let spec = RaggedSpec::prefill(&q, &c);
-        let pages: usize = (0..n).map(|b| spec.seqlen_k(b).div_ceil(128)).max().unwrap_or(1).max(1);
+        let pages: usize = (0..n)
+            .map(|b| spec.seqlen_k(b).div_ceil(128))
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let lookup = vec![0u32; n * pages];
         let h = rng.gen_range(1..9);
         let cfg = cfg(h, 8, 0, 1);
-        let o = PlanOptions { sm_count: rng.gen_range(1..140), ..Default::default() };
-        let w = plan_work(&cfg, &RaggedBatch::new(&spec.offsets, &spec.cache_lengths), &PageTable::new(&lookup, pages), &PagedLayout::index_k(1, 1, 128, 128), 0, &o).unwrap();
-        assert_eq!(w.path == IndexerPath::Decode, decode || spec.num_rows() == 0 || q.iter().all(|&x| x <= 1));
+        let o = PlanOptions {
+            sm_count: rng.gen_range(1..140),
+            ..Default::default()
+        };
+        let w = plan_work(
+            &cfg,
+            &RaggedBatch::new(&spec.offsets, &spec.cache_lengths),
+            &PageTable::new(&lookup, pages),
+            &PagedLayout::index_k(1, 1, 128, 128),
+            0,
+            &o,
+        )
+        .unwrap();
+        assert_eq!(
+            w.path == IndexerPath::Decode,
+            decode || spec.num_rows() == 0 || q.iter().all(|&x| x <= 1)
+        );
         let mut seen = std::collections::HashMap::new();
         for it in &w.items {
             let [seq, row0, nrows, qpos0, b0, b1, ..] = *it;
             assert!(nrows >= 1 && b0 < b1, "empty item {it:?}");
             for r in row0..row0 + nrows {
-                assert_eq!(spec.offsets[seq as usize] + (qpos0 - spec.cache_lengths[seq as usize]) + (r - row0), r);
+                assert_eq!(
+                    spec.offsets[seq as usize]
+                        + (qpos0 - spec.cache_lengths[seq as usize])
+                        + (r - row0),
+                    r
+                );
                 for blk in b0..b1 {
                     *seen.entry((r, blk)).or_insert(0) += 1;
                 }
@@ -331,13 +641,19 @@ fn plan_covers_every_row_block_once() {
             let nb = w.row_qpos[r] as usize / 128 + 1;
             assert!(nb <= w.score_stride);
             for blk in 0..nb as u32 {
-                assert_eq!(seen.remove(&(r as u32, blk)), Some(1), "row {r} block {blk} (seed {seed})");
+                assert_eq!(
+                    seen.remove(&(r as u32, blk)),
+                    Some(1),
+                    "row {r} block {blk} (seed {seed})"
+                );
             }
         }
         // what is left: blocks past a row's own last block (items are per tile)
         for ((r, blk), _) in seen {
-            assert!(blk as usize > w.row_qpos[r as usize] as usize / 128, "row {r} block {blk} covered twice");
+            assert!(
+                blk as usize > w.row_qpos[r as usize] as usize / 128,
+                "row {r} block {blk} covered twice"
+            );
         }
     }
 }
-

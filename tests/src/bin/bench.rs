@@ -3,8 +3,8 @@
 //! `bench [--cases idx-decode-b64-32k,...] [--reps N] [--peers peers.json]
 //!        [--out results.json] [--sweep-chunk]`
 //!
-//! Every case reports the median time over `--reps` launches (device events
-//! around each launch, after warm-up), the achieved bandwidth (bytes that
+//! Every case reports the time per call (`--reps` calls back to back between
+//! device events, median of 5 batches; see `time_ms`), the achieved bandwidth (bytes that
 //! must be read: q, the index-K context, the output) or tensor rate, and its
 //! fraction of the limit measured in the same run: the device-to-device copy
 //! bandwidth (bytes read + written) of a 1 GiB copy. Inputs larger than L2
@@ -31,7 +31,13 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { cases: None, reps: 50, peers: None, out: None, sweep_chunk: false };
+    let mut a = Args {
+        cases: None,
+        reps: 20,
+        peers: None,
+        out: None,
+        sweep_chunk: false,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
         let mut val = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
@@ -47,22 +53,30 @@ fn parse_args() -> Args {
     a
 }
 
-/// Median of `reps` timed calls of `f(i)` (milliseconds), after 3 warm-ups.
+/// Time per call in milliseconds: `f(i)` is enqueued `reps` times back to
+/// back between two device events (so host launch cost overlaps the device
+/// work, as in a serving loop), after 3 warm-up calls; the median of 5 such
+/// batches is returned. The PyTorch peers are timed the same way.
 fn time_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut(usize)) -> f64 {
     let ctx = gpu.context();
-    let ev = || ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+    let ev = || {
+        ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap()
+    };
     for i in 0..3 {
         f(i);
     }
     gpu.synchronize().unwrap();
-    let mut t: Vec<f64> = (0..reps)
-        .map(|i| {
+    let mut t: Vec<f64> = (0..5)
+        .map(|batch| {
             let (a, b) = (ev(), ev());
             a.record(gpu.stream()).unwrap();
-            f(i);
+            for i in 0..reps {
+                f(batch * reps + i);
+            }
             b.record(gpu.stream()).unwrap();
             b.synchronize().unwrap();
-            a.elapsed_ms(&b).unwrap() as f64
+            a.elapsed_ms(&b).unwrap() as f64 / reps as f64
         })
         .collect();
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -74,7 +88,9 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
     let n = 1usize << 29; // u16 elements: 1 GiB
     let src = gpu.upload(&vec![0x3f80u16; n]).unwrap();
     let mut dst = gpu.zeros::<u16>(n).unwrap();
-    let ms = time_ms(gpu, 20, |_| gpu.stream().memcpy_dtod(&src, &mut dst).unwrap());
+    let ms = time_ms(gpu, 20, |_| {
+        gpu.stream().memcpy_dtod(&src, &mut dst).unwrap()
+    });
     2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9
 }
 
@@ -86,10 +102,22 @@ struct IdxCase {
 
 fn idx_cases() -> Vec<IdxCase> {
     vec![
-        IdxCase { name: "idx-decode-b64-32k", spec: RaggedSpec::decode(vec![32 * 1024 - 1; 64]) },
-        IdxCase { name: "idx-decode-b1-128k", spec: RaggedSpec::decode(vec![128 * 1024 - 1]) },
-        IdxCase { name: "idx-prefill-8k", spec: RaggedSpec::prefill(&[8 * 1024], &[0]) },
-        IdxCase { name: "idx-prefill-chunk", spec: RaggedSpec::prefill(&[4 * 1024], &[60 * 1024]) },
+        IdxCase {
+            name: "idx-decode-b64-32k",
+            spec: RaggedSpec::decode(vec![32 * 1024 - 1; 64]),
+        },
+        IdxCase {
+            name: "idx-decode-b1-128k",
+            spec: RaggedSpec::decode(vec![128 * 1024 - 1]),
+        },
+        IdxCase {
+            name: "idx-prefill-8k",
+            spec: RaggedSpec::prefill(&[8 * 1024], &[0]),
+        },
+        IdxCase {
+            name: "idx-prefill-chunk",
+            spec: RaggedSpec::prefill(&[4 * 1024], &[60 * 1024]),
+        },
     ]
 }
 
@@ -109,7 +137,9 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
     let (h, d) = (cfg.num_index_heads, cfg.head_dim);
     let (mut rng, seed) = seeded(None);
     let spec = &c.spec;
-    let pages_per_seq: Vec<usize> = (0..spec.batch()).map(|b| spec.seqlen_k(b).div_ceil(128)).collect();
+    let pages_per_seq: Vec<usize> = (0..spec.batch())
+        .map(|b| spec.seqlen_k(b).div_ceil(128))
+        .collect();
     let pages: usize = pages_per_seq.iter().sum();
     let max_pages = *pages_per_seq.iter().max().unwrap();
     let bytes_k = pages * 128 * d * 2;
@@ -132,7 +162,9 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
             t
         })
         .collect();
-    let q = gpu.upload(&tensor(&mut rng, spec.num_rows() * h * d, Fill::Normal)).unwrap();
+    let q = gpu
+        .upload(&tensor(&mut rng, spec.num_rows() * h * d, Fill::Normal))
+        .unwrap();
     let kc = gpu.upload(&pool).unwrap();
     let d_lookups: Vec<_> = lookups.iter().map(|t| gpu.upload(t).unwrap()).collect();
     let mut out = gpu.zeros::<i32>(h * spec.num_rows() * cfg.topk).unwrap();
@@ -140,7 +172,16 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
     let mut idx = MsaIndexer::new(gpu, cfg).unwrap();
     let decode = (0..spec.batch()).all(|b| spec.q_len(b) <= 1);
     let chunks: Vec<Option<usize>> = if decode && args.sweep_chunk {
-        [None, Some(2), Some(4), Some(8), Some(16), Some(32), Some(64)].into()
+        [
+            None,
+            Some(2),
+            Some(4),
+            Some(8),
+            Some(16),
+            Some(32),
+            Some(64),
+        ]
+        .into()
     } else {
         vec![None]
     };
@@ -149,7 +190,8 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
     let mut recs = Vec::new();
     for chunk in chunks {
         idx.set_decode_chunk(chunk);
-        idx.plan(&batch, &PageTable::new(&lookups[0], max_pages), &layout, 0).unwrap();
+        idx.plan(&batch, &PageTable::new(&lookups[0], max_pages), &layout, 0)
+            .unwrap();
         let ms = time_ms(gpu, args.reps, |i| {
             idx.run(&q, &kc, &d_lookups[i % copies], &mut out).unwrap()
         });
@@ -189,7 +231,12 @@ fn main() {
     }
     let gpu = Gpu::new(0).expect("opening device 0");
     let props = gpu.props().clone();
-    eprintln!("device: {} ({} SMs, L2 {} MiB)", props.name, props.sm_count, props.l2_bytes >> 20);
+    eprintln!(
+        "device: {} ({} SMs, L2 {} MiB)",
+        props.name,
+        props.sm_count,
+        props.l2_bytes >> 20
+    );
     let copy_gbs = copy_bandwidth(&gpu);
     eprintln!("copy bandwidth (1 GiB D2D, read + write): {copy_gbs:.0} GB/s");
     let peers: BTreeMap<String, Value> = args
@@ -200,7 +247,11 @@ fn main() {
         .unwrap_or_default();
     let tc_tflops = peers.get("_bf16_matmul_tflops").and_then(Value::as_f64);
     let date = {
-        let days = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() / 86400;
+        let days = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            / 86400;
         civil_date(days as i64)
     };
     let want = |n: &str| args.cases.as_ref().is_none_or(|c| c.iter().any(|x| x == n));
@@ -213,7 +264,10 @@ fn main() {
                 }
             }
             if let Some(Value::Object(p)) = peers.get(c.name) {
-                let best = p.iter().filter_map(|(k, v)| Some((k, v.as_f64()?))).min_by(|a, b| a.1.total_cmp(&b.1));
+                let best = p
+                    .iter()
+                    .filter_map(|(k, v)| Some((k, v.as_f64()?)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
                 if let Some((name, us)) = best {
                     r["peer_name"] = json!(name);
                     r["peer_us"] = json!(us);
@@ -227,7 +281,8 @@ fn main() {
             if let Some(tc) = tc_tflops {
                 r["bf16_matmul_tflops"] = json!(tc);
             }
-            r["command"] = json!("cargo xtask gpu-bundle && bundle/run.sh bench (see BENCHMARKS.md)");
+            r["command"] =
+                json!("cargo xtask gpu-bundle && bundle/run.sh bench (see BENCHMARKS.md)");
             records.push(r);
         }
     }
@@ -240,10 +295,16 @@ fn main() {
             r["our_us"].as_f64().unwrap(),
             r["achieved"].as_f64().unwrap(),
             r["unit"].as_str().unwrap(),
-            r["fraction_of_limit"].as_f64().map_or("-".into(), |f| format!("{:.0}%", f * 100.0)),
+            r["fraction_of_limit"]
+                .as_f64()
+                .map_or("-".into(), |f| format!("{:.0}%", f * 100.0)),
             r["peer_name"].as_str().unwrap_or("-"),
-            r["peer_us"].as_f64().map_or("-".into(), |v| format!("{v:.1}")),
-            r["speedup_vs_peer"].as_f64().map_or("-".into(), |v| format!("{v:.2}x")),
+            r["peer_us"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.1}")),
+            r["speedup_vs_peer"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.2}x")),
         );
     }
     if let Some(path) = &args.out {
