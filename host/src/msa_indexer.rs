@@ -152,6 +152,10 @@ pub fn decode_chunk(total_blocks: usize, sm_count: usize) -> usize {
         .clamp(4, IDX_MAX_ITEM_BLOCKS as usize)
 }
 
+/// Most survivors the long-row top-k keeps (64 KiB of shared memory: rows of
+/// up to 1M tokens at top-64, longer ones fall back to the warp top-k).
+const LONG_CAP_MAX: u32 = 8192;
+
 /// Prefill split: most blocks per work item, so that the long rows at the end
 /// of a causal prompt are spread over several CTAs.
 const PREFILL_CHUNK: usize = 32;
@@ -165,7 +169,7 @@ impl MsaIndexer {
             k_prefill: gpu.kernel("msa_indexer_scores_prefill", IDX_SMEM_PREFILL)?,
             k_decode: gpu.kernel("msa_indexer_scores_decode", IDX_SMEM_DECODE)?,
             k_topk: gpu.kernel("msa_indexer_topk", 0)?,
-            k_topk_long: gpu.kernel("msa_indexer_topk_long", IDX_SMEM_TOPK_LONG)?,
+            k_topk_long: gpu.kernel("msa_indexer_topk_long", idx_smem_topk_long(LONG_CAP_MAX))?,
             items: gpu.zeros(IDX_ITEM_WORDS)?,
             row_qpos: gpu.zeros(1)?,
             scores: gpu.zeros(1)?,
@@ -374,13 +378,14 @@ impl MsaIndexer {
             self.cfg.init_blocks as u32,
             self.cfg.local_blocks as u32,
         );
-        // Long rows: one CTA per (head, row), its warps split the blocks.
-        let long = stride > IDX_TOPK_LONG_FROM && topk <= IDX_TOPK_LONG_MAX;
+        // Long rows: one CTA per (head, row) ranks the keys above a bound;
+        // at most `cap` survive (see the kernel).
+        let cap = topk * stride.div_ceil(IDX_TOPK_WARPS * 32);
+        let long = stride > IDX_TOPK_LONG_FROM && topk <= IDX_TOPK_LONG_MAX && cap <= LONG_CAP_MAX;
         let (kernel, cfg) = if long {
-            let grid = (pairs, 1, 1);
-            (&self.k_topk_long, (grid, IDX_SMEM_TOPK_LONG))
+            (&self.k_topk_long, ((pairs, 1, 1), idx_smem_topk_long(cap)))
         } else {
-            ((&self.k_topk), ((pairs.div_ceil(IDX_TOPK_WARPS), 1, 1), 0))
+            (&self.k_topk, ((pairs.div_ceil(IDX_TOPK_WARPS), 1, 1), 0))
         };
         let mut l = stream.launch_builder(kernel);
         l.arg(&self.scores)
@@ -389,6 +394,9 @@ impl MsaIndexer {
             .arg(&num_rows)
             .arg(&heads);
         l.arg(&stride).arg(&topk).arg(&init).arg(&local);
+        if long {
+            l.arg(&cap);
+        }
         let cfg = LaunchConfig {
             grid_dim: cfg.0,
             block_dim: (IDX_TOPK_WARPS * 32, 1, 1),

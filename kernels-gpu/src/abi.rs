@@ -42,9 +42,12 @@ pub const IDX_TOPK_WARPS: u32 = 4;
 /// re-reading the excess from memory on every pick (slower).
 pub const IDX_TOPK_KEYS_PER_LANE: u32 = 32;
 /// Long-row top-k (`msa_indexer_topk_long`, one CTA per row): most `topk`
-/// it takes (its candidates live in shared memory).
+/// it takes.
 pub const IDX_TOPK_LONG_MAX: u32 = 64;
-/// Dynamic shared memory of the long-row top-k: `[warps, topk]` u64 keys.
-pub const IDX_SMEM_TOPK_LONG: u32 = IDX_TOPK_WARPS * IDX_TOPK_LONG_MAX * 8;
+/// Dynamic shared memory of the long-row top-k for `cap` survivors:
+/// `[threads]` u64 maxima, a u64 bound, a u32 count (padded), `[cap]` u64.
+pub const fn idx_smem_topk_long(cap: u32) -> u32 {
+    IDX_TOPK_WARPS * 32 * 8 + 16 + cap * 8
+}
 /// Rows with more blocks than this use the long-row top-k (when `topk` allows).
 pub const IDX_TOPK_LONG_FROM: u32 = 256;

@@ -144,7 +144,10 @@ pub fn bf16_to_f32(bits: u16) -> f32 {
 /// Low and high bf16 of a packed pair, widened to f32.
 #[inline(always)]
 pub fn bf16x2_to_f32(pair: u32) -> (f32, f32) {
-    (f32::from_bits(pair << 16), f32::from_bits(pair & 0xffff_0000))
+    (
+        f32::from_bits(pair << 16),
+        f32::from_bits(pair & 0xffff_0000),
+    )
 }
 
 // ---------------------------------------------------------------- global memory
@@ -201,6 +204,15 @@ pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
     let r: u32;
     asm!("ld.shared.u32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
          options(readonly, nostack));
+    r
+}
+
+/// `atom.shared.add.u32`: adds `v` at `addr`, returns the old value.
+#[inline(always)]
+pub unsafe fn atomic_add_shared_u32(addr: u32, v: u32) -> u32 {
+    let r: u32;
+    asm!("atom.shared.add.u32 {r}, [{a}], {v};", r = out(reg32) r, a = in(reg32) addr,
+         v = in(reg32) v, options(nostack));
     r
 }
 

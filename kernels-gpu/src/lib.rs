@@ -6,7 +6,11 @@
 //! [`abi`] holds the constants the host compiles too (`#[path]`).
 #![no_std]
 #![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics)]
-#![allow(clippy::missing_safety_doc, clippy::too_many_arguments, internal_features)]
+#![allow(
+    clippy::missing_safety_doc,
+    clippy::too_many_arguments,
+    internal_features
+)]
 
 pub mod abi;
 pub mod cuda;

@@ -72,12 +72,39 @@ struct ScoreArgs {
 /// * `scores`: f32 `[num_heads, num_rows, score_stride]`
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_indexer_scores_prefill(
-    q: *const u16, k_cache: *const u16, lookup: *const u32, items: *const u32, n_items: u32,
-    scores_out: *mut f32, num_rows: u32, num_heads: u32, batch: u32, max_pages: u32,
-    num_pages: u32, page_stride: u64, layer_offset: u64, score_stride: u32, scale: f32,
+    q: *const u16,
+    k_cache: *const u16,
+    lookup: *const u32,
+    items: *const u32,
+    n_items: u32,
+    scores_out: *mut f32,
+    num_rows: u32,
+    num_heads: u32,
+    batch: u32,
+    max_pages: u32,
+    num_pages: u32,
+    page_stride: u64,
+    layer_offset: u64,
+    score_stride: u32,
+    scale: f32,
 ) {
-    let a = ScoreArgs { q, k_cache, lookup, items, n_items, scores: scores_out, num_rows,
-        num_heads, batch, max_pages, num_pages, page_stride, layer_offset, score_stride, scale };
+    let a = ScoreArgs {
+        q,
+        k_cache,
+        lookup,
+        items,
+        n_items,
+        scores: scores_out,
+        num_rows,
+        num_heads,
+        batch,
+        max_pages,
+        num_pages,
+        page_stride,
+        layer_offset,
+        score_stride,
+        scale,
+    };
     scores::<2, 1>(&a);
 }
 
@@ -85,12 +112,39 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_scores_prefill(
 /// the 4 warps split each block's keys. Arguments as the prefill kernel.
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_indexer_scores_decode(
-    q: *const u16, k_cache: *const u16, lookup: *const u32, items: *const u32, n_items: u32,
-    scores_out: *mut f32, num_rows: u32, num_heads: u32, batch: u32, max_pages: u32,
-    num_pages: u32, page_stride: u64, layer_offset: u64, score_stride: u32, scale: f32,
+    q: *const u16,
+    k_cache: *const u16,
+    lookup: *const u32,
+    items: *const u32,
+    n_items: u32,
+    scores_out: *mut f32,
+    num_rows: u32,
+    num_heads: u32,
+    batch: u32,
+    max_pages: u32,
+    num_pages: u32,
+    page_stride: u64,
+    layer_offset: u64,
+    score_stride: u32,
+    scale: f32,
 ) {
-    let a = ScoreArgs { q, k_cache, lookup, items, n_items, scores: scores_out, num_rows,
-        num_heads, batch, max_pages, num_pages, page_stride, layer_offset, score_stride, scale };
+    let a = ScoreArgs {
+        q,
+        k_cache,
+        lookup,
+        items,
+        n_items,
+        scores: scores_out,
+        num_rows,
+        num_heads,
+        batch,
+        max_pages,
+        num_pages,
+        page_stride,
+        layer_offset,
+        score_stride,
+        scale,
+    };
     scores::<1, WARPS>(&a);
 }
 
@@ -109,7 +163,9 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
     let row0 = ld_global_nc_u32(w.add(1)).min(p.num_rows);
     let nrows = ld_global_nc_u32(w.add(2)).min(p.num_rows - row0);
     let qpos0 = ld_global_nc_u32(w.add(3));
-    let blk1 = ld_global_nc_u32(w.add(5)).min(p.max_pages).min(p.score_stride);
+    let blk1 = ld_global_nc_u32(w.add(5))
+        .min(p.max_pages)
+        .min(p.score_stride);
     let blk0 = ld_global_nc_u32(w.add(4)).min(blk1);
     let blk1 = blk1.min(blk0 + IDX_MAX_ITEM_BLOCKS);
     let nblk = blk1 - blk0;
@@ -122,7 +178,8 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
 
     // Q fragments for the warp's m-tiles, straight from global memory (rows
     // past the item are zero). M row m is q row row0 + m / H, head m % H.
-    let qt = p.q.add(row0 as usize * p.num_heads as usize * MSA_HEAD_DIM as usize);
+    let qt =
+        p.q.add(row0 as usize * p.num_heads as usize * MSA_HEAD_DIM as usize);
     // A negative scale is folded into q (negating bf16 is exact), so the
     // block max of the raw dot products times |scale| is the spec's score.
     let sign = if p.scale < 0.0 { 0x8000_8000u32 } else { 0 };
@@ -130,7 +187,7 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
     let mut a = [[[0u32; 4]; K_STEPS]; MT];
     let mut qpos = [[0u32; 2]; MT]; // query position of the thread's two rows per m-tile
     let mut out_off = [[usize::MAX; 2]; MT]; // scores offset of those rows (MAX: no row)
-    // MT <= 2: the kernels instantiate MT = 1 and 2.
+                                             // MT <= 2: the kernels instantiate MT = 1 and 2.
     crate::unroll!(2, mt => { if mt < MT {
         crate::unroll!(2, HALF => {
             let m = m_warp + mt as u32 * 16 + g + 8 * HALF as u32;
@@ -167,13 +224,18 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
     sync_threads();
     let load = |i: u32| {
         let page = ld_shared_u32(pages + i * 4);
-        let src = p.k_cache.add(page as usize * p.page_stride as usize + p.layer_offset as usize)
+        let src = p
+            .k_cache
+            .add(page as usize * p.page_stride as usize + p.layer_offset as usize)
             as *const u8;
         let dst = smem + (i % IDX_STAGES) * IDX_BLOCK_BYTES;
         let mut ch = tid;
         while ch < IDX_BLOCK_BYTES / 16 {
             let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
-            cp_async_16(dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(ch as usize * 16));
+            cp_async_16(
+                dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4),
+                src.add(ch as usize * 16),
+            );
             ch += IDX_THREADS;
         }
     };
@@ -267,7 +329,8 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
                     v = fmax(v, ld_shared_f32(red + (((i * WARPS + wi) * 16 + m) << 2)));
                 }
                 let (h, row) = (m % p.num_heads, row0 + m / p.num_heads);
-                let off = (h as usize * p.num_rows as usize + row as usize) * p.score_stride as usize;
+                let off =
+                    (h as usize * p.num_rows as usize + row as usize) * p.score_stride as usize;
                 *p.scores.add(off + (blk0 + i) as usize) = v;
             }
             idx += IDX_THREADS;
@@ -291,7 +354,11 @@ fn block_key(score: f32, j: u32, num_blocks: u32, init_blocks: u32, local_blocks
         0
     } else {
         let bits = if s == 0.0 { 0 } else { s.to_bits() };
-        if bits & 0x8000_0000 != 0 { !bits } else { bits | 0x8000_0000 }
+        if bits & 0x8000_0000 != 0 {
+            !bits
+        } else {
+            bits | 0x8000_0000
+        }
     };
     ((ord as u64) << 32) | (u32::MAX - j) as u64
 }
@@ -369,8 +436,13 @@ fn key_block(key: u64) -> i32 {
 /// Row metadata of the top-k kernels: number of blocks and the key reader.
 #[inline(always)]
 unsafe fn row_keys(
-    scores: *const f32, row_qpos: *const u32, pair: u32, num_rows: u32, score_stride: u32,
-    init_blocks: u32, local_blocks: u32,
+    scores: *const f32,
+    row_qpos: *const u32,
+    pair: u32,
+    num_rows: u32,
+    score_stride: u32,
+    init_blocks: u32,
+    local_blocks: u32,
 ) -> (u32, impl Fn(u32) -> u64) {
     let row = pair % num_rows;
     let nb = (ld_global_nc_u32(row_qpos.add(row as usize)) / MSA_BLOCK + 1).min(score_stride);
@@ -394,15 +466,29 @@ unsafe fn row_keys(
 /// prefill rows cost a few instructions per pick.
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_indexer_topk(
-    scores: *const f32, row_qpos: *const u32, out: *mut i32, num_rows: u32, num_heads: u32,
-    score_stride: u32, topk: u32, init_blocks: u32, local_blocks: u32,
+    scores: *const f32,
+    row_qpos: *const u32,
+    out: *mut i32,
+    num_rows: u32,
+    num_heads: u32,
+    score_stride: u32,
+    topk: u32,
+    init_blocks: u32,
+    local_blocks: u32,
 ) {
     let pair = block_idx_x() * IDX_TOPK_WARPS + warp_id();
     if num_rows == 0 || pair >= num_rows * num_heads {
         return;
     }
-    let (nb, key) =
-        row_keys(scores, row_qpos, pair, num_rows, score_stride, init_blocks, local_blocks);
+    let (nb, key) = row_keys(
+        scores,
+        row_qpos,
+        pair,
+        num_rows,
+        score_stride,
+        init_blocks,
+        local_blocks,
+    );
     let o = out.add(pair as usize * topk as usize);
     let emit = |slot: u32, k: u64| {
         if lane_id() == 0 {
@@ -423,63 +509,112 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk(
     }
 }
 
-/// Top-k for long rows (decode): one CTA of `IDX_TOPK_WARPS` warps per
-/// (head, row). Each warp selects the `topk` best of every
-/// `IDX_TOPK_WARPS`-th run of 32 blocks, then warp 0 merges the candidates
-/// from shared memory (`IDX_TOPK_WARPS * topk` keys, `topk <=
-/// IDX_TOPK_LONG_MAX`). Arguments as [`msa_indexer_topk`].
+/// Top-k for long rows (decode): one CTA of `T = IDX_TOPK_WARPS * 32`
+/// threads per (head, row), no sequential picks.
+///
+/// Thread `t` owns the keys of blocks `t, t + T, ...` (the first 8 in
+/// registers). The `topk`-th largest of the `T` per-thread maxima is a lower
+/// bound `L` of the row's `topk`-th largest key, and only keys `>= L`
+/// survive: at most `topk * ceil(nb / T)` of them (`cap`, sized by the host),
+/// gathered in shared memory. Each survivor's slot is its rank among the
+/// survivors (keys are unique), so the output is deterministic.
+///
+/// Shared memory: `[T]` u64 maxima, u64 bound, u32 count, `[cap]` u64
+/// survivors. Other arguments as [`msa_indexer_topk`].
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_indexer_topk_long(
-    scores: *const f32, row_qpos: *const u32, out: *mut i32, num_rows: u32, num_heads: u32,
-    score_stride: u32, topk: u32, init_blocks: u32, local_blocks: u32,
+    scores: *const f32,
+    row_qpos: *const u32,
+    out: *mut i32,
+    num_rows: u32,
+    num_heads: u32,
+    score_stride: u32,
+    topk: u32,
+    init_blocks: u32,
+    local_blocks: u32,
+    cap: u32,
 ) {
+    const T: u32 = IDX_TOPK_WARPS * 32;
+    const REG: usize = 8;
     let pair = block_idx_x();
-    if num_rows == 0 || pair >= num_rows * num_heads || topk > IDX_TOPK_LONG_MAX {
+    if num_rows == 0 || pair >= num_rows * num_heads || topk == 0 {
         return;
     }
-    let (nb, key) =
-        row_keys(scores, row_qpos, pair, num_rows, score_stride, init_blocks, local_blocks);
-    // candidates [warps, topk] u64 (0 = none)
-    let cand = dynamic_smem();
-    let w = warp_id();
-    let mine = cand + w * topk * 8;
-    let n = select::<{ IDX_TOPK_KEYS_PER_LANE as usize / IDX_TOPK_WARPS as usize }>(
-        32 * w,
-        32 * IDX_TOPK_WARPS,
-        nb,
-        key,
-        topk,
-        |slot, k| {
-            if lane_id() == 0 {
-                st_shared_u64(mine + slot * 8, k);
-            }
-        },
+    let (nb, key) = row_keys(
+        scores,
+        row_qpos,
+        pair,
+        num_rows,
+        score_stride,
+        init_blocks,
+        local_blocks,
     );
-    let mut s = n + lane_id();
-    while s < topk {
-        st_shared_u64(mine + s * 8, 0);
-        s += 32;
+    let t = thread_idx_x();
+    let smem = dynamic_smem();
+    let (maxima, bound, count) = (smem, smem + T * 8, smem + T * 8 + 8);
+    let surv = smem + T * 8 + 16;
+    if t == 0 {
+        st_shared_u64(bound, 0);
+        st_shared_u32(count, 0);
+    }
+    let mut keys = [0u64; REG];
+    crate::unroll!(8, I => {
+        let j = t + T * I as u32;
+        keys[I] = if j < nb { key(j) } else { 0 };
+    });
+    let mut lmax = 0u64;
+    crate::unroll!(8, I => { lmax = lmax.max(keys[I]); });
+    let mut j = t + T * REG as u32;
+    while j < nb {
+        lmax = lmax.max(key(j));
+        j += T;
+    }
+    st_shared_u64(maxima + t * 8, lmax);
+    sync_threads();
+    // L: the maximum ranked topk - 1 (0 when fewer than topk threads hold keys).
+    if lmax != 0 {
+        let mut rank = 0;
+        for d in 0..T {
+            rank += (ld_shared_u64(maxima + d * 8) > lmax) as u32;
+        }
+        if rank == topk - 1 {
+            st_shared_u64(bound, lmax);
+        }
     }
     sync_threads();
-    if w == 0 {
-        let o = out.add(pair as usize * topk as usize);
-        let all = IDX_TOPK_WARPS * topk;
-        let n = select::<{ (IDX_TOPK_WARPS * IDX_TOPK_LONG_MAX / 32) as usize }>(
-            0,
-            32,
-            all,
-            |j| ld_shared_u64(cand + j * 8),
-            topk,
-            |slot, k| {
-                if lane_id() == 0 {
-                    *o.add(slot as usize) = key_block(k);
-                }
-            },
-        );
-        let mut s = n + lane_id();
-        while s < topk {
-            *o.add(s as usize) = -1;
-            s += 32;
+    let l = ld_shared_u64(bound);
+    let keep = |k: u64| {
+        if k != 0 && k >= l {
+            let at = atomic_add_shared_u32(count, 1);
+            if at < cap {
+                st_shared_u64(surv + at * 8, k);
+            }
         }
+    };
+    crate::unroll!(8, I => { keep(keys[I]); });
+    let mut j = t + T * REG as u32;
+    while j < nb {
+        keep(key(j));
+        j += T;
+    }
+    sync_threads();
+    let n = ld_shared_u32(count).min(cap);
+    let o = out.add(pair as usize * topk as usize);
+    let mut c = t;
+    while c < n {
+        let kc = ld_shared_u64(surv + c * 8);
+        let mut rank = 0;
+        for d in 0..n {
+            rank += (ld_shared_u64(surv + d * 8) > kc) as u32;
+        }
+        if rank < topk {
+            *o.add(rank as usize) = key_block(kc);
+        }
+        c += T;
+    }
+    let mut s = nb.min(topk) + t;
+    while s < topk {
+        *o.add(s as usize) = -1;
+        s += T;
     }
 }

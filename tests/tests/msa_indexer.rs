@@ -268,6 +268,14 @@ fn gpu_decode_matches_reference() {
         c.decode_chunk = chunk;
         cases.push(c);
     }
+    // long-row top-k (rows over 256 blocks in the batch) with rows shorter
+    // than topk, and at its topk limit
+    cases.push(Case::new(
+        "decode mixed lengths, long top-k, topk 64",
+        RaggedSpec::decode(vec![100, 50_000 + rng.gen_range(0..128), 300, 2_000]),
+        cfg(4, 64, 2, 3),
+        Fill::SmallInts,
+    ));
     // topk above the long-row kernel's limit: warp top-k with keys re-read
     // past 1024 blocks.
     let c = Case::new(
