@@ -146,6 +146,11 @@ pub struct MsaIndexer {
 /// Decode split: blocks per work item, from the total work and the SM count.
 /// Enough items for ~4 CTAs per SM (2 resident, 96 KiB each), at least 4
 /// blocks per item so the pipeline ramps up, at most the reduction buffer.
+///
+/// Measured (H100, 2026-11-24, `bench --sweep-chunk`, µs per call by blocks
+/// per item 2/4/8/16/32/64): b64-32k 200/194/194/195/194/194 (flat once the
+/// GPU is full); b1-128k 27.0/26.6/26.5/27.3/32.7/50.3 (one wave needs
+/// >= 128 items). The rule gives 32 and 4 for these.
 pub fn decode_chunk(total_blocks: usize, sm_count: usize) -> usize {
     total_blocks
         .div_ceil(4 * sm_count.max(1))
@@ -157,7 +162,8 @@ pub fn decode_chunk(total_blocks: usize, sm_count: usize) -> usize {
 const LONG_CAP_MAX: u32 = 8192;
 
 /// Prefill split: most blocks per work item, so that the long rows at the end
-/// of a causal prompt are spread over several CTAs.
+/// of a causal prompt are spread over several CTAs. Not swept yet (chosen so
+/// an 8K prompt gives ~1.5 waves of 2 CTAs per SM).
 const PREFILL_CHUNK: usize = 32;
 
 impl MsaIndexer {
