@@ -53,7 +53,9 @@ impl Gpu {
         // and would add events to every launch (and to graph captures).
         // SAFETY: this crate uses a single stream per context.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own: the legacy default stream cannot be captured
+        // into a CUDA graph.
+        let stream = ctx.new_stream().during(|| "creating a stream".into())?;
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(crate::ptx::PTX))
             .during(|| "loading the embedded PTX module".into())?;

@@ -30,7 +30,9 @@
 pub mod batch;
 pub mod context;
 pub mod error;
+pub mod msa_attention;
 pub mod msa_indexer;
+pub mod msa_step;
 pub mod ptx;
 
 // Constants shared with the kernels (tile shapes, shared memory, work-item
@@ -44,4 +46,6 @@ pub use context::{DeviceProps, Gpu};
 pub use cudarc::driver::CudaSlice;
 pub use error::{Error, Result};
 pub use half::bf16;
+pub use msa_attention::{MsaAttentionConfig, MsaDecode};
 pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
+pub use msa_step::{DecodeStepInputs, MsaDecodeStep};

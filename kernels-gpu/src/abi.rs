@@ -52,3 +52,21 @@ pub const fn idx_smem_topk_long(cap: u32) -> u32 {
 }
 /// Rows with more blocks than this use the long-row top-k (when `topk` allows).
 pub const IDX_TOPK_LONG_FROM: u32 = 256;
+
+/// Threads per CTA of the MSA decode attention kernel (4 warps; each owns 32
+/// keys of every block).
+pub const ATT_THREADS: u32 = 128;
+/// Pipeline depth of the decode attention kernel: one block's K and V per
+/// stage (64 KiB), two blocks in flight while one is computed; 1 CTA per SM.
+pub const ATT_STAGES: u32 = 3;
+/// Bytes of one stage: K then V of a 128-token block of one KV head.
+pub const ATT_STAGE_BYTES: u32 = 2 * IDX_BLOCK_BYTES;
+/// Most selected slots one partition takes (their pages are staged in
+/// shared memory as (page, block) pairs); bounds `topk`.
+pub const ATT_MAX_SLOTS: u32 = 256;
+/// Dynamic shared memory of the decode attention kernel.
+pub const ATT_SMEM: u32 = ATT_STAGES * ATT_STAGE_BYTES + ATT_MAX_SLOTS * 8;
+/// Most query heads per KV head (the M rows of one mma tile).
+pub const ATT_MAX_GROUP: u32 = 16;
+/// Most split-K partitions of one (sequence, KV head).
+pub const ATT_MAX_PARTS: u32 = 32;

@@ -46,10 +46,16 @@ pub fn warp_id() -> u32 {
     thread_idx_x() >> 5
 }
 
-/// `bar.sync 0`: block-wide barrier; also orders shared-memory accesses.
+/// `barrier.sync 0`: block-wide barrier; also orders shared-memory accesses.
+///
+/// The non-`.aligned` form on purpose: LLVM may duplicate a barrier into the
+/// arms of a branch (seen: `if tid < n { .. } sync_threads()` became one
+/// barrier per arm), and `bar.sync` (= `barrier.sync.aligned`) requires every
+/// thread to execute the *same* instruction, so that hung the CTA. The
+/// unaligned barrier counts threads wherever they arrive.
 #[inline(always)]
 pub fn sync_threads() {
-    unsafe { nvptx::_syncthreads() }
+    unsafe { asm!("barrier.sync 0;", options(nostack)) }
 }
 
 /// `trap`: abort the kernel (used only for states that cannot happen).
@@ -150,6 +156,51 @@ pub fn bf16x2_to_f32(pair: u32) -> (f32, f32) {
     )
 }
 
+/// `ex2.approx.ftz.f32`: 2^x (`-inf` gives 0).
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("ex2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `lg2.approx.ftz.f32`: log2(x).
+#[inline(always)]
+pub fn log2(x: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("lg2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `cvt.rn.bf16.f32`: round to the nearest bf16 (ties to even), as bits.
+#[inline(always)]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let r: u16;
+    unsafe {
+        asm!("cvt.rn.bf16.f32 {r}, {x};", r = out(reg16) r, x = in(reg32) x,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `cvt.rn.bf16x2.f32`: `lo` in the low half, `hi` in the high half (the
+/// element order of an `mma` fragment register).
+#[inline(always)]
+pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo};", r = out(reg32) r, hi = in(reg32) hi,
+             lo = in(reg32) lo, options(nomem, nostack, pure));
+    }
+    r
+}
+
 // ---------------------------------------------------------------- global memory
 
 /// `ld.global.nc.v4.u32`: one 16-byte read-only load (`p` 16-byte aligned).
@@ -216,6 +267,12 @@ pub unsafe fn atomic_add_shared_u32(addr: u32, v: u32) -> u32 {
     r
 }
 
+/// `st.shared.v4.u32` of zeros: clears 16 bytes (16-byte aligned).
+#[inline(always)]
+pub unsafe fn st_shared_zero16(addr: u32) {
+    asm!("st.shared.v4.u32 [{a}], {{0, 0, 0, 0}};", a = in(reg32) addr, options(nostack));
+}
+
 /// `st.shared.u64`
 #[inline(always)]
 pub unsafe fn st_shared_u64(addr: u32, v: u64) {
@@ -271,6 +328,18 @@ pub fn cp_async_wait<const N: u32>() {
 pub unsafe fn ldmatrix_x4(addr: u32) -> [u32; 4] {
     let (a, b, c, d): (u32, u32, u32, u32);
     asm!("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
+         a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+         p = in(reg32) addr, options(nostack)); // warp-synchronous: not movable
+    [a, b, c, d]
+}
+
+/// `ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16`: as [`ldmatrix_x4`], each
+/// matrix transposed (rows of the shared tile become fragment columns: the B
+/// operand of `P·V` from a row-major `[key][dim]` V tile).
+#[inline(always)]
+pub unsafe fn ldmatrix_x4_trans(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    asm!("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
          a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
          p = in(reg32) addr, options(nostack)); // warp-synchronous: not movable
     [a, b, c, d]

@@ -14,6 +14,7 @@
 
 pub mod abi;
 pub mod cuda;
+pub mod msa_attention;
 pub mod msa_indexer;
 
 #[panic_handler]

@@ -15,9 +15,12 @@
 //! Modules:
 //! - [`paged`]: host description of a MAX-layout paged cache.
 //! - [`msa_indexer`]: MSA top-k block selection (`spec/msa-indexer.md`).
+//! - [`msa_attention`]: MSA block-sparse attention, decode and prefill
+//!   (`spec/msa-attention.md`).
 
 #![forbid(unsafe_code)]
 
+pub mod msa_attention;
 pub mod msa_indexer;
 pub mod paged;
 

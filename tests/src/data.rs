@@ -372,3 +372,76 @@ pub fn index_k_pool(
         fill,
     )
 }
+
+/// Random block selections `d_indices: i32 [n_kv_heads, num_rows, topk]` for
+/// a ragged batch, as an indexer would emit them: for each (KV head, row),
+/// `min(topk, ceil((q_pos + 1) / 128))` distinct ids in random order, drawn
+/// from the row's causal blocks `[0, ceil((q_pos + 1) / 128))`, then `-1`
+/// padding up to `topk`.
+///
+/// Then every slot is replaced by `-1` with probability `minus_one`
+/// (`0.0..=1.0`), and, with `stale`, by a stale id (`>= ceil(seqlen_k / 128)`
+/// of the row's sequence, sometimes `i32::MAX`; the op must skip it) with
+/// probability 1/8; at least one slot is made stale when there is any slot.
+///
+/// Panics if `minus_one` is not in `0.0..=1.0`.
+pub fn block_selection(
+    rng: &mut impl Rng,
+    spec: &RaggedSpec,
+    n_kv_heads: usize,
+    topk: usize,
+    minus_one: f64,
+    stale: bool,
+) -> Vec<i32> {
+    assert!(
+        (0.0..=1.0).contains(&minus_one),
+        "block_selection: minus_one {minus_one} not in 0.0..=1.0"
+    );
+    const BLOCK: usize = 128;
+    // (causal blocks, sequence blocks) of every packed row
+    let mut rows = Vec::with_capacity(spec.num_rows());
+    for b in 0..spec.batch() {
+        let seq_blocks = spec.seqlen_k(b).div_ceil(BLOCK);
+        for i in 0..spec.q_len(b) {
+            let q_pos = spec.cache_lengths[b] as usize + i;
+            rows.push(((q_pos + 1).div_ceil(BLOCK), seq_blocks));
+        }
+    }
+    fn stale_id(rng: &mut impl Rng, seq_blocks: usize) -> i32 {
+        if rng.gen_ratio(1, 8) {
+            i32::MAX
+        } else {
+            (seq_blocks + rng.gen_range(0..4)).min(i32::MAX as usize) as i32
+        }
+    }
+    let mut out = Vec::with_capacity(n_kv_heads * rows.len() * topk);
+    let mut any_stale = false;
+    for _ in 0..n_kv_heads {
+        for &(causal, seq_blocks) in &rows {
+            let n = topk.min(causal);
+            let start = out.len();
+            out.extend(
+                rand::seq::index::sample(rng, causal, n)
+                    .into_iter()
+                    .map(|j| j as i32),
+            );
+            out[start..].shuffle(rng);
+            out.resize(start + topk, -1);
+            for x in &mut out[start..] {
+                if minus_one > 0.0 && rng.gen_bool(minus_one) {
+                    *x = -1;
+                }
+                if stale && rng.gen_ratio(1, 8) {
+                    *x = stale_id(rng, seq_blocks);
+                    any_stale = true;
+                }
+            }
+        }
+    }
+    if stale && !any_stale && !out.is_empty() {
+        let slot = rng.gen_range(0..out.len());
+        let seq_blocks = rows[(slot / topk) % rows.len()].1;
+        out[slot] = stale_id(rng, seq_blocks);
+    }
+    out
+}

@@ -19,7 +19,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cudarc::driver::sys::CUevent_flags;
 use rand::Rng;
 use serde_json::{json, Value};
-use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
+use sparse_attn::{
+    CudaSlice, DecodeStepInputs, Gpu, MsaAttentionConfig, MsaDecode, MsaDecodeStep, MsaIndexer,
+    MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch,
+};
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
 struct Args {
@@ -119,6 +122,218 @@ fn idx_cases() -> Vec<IdxCase> {
             spec: RaggedSpec::prefill(&[4 * 1024], &[60 * 1024]),
         },
     ]
+}
+
+/// A decode attention case: `batch` sequences of `ctx` keys.
+struct AttCase {
+    name: &'static str,
+    batch: usize,
+    ctx: usize,
+    cfg: MsaAttentionConfig,
+    /// Time the whole step (indexer + attention) instead of the attention.
+    step: bool,
+}
+
+fn att_cases() -> Vec<AttCase> {
+    let m3 = MsaAttentionConfig::minimax_m3();
+    let tp8 = MsaAttentionConfig {
+        n_heads: 8,
+        n_kv_heads: 1,
+        ..m3
+    };
+    vec![
+        AttCase {
+            name: "msa-decode-b64-32k",
+            batch: 64,
+            ctx: 32 * 1024,
+            cfg: m3,
+            step: false,
+        },
+        AttCase {
+            name: "msa-decode-b1-128k",
+            batch: 1,
+            ctx: 128 * 1024,
+            cfg: m3,
+            step: false,
+        },
+        AttCase {
+            name: "msa-decode-tp8",
+            batch: 128,
+            ctx: 32 * 1024,
+            cfg: tp8,
+            step: false,
+        },
+        AttCase {
+            name: "msa-step-b64-32k",
+            batch: 64,
+            ctx: 32 * 1024,
+            cfg: m3,
+            step: true,
+        },
+        AttCase {
+            name: "msa-step-b1-128k",
+            batch: 1,
+            ctx: 128 * 1024,
+            cfg: m3,
+            step: true,
+        },
+    ]
+}
+
+/// A device pool of `len` bf16 filled with random values (a 64 MiB random
+/// pattern repeated: only its values matter, the kernels read scattered pages).
+fn random_pool(gpu: &Gpu, rng: &mut impl Rng, len: usize) -> CudaSlice<half::bf16> {
+    let pattern = tensor(rng, len.min(32 << 20), Fill::Normal);
+    let mut pool = gpu.zeros::<half::bf16>(len).unwrap();
+    let mut at = 0;
+    while at < len {
+        let n = pattern.len().min(len - at);
+        gpu.stream()
+            .memcpy_htod(&pattern[..n], &mut pool.slice_mut(at..at + n))
+            .unwrap();
+        at += n;
+    }
+    pool
+}
+
+/// Random selections `[n_kv, batch, topk]`: the last block plus distinct others.
+fn selections(
+    rng: &mut impl Rng,
+    n_kv: usize,
+    batch: usize,
+    topk: usize,
+    nblocks: usize,
+) -> Vec<i32> {
+    let mut d = Vec::with_capacity(n_kv * batch * topk);
+    for _ in 0..n_kv * batch {
+        let mut row = vec![(nblocks - 1) as i32];
+        while row.len() < topk.min(nblocks) {
+            let b = rng.gen_range(0..nblocks) as i32;
+            if !row.contains(&b) {
+                row.push(b);
+            }
+        }
+        row.resize(topk, -1);
+        d.extend(row);
+    }
+    d
+}
+
+fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Value> {
+    let (mut rng, seed) = seeded(None);
+    let cfg = c.cfg;
+    let (n_kv, topk) = (cfg.n_kv_heads, cfg.topk);
+    let nblocks = c.ctx.div_ceil(128);
+    let layout = PagedLayout {
+        num_pages: c.batch * nblocks,
+        kv_dim: 2,
+        num_layers: 1,
+        page_size: 128,
+        n_heads: n_kv,
+        head_dim: 128,
+    };
+    let mut perm: Vec<u32> = (0..layout.num_pages as u32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.gen_range(0..=i));
+    }
+    let kv = random_pool(gpu, &mut rng, layout.elements());
+    let lookup = gpu.upload(&perm).unwrap(); // [batch, nblocks]
+    let offsets: Vec<u32> = (0..=c.batch as u32).collect();
+    let lens = vec![(c.ctx - 1) as u32; c.batch];
+    let batch = RaggedBatch::new(&offsets, &lens);
+    let q = gpu
+        .upload(&tensor(&mut rng, c.batch * cfg.n_heads * 128, Fill::Normal))
+        .unwrap();
+    let mut out = gpu
+        .zeros::<half::bf16>(c.batch * cfg.n_heads * 128)
+        .unwrap();
+    let sel_bytes = (c.batch * n_kv * topk * 128 * 128 * 2 * 2) as f64;
+    let io_bytes = (2 * c.batch * cfg.n_heads * 128 * 2) as f64;
+    let mut recs = Vec::new();
+    let record = |us: f64, bytes: f64, extra: Value| {
+        let gbs = bytes / (us * 1e-6) / 1e9;
+        let mut r = json!({
+            "case": c.name, "op": if c.step { "msa_decode_step" } else { "msa_decode_attention" },
+            "our_us": us, "achieved": gbs, "unit": "GB/s", "fraction_of_limit": gbs / copy_gbs,
+            "bytes": bytes,
+        });
+        if let (Value::Object(r), Value::Object(e)) = (&mut r, extra) {
+            r.extend(e);
+        }
+        r
+    };
+    if !c.step {
+        // Rotate several selections so repeated calls do not re-read L2.
+        let copies = 4;
+        let sels: Vec<_> = (0..copies)
+            .map(|_| {
+                gpu.upload(&selections(&mut rng, n_kv, c.batch, topk, nblocks))
+                    .unwrap()
+            })
+            .collect();
+        let mut att = MsaDecode::new(gpu, cfg, c.batch).unwrap();
+        let parts_list: Vec<Option<usize>> = if args.sweep_chunk {
+            vec![None, Some(1), Some(2), Some(4), Some(8), Some(16)]
+        } else {
+            vec![None]
+        };
+        for parts in parts_list {
+            att.force_partitions(parts);
+            att.plan(&batch, &PageTable::new(&perm, nblocks), &layout, 0)
+                .unwrap();
+            let ms = time_ms(gpu, args.reps, |i| {
+                att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                    .unwrap()
+            });
+            let p = att.partitions().unwrap();
+            eprintln!(
+                "{:<22} partitions {:>4} ({:>4}): {:>9.1} us  {:>8.1} GB/s  (seed {seed})",
+                c.name,
+                p,
+                parts.map_or("auto".into(), |x| x.to_string()),
+                ms * 1e3,
+                (sel_bytes + io_bytes) / (ms * 1e-3) / 1e9
+            );
+            if parts.is_none() {
+                recs.push(record(
+                    ms * 1e3,
+                    sel_bytes + io_bytes,
+                    json!({ "partitions": p }),
+                ));
+            }
+        }
+    } else {
+        let icfg = MsaIndexerConfig {
+            num_index_heads: n_kv,
+            topk,
+            ..MsaIndexerConfig::minimax_m3()
+        };
+        let ilayout = PagedLayout::index_k(c.batch * nblocks, 1, 128, 128);
+        let ik = random_pool(gpu, &mut rng, ilayout.elements());
+        let qi = gpu
+            .upload(&tensor(&mut rng, c.batch * n_kv * 128, Fill::Normal))
+            .unwrap();
+        let mut step = MsaDecodeStep::new(gpu, icfg, cfg, c.batch).unwrap();
+        let t = PageTable::new(&perm, nblocks);
+        step.plan(&batch, &t, &ilayout, &t, &layout, 0).unwrap();
+        let inp = DecodeStepInputs {
+            q_index: &qi,
+            k_index: &ik,
+            index_lookup: &lookup,
+            q: &q,
+            kv_cache: &kv,
+            kv_lookup: &lookup,
+        };
+        let ms = time_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
+        let idx_bytes = (c.batch * c.ctx * 256) as f64;
+        eprintln!("{:<22} step: {:>9.1} us (seed {seed})", c.name, ms * 1e3);
+        recs.push(record(
+            ms * 1e3,
+            sel_bytes + io_bytes + idx_bytes,
+            json!({}),
+        ));
+    }
+    recs
 }
 
 /// Causally visible (query, key) pairs of a batch.
@@ -239,12 +454,16 @@ fn main() {
     );
     let copy_gbs = copy_bandwidth(&gpu);
     eprintln!("copy bandwidth (1 GiB D2D, read + write): {copy_gbs:.0} GB/s");
-    let peers: BTreeMap<String, Value> = args
-        .peers
-        .as_ref()
-        .and_then(|p| std::fs::read_to_string(p).ok())
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
+    // `--peers a.json,b.json`: the peer scripts' outputs, merged.
+    let mut peers: BTreeMap<String, Value> = BTreeMap::new();
+    for path in args.peers.iter().flat_map(|p| p.split(',')) {
+        match std::fs::read_to_string(path)
+            .map(|s| serde_json::from_str::<BTreeMap<String, Value>>(&s))
+        {
+            Ok(Ok(m)) => peers.extend(m),
+            _ => eprintln!("bench: could not read peer results from {path}"),
+        }
+    }
     let tc_tflops = peers.get("_bf16_matmul_tflops").and_then(Value::as_f64);
     let date = {
         let days = SystemTime::now()
@@ -256,14 +475,28 @@ fn main() {
     };
     let want = |n: &str| args.cases.as_ref().is_none_or(|c| c.iter().any(|x| x == n));
     let mut records = Vec::new();
+    let mut all = Vec::new();
     for c in idx_cases().iter().filter(|c| want(c.name)) {
-        for mut r in bench_indexer(&gpu, c, &args, copy_gbs, props.l2_bytes as usize) {
+        all.extend(bench_indexer(
+            &gpu,
+            c,
+            &args,
+            copy_gbs,
+            props.l2_bytes as usize,
+        ));
+    }
+    for c in att_cases().iter().filter(|c| want(c.name)) {
+        all.extend(bench_attention(&gpu, c, &args, copy_gbs));
+    }
+    {
+        for mut r in all {
+            let c = r["case"].as_str().unwrap().to_string();
             if r["unit"] == "TFLOP/s" {
                 if let Some(tc) = tc_tflops {
                     r["fraction_of_limit"] = json!(r["achieved"].as_f64().unwrap() / tc);
                 }
             }
-            if let Some(Value::Object(p)) = peers.get(c.name) {
+            if let Some(Value::Object(p)) = peers.get(&c) {
                 let best = p
                     .iter()
                     .filter_map(|(k, v)| Some((k, v.as_f64()?)))

@@ -1,0 +1,121 @@
+//! The decode step a serving engine runs every token: the MSA indexer picks
+//! each sequence's top-k blocks, then the block-sparse attention reads them.
+//! Both run on the same stream with no host synchronisation between them, and
+//! `run` allocates nothing, so a step can be captured in a CUDA graph and
+//! replayed while its plan holds.
+
+use cudarc::driver::CudaSlice;
+use half::bf16;
+
+use crate::batch::{PageTable, PagedLayout, RaggedBatch};
+use crate::error::{ensure, Result};
+use crate::msa_attention::{MsaAttentionConfig, MsaDecode};
+use crate::msa_indexer::{MsaIndexer, MsaIndexerConfig};
+use crate::Gpu;
+
+/// Indexer + decode attention with their workspaces and the `d_indices`
+/// buffer between them.
+pub struct MsaDecodeStep {
+    pub indexer: MsaIndexer,
+    pub attention: MsaDecode,
+    /// `[n_kv_heads, batch, topk]` block ids of the planned batch.
+    d_indices: CudaSlice<i32>,
+    gpu: Gpu,
+}
+
+/// The device inputs of one step.
+pub struct DecodeStepInputs<'a> {
+    /// Index queries `[batch, n_kv_heads, 128]` and the index-K pool.
+    pub q_index: &'a CudaSlice<bf16>,
+    pub k_index: &'a CudaSlice<bf16>,
+    pub index_lookup: &'a CudaSlice<u32>,
+    /// Attention queries `[batch, n_heads, 128]` and the main K/V pool.
+    pub q: &'a CudaSlice<bf16>,
+    pub kv_cache: &'a CudaSlice<bf16>,
+    pub kv_lookup: &'a CudaSlice<u32>,
+}
+
+impl MsaDecodeStep {
+    /// `idx.num_index_heads` must equal `att.n_kv_heads` and the two `topk`
+    /// must agree (each KV head reads the blocks its index head chose).
+    pub fn new(
+        gpu: &Gpu,
+        idx: MsaIndexerConfig,
+        att: MsaAttentionConfig,
+        max_batch: usize,
+    ) -> Result<Self> {
+        ensure(
+            idx.num_index_heads == att.n_kv_heads,
+            "num_index_heads",
+            || format!("n_kv_heads = {}", att.n_kv_heads),
+            || idx.num_index_heads.to_string(),
+        )?;
+        ensure(
+            idx.topk == att.topk,
+            "topk",
+            || format!("attention topk = {}", att.topk),
+            || idx.topk.to_string(),
+        )?;
+        Ok(MsaDecodeStep {
+            indexer: MsaIndexer::new(gpu, idx)?,
+            attention: MsaDecode::new(gpu, att, max_batch)?,
+            d_indices: gpu.zeros(1)?,
+            gpu: gpu.clone(),
+        })
+    }
+
+    /// Plans both ops for a decode batch (may allocate `d_indices` when the
+    /// batch size changes; `run` never allocates).
+    pub fn plan(
+        &mut self,
+        batch: &RaggedBatch,
+        index_pages: &PageTable,
+        index_layout: &PagedLayout,
+        kv_pages: &PageTable,
+        kv_layout: &PagedLayout,
+        layer: usize,
+    ) -> Result<()> {
+        ensure(
+            batch.batch() > 0,
+            "cache_lengths",
+            || "at least one sequence".into(),
+            || "an empty batch".into(),
+        )?;
+        self.attention.plan(batch, kv_pages, kv_layout, layer)?;
+        self.indexer.plan(batch, index_pages, index_layout, layer)?;
+        let c = self.attention.config();
+        let len = c.n_kv_heads * batch.batch() * c.topk;
+        if self.d_indices.len() != len {
+            self.d_indices = self.gpu.zeros(len)?;
+        }
+        Ok(())
+    }
+
+    /// Indexer, then attention, on the stream; writes `out` (and `lse`).
+    pub fn run(
+        &mut self,
+        inp: &DecodeStepInputs,
+        out: &mut CudaSlice<bf16>,
+        lse: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        self.indexer.run(
+            inp.q_index,
+            inp.k_index,
+            inp.index_lookup,
+            &mut self.d_indices,
+        )?;
+        self.attention.run(
+            inp.q,
+            inp.kv_cache,
+            inp.kv_lookup,
+            &self.d_indices,
+            out,
+            lse,
+        )
+    }
+
+    /// The block ids the last `run` selected, `[n_kv_heads, batch, topk]`.
+    pub fn d_indices(&self) -> &CudaSlice<i32> {
+        &self.d_indices
+    }
+}

@@ -1,0 +1,349 @@
+//! MSA block-sparse attention, decode (`q_len = 1` per sequence).
+//!
+//! `msa_decode_partial`: one CTA per (sequence, KV head, partition). The
+//! partition's selected 128-token blocks stream through an `ATT_STAGES`-deep
+//! `cp.async` pipeline (K and V of a block per stage, 16-byte copies, rows
+//! XOR-swizzled). All `group` query heads of the KV head share each loaded
+//! block: they are the M rows (≤ 16) of bf16 `mma.m16n8k16` tiles. Each of the
+//! 4 warps owns 32 keys of every block and keeps its own online softmax
+//! (exp2 domain, f32): S = Q·Kᵀ (ldmatrix), P = exp2(S·scale·log2e − m), O +=
+//! P·V (P re-packed from the S accumulators as A fragments, V through
+//! `ldmatrix.trans`). At the end the 4 warps merge their (m, l, O) through
+//! shared memory; with one partition the CTA writes the bf16 output and the
+//! LSE, otherwise an f32 partial output and its log2-sum-exp.
+//!
+//! `msa_decode_combine`: one CTA per (row, head) merges the partitions in a
+//! fixed order (partition 0 first), so the result is bit-reproducible.
+//!
+//! Masking: slots of `-1` and ids `>= ceil(seqlen_k / 128)` are skipped; keys
+//! `pos >= seqlen_k` (the unwritten tail of the last page) are masked.
+
+use crate::abi::*;
+use crate::cuda::*;
+
+const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
+const ROW_CHUNKS: u32 = ROW_BYTES / 16;
+const K_STEPS: usize = (MSA_HEAD_DIM / 16) as usize;
+/// Dim n-tiles of the output (8 dims each).
+const D_TILES: usize = (MSA_HEAD_DIM / 8) as usize;
+const WARPS: u32 = ATT_THREADS / 32;
+/// Keys of a block each warp owns, and their n-tiles.
+const WARP_KEYS: u32 = MSA_BLOCK / WARPS;
+const WARP_NT: usize = (WARP_KEYS / 8) as usize;
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+const LN2: f32 = core::f32::consts::LN_2;
+
+/// Partial decode attention.
+///
+/// * `q`: bf16 `[rows, n_heads, 128]` (row = sequence)
+/// * `kv`: bf16 main cache `[num_pages, 2, layers, 128, n_kv_heads, 128]`;
+///   K of token `s` of page `p` for head `kh` at
+///   `p * page_stride + k_off + (s * n_kv_heads + kh) * 128`, V at `v_off`
+/// * `lookup`: `[batch, max_pages]`; `d_indices`: i32 `[n_kv_heads, rows, topk]`
+/// * `seqlen_k`: `[rows]` keys of each sequence
+/// * `part_o`: f32 `[parts, rows, n_heads, 128]`, `part_lse`: f32
+///   `[parts, rows, n_heads]` (log2 domain) — written when `parts > 1`
+/// * `out`: bf16 `[rows, n_heads, 128]`, `lse`: f32 `[rows, n_heads]` or
+///   null — written when `parts == 1`
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_decode_partial(
+    q: *const u16,
+    kv: *const u16,
+    lookup: *const u32,
+    d_indices: *const i32,
+    seqlen_k: *const u32,
+    part_o: *mut f32,
+    part_lse: *mut f32,
+    out: *mut u16,
+    lse: *mut f32,
+    rows: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    max_pages: u32,
+    num_pages: u32,
+    page_stride: u64,
+    k_off: u64,
+    v_off: u64,
+    topk: u32,
+    parts: u32,
+    scale: f32,
+) {
+    let cta = block_idx_x();
+    if n_kv_heads == 0 || parts == 0 || num_pages == 0 || cta >= rows * n_kv_heads * parts {
+        return;
+    }
+    let part = cta % parts;
+    let kh = (cta / parts) % n_kv_heads;
+    let b = cta / parts / n_kv_heads;
+    let group = (n_heads / n_kv_heads).min(16);
+    let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
+    let (g, c) = (lane >> 2, lane & 3);
+    let sk = ld_global_nc_u32(seqlen_k.add(b as usize));
+    let nblocks = sk.div_ceil(MSA_BLOCK);
+    let per = topk.div_ceil(parts);
+    let slot0 = (part * per).min(topk);
+    let nslots = (slot0 + per).min(topk) - slot0;
+
+    // Q fragments: M row m = query head kh * group + m (zero past group).
+    let qb = q.add(((b * n_heads + kh * group) * MSA_HEAD_DIM) as usize);
+    let mut a = [[0u32; 4]; K_STEPS];
+    crate::unroll!(2, HALF => {
+        let m = g + 8 * HALF as u32;
+        if m < group {
+            let qrow = qb.add((m * MSA_HEAD_DIM) as usize);
+            crate::unroll!(8, KS => {
+                let k0 = KS * 16 + 2 * c as usize;
+                a[KS][HALF] = ld_global_nc_u32(qrow.add(k0) as *const u32);
+                a[KS][2 + HALF] = ld_global_nc_u32(qrow.add(k0 + 8) as *const u32);
+            });
+        }
+    });
+
+    // The partition's pages (u32::MAX: slot skipped), staged once.
+    let smem = dynamic_smem();
+    let pages = smem + ATT_STAGES * ATT_STAGE_BYTES; // [ATT_MAX_SLOTS] (page, block)
+    if tid < nslots.min(ATT_MAX_SLOTS) {
+        let slot = slot0 + tid;
+        let blk = *d_indices.add(((kh * rows + b) * topk + slot) as usize);
+        let (page, blk) = if blk >= 0 && (blk as u32) < nblocks && (blk as u32) < max_pages {
+            let lk = lookup.add((b * max_pages + blk as u32) as usize);
+            (ld_global_nc_u32(lk).min(num_pages - 1), blk as u32)
+        } else {
+            (u32::MAX, 0)
+        };
+        st_shared_u32(pages + tid * 8, page);
+        st_shared_u32(pages + tid * 8 + 4, blk);
+    }
+    sync_threads();
+    let nslots = nslots.min(ATT_MAX_SLOTS);
+
+    let tok_stride = (n_kv_heads * MSA_HEAD_DIM) as usize;
+    let head_off = (kh * MSA_HEAD_DIM) as usize;
+    let load = |i: u32| {
+        let page = ld_shared_u32(pages + i * 8);
+        if page == u32::MAX {
+            return;
+        }
+        let base = page as usize * page_stride as usize + head_off;
+        let ks = kv.add(base + k_off as usize) as *const u8;
+        let vs = kv.add(base + v_off as usize) as *const u8;
+        let dst = smem + (i % ATT_STAGES) * ATT_STAGE_BYTES;
+        let mut ch = tid;
+        while ch < IDX_BLOCK_BYTES / 16 {
+            let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
+            let so = (r as usize * tok_stride) * 2 + cc as usize * 16;
+            let d = r * ROW_BYTES + ((cc ^ (r & 7)) << 4);
+            cp_async_16(dst + d, ks.add(so));
+            cp_async_16(dst + IDX_BLOCK_BYTES + d, vs.add(so));
+            ch += ATT_THREADS;
+        }
+    };
+
+    let sl2 = scale * LOG2E;
+    let mut m_run = [f32::NEG_INFINITY; 2]; // running max (log2 domain) of rows g, g+8
+    let mut l_run = [0f32; 2]; // this thread's part of the running sum
+    let mut o = [[0f32; 4]; D_TILES];
+
+    for s in 0..ATT_STAGES - 1 {
+        if s < nslots {
+            load(s);
+        }
+        cp_async_commit();
+    }
+    for i in 0..nslots {
+        cp_async_wait::<{ ATT_STAGES - 2 }>();
+        sync_threads();
+        if i + ATT_STAGES - 1 < nslots {
+            load(i + ATT_STAGES - 1);
+        }
+        cp_async_commit();
+        if ld_shared_u32(pages + i * 8) == u32::MAX {
+            continue;
+        }
+        let blk_base = ld_shared_u32(pages + i * 8 + 4) * MSA_BLOCK;
+        let kbase = blk_base + warp * WARP_KEYS;
+        let ks = smem + (i % ATT_STAGES) * ATT_STAGE_BYTES;
+        let vs = ks + IDX_BLOCK_BYTES;
+        if blk_base + MSA_BLOCK > sk {
+            // The last page's unwritten tail: its P is 0, but 0 · NaN is NaN
+            // in P·V, so the V rows past seqlen_k are zeroed first.
+            let mut ch = (sk - blk_base) * ROW_CHUNKS + tid;
+            while ch < IDX_BLOCK_BYTES / 16 {
+                st_shared_zero16(vs + ch * 16);
+                ch += ATT_THREADS;
+            }
+            sync_threads();
+        }
+
+        // S = Q Kᵀ for this warp's 32 keys.
+        let mut sacc = [[0f32; 4]; WARP_NT];
+        crate::unroll!(4, KK => {
+            let mut bf = [[0u32; 4]; WARP_NT];
+            for (j, bj) in bf.iter_mut().enumerate() {
+                let r = warp * WARP_KEYS + j as u32 * 8 + (lane & 7);
+                let cc = KK as u32 * 4 + (lane >> 3);
+                *bj = ldmatrix_x4(ks + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+            }
+            for j in 0..WARP_NT {
+                let x = mma_bf16_16816(a[2 * KK], [bf[j][0], bf[j][1]], sacc[j]);
+                sacc[j] = mma_bf16_16816(a[2 * KK + 1], [bf[j][2], bf[j][3]], x);
+            }
+        });
+        // Mask the tail, scale into the log2 domain, block row max.
+        let mut bmax = [f32::NEG_INFINITY; 2];
+        crate::unroll!(4, J => {
+            crate::unroll!(4, E => {
+                let pos = kbase + J as u32 * 8 + 2 * c + (E as u32 & 1);
+                sacc[J][E] = if pos < sk { sacc[J][E] * sl2 } else { f32::NEG_INFINITY };
+                bmax[E >> 1] = fmax(bmax[E >> 1], sacc[J][E]);
+            });
+        });
+        let mut corr = [1f32; 2];
+        let mut m_use = [0f32; 2];
+        for h in 0..2 {
+            let m_new = fmax(m_run[h], quad_max_f32(bmax[h]));
+            // Nothing seen yet: keep exp2 finite (every p is 0 then).
+            m_use[h] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+            corr[h] = exp2(m_run[h] - m_use[h]);
+            m_run[h] = m_new;
+            l_run[h] *= corr[h];
+        }
+        crate::unroll!(16, D => {
+            crate::unroll!(4, E => { o[D][E] *= corr[E >> 1]; });
+        });
+        // P = exp2(S - m), packed as A fragments (two n-tiles = one k16 step).
+        let mut pa = [[0u32; 4]; WARP_NT / 2];
+        crate::unroll!(4, J => {
+            let mut p = [0f32; 4];
+            crate::unroll!(4, E => { p[E] = exp2(sacc[J][E] - m_use[E >> 1]); });
+            l_run[0] += p[0] + p[1];
+            l_run[1] += p[2] + p[3];
+            pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[0], p[1]);
+            pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[2], p[3]);
+        });
+        // O += P V: V rows are keys; ldmatrix.trans gives the B fragments.
+        crate::unroll!(2, KS => {
+            crate::unroll!(8, DP => {
+                let r = warp * WARP_KEYS + KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                let cc = DP as u32 * 2 + (lane >> 4);
+                let bv = ldmatrix_x4_trans(vs + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
+                o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
+            });
+        });
+    }
+    cp_async_wait::<0>();
+    sync_threads(); // stages free: reused below
+
+    // Merge the 4 warps: ml [warps, 16, 2] f32, then O [warps, 16, 128] f32.
+    let ml = smem;
+    let os = smem + WARPS * 16 * 8;
+    for h in 0..2 {
+        let l = l_run[h] + shfl_xor_f32(l_run[h], 1);
+        l_run[h] = l + shfl_xor_f32(l, 2);
+        if c == 0 {
+            let at = ml + ((warp * 16 + g + 8 * h as u32) * 2) * 4;
+            st_shared_f32(at, m_run[h]);
+            st_shared_f32(at + 4, l_run[h]);
+        }
+    }
+    sync_threads();
+    crate::unroll!(2, h => {
+        let m = g + 8 * h as u32;
+        let mut mx = f32::NEG_INFINITY;
+        for w in 0..WARPS {
+            mx = fmax(mx, ld_shared_f32(ml + ((w * 16 + m) * 2) * 4));
+        }
+        let mine = if mx == f32::NEG_INFINITY { 0.0 } else { exp2(m_run[h] - mx) };
+        crate::unroll!(16, D => {
+            let col = D as u32 * 8 + 2 * c;
+            let at = os + ((warp * 16 + m) * MSA_HEAD_DIM + col) * 4;
+            st_shared_f32(at, o[D][2 * h] * mine);
+            st_shared_f32(at + 4, o[D][2 * h + 1] * mine);
+        });
+    });
+    sync_threads();
+    // Thread t: row m = t / 8, dims (t % 8) * 16 .. +16.
+    let m = tid / 8;
+    if m < group {
+        let (mut mx, mut l) = (f32::NEG_INFINITY, 0f32);
+        for w in 0..WARPS {
+            mx = fmax(mx, ld_shared_f32(ml + ((w * 16 + m) * 2) * 4));
+        }
+        if mx != f32::NEG_INFINITY {
+            for w in 0..WARPS {
+                let at = ml + ((w * 16 + m) * 2) * 4;
+                l += ld_shared_f32(at + 4) * exp2(ld_shared_f32(at) - mx);
+            }
+        }
+        let head = kh * group + m;
+        let row_head = (b * n_heads + head) as usize;
+        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
+        let lse2 = if l > 0.0 { mx + log2(l) } else { f32::NEG_INFINITY };
+        let d0 = (tid % 8) * 16;
+        for d in d0..d0 + 16 {
+            let mut v = 0f32;
+            for w in 0..WARPS {
+                v += ld_shared_f32(os + ((w * 16 + m) * MSA_HEAD_DIM + d) * 4);
+            }
+            v *= inv;
+            if parts == 1 {
+                *out.add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
+            } else {
+                let at = (part as usize * (rows * n_heads) as usize + row_head)
+                    * MSA_HEAD_DIM as usize;
+                *part_o.add(at + d as usize) = v;
+            }
+        }
+        if tid % 8 == 0 {
+            if parts == 1 {
+                if !lse.is_null() {
+                    *lse.add(row_head) = lse2 * LN2;
+                }
+            } else {
+                *part_lse.add(part as usize * (rows * n_heads) as usize + row_head) = lse2;
+            }
+        }
+    }
+}
+
+/// Merges the partitions of [`msa_decode_partial`]: one CTA of 128 threads
+/// (one per dim) per (row, head), partitions in order 0, 1, … so the result
+/// is the same bits on every run. `out` bf16 `[rows, n_heads, 128]`, `lse`
+/// f32 `[rows, n_heads]` (natural log) or null.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_decode_combine(
+    part_o: *const f32,
+    part_lse: *const f32,
+    out: *mut u16,
+    lse: *mut f32,
+    rows: u32,
+    n_heads: u32,
+    parts: u32,
+) {
+    let rh = block_idx_x();
+    let total = rows * n_heads;
+    if rh >= total {
+        return;
+    }
+    let d = thread_idx_x() as usize;
+    let mut mx = f32::NEG_INFINITY;
+    for p in 0..parts {
+        mx = fmax(mx, *part_lse.add((p * total + rh) as usize));
+    }
+    let (mut acc, mut wsum) = (0f32, 0f32);
+    if mx != f32::NEG_INFINITY {
+        for p in 0..parts {
+            let at = (p * total + rh) as usize;
+            let w = exp2(*part_lse.add(at) - mx);
+            wsum += w;
+            acc += w * *part_o.add(at * MSA_HEAD_DIM as usize + d);
+        }
+    }
+    let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
+    *out.add(rh as usize * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);
+    if d == 0 && !lse.is_null() {
+        *lse.add(rh as usize) =
+            if wsum > 0.0 { (mx + log2(wsum)) * LN2 } else { f32::NEG_INFINITY };
+    }
+}
