@@ -95,6 +95,12 @@ impl MsaAttentionConfig {
 /// Split-K partitions for a decode batch: upstream's rule
 /// `min(clamp(SMs / (batch * n_kv_heads), 1, 32), topk)`, i.e. about one CTA
 /// per SM (the kernel runs one CTA per SM).
+///
+/// Kept after measuring (H100, 2026-11-24, `bench --sweep-chunk`, µs by
+/// partitions 1/2/3/4/8/16): msa-decode-b64-32k 100.9/112.7/115.4/119.7/
+/// 145.6/221.1 and msa-decode-tp8 51.9/60.3/62.2/63.2/71.6/97.6 (the rule
+/// gives 1); msa-decode-b1-128k 21.7/16.8/-/13.3/11.3/11.7 (the rule gives 16,
+/// within noise of the best, 8).
 pub fn decode_partitions(sm_count: usize, batch: usize, n_kv_heads: usize, topk: usize) -> usize {
     let pairs = (batch * n_kv_heads).max(1);
     (sm_count / pairs)

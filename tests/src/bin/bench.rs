@@ -273,7 +273,7 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
             .collect();
         let mut att = MsaDecode::new(gpu, cfg, c.batch).unwrap();
         let parts_list: Vec<Option<usize>> = if args.sweep_chunk {
-            vec![None, Some(1), Some(2), Some(4), Some(8), Some(16)]
+            vec![None, Some(1), Some(2), Some(3), Some(4), Some(8), Some(16)]
         } else {
             vec![None]
         };
