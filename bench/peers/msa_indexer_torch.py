@@ -13,29 +13,11 @@ import sys
 
 import torch
 
+from timing import median_us
+
 H, D, TOPK, BLK = 4, 128, 16, 128
 SCALE = D ** -0.5
 dev = "cuda"
-
-
-def median_us(fn, reps=20, batches=5, warmup=3):
-    """Per-call time: `reps` calls back to back between two CUDA events,
-    median over `batches` (the same method as the Rust bench)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(batches):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        for _ in range(reps):
-            fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b) * 1e3 / reps)
-    ts.sort()
-    return ts[len(ts) // 2]
 
 
 def paged(seqlens):

@@ -146,6 +146,60 @@ impl PagedLayout {
     }
 }
 
+/// What an op expects of a paged cache; [`PagedLayout::check`] compares.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheExpect {
+    /// Argument name used in errors (`"k_cache"`, `"kv_cache"`).
+    pub name: &'static str,
+    /// Human description of the expected layout, for errors.
+    pub shape: &'static str,
+    pub kv_dim: usize,
+    pub n_heads: usize,
+    pub head_dim: usize,
+    pub page_size: usize,
+}
+
+impl PagedLayout {
+    /// Checks the pool against what an op expects and that `layer` exists.
+    pub fn check(&self, want: &CacheExpect, layer: usize) -> Result<()> {
+        ensure(
+            self.kv_dim == want.kv_dim && self.n_heads == want.n_heads,
+            want.name,
+            || {
+                format!(
+                    "{} (kv_dim {}, {} heads)",
+                    want.shape, want.kv_dim, want.n_heads
+                )
+            },
+            || format!("kv_dim {} and {} heads", self.kv_dim, self.n_heads),
+        )?;
+        ensure(
+            self.page_size == want.page_size,
+            "page_size",
+            || want.page_size.to_string(),
+            || self.page_size.to_string(),
+        )?;
+        ensure(
+            self.head_dim == want.head_dim,
+            "head_dim",
+            || format!("{} head_dim {}", want.name, want.head_dim),
+            || self.head_dim.to_string(),
+        )?;
+        ensure(
+            self.num_pages >= 1,
+            "num_pages",
+            || ">= 1".into(),
+            || "0".into(),
+        )?;
+        ensure(
+            layer < self.num_layers,
+            "layer",
+            || format!("below num_layers = {}", self.num_layers),
+            || layer.to_string(),
+        )
+    }
+}
+
 /// Host copy of a page table `lookup: u32 [batch, max_pages]`: logical page
 /// `j` of sequence `b` is pool page `lookup[b * max_pages + j]`.
 #[derive(Clone, Copy, Debug)]

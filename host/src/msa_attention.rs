@@ -24,7 +24,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use crate::abi::*;
-use crate::batch::{PageTable, PagedLayout, RaggedBatch};
+use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
 use crate::error::{ensure, CudaContextExt, Error, Result};
 use crate::Gpu;
 
@@ -130,40 +130,16 @@ pub fn validate_decode(
             ),
         });
     }
-    ensure(
-        layout.kv_dim == 2 && layout.n_heads == cfg.n_kv_heads,
-        "kv_cache layout",
-        || {
-            format!(
-                "[num_pages, 2, num_layers, page_size, n_kv_heads = {}, head_dim]",
-                cfg.n_kv_heads
-            )
+    layout.check(
+        &CacheExpect {
+            name: "kv_cache",
+            shape: "a K/V cache [num_pages, 2, num_layers, page_size, n_kv_heads, head_dim]",
+            kv_dim: 2,
+            n_heads: cfg.n_kv_heads,
+            head_dim: cfg.head_dim,
+            page_size: MSA_BLOCK as usize,
         },
-        || format!("kv_dim {} and {} heads", layout.kv_dim, layout.n_heads),
-    )?;
-    ensure(
-        layout.page_size == MSA_BLOCK as usize,
-        "page_size",
-        || MSA_BLOCK.to_string(),
-        || layout.page_size.to_string(),
-    )?;
-    ensure(
-        layout.head_dim == cfg.head_dim,
-        "kv_cache head_dim",
-        || cfg.head_dim.to_string(),
-        || layout.head_dim.to_string(),
-    )?;
-    ensure(
-        layout.num_pages >= 1,
-        "num_pages",
-        || ">= 1".into(),
-        || "0".into(),
-    )?;
-    ensure(
-        layer < layout.num_layers,
-        "layer",
-        || format!("below num_layers = {}", layout.num_layers),
-        || layer.to_string(),
+        layer,
     )?;
     pages.validate(batch, layout)?;
     Ok(())

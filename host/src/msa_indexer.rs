@@ -25,7 +25,7 @@ use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use crate::abi::*;
-use crate::batch::{PageTable, PagedLayout, RaggedBatch};
+use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
 use crate::error::{ensure, CudaContextExt, Error, Result};
 use crate::Gpu;
 
@@ -449,35 +449,16 @@ pub fn plan_work(
 ) -> Result<WorkList> {
     cfg.validate()?;
     batch.validate()?;
-    ensure(
-        layout.kv_dim == 1 && layout.n_heads == 1,
-        "k_cache layout",
-        || "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]".into(),
-        || format!("kv_dim {} and n_heads {}", layout.kv_dim, layout.n_heads),
-    )?;
-    ensure(
-        layout.page_size == cfg.block_size,
-        "page_size",
-        || format!("block_size = {}", cfg.block_size),
-        || layout.page_size.to_string(),
-    )?;
-    ensure(
-        layout.head_dim == cfg.head_dim,
-        "k_cache head_dim",
-        || format!("head_dim = {}", cfg.head_dim),
-        || layout.head_dim.to_string(),
-    )?;
-    ensure(
-        layout.num_pages >= 1,
-        "num_pages",
-        || ">= 1".into(),
-        || "0".into(),
-    )?;
-    ensure(
-        layer < layout.num_layers,
-        "layer",
-        || format!("below num_layers = {}", layout.num_layers),
-        || layer.to_string(),
+    layout.check(
+        &CacheExpect {
+            name: "k_cache",
+            shape: "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]",
+            kv_dim: 1,
+            n_heads: 1,
+            head_dim: cfg.head_dim,
+            page_size: cfg.block_size,
+        },
+        layer,
     )?;
     pages.validate(batch, layout)?;
 

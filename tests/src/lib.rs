@@ -9,3 +9,4 @@
 #![forbid(unsafe_code)]
 
 pub mod data;
+pub mod harness;

@@ -16,30 +16,11 @@ use sparse_attn::{
     DecodeStepInputs, Error, Gpu, MsaAttentionConfig, MsaDecode, MsaDecodeStep, MsaIndexerConfig,
     PageTable, PagedLayout, RaggedBatch,
 };
-use sparse_attn_reference::msa_attention::{self as reference, AttentionParams};
+use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{
     block_selection, paged_pool, seeded, tensor, Fill, PagedPool, RaggedSpec,
 };
-
-fn gpu() -> Option<Gpu> {
-    if !Gpu::driver_present() {
-        eprintln!("SKIP: no NVIDIA driver on this machine; GPU test not run");
-        return None;
-    }
-    Some(Gpu::new(0).expect("the driver is present but device 0 could not be opened"))
-}
-
-fn layout_of(pool: &PagedPool) -> PagedLayout {
-    let l = pool.layout;
-    PagedLayout {
-        num_pages: l.num_pages,
-        kv_dim: l.kv_dim,
-        num_layers: l.num_layers,
-        page_size: l.page_size,
-        n_heads: l.n_heads,
-        head_dim: l.head_dim,
-    }
-}
+use sparse_attn_tests::harness::{attention_params as params, gpu_or_skip as gpu, layout_of};
 
 fn cfg(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
     MsaAttentionConfig {
@@ -47,16 +28,6 @@ fn cfg(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
         n_kv_heads,
         topk,
         ..MsaAttentionConfig::minimax_m3()
-    }
-}
-
-fn params(c: &MsaAttentionConfig) -> AttentionParams {
-    AttentionParams {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv_heads,
-        head_dim: c.head_dim,
-        topk: c.topk,
-        scale: c.scale,
     }
 }
 
@@ -397,7 +368,7 @@ fn bad_input_is_a_clear_error() {
             },
             1,
         ),
-        "kv_cache layout",
+        "kv_cache",
         "kv_dim 1",
     );
     err(
@@ -411,7 +382,7 @@ fn bad_input_is_a_clear_error() {
             },
             1,
         ),
-        "kv_cache layout",
+        "kv_cache",
         "8 heads",
     );
     err(

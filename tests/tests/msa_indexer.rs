@@ -16,42 +16,14 @@ use sparse_attn::msa_indexer::{plan_work, PlanOptions};
 use sparse_attn::{
     Error, Gpu, IndexerPath, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch,
 };
-use sparse_attn_reference::msa_indexer::{self as reference, IndexerParams};
+use sparse_attn_reference::msa_indexer as reference;
 use sparse_attn_tests::data::{paged_pool, seeded, tensor, Fill, PagedPool, RaggedSpec};
+use sparse_attn_tests::harness::{
+    gpu_or_skip as gpu, indexer_params as params, layout_of as host_layout,
+};
 
 /// Written to `out_idxs` before every launch; must not survive.
 const POISON: i32 = 0x7ead_beef;
-
-fn gpu() -> Option<Gpu> {
-    if !Gpu::driver_present() {
-        eprintln!("SKIP: no NVIDIA driver on this machine; GPU test not run");
-        return None;
-    }
-    Some(Gpu::new(0).expect("the driver is present but device 0 could not be opened"))
-}
-
-fn host_layout(pool: &PagedPool) -> PagedLayout {
-    let l = pool.layout;
-    PagedLayout {
-        num_pages: l.num_pages,
-        kv_dim: l.kv_dim,
-        num_layers: l.num_layers,
-        page_size: l.page_size,
-        n_heads: l.n_heads,
-        head_dim: l.head_dim,
-    }
-}
-
-fn params(cfg: &MsaIndexerConfig) -> IndexerParams {
-    IndexerParams {
-        num_index_heads: cfg.num_index_heads,
-        head_dim: cfg.head_dim,
-        topk: cfg.topk,
-        init_blocks: cfg.init_blocks,
-        local_blocks: cfg.local_blocks,
-        scale: cfg.scale,
-    }
-}
 
 /// One random case: inputs, and what to check.
 struct Case {
@@ -535,7 +507,7 @@ fn bad_input_is_a_clear_error() {
             0,
             &o,
         ),
-        "k_cache head_dim",
+        "head_dim",
         "64",
     );
     expect_err(
@@ -550,7 +522,7 @@ fn bad_input_is_a_clear_error() {
             0,
             &o,
         ),
-        "k_cache layout",
+        "k_cache",
         "kv_dim 2",
     );
     expect_err(

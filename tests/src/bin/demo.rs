@@ -19,10 +19,11 @@ use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
-use sparse_attn_reference::msa_indexer::{self as reference, IndexerParams};
+use sparse_attn_reference::msa_indexer as reference;
 use sparse_attn_tests::data::{
     paged_pool, seeded, tensor, ChaCha8Rng, Fill, PagedPool, RaggedSpec, SEED_ENV,
 };
+use sparse_attn_tests::harness::{indexer_params, layout_of};
 
 /// Timed launches per step (the median is reported).
 const REPS: usize = 20;
@@ -74,8 +75,7 @@ impl Step {
     }
 
     fn layout(&self) -> PagedLayout {
-        let l = self.pool.layout;
-        PagedLayout::index_k(l.num_pages, l.num_layers, l.page_size, l.head_dim)
+        layout_of(&self.pool)
     }
 
     /// Index-K bytes the op must read: every visible key once.
@@ -126,17 +126,6 @@ impl Step {
             .find(|&b| (t as u32) < s.offsets[b + 1])
             .expect("row in range");
         (b, s.cache_lengths[b] as usize + t - s.offsets[b] as usize)
-    }
-}
-
-fn params(cfg: &MsaIndexerConfig) -> IndexerParams {
-    IndexerParams {
-        num_index_heads: cfg.num_index_heads,
-        head_dim: cfg.head_dim,
-        topk: cfg.topk,
-        init_blocks: cfg.init_blocks,
-        local_blocks: cfg.local_blocks,
-        scale: cfg.scale,
     }
 }
 
@@ -246,7 +235,7 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
     );
 
     // Every (head, row) against the CPU reference (the spec's tolerance rule).
-    let p = params(cfg);
+    let p = indexer_params(cfg);
     let t0 = Instant::now();
     let scores = reference::block_scores(
         &step.q,
@@ -270,7 +259,7 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
 }
 
 fn run_cpu_step(cfg: &MsaIndexerConfig, step: &Step) {
-    let p = params(cfg);
+    let p = indexer_params(cfg);
     let spec = &step.spec;
     let t0 = Instant::now();
     let scores = reference::block_scores(
