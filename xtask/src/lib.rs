@@ -18,6 +18,8 @@ pub const PTX_PATH: &str = "host/ptx/sparse_attn.ptx";
 /// SHA-256 of the kernel sources the checked-in PTX was built from (see
 /// [`kernel_source_hash`]), relative to the repository root.
 pub const PTX_HASH_PATH: &str = "host/ptx/sparse_attn.ptx.sha256";
+/// `rustc --version` of the compiler that built the checked-in PTX.
+pub const PTX_TOOLCHAIN_PATH: &str = "host/ptx/sparse_attn.ptx.toolchain";
 /// The device crate, relative to the repository root.
 pub const KERNEL_CRATE_DIR: &str = "kernels-gpu";
 /// The rustc target the kernels are built for.

@@ -305,6 +305,10 @@ fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Resu
     } else {
         let wrote_ptx = write_if_changed(&ptx_dst, &ptx)?;
         let wrote_hash = write_if_changed(&hash_dst, format!("{hash_after}\n").as_bytes())?;
+        write_if_changed(
+            &root.join(PTX_TOOLCHAIN_PATH),
+            format!("{}\n", tc.version).as_bytes(),
+        )?;
         println!(
             "{PTX_PATH}: {}",
             if wrote_ptx { "written" } else { "unchanged" }
@@ -322,10 +326,30 @@ fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Resu
     run_ptxas(&ptx_built, arch, deny_spills)
 }
 
+/// The device compiler recorded next to the checked-in PTX.
+fn recorded_toolchain(root: &Path) -> Option<String> {
+    fs::read_to_string(root.join(PTX_TOOLCHAIN_PATH))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
 fn check_checked_in(root: &Path, built: &[u8], hash: &str, tc: &DeviceToolchain) -> Result<()> {
     let mut problems = Vec::new();
     match fs::read(root.join(PTX_PATH)) {
         Err(e) => problems.push(format!("{PTX_PATH} cannot be read ({e})")),
+        Ok(old)
+            if old != built && recorded_toolchain(root).as_deref() != Some(tc.version.trim()) =>
+        {
+            // Another compiler than the one that built the checked-in PTX:
+            // its output may differ byte for byte; the source hash below is
+            // what proves the PTX current.
+            println!(
+                "WARNING: {PTX_PATH} differs from this build, but it was built by {:?} and this is {:?}; \
+                 not an error (the source hash is checked)",
+                recorded_toolchain(root).unwrap_or_default(),
+                tc.version.trim()
+            );
+        }
         Ok(old) if old != built => {
             let mut msg = format!(
                 "{PTX_PATH} is not what the current kernel sources build to:\n    \
