@@ -56,11 +56,13 @@ pub const IDX_TOPK_LONG_FROM: u32 = 256;
 /// Threads per CTA of the MSA decode attention kernel (4 warps; each owns 32
 /// keys of every block).
 pub const ATT_THREADS: u32 = 128;
-/// Pipeline depth of the decode attention kernel: one block's K and V per
-/// stage (64 KiB), two blocks in flight while one is computed; 1 CTA per SM.
+/// Pipeline depth of the decode attention kernel, in half-steps: a stage
+/// holds the K or the V tile of one block (32 KiB), two are in flight while
+/// one is computed. 3 × 32 KiB lets 2 CTAs share an SM (the M3 b64 batch,
+/// 256 CTAs, then runs in one wave instead of two).
 pub const ATT_STAGES: u32 = 3;
-/// Bytes of one stage: K then V of a 128-token block of one KV head.
-pub const ATT_STAGE_BYTES: u32 = 2 * IDX_BLOCK_BYTES;
+/// Bytes of one stage: the K or the V of a 128-token block of one KV head.
+pub const ATT_STAGE_BYTES: u32 = IDX_BLOCK_BYTES;
 /// Most selected slots one partition takes (their pages are staged in
 /// shared memory as (page, block) pairs); bounds `topk`.
 pub const ATT_MAX_SLOTS: u32 = 256;

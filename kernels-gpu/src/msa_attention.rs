@@ -2,8 +2,8 @@
 //!
 //! `msa_decode_partial`: one CTA per (sequence, KV head, partition). The
 //! partition's selected 128-token blocks stream through an `ATT_STAGES`-deep
-//! `cp.async` pipeline (K and V of a block per stage, 16-byte copies, rows
-//! XOR-swizzled). All `group` query heads of the KV head share each loaded
+//! `cp.async` pipeline of half-steps (the K tile of a block, then its V tile;
+//! 16-byte copies, rows XOR-swizzled). All `group` query heads of the KV head share each loaded
 //! block: they are the M rows (≤ 16) of bf16 `mma.m16n8k16` tiles. Each of the
 //! 4 warps owns 32 keys of every block and keeps its own online softmax
 //! (exp2 domain, f32): S = Q·Kᵀ (ldmatrix), P = exp2(S·scale·log2e − m), O +=
@@ -119,22 +119,22 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
 
     let tok_stride = (n_kv_heads * MSA_HEAD_DIM) as usize;
     let head_off = (kh * MSA_HEAD_DIM) as usize;
-    let load = |i: u32| {
-        let page = ld_shared_u32(pages + i * 8);
+    // Half-step u loads K (u even) or V (u odd) of slot u / 2 into stage
+    // u % ATT_STAGES.
+    let load = |u: u32| {
+        let page = ld_shared_u32(pages + (u / 2) * 8);
         if page == u32::MAX {
             return;
         }
-        let base = page as usize * page_stride as usize + head_off;
-        let ks = kv.add(base + k_off as usize) as *const u8;
-        let vs = kv.add(base + v_off as usize) as *const u8;
-        let dst = smem + (i % ATT_STAGES) * ATT_STAGE_BYTES;
+        let off = if u % 2 == 0 { k_off } else { v_off };
+        let src =
+            kv.add(page as usize * page_stride as usize + head_off + off as usize) as *const u8;
+        let dst = smem + (u % ATT_STAGES) * ATT_STAGE_BYTES;
         let mut ch = tid;
         while ch < IDX_BLOCK_BYTES / 16 {
             let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
             let so = (r as usize * tok_stride) * 2 + cc as usize * 16;
-            let d = r * ROW_BYTES + ((cc ^ (r & 7)) << 4);
-            cp_async_16(dst + d, ks.add(so));
-            cp_async_16(dst + IDX_BLOCK_BYTES + d, vs.add(so));
+            cp_async_16(dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(so));
             ch += ATT_THREADS;
         }
     };
@@ -144,36 +144,54 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
     let mut l_run = [0f32; 2]; // this thread's part of the running sum
     let mut o = [[0f32; 4]; D_TILES];
 
-    for s in 0..ATT_STAGES - 1 {
-        if s < nslots {
-            load(s);
+    // The P fragments and the row state carry from a K half-step to its V.
+    let mut pa = [[0u32; 4]; WARP_NT / 2];
+    let halves = 2 * nslots;
+    for u in 0..ATT_STAGES - 1 {
+        if u < halves {
+            load(u);
         }
         cp_async_commit();
     }
-    for i in 0..nslots {
+    for u in 0..halves {
         cp_async_wait::<{ ATT_STAGES - 2 }>();
         sync_threads();
-        if i + ATT_STAGES - 1 < nslots {
-            load(i + ATT_STAGES - 1);
+        if u + ATT_STAGES - 1 < halves {
+            load(u + ATT_STAGES - 1);
         }
         cp_async_commit();
+        let i = u / 2;
         if ld_shared_u32(pages + i * 8) == u32::MAX {
             continue;
         }
         let blk_base = ld_shared_u32(pages + i * 8 + 4) * MSA_BLOCK;
-        let kbase = blk_base + warp * WARP_KEYS;
-        let ks = smem + (i % ATT_STAGES) * ATT_STAGE_BYTES;
-        let vs = ks + IDX_BLOCK_BYTES;
-        if blk_base + MSA_BLOCK > sk {
-            // The last page's unwritten tail: its P is 0, but 0 · NaN is NaN
-            // in P·V, so the V rows past seqlen_k are zeroed first.
-            let mut ch = (sk - blk_base) * ROW_CHUNKS + tid;
-            while ch < IDX_BLOCK_BYTES / 16 {
-                st_shared_zero16(vs + ch * 16);
-                ch += ATT_THREADS;
+        let tile = smem + (u % ATT_STAGES) * ATT_STAGE_BYTES;
+        if u % 2 == 1 {
+            let vs = tile;
+            if blk_base + MSA_BLOCK > sk {
+                // The last page's unwritten tail: its P is 0, but 0 · NaN is
+                // NaN in P·V, so the V rows past seqlen_k are zeroed first.
+                let mut ch = (sk - blk_base) * ROW_CHUNKS + tid;
+                while ch < IDX_BLOCK_BYTES / 16 {
+                    st_shared_zero16(vs + ch * 16);
+                    ch += ATT_THREADS;
+                }
+                sync_threads();
             }
-            sync_threads();
+            // O += P V: V rows are keys; ldmatrix.trans gives the B fragments.
+            crate::unroll!(2, KS => {
+                crate::unroll!(8, DP => {
+                    let r = warp * WARP_KEYS + KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                    let cc = DP as u32 * 2 + (lane >> 4);
+                    let bv = ldmatrix_x4_trans(vs + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                    o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
+                    o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
+                });
+            });
+            continue;
         }
+        let kbase = blk_base + warp * WARP_KEYS;
+        let ks = tile;
 
         // S = Q Kᵀ for this warp's 32 keys.
         let mut sacc = [[0f32; 4]; WARP_NT];
@@ -203,7 +221,11 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
         for h in 0..2 {
             let m_new = fmax(m_run[h], quad_max_f32(bmax[h]));
             // Nothing seen yet: keep exp2 finite (every p is 0 then).
-            m_use[h] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+            m_use[h] = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
             corr[h] = exp2(m_run[h] - m_use[h]);
             m_run[h] = m_new;
             l_run[h] *= corr[h];
@@ -212,7 +234,6 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
             crate::unroll!(4, E => { o[D][E] *= corr[E >> 1]; });
         });
         // P = exp2(S - m), packed as A fragments (two n-tiles = one k16 step).
-        let mut pa = [[0u32; 4]; WARP_NT / 2];
         crate::unroll!(4, J => {
             let mut p = [0f32; 4];
             crate::unroll!(4, E => { p[E] = exp2(sacc[J][E] - m_use[E >> 1]); });
@@ -220,16 +241,6 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
             l_run[1] += p[2] + p[3];
             pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[0], p[1]);
             pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[2], p[3]);
-        });
-        // O += P V: V rows are keys; ldmatrix.trans gives the B fragments.
-        crate::unroll!(2, KS => {
-            crate::unroll!(8, DP => {
-                let r = warp * WARP_KEYS + KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-                let cc = DP as u32 * 2 + (lane >> 4);
-                let bv = ldmatrix_x4_trans(vs + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
-                o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
-            });
         });
     }
     cp_async_wait::<0>();
@@ -279,7 +290,11 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
         let head = kh * group + m;
         let row_head = (b * n_heads + head) as usize;
         let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-        let lse2 = if l > 0.0 { mx + log2(l) } else { f32::NEG_INFINITY };
+        let lse2 = if l > 0.0 {
+            mx + log2(l)
+        } else {
+            f32::NEG_INFINITY
+        };
         let d0 = (tid % 8) * 16;
         for d in d0..d0 + 16 {
             let mut v = 0f32;
@@ -290,8 +305,8 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
             if parts == 1 {
                 *out.add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
             } else {
-                let at = (part as usize * (rows * n_heads) as usize + row_head)
-                    * MSA_HEAD_DIM as usize;
+                let at =
+                    (part as usize * (rows * n_heads) as usize + row_head) * MSA_HEAD_DIM as usize;
                 *part_o.add(at + d as usize) = v;
             }
         }
@@ -343,7 +358,10 @@ pub unsafe extern "ptx-kernel" fn msa_decode_combine(
     let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
     *out.add(rh as usize * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);
     if d == 0 && !lse.is_null() {
-        *lse.add(rh as usize) =
-            if wsum > 0.0 { (mx + log2(wsum)) * LN2 } else { f32::NEG_INFINITY };
+        *lse.add(rh as usize) = if wsum > 0.0 {
+            (mx + log2(wsum)) * LN2
+        } else {
+            f32::NEG_INFINITY
+        };
     }
 }
