@@ -360,7 +360,7 @@ impl MsaDecode {
         if parts > 1 {
             let mut l = stream.launch_builder(&self.k_combine);
             l.arg(&self.part_o).arg(&self.part_lse).arg(&mut *out);
-            match lse.as_deref_mut() {
+            match lse {
                 Some(x) => l.arg(x),
                 None => l.arg(&null),
             };

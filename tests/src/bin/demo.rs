@@ -1,8 +1,11 @@
-//! `cargo xtask demo`: one MSA indexer step (MiniMax-M3 configuration) on
-//! synthetic but realistically sized inputs.
+//! `cargo xtask demo`: MSA indexer steps (MiniMax-M3 configuration) on
+//! synthetic but realistically sized inputs, then a whole decode step.
 //!
 //! 1. Decode: 32 sequences, one new token each, contexts of 8K..32K tokens.
 //! 2. Prefill: 2 sequences, 512 new tokens each on 2K cached tokens.
+//! 3. Decode step: indexer, then the block-sparse attention over the blocks it
+//!    picked (64 query heads over 4 KV heads), 8 sequences of 4K..16K tokens;
+//!    the attention output is checked against the f64 reference.
 //!
 //! Both use a shared index-K pool with shuffled page tables, unused pages and
 //! garbage in every slot that holds no token. On a machine with an NVIDIA
@@ -18,12 +21,16 @@ use std::time::Instant;
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use rand::Rng;
-use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
+use sparse_attn::{
+    DecodeStepInputs, Gpu, MsaAttentionConfig, MsaDecodeStep, MsaIndexer, MsaIndexerConfig,
+    PageTable, PagedLayout, RaggedBatch,
+};
+use sparse_attn_reference::msa_attention as attention_reference;
 use sparse_attn_reference::msa_indexer as reference;
 use sparse_attn_tests::data::{
     paged_pool, seeded, tensor, ChaCha8Rng, Fill, PagedPool, RaggedSpec, SEED_ENV,
 };
-use sparse_attn_tests::harness::{indexer_params, layout_of};
+use sparse_attn_tests::harness::{attention_params, indexer_params, layout_of};
 
 /// Timed launches per step (the median is reported).
 const REPS: usize = 20;
@@ -283,6 +290,125 @@ fn run_cpu_step(cfg: &MsaIndexerConfig, step: &Step) {
     print_selections(step, &out, cfg.topk, &show_rows(step));
 }
 
+/// Decode step (indexer then attention) on 8 sequences: on the GPU it is
+/// timed and its attention output checked against the reference on the
+/// GPU's own selections; on the CPU the references run end to end.
+fn decode_step(gpu: Option<&Gpu>, rng: &mut ChaCha8Rng) -> Result<bool, String> {
+    let (icfg, acfg) = (
+        MsaIndexerConfig::minimax_m3(),
+        MsaAttentionConfig::minimax_m3(),
+    );
+    let contexts: Vec<u32> = (0..8).map(|_| rng.gen_range(4 * 1024..16 * 1024)).collect();
+    let spec = RaggedSpec::decode(contexts);
+    let kv = paged_pool(rng, &spec, 2, 1, acfg.n_kv_heads, 128, 128, 4, Fill::Normal);
+    let ik = paged_pool(rng, &spec, 1, 1, 1, 128, 128, 4, Fill::Normal);
+    let rows = spec.num_rows();
+    let q = tensor(rng, rows * acfg.n_heads * 128, Fill::Normal);
+    let qi = tensor(rng, rows * icfg.num_index_heads * 128, Fill::Normal);
+    println!(
+        "\ndecode step (indexer + attention, {} q heads / {} kv heads, top-{}): {} sequences, contexts {}..{} tokens",
+        acfg.n_heads,
+        acfg.n_kv_heads,
+        acfg.topk,
+        spec.batch(),
+        spec.cache_lengths.iter().min().unwrap() + 1,
+        spec.cache_lengths.iter().max().unwrap() + 1
+    );
+    let p = attention_params(&acfg);
+    let Some(gpu) = gpu else {
+        let t0 = Instant::now();
+        let sel = reference::msa_indexer(
+            &qi,
+            &spec.offsets,
+            &spec.cache_lengths,
+            &ik.cache(),
+            0,
+            &indexer_params(&icfg),
+        );
+        let out = attention_reference::msa_attention(
+            &q,
+            &spec.offsets,
+            &spec.cache_lengths,
+            &kv.cache(),
+            0,
+            &sel,
+            &p,
+        );
+        println!(
+            "  CPU reference: {:.2} s; lse of sequence 0, heads 0..4: {:?}",
+            t0.elapsed().as_secs_f64(),
+            out.lse[..4]
+                .iter()
+                .map(|v| (v * 1000.0).round() / 1000.0)
+                .collect::<Vec<_>>()
+        );
+        return Ok(true);
+    };
+    let e = |what: &'static str| move |err: sparse_attn::Error| format!("{what}: {err}");
+    let mut step = MsaDecodeStep::new(gpu, icfg, acfg, rows).map_err(e("creating the step"))?;
+    let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
+    step.plan(
+        &batch,
+        &PageTable::new(&ik.lookup, ik.max_pages),
+        &layout_of(&ik),
+        &PageTable::new(&kv.lookup, kv.max_pages),
+        &layout_of(&kv),
+        0,
+    )
+    .map_err(e("plan"))?;
+    let up = |v: &Vec<bf16>| gpu.upload(v).map_err(e("upload"));
+    let (d_q, d_qi, d_kv, d_ik) = (up(&q)?, up(&qi)?, up(&kv.data)?, up(&ik.data)?);
+    let d_kl = gpu.upload(&kv.lookup).map_err(e("upload"))?;
+    let d_il = gpu.upload(&ik.lookup).map_err(e("upload"))?;
+    let inp = DecodeStepInputs {
+        q_index: &d_qi,
+        k_index: &d_ik,
+        index_lookup: &d_il,
+        q: &d_q,
+        kv_cache: &d_kv,
+        kv_lookup: &d_kl,
+    };
+    let mut out = gpu
+        .zeros::<bf16>(rows * acfg.n_heads * 128)
+        .map_err(e("alloc"))?;
+    let mut lse = gpu.zeros::<f32>(rows * acfg.n_heads).map_err(e("alloc"))?;
+    for _ in 0..3 {
+        step.run(&inp, &mut out, Some(&mut lse)).map_err(e("run"))?;
+    }
+    gpu.synchronize().map_err(e("run"))?;
+    let t0 = Instant::now();
+    for _ in 0..REPS {
+        step.run(&inp, &mut out, Some(&mut lse)).map_err(e("run"))?;
+    }
+    gpu.synchronize().map_err(e("run"))?;
+    let us = t0.elapsed().as_secs_f64() * 1e6 / REPS as f64;
+    let (got, got_lse) = (
+        gpu.download(&out).map_err(e("download"))?,
+        gpu.download(&lse).map_err(e("download"))?,
+    );
+    let sel = gpu.download(step.d_indices()).map_err(e("download"))?;
+    let want = attention_reference::msa_attention(
+        &q,
+        &spec.offsets,
+        &spec.cache_lengths,
+        &kv.cache(),
+        0,
+        &sel,
+        &p,
+    );
+    println!("  GPU: {us:.1} us per step ({REPS} back-to-back steps, host clock)");
+    match attention_reference::check_attention(&got, Some(&got_lse), &want, &p) {
+        Ok(()) => {
+            println!("  reference check: OK, attention output and LSE of all {} (token, head) pairs agree with the f64 reference", rows * acfg.n_heads);
+            Ok(true)
+        }
+        Err(msg) => {
+            eprintln!("  reference check FAILED: {msg}");
+            Ok(false)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cfg = MsaIndexerConfig::minimax_m3();
     let seed_fixed = std::env::var_os(SEED_ENV).is_none().then_some(DEFAULT_SEED);
@@ -352,6 +478,13 @@ fn main() -> ExitCode {
         "\n(selections: logical block ids of 128 tokens, best first; the last {} block(s) up to the token are always kept)",
         cfg.local_blocks
     );
+    match decode_step(gpu.as_ref(), &mut rng) {
+        Ok(agree) => ok &= agree,
+        Err(msg) => {
+            eprintln!("error: decode step: {msg}");
+            return ExitCode::FAILURE;
+        }
+    }
     if ok {
         ExitCode::SUCCESS
     } else {
