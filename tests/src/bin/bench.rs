@@ -86,6 +86,28 @@ fn time_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut(usize)) -> f64 {
     t[t.len() / 2]
 }
 
+/// Time per call in milliseconds with the host out of the picture: `reps`
+/// calls of `f(i)` are captured once in a CUDA graph, and the graph's
+/// replays are timed like [`time_ms`] (what a serving loop that replays a
+/// captured decode step sees).
+fn time_graph_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut(usize)) -> f64 {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    let stream = gpu.stream();
+    f(0); // load and warm outside the capture
+    gpu.synchronize().unwrap();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    for i in 0..reps {
+        f(i);
+    }
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("captured work");
+    time_ms(gpu, 1, |_| graph.launch().unwrap()) / reps as f64
+}
+
 /// Device-to-device copy bandwidth in GB/s (bytes read + written) of 1 GiB.
 fn copy_bandwidth(gpu: &Gpu) -> f64 {
     let n = 1usize << 29; // u16 elements: 1 GiB
@@ -132,6 +154,9 @@ struct AttCase {
     cfg: MsaAttentionConfig,
     /// Time the whole step (indexer + attention) instead of the attention.
     step: bool,
+    /// Every slot -1: the same launches with no K/V traffic (the latency
+    /// floor of the design).
+    empty: bool,
 }
 
 fn att_cases() -> Vec<AttCase> {
@@ -141,42 +166,21 @@ fn att_cases() -> Vec<AttCase> {
         n_kv_heads: 1,
         ..m3
     };
+    let case = |name, batch, ctx, cfg, step, empty| AttCase {
+        name,
+        batch,
+        ctx,
+        cfg,
+        step,
+        empty,
+    };
     vec![
-        AttCase {
-            name: "msa-decode-b64-32k",
-            batch: 64,
-            ctx: 32 * 1024,
-            cfg: m3,
-            step: false,
-        },
-        AttCase {
-            name: "msa-decode-b1-128k",
-            batch: 1,
-            ctx: 128 * 1024,
-            cfg: m3,
-            step: false,
-        },
-        AttCase {
-            name: "msa-decode-tp8",
-            batch: 128,
-            ctx: 32 * 1024,
-            cfg: tp8,
-            step: false,
-        },
-        AttCase {
-            name: "msa-step-b64-32k",
-            batch: 64,
-            ctx: 32 * 1024,
-            cfg: m3,
-            step: true,
-        },
-        AttCase {
-            name: "msa-step-b1-128k",
-            batch: 1,
-            ctx: 128 * 1024,
-            cfg: m3,
-            step: true,
-        },
+        case("msa-decode-b64-32k", 64, 32 * 1024, m3, false, false),
+        case("msa-decode-b1-128k", 1, 128 * 1024, m3, false, false),
+        case("msa-decode-b1-128k-empty", 1, 128 * 1024, m3, false, true),
+        case("msa-decode-tp8", 128, 32 * 1024, tp8, false, false),
+        case("msa-step-b64-32k", 64, 32 * 1024, m3, true, false),
+        case("msa-step-b1-128k", 1, 128 * 1024, m3, true, false),
     ]
 }
 
@@ -267,8 +271,11 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
         let copies = 4;
         let sels: Vec<_> = (0..copies)
             .map(|_| {
-                gpu.upload(&selections(&mut rng, n_kv, c.batch, topk, nblocks))
-                    .unwrap()
+                let mut sel = selections(&mut rng, n_kv, c.batch, topk, nblocks);
+                if c.empty {
+                    sel.fill(-1);
+                }
+                gpu.upload(&sel).unwrap()
             })
             .collect();
         let mut att = MsaDecode::new(gpu, cfg, c.batch).unwrap();
@@ -286,19 +293,24 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
                     .unwrap()
             });
             let p = att.partitions().unwrap();
+            let graph_ms = time_graph_ms(gpu, args.reps, |i| {
+                att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                    .unwrap()
+            });
             eprintln!(
-                "{:<22} partitions {:>4} ({:>4}): {:>9.1} us  {:>8.1} GB/s  (seed {seed})",
+                "{:<22} partitions {:>4} ({:>4}): {:>9.1} us  {:>8.1} GB/s  (graph replay {:.1} us, seed {seed})",
                 c.name,
                 p,
                 parts.map_or("auto".into(), |x| x.to_string()),
                 ms * 1e3,
-                (sel_bytes + io_bytes) / (ms * 1e-3) / 1e9
+                (sel_bytes + io_bytes) / (ms * 1e-3) / 1e9,
+                graph_ms * 1e3
             );
             if parts.is_none() {
                 recs.push(record(
                     ms * 1e3,
                     sel_bytes + io_bytes,
-                    json!({ "partitions": p }),
+                    json!({ "partitions": p, "our_us_graph_replay": graph_ms * 1e3 }),
                 ));
             }
         }
@@ -325,12 +337,18 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
             kv_lookup: &lookup,
         };
         let ms = time_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
+        let graph_ms = time_graph_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
         let idx_bytes = (c.batch * c.ctx * 256) as f64;
-        eprintln!("{:<22} step: {:>9.1} us (seed {seed})", c.name, ms * 1e3);
+        eprintln!(
+            "{:<22} step: {:>9.1} us (graph replay {:.1} us, seed {seed})",
+            c.name,
+            ms * 1e3,
+            graph_ms * 1e3
+        );
         recs.push(record(
             ms * 1e3,
             sel_bytes + io_bytes + idx_bytes,
-            json!({}),
+            json!({ "our_us_graph_replay": graph_ms * 1e3 }),
         ));
     }
     recs
@@ -411,6 +429,9 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
             idx.run(&q, &kc, &d_lookups[i % copies], &mut out).unwrap()
         });
         let us = ms * 1e3;
+        let graph_us = time_graph_ms(gpu, args.reps, |i| {
+            idx.run(&q, &kc, &d_lookups[i % copies], &mut out).unwrap()
+        }) * 1e3;
         let (achieved, unit, limit_frac) = if decode {
             let gbs = bytes / (ms * 1e-3) / 1e9;
             (gbs, "GB/s", gbs / copy_gbs)
@@ -419,7 +440,7 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
             (tf, "TFLOP/s", f64::NAN)
         };
         eprintln!(
-            "{:<22} chunk {:>8} items {:>6}: {:>9.1} us  {:>8.1} {unit}  ({} copies, seed {seed})",
+            "{:<22} chunk {:>8} items {:>6}: {:>9.1} us  {:>8.1} {unit}  (graph replay {graph_us:.1} us, {} copies, seed {seed})",
             c.name,
             chunk.map_or("auto".into(), |c| c.to_string()),
             idx.work_items(),
@@ -432,6 +453,7 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
                 "case": c.name, "op": "msa_indexer", "our_us": us, "achieved": achieved,
                 "unit": unit, "fraction_of_limit": if limit_frac.is_nan() { Value::Null } else { json!(limit_frac) },
                 "bytes": bytes, "flops": flops, "work_items": idx.work_items(),
+                "our_us_graph_replay": graph_us,
             }));
         }
     }
@@ -519,13 +541,16 @@ fn main() {
             records.push(r);
         }
     }
-    println!("\n| case | ours (us) | achieved | of limit | peer | peer (us) | speedup |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| case | ours (us) | ours, graph replay (us) | achieved | of limit | peer | peer (us) | speedup |");
+    println!("|---|---|---|---|---|---|---|---|");
     for r in &records {
         println!(
-            "| {} | {:.1} | {:.1} {} | {} | {} | {} | {} |",
+            "| {} | {:.1} | {} | {:.1} {} | {} | {} | {} | {} |",
             r["case"].as_str().unwrap(),
             r["our_us"].as_f64().unwrap(),
+            r["our_us_graph_replay"]
+                .as_f64()
+                .map_or("-".into(), |v| format!("{v:.1}")),
             r["achieved"].as_f64().unwrap(),
             r["unit"].as_str().unwrap(),
             r["fraction_of_limit"]
