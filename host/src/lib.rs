@@ -46,6 +46,6 @@ pub use context::{DeviceProps, Gpu};
 pub use cudarc::driver::CudaSlice;
 pub use error::{Error, Result};
 pub use half::bf16;
-pub use msa_attention::{MsaAttentionConfig, MsaDecode};
+pub use msa_attention::{MsaAttention, MsaAttentionConfig};
 pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
-pub use msa_step::{DecodeStepInputs, MsaDecodeStep};
+pub use msa_step::{DecodeStepInputs, MsaStep};

@@ -1,20 +1,27 @@
-//! MSA block-sparse attention (`mo.msa.attention.ragged.paged`), decode path.
+//! MSA block-sparse attention (`mo.msa.attention.ragged.paged`), query-major:
+//! decode, and ragged prefill / chunked prefill / speculative rows with the
+//! per-token causal rule.
 //! Semantics: `shared/spec/msa-attention.md`; kernels:
 //! `kernels-gpu/src/msa_attention.rs`.
 //!
 //! ```text
-//! q          bf16 [batch, n_heads, 128]                     (one new token per sequence)
+//! q          bf16 [num_rows, n_heads, 128]                  (ragged: offsets [batch + 1])
 //! kv_cache   bf16 [num_pages, 2, num_layers, 128, n_kv_heads, 128]
 //! lookup     u32  [batch, max_pages]
-//! d_indices  i32  [n_kv_heads, batch, topk]                 (block ids, -1 = none)
-//! out        bf16 [batch, n_heads, 128];  lse f32 [batch, n_heads] (optional, natural log)
+//! d_indices  i32  [n_kv_heads, num_rows, topk]              (block ids, -1 = none)
+//! out        bf16 [num_rows, n_heads, 128];  lse f32 [num_rows, n_heads] (optional, natural log)
 //! ```
 //!
-//! Plan/run split: [`MsaDecode::plan`] validates the host metadata, uploads
-//! the sequence lengths and picks the split-K partition count;
-//! [`MsaDecode::run`] only launches (partial kernel, then the combine when
+//! Plan/run split: [`MsaAttention::plan`] validates the host metadata, uploads
+//! each row's (sequence, seqlen_k, q_pos) and picks the split-K partition count;
+//! [`MsaAttention::run`] only launches (partial kernel, then the combine when
 //! there are several partitions), so it can be captured in a CUDA graph. The
-//! workspace (partial outputs) is sized once for `max_batch`.
+//! workspace (partial outputs) is sized once for `max_rows`.
+//!
+//! Each CTA takes one (row, KV head, partition) and reads that row's selected
+//! blocks, so prefill rows that share blocks read them again (from L2). The
+//! KV-block-major prefill of issue 4 (a device CSR plan, one load per block
+//! for all its queries) is the faster design still to come.
 //!
 //! Our choices: ids `>= ceil(seqlen_k / 128)` are skipped like `-1`; the tail
 //! of the last page is always masked; a query that attends to nothing gets
@@ -108,9 +115,9 @@ pub fn decode_partitions(sm_count: usize, batch: usize, n_kv_heads: usize, topk:
         .min(topk.max(1))
 }
 
-/// Checks a decode call's host metadata (the spec's "bad input" list):
-/// configuration, one new token per sequence, cache layout, layer, page table.
-pub fn validate_decode(
+/// Checks a call's host metadata (the spec's "bad input" list):
+/// configuration, ragged batch, cache layout, layer, page table.
+pub fn validate_attention(
     cfg: &MsaAttentionConfig,
     batch: &RaggedBatch,
     pages: &PageTable,
@@ -119,17 +126,6 @@ pub fn validate_decode(
 ) -> Result<()> {
     cfg.validate()?;
     batch.validate()?;
-    let n = batch.batch();
-    if let Some(b) = (0..n).find(|&b| batch.q_len(b) != 1) {
-        return Err(Error::Unsupported {
-            arg: "input_row_offsets",
-            what: format!(
-                "sequence {b} has {} new tokens: the decode path takes exactly 1 per sequence \
-                 (prefill is not implemented yet)",
-                batch.q_len(b)
-            ),
-        });
-    }
     layout.check(
         &CacheExpect {
             name: "kv_cache",
@@ -148,45 +144,50 @@ pub fn validate_decode(
 #[derive(Clone, Debug)]
 struct Plan {
     batch: usize,
+    rows: usize,
     max_pages: usize,
     layout: PagedLayout,
     layer: usize,
     parts: usize,
 }
 
-/// MSA decode attention with its workspace.
-pub struct MsaDecode {
+/// MSA attention (decode and query-major prefill) with its workspace.
+pub struct MsaAttention {
     gpu: Gpu,
     cfg: MsaAttentionConfig,
     k_partial: CudaFunction,
     k_combine: CudaFunction,
-    max_batch: usize,
-    /// `[batch]` keys per sequence.
-    seqlen_k: CudaSlice<u32>,
-    /// `[ATT_MAX_PARTS, max_batch, n_heads, 128]` f32.
+    max_rows: usize,
+    /// Most (row, partition) pairs the partial buffers hold: split-K only
+    /// pays for small batches, so this is a few per SM, not `max_rows * 32`.
+    part_cap: usize,
+    /// `[rows, 3]`: sequence, its seqlen_k, the row's q_pos.
+    row_info: CudaSlice<u32>,
+    /// `[parts, rows, n_heads, 128]` f32 for `parts * rows <= part_cap`.
     part_o: CudaSlice<f32>,
-    /// `[ATT_MAX_PARTS, max_batch, n_heads]` f32 (log2 domain).
+    /// `[parts, rows, n_heads]` f32 (log2 domain).
     part_lse: CudaSlice<f32>,
     plan: Option<Plan>,
     force_parts: Option<usize>,
 }
 
-impl MsaDecode {
-    /// Loads the kernels and allocates the workspace for up to `max_batch`
-    /// sequences (every later call reuses it).
-    pub fn new(gpu: &Gpu, cfg: MsaAttentionConfig, max_batch: usize) -> Result<Self> {
+impl MsaAttention {
+    /// Loads the kernels and allocates the workspace for up to `max_rows`
+    /// query rows (decode: sequences; every later call reuses it).
+    pub fn new(gpu: &Gpu, cfg: MsaAttentionConfig, max_rows: usize) -> Result<Self> {
         cfg.validate()?;
-        let max_batch = max_batch.max(1);
-        let per_part = max_batch * cfg.n_heads;
-        Ok(MsaDecode {
-            k_partial: gpu.kernel("msa_decode_partial", ATT_SMEM)?,
-            k_combine: gpu.kernel("msa_decode_combine", 0)?,
-            seqlen_k: gpu.zeros(max_batch)?,
-            part_o: gpu.zeros(ATT_MAX_PARTS as usize * per_part * cfg.head_dim)?,
-            part_lse: gpu.zeros(ATT_MAX_PARTS as usize * per_part)?,
+        let max_rows = max_rows.max(1);
+        let part_cap = 4 * (gpu.props().sm_count as usize).max(ATT_MAX_PARTS as usize);
+        Ok(MsaAttention {
+            k_partial: gpu.kernel("msa_attention_partial", ATT_SMEM)?,
+            k_combine: gpu.kernel("msa_attention_combine", 0)?,
+            row_info: gpu.zeros(3 * max_rows)?,
+            part_o: gpu.zeros(part_cap * cfg.n_heads * cfg.head_dim)?,
+            part_lse: gpu.zeros(part_cap * cfg.n_heads)?,
             gpu: gpu.clone(),
             cfg,
-            max_batch,
+            max_rows,
+            part_cap,
             plan: None,
             force_parts: None,
         })
@@ -207,8 +208,8 @@ impl MsaDecode {
         self.force_parts = parts;
     }
 
-    /// Validates a decode batch (`q_len` 1 for every sequence) against the
-    /// cache and uploads its lengths. `layout` is the main KV pool's shape.
+    /// Validates a ragged batch against the cache and uploads its rows'
+    /// positions. `layout` is the main KV pool's shape.
     pub fn plan(
         &mut self,
         batch: &RaggedBatch,
@@ -217,32 +218,41 @@ impl MsaDecode {
         layer: usize,
     ) -> Result<()> {
         self.plan = None;
-        validate_decode(&self.cfg, batch, pages, layout, layer)?;
-        let (n, cfg) = (batch.batch(), &self.cfg);
+        validate_attention(&self.cfg, batch, pages, layout, layer)?;
+        let (n, rows, cfg) = (batch.batch(), batch.num_rows(), &self.cfg);
         ensure(
-            n <= self.max_batch,
-            "batch",
-            || format!("at most max_batch = {}", self.max_batch),
-            || n.to_string(),
+            rows <= self.max_rows,
+            "input_row_offsets",
+            || format!("at most max_rows = {} rows", self.max_rows),
+            || rows.to_string(),
         )?;
-        let lens: Vec<u32> = (0..n).map(|b| batch.seqlen_k(b) as u32).collect();
-        if n > 0 {
+        let mut info = Vec::with_capacity(3 * rows);
+        for b in 0..n {
+            let (cache, sk) = (batch.cache_lengths[b], batch.seqlen_k(b) as u32);
+            for i in 0..batch.q_len(b) as u32 {
+                info.extend([b as u32, sk, cache + i]);
+            }
+        }
+        if rows > 0 {
             self.gpu
                 .stream()
-                .memcpy_htod(&lens, &mut self.seqlen_k.slice_mut(..n))
-                .during(|| "uploading the sequence lengths".into())?;
+                .memcpy_htod(&info, &mut self.row_info.slice_mut(..3 * rows))
+                .during(|| "uploading the row positions".into())?;
         }
         let rule = decode_partitions(
             self.gpu.props().sm_count as usize,
-            n,
+            rows,
             cfg.n_kv_heads,
             cfg.topk,
         );
         let parts = self
             .force_parts
-            .map_or(rule, |p| p.clamp(1, (ATT_MAX_PARTS as usize).min(cfg.topk)));
+            .map_or(rule, |p| p.clamp(1, (ATT_MAX_PARTS as usize).min(cfg.topk)))
+            .min(self.part_cap / rows.max(1))
+            .max(1);
         self.plan = Some(Plan {
             batch: n,
+            rows,
             max_pages: pages.max_pages,
             layout: *layout,
             layer,
@@ -266,7 +276,7 @@ impl MsaDecode {
             op: "msa_attention",
         })?;
         let c = &self.cfg;
-        let (rows, heads) = (p.batch, c.n_heads);
+        let (rows, heads) = (p.rows, c.n_heads);
         let expect = |arg, len: usize, want: usize, what: &str| {
             ensure(
                 len == want,
@@ -279,7 +289,7 @@ impl MsaDecode {
             "q",
             q.len(),
             rows * heads * c.head_dim,
-            "batch * n_heads * head_dim",
+            "num_rows * n_heads * head_dim",
         )?;
         expect(
             "kv_cache",
@@ -290,23 +300,23 @@ impl MsaDecode {
         expect(
             "lookup",
             lookup.len(),
-            rows * p.max_pages,
+            p.batch * p.max_pages,
             "batch * max_pages",
         )?;
         expect(
             "d_indices",
             d_indices.len(),
             c.n_kv_heads * rows * c.topk,
-            "n_kv_heads * batch * topk",
+            "n_kv_heads * num_rows * topk",
         )?;
         expect(
             "out",
             out.len(),
             rows * heads * c.head_dim,
-            "batch * n_heads * head_dim",
+            "num_rows * n_heads * head_dim",
         )?;
         if let Some(l) = lse.as_deref() {
-            expect("lse", l.len(), rows * heads, "batch * n_heads")?;
+            expect("lse", l.len(), rows * heads, "num_rows * n_heads")?;
         }
         if rows == 0 {
             return Ok(());
@@ -327,7 +337,7 @@ impl MsaDecode {
             .arg(kv_cache)
             .arg(lookup)
             .arg(d_indices)
-            .arg(&self.seqlen_k);
+            .arg(&self.row_info);
         l.arg(&self.part_o).arg(&self.part_lse).arg(&mut *out);
         if parts == 1 {
             match lse.as_deref_mut() {

@@ -1,5 +1,6 @@
-//! The decode step a serving engine runs every token: the MSA indexer picks
-//! each sequence's top-k blocks, then the block-sparse attention reads them.
+//! The step a serving engine runs for MSA layers: the MSA indexer picks each
+//! token's top-k blocks, then the block-sparse attention reads them (decode
+//! every token; prefill, chunked prefill and speculative rows work the same).
 //! Both run on the same stream with no host synchronisation between them, and
 //! `run` allocates nothing, so a step can be captured in a CUDA graph and
 //! replayed while its plan holds.
@@ -9,40 +10,40 @@ use half::bf16;
 
 use crate::batch::{PageTable, PagedLayout, RaggedBatch};
 use crate::error::{ensure, Result};
-use crate::msa_attention::{MsaAttentionConfig, MsaDecode};
+use crate::msa_attention::{MsaAttention, MsaAttentionConfig};
 use crate::msa_indexer::{MsaIndexer, MsaIndexerConfig};
 use crate::Gpu;
 
 /// Indexer + decode attention with their workspaces and the `d_indices`
 /// buffer between them.
-pub struct MsaDecodeStep {
+pub struct MsaStep {
     pub indexer: MsaIndexer,
-    pub attention: MsaDecode,
-    /// `[n_kv_heads, batch, topk]` block ids of the planned batch.
+    pub attention: MsaAttention,
+    /// `[n_kv_heads, num_rows, topk]` block ids of the planned batch.
     d_indices: CudaSlice<i32>,
     gpu: Gpu,
 }
 
 /// The device inputs of one step.
 pub struct DecodeStepInputs<'a> {
-    /// Index queries `[batch, n_kv_heads, 128]` and the index-K pool.
+    /// Index queries `[num_rows, n_kv_heads, 128]` and the index-K pool.
     pub q_index: &'a CudaSlice<bf16>,
     pub k_index: &'a CudaSlice<bf16>,
     pub index_lookup: &'a CudaSlice<u32>,
-    /// Attention queries `[batch, n_heads, 128]` and the main K/V pool.
+    /// Attention queries `[num_rows, n_heads, 128]` and the main K/V pool.
     pub q: &'a CudaSlice<bf16>,
     pub kv_cache: &'a CudaSlice<bf16>,
     pub kv_lookup: &'a CudaSlice<u32>,
 }
 
-impl MsaDecodeStep {
+impl MsaStep {
     /// `idx.num_index_heads` must equal `att.n_kv_heads` and the two `topk`
     /// must agree (each KV head reads the blocks its index head chose).
     pub fn new(
         gpu: &Gpu,
         idx: MsaIndexerConfig,
         att: MsaAttentionConfig,
-        max_batch: usize,
+        max_rows: usize,
     ) -> Result<Self> {
         ensure(
             idx.num_index_heads == att.n_kv_heads,
@@ -56,16 +57,16 @@ impl MsaDecodeStep {
             || format!("attention topk = {}", att.topk),
             || idx.topk.to_string(),
         )?;
-        Ok(MsaDecodeStep {
+        Ok(MsaStep {
             indexer: MsaIndexer::new(gpu, idx)?,
-            attention: MsaDecode::new(gpu, att, max_batch)?,
+            attention: MsaAttention::new(gpu, att, max_rows)?,
             d_indices: gpu.zeros(1)?,
             gpu: gpu.clone(),
         })
     }
 
-    /// Plans both ops for a decode batch (may allocate `d_indices` when the
-    /// batch size changes; `run` never allocates).
+    /// Plans both ops for a ragged batch (may allocate `d_indices` when the
+    /// number of rows changes; `run` never allocates).
     pub fn plan(
         &mut self,
         batch: &RaggedBatch,
@@ -76,15 +77,15 @@ impl MsaDecodeStep {
         layer: usize,
     ) -> Result<()> {
         ensure(
-            batch.batch() > 0,
-            "cache_lengths",
-            || "at least one sequence".into(),
+            batch.num_rows() > 0,
+            "input_row_offsets",
+            || "at least one new token".into(),
             || "an empty batch".into(),
         )?;
         self.attention.plan(batch, kv_pages, kv_layout, layer)?;
         self.indexer.plan(batch, index_pages, index_layout, layer)?;
         let c = self.attention.config();
-        let len = c.n_kv_heads * batch.batch() * c.topk;
+        let len = c.n_kv_heads * batch.num_rows() * c.topk;
         if self.d_indices.len() != len {
             self.d_indices = self.gpu.zeros(len)?;
         }
@@ -114,7 +115,7 @@ impl MsaDecodeStep {
         )
     }
 
-    /// The block ids the last `run` selected, `[n_kv_heads, batch, topk]`.
+    /// The block ids the last `run` selected, `[n_kv_heads, num_rows, topk]`.
     pub fn d_indices(&self) -> &CudaSlice<i32> {
         &self.d_indices
     }

@@ -1,6 +1,7 @@
-//! MSA block-sparse attention, decode (`q_len = 1` per sequence).
+//! MSA block-sparse attention, query-major: decode (`q_len = 1` per
+//! sequence) and, with the per-token causal rule, prefill / speculative rows.
 //!
-//! `msa_decode_partial`: one CTA per (sequence, KV head, partition). The
+//! `msa_attention_partial`: one CTA per (sequence, KV head, partition). The
 //! partition's selected 128-token blocks stream through an `ATT_STAGES`-deep
 //! `cp.async` pipeline of half-steps (the K tile of a block, then its V tile;
 //! 16-byte copies, rows XOR-swizzled). All `group` query heads of the KV head share each loaded
@@ -12,11 +13,12 @@
 //! shared memory; with one partition the CTA writes the bf16 output and the
 //! LSE, otherwise an f32 partial output and its log2-sum-exp.
 //!
-//! `msa_decode_combine`: one CTA per (row, head) merges the partitions in a
+//! `msa_attention_combine`: one CTA per (row, head) merges the partitions in a
 //! fixed order (partition 0 first), so the result is bit-reproducible.
 //!
-//! Masking: slots of `-1` and ids `>= ceil(seqlen_k / 128)` are skipped; keys
-//! `pos >= seqlen_k` (the unwritten tail of the last page) are masked.
+//! Masking: slots of `-1` and ids `>= ceil(seqlen_k / 128)` (or past the
+//! query's own block) are skipped; keys `pos > q_pos` are masked, and V rows
+//! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed.
 
 use crate::abi::*;
 use crate::cuda::*;
@@ -35,23 +37,25 @@ const LN2: f32 = core::f32::consts::LN_2;
 
 /// Partial decode attention.
 ///
-/// * `q`: bf16 `[rows, n_heads, 128]` (row = sequence)
+/// * `q`: bf16 `[rows, n_heads, 128]`
 /// * `kv`: bf16 main cache `[num_pages, 2, layers, 128, n_kv_heads, 128]`;
 ///   K of token `s` of page `p` for head `kh` at
 ///   `p * page_stride + k_off + (s * n_kv_heads + kh) * 128`, V at `v_off`
 /// * `lookup`: `[batch, max_pages]`; `d_indices`: i32 `[n_kv_heads, rows, topk]`
-/// * `seqlen_k`: `[rows]` keys of each sequence
+/// * `row_info`: `[rows, 3]`: the row's sequence (row of `lookup`), that
+///   sequence's `seqlen_k`, and the row's query position (keys `pos <= q_pos`
+///   are visible; decode: `seqlen_k - 1`)
 /// * `part_o`: f32 `[parts, rows, n_heads, 128]`, `part_lse`: f32
 ///   `[parts, rows, n_heads]` (log2 domain) — written when `parts > 1`
 /// * `out`: bf16 `[rows, n_heads, 128]`, `lse`: f32 `[rows, n_heads]` or
 ///   null — written when `parts == 1`
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn msa_decode_partial(
+pub unsafe extern "ptx-kernel" fn msa_attention_partial(
     q: *const u16,
     kv: *const u16,
     lookup: *const u32,
     d_indices: *const i32,
-    seqlen_k: *const u32,
+    row_info: *const u32,
     part_o: *mut f32,
     part_lse: *mut f32,
     out: *mut u16,
@@ -74,18 +78,23 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
     }
     let part = cta % parts;
     let kh = (cta / parts) % n_kv_heads;
-    let b = cta / parts / n_kv_heads;
+    let t = cta / parts / n_kv_heads; // query row
     let group = (n_heads / n_kv_heads).min(16);
     let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
     let (g, c) = (lane >> 2, lane & 3);
-    let sk = ld_global_nc_u32(seqlen_k.add(b as usize));
-    let nblocks = sk.div_ceil(MSA_BLOCK);
+    let info = row_info.add(3 * t as usize);
+    let seq = ld_global_nc_u32(info);
+    let sk = ld_global_nc_u32(info.add(1));
+    let qp = ld_global_nc_u32(info.add(2)).min(sk.max(1) - 1);
+    // Blocks past the query's own see none of its keys: skipped like ids
+    // past the sequence.
+    let nblocks = sk.div_ceil(MSA_BLOCK).min(qp / MSA_BLOCK + 1);
     let per = topk.div_ceil(parts);
     let slot0 = (part * per).min(topk);
     let nslots = (slot0 + per).min(topk) - slot0;
 
     // Q fragments: M row m = query head kh * group + m (zero past group).
-    let qb = q.add(((b * n_heads + kh * group) * MSA_HEAD_DIM) as usize);
+    let qb = q.add(((t * n_heads + kh * group) * MSA_HEAD_DIM) as usize);
     let mut a = [[0u32; 4]; K_STEPS];
     crate::unroll!(2, HALF => {
         let m = g + 8 * HALF as u32;
@@ -104,9 +113,9 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
     let pages = smem + ATT_STAGES * ATT_STAGE_BYTES; // [ATT_MAX_SLOTS] (page, block)
     if tid < nslots.min(ATT_MAX_SLOTS) {
         let slot = slot0 + tid;
-        let blk = *d_indices.add(((kh * rows + b) * topk + slot) as usize);
+        let blk = *d_indices.add(((kh * rows + t) * topk + slot) as usize);
         let (page, blk) = if blk >= 0 && (blk as u32) < nblocks && (blk as u32) < max_pages {
-            let lk = lookup.add((b * max_pages + blk as u32) as usize);
+            let lk = lookup.add((seq * max_pages + blk as u32) as usize);
             (ld_global_nc_u32(lk).min(num_pages - 1), blk as u32)
         } else {
             (u32::MAX, 0)
@@ -212,7 +221,7 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
         crate::unroll!(4, J => {
             crate::unroll!(4, E => {
                 let pos = kbase + J as u32 * 8 + 2 * c + (E as u32 & 1);
-                sacc[J][E] = if pos < sk { sacc[J][E] * sl2 } else { f32::NEG_INFINITY };
+                sacc[J][E] = if pos <= qp { sacc[J][E] * sl2 } else { f32::NEG_INFINITY };
                 bmax[E >> 1] = fmax(bmax[E >> 1], sacc[J][E]);
             });
         });
@@ -288,7 +297,7 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
             }
         }
         let head = kh * group + m;
-        let row_head = (b * n_heads + head) as usize;
+        let row_head = (t * n_heads + head) as usize;
         let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
         let lse2 = if l > 0.0 {
             mx + log2(l)
@@ -322,12 +331,12 @@ pub unsafe extern "ptx-kernel" fn msa_decode_partial(
     }
 }
 
-/// Merges the partitions of [`msa_decode_partial`]: one CTA of 128 threads
+/// Merges the partitions of [`msa_attention_partial`]: one CTA of 128 threads
 /// (one per dim) per (row, head), partitions in order 0, 1, … so the result
 /// is the same bits on every run. `out` bf16 `[rows, n_heads, 128]`, `lse`
 /// f32 `[rows, n_heads]` (natural log) or null.
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn msa_decode_combine(
+pub unsafe extern "ptx-kernel" fn msa_attention_combine(
     part_o: *const f32,
     part_lse: *const f32,
     out: *mut u16,

@@ -11,9 +11,9 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::bf16;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use sparse_attn::msa_attention::validate_decode;
+use sparse_attn::msa_attention::validate_attention;
 use sparse_attn::{
-    DecodeStepInputs, Error, Gpu, MsaAttentionConfig, MsaDecode, MsaDecodeStep, MsaIndexerConfig,
+    DecodeStepInputs, Error, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexerConfig, MsaStep,
     PageTable, PagedLayout, RaggedBatch,
 };
 use sparse_attn_reference::msa_attention as reference;
@@ -63,7 +63,7 @@ fn run_gpu(
     inp: &Inputs,
     parts: Option<usize>,
 ) -> (Vec<bf16>, Vec<f32>) {
-    let mut att = MsaDecode::new(gpu, *c, inp.spec.batch()).unwrap();
+    let mut att = MsaAttention::new(gpu, *c, inp.spec.num_rows()).unwrap();
     att.force_partitions(parts);
     let batch = RaggedBatch::new(&inp.spec.offsets, &inp.spec.cache_lengths);
     att.plan(
@@ -106,6 +106,18 @@ fn check(
     minus_one: f64,
 ) {
     let spec = RaggedSpec::decode(lengths(rng, n, lo, hi));
+    check_spec(gpu, rng, name, spec, c, minus_one);
+}
+
+/// Any ragged batch (prefill rows use the per-token causal rule).
+fn check_spec(
+    gpu: &Gpu,
+    rng: &mut ChaCha8Rng,
+    name: &str,
+    spec: RaggedSpec,
+    c: MsaAttentionConfig,
+    minus_one: f64,
+) {
     let inp = inputs(rng, spec, &c, minus_one);
     let p = params(&c);
     let want = reference::msa_attention(
@@ -169,6 +181,55 @@ fn gpu_decode_matches_reference() {
     check(&gpu, r, "batch 1, 128K", (1, ctx, ctx + 1), m3, 0.0);
 }
 
+/// Prefill rows (ragged, chunked on a cache, speculative 2..8 tokens): each
+/// row attends to its own blocks with `pos <= q_pos`.
+#[test]
+fn gpu_prefill_rows_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let m3 = MsaAttentionConfig::minimax_m3();
+    let r = &mut rng;
+    let q: Vec<u32> = (0..5)
+        .map(|_| {
+            if r.gen_bool(0.2) {
+                0
+            } else {
+                r.gen_range(1..400)
+            }
+        })
+        .collect();
+    let cache = lengths(r, 5, 0, 3_000);
+    check_spec(
+        &gpu,
+        r,
+        "ragged prefill",
+        RaggedSpec::prefill(&q, &cache),
+        m3,
+        0.1,
+    );
+    let prompt = RaggedSpec::prefill(&[1_000 + r.gen_range(0..128)], &[0]);
+    check_spec(&gpu, r, "prompt, no cache", prompt, cfg(16, 2, 16), 0.0);
+    let cache = lengths(r, 1, 20_000, 20_128);
+    check_spec(
+        &gpu,
+        r,
+        "chunked prefill on a long cache",
+        RaggedSpec::prefill(&[300], &cache),
+        m3,
+        0.0,
+    );
+    let cache = lengths(r, 4, 100, 20_000);
+    check_spec(
+        &gpu,
+        r,
+        "speculative 2..8 tokens",
+        RaggedSpec::prefill(&[2, 8, 5, 3], &cache),
+        cfg(8, 1, 16),
+        0.1,
+    );
+}
+
 /// Several partitions are merged in a fixed order: two runs give the same
 /// bits, out and lse.
 #[test]
@@ -223,7 +284,7 @@ fn gpu_decode_step_graph_replay_matches_eager() {
         tensor(&mut rng, rows * att.n_heads * 128, Fill::Normal),
         tensor(&mut rng, rows * idx.num_index_heads * 128, Fill::Normal),
     );
-    let mut step = MsaDecodeStep::new(&gpu, idx, att, rows).unwrap();
+    let mut step = MsaStep::new(&gpu, idx, att, rows).unwrap();
     let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
     step.plan(
         &batch,
@@ -307,7 +368,7 @@ fn bad_input_is_a_clear_error() {
     };
     let b = RaggedBatch::new(&off, &cl);
     let t = PageTable::new(&lookup, 2);
-    validate_decode(&m3, &b, &t, &layout, 1).expect("valid input");
+    validate_attention(&m3, &b, &t, &layout, 1).expect("valid input");
     let err = |r: sparse_attn::Result<()>, arg: &str, needle: &str| match r {
         Err(Error::InvalidArgument {
             arg: a,
@@ -327,17 +388,17 @@ fn bad_input_is_a_clear_error() {
         other => panic!("expected an error naming `{arg}`, got {other:?}"),
     };
     err(
-        validate_decode(&cfg(60, 8, 16), &b, &t, &layout, 1),
+        validate_attention(&cfg(60, 8, 16), &b, &t, &layout, 1),
         "n_heads",
         "multiple of n_kv_heads = 8",
     );
     err(
-        validate_decode(&cfg(64, 2, 16), &b, &t, &layout, 1),
+        validate_attention(&cfg(64, 2, 16), &b, &t, &layout, 1),
         "n_heads",
         "group n_heads / n_kv_heads = 32",
     );
     err(
-        validate_decode(
+        validate_attention(
             &MsaAttentionConfig { head_dim: 64, ..m3 },
             &b,
             &t,
@@ -348,17 +409,28 @@ fn bad_input_is_a_clear_error() {
         "64",
     );
     err(
-        validate_decode(&cfg(64, 4, 0), &b, &t, &layout, 1),
+        validate_attention(&cfg(64, 4, 0), &b, &t, &layout, 1),
         "topk",
         "0",
     );
     err(
-        validate_decode(&m3, &RaggedBatch::new(&[0, 2, 3], &cl), &t, &layout, 1),
-        "input_row_offsets",
-        "2 new tokens",
+        validate_attention(
+            &m3,
+            &RaggedBatch::new(&[0, 2, 3], &[255, 5]),
+            &t,
+            &layout,
+            1,
+        ),
+        "lookup",
+        "max_pages = 2",
     );
     err(
-        validate_decode(
+        validate_attention(&m3, &RaggedBatch::new(&[0, 3, 2], &cl), &t, &layout, 1),
+        "input_row_offsets",
+        "offsets[2] = 2 < offsets[1] = 3",
+    );
+    err(
+        validate_attention(
             &m3,
             &b,
             &t,
@@ -372,7 +444,7 @@ fn bad_input_is_a_clear_error() {
         "kv_dim 1",
     );
     err(
-        validate_decode(
+        validate_attention(
             &m3,
             &b,
             &t,
@@ -386,17 +458,17 @@ fn bad_input_is_a_clear_error() {
         "8 heads",
     );
     err(
-        validate_decode(&m3, &b, &t, &layout, 2),
+        validate_attention(&m3, &b, &t, &layout, 2),
         "layer",
         "num_layers = 2",
     );
     err(
-        validate_decode(&m3, &b, &PageTable::new(&[3, 9, 1, 0], 2), &layout, 1),
+        validate_attention(&m3, &b, &PageTable::new(&[3, 9, 1, 0], 2), &layout, 1),
         "lookup",
         "lookup[0][1] = 9",
     );
     err(
-        validate_decode(
+        validate_attention(
             &m3,
             &b,
             &t,

@@ -20,8 +20,8 @@ use cudarc::driver::sys::CUevent_flags;
 use rand::Rng;
 use serde_json::{json, Value};
 use sparse_attn::{
-    CudaSlice, DecodeStepInputs, Gpu, MsaAttentionConfig, MsaDecode, MsaDecodeStep, MsaIndexer,
-    MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch,
+    CudaSlice, DecodeStepInputs, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexer,
+    MsaIndexerConfig, MsaStep, PageTable, PagedLayout, RaggedBatch,
 };
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
@@ -278,7 +278,7 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
                 gpu.upload(&sel).unwrap()
             })
             .collect();
-        let mut att = MsaDecode::new(gpu, cfg, c.batch).unwrap();
+        let mut att = MsaAttention::new(gpu, cfg, c.batch).unwrap();
         let parts_list: Vec<Option<usize>> = if args.sweep_chunk {
             vec![None, Some(1), Some(2), Some(3), Some(4), Some(8), Some(16)]
         } else {
@@ -325,7 +325,7 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
         let qi = gpu
             .upload(&tensor(&mut rng, c.batch * n_kv * 128, Fill::Normal))
             .unwrap();
-        let mut step = MsaDecodeStep::new(gpu, icfg, cfg, c.batch).unwrap();
+        let mut step = MsaStep::new(gpu, icfg, cfg, c.batch).unwrap();
         let t = PageTable::new(&perm, nblocks);
         step.plan(&batch, &t, &ilayout, &t, &layout, 0).unwrap();
         let inp = DecodeStepInputs {
@@ -352,6 +352,72 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
         ));
     }
     recs
+}
+
+/// Query-major MSA prefill of one `len`-token prompt (M3 heads, top-16):
+/// every row selects its own block and random earlier ones. Rate counts
+/// `4 * n_heads * 128 * (selected, causally visible (query, key) pairs)`.
+fn bench_prefill_attention(gpu: &Gpu, name: &'static str, len: usize, args: &Args) -> Vec<Value> {
+    let (mut rng, seed) = seeded(None);
+    let cfg = MsaAttentionConfig::minimax_m3();
+    let (n_kv, topk, group) = (cfg.n_kv_heads, cfg.topk, cfg.group());
+    let nblocks = len.div_ceil(128);
+    let layout = PagedLayout {
+        num_pages: nblocks,
+        kv_dim: 2,
+        num_layers: 1,
+        page_size: 128,
+        n_heads: n_kv,
+        head_dim: 128,
+    };
+    let mut perm: Vec<u32> = (0..nblocks as u32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.gen_range(0..=i));
+    }
+    let kv = random_pool(gpu, &mut rng, layout.elements());
+    let lookup = gpu.upload(&perm).unwrap();
+    let (offsets, lens) = (vec![0, len as u32], vec![0u32]);
+    let batch = RaggedBatch::new(&offsets, &lens);
+    let mut sel = vec![-1i32; n_kv * len * topk];
+    let mut pairs = 0f64;
+    for kh in 0..n_kv {
+        for t in 0..len {
+            let own = t / 128;
+            let row = &mut sel[(kh * len + t) * topk..][..topk];
+            row[0] = own as i32;
+            pairs += (t % 128 + 1) as f64;
+            let mut n = 1;
+            while n < topk.min(own + 1) {
+                let b = rng.gen_range(0..own) as i32;
+                if !row[..n].contains(&b) {
+                    row[n] = b;
+                    n += 1;
+                    pairs += 128.0;
+                }
+            }
+        }
+    }
+    let d_sel = gpu.upload(&sel).unwrap();
+    let q = gpu
+        .upload(&tensor(&mut rng, len * cfg.n_heads * 128, Fill::Normal))
+        .unwrap();
+    let mut out = gpu.zeros::<half::bf16>(len * cfg.n_heads * 128).unwrap();
+    let mut att = MsaAttention::new(gpu, cfg, len).unwrap();
+    att.plan(&batch, &PageTable::new(&perm, nblocks), &layout, 0)
+        .unwrap();
+    let run = |_| att.run(&q, &kv, &lookup, &d_sel, &mut out, None).unwrap();
+    let ms = time_ms(gpu, args.reps.min(5), run);
+    let flops = 4.0 * (group * 128) as f64 * pairs;
+    let tf = flops / (ms * 1e-3) / 1e12;
+    eprintln!(
+        "{name:<22} query-major: {:>9.1} us  {tf:>6.1} TFLOP/s (seed {seed})",
+        ms * 1e3
+    );
+    vec![json!({
+        "case": name, "op": "msa_prefill_attention_query_major", "our_us": ms * 1e3,
+        "achieved": tf, "unit": "TFLOP/s", "fraction_of_limit": Value::Null, "flops": flops,
+        "note": "query-major kernel (one CTA per row and KV head); the KV-block-major CSR design of issue 4 is not built yet",
+    })]
 }
 
 /// Causally visible (query, key) pairs of a batch.
@@ -509,6 +575,11 @@ fn main() {
     }
     for c in att_cases().iter().filter(|c| want(c.name)) {
         all.extend(bench_attention(&gpu, c, &args, copy_gbs));
+    }
+    for (name, len) in [("msa-prefill-8k", 8 * 1024), ("msa-prefill-32k", 32 * 1024)] {
+        if want(name) {
+            all.extend(bench_prefill_attention(&gpu, name, len, &args));
+        }
     }
     {
         for mut r in all {

@@ -22,8 +22,8 @@ use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{
-    DecodeStepInputs, Gpu, MsaAttentionConfig, MsaDecodeStep, MsaIndexer, MsaIndexerConfig,
-    PageTable, PagedLayout, RaggedBatch,
+    DecodeStepInputs, Gpu, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable,
+    PagedLayout, RaggedBatch,
 };
 use sparse_attn_reference::msa_attention as attention_reference;
 use sparse_attn_reference::msa_indexer as reference;
@@ -345,7 +345,7 @@ fn decode_step(gpu: Option<&Gpu>, rng: &mut ChaCha8Rng) -> Result<bool, String> 
         return Ok(true);
     };
     let e = |what: &'static str| move |err: sparse_attn::Error| format!("{what}: {err}");
-    let mut step = MsaDecodeStep::new(gpu, icfg, acfg, rows).map_err(e("creating the step"))?;
+    let mut step = MsaStep::new(gpu, icfg, acfg, rows).map_err(e("creating the step"))?;
     let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
     step.plan(
         &batch,
