@@ -386,77 +386,8 @@ pub fn check_attention(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::paged::testing::{bf, Pool};
     use crate::paged::PagedLayout;
-
-    /// Main KV pool for hand-made cases: sequence `b` gets pages in reverse
-    /// pool order; `kv(b, kv, head, s)` gives the `d` values of token `s`
-    /// (`s < seqlen_k`); every other slot holds NaN, so reading it shows.
-    struct Pool {
-        layout: PagedLayout,
-        data: Vec<bf16>,
-        lookup: Vec<u32>,
-        max_pages: usize,
-    }
-
-    impl Pool {
-        fn new(
-            seqlen_k: &[usize],
-            n_kv: usize,
-            d: usize,
-            kv: impl Fn(usize, usize, usize, usize) -> Vec<f32>,
-        ) -> Pool {
-            let pages: Vec<usize> = seqlen_k.iter().map(|s| s.div_ceil(BLOCK)).collect();
-            let total: usize = pages.iter().sum::<usize>() + 1;
-            let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
-            let layout = PagedLayout {
-                num_pages: total,
-                kv_dim: 2,
-                num_layers: 2,
-                page_size: BLOCK,
-                n_heads: n_kv,
-                head_dim: d,
-            };
-            let mut data = vec![bf16::NAN; layout.len()];
-            let mut lookup = vec![0u32; seqlen_k.len() * max_pages];
-            let mut next = total;
-            for (b, &n) in seqlen_k.iter().enumerate() {
-                for c in 0..pages[b] {
-                    next -= 1;
-                    lookup[b * max_pages + c] = next as u32;
-                }
-                for s in 0..n {
-                    let page = lookup[b * max_pages + s / BLOCK] as usize;
-                    for which in 0..2 {
-                        for h in 0..n_kv {
-                            let off = layout.offset(page, which, 1, s % BLOCK, h);
-                            for (i, v) in kv(b, which, h, s).into_iter().enumerate() {
-                                data[off + i] = bf16::from_f32(v);
-                            }
-                        }
-                    }
-                }
-            }
-            Pool {
-                layout,
-                data,
-                lookup,
-                max_pages,
-            }
-        }
-
-        fn cache(&self) -> PagedCache<'_> {
-            PagedCache {
-                layout: self.layout,
-                data: &self.data,
-                lookup: &self.lookup,
-                max_pages: self.max_pages,
-            }
-        }
-    }
-
-    fn bf(v: &[f32]) -> Vec<bf16> {
-        v.iter().map(|&x| bf16::from_f32(x)).collect()
-    }
 
     fn params(nh: usize, nkv: usize, d: usize, topk: usize, scale: f32) -> AttentionParams {
         AttentionParams {
@@ -496,7 +427,7 @@ mod tests {
     fn tiny_hand_computed() {
         // One sequence: cache_len 2, q_len 2 -> rows at q_pos 2 and 3,
         // seqlen_k 4. K[s] = [s, 1], V[s] = [s, 10 - s]; 1 KV head, 2 q heads.
-        let pool = Pool::new(&[4], 1, 2, |_, kv, _, s| {
+        let pool = Pool::new(&[4], 2, 1, 2, bf16::NAN, |_, kv, _, s| {
             let s = s as f32;
             if kv == 0 {
                 vec![s, 1.0]
@@ -529,7 +460,9 @@ mod tests {
 
     #[test]
     fn all_minus_one_gives_zeros_and_neg_inf() {
-        let pool = Pool::new(&[300, 5], 2, 4, |_, _, _, s| vec![s as f32 * 0.01; 4]);
+        let pool = Pool::new(&[300, 5], 2, 2, 4, bf16::NAN, |_, _, _, s| {
+            vec![s as f32 * 0.01; 4]
+        });
         let p = params(4, 2, 4, 3, 1.0);
         let offsets = [0, 2, 3];
         let lens = [298, 4];
@@ -585,7 +518,7 @@ mod tests {
     fn partial_last_page_and_causal_mask() {
         // seqlen_k 131: page 1 holds keys 128..131, its tail is NaN garbage.
         // cache_len 128, q_len 3 -> rows at q_pos 128, 129, 130.
-        let pool = Pool::new(&[131], 1, 1, |_, kv, _, s| {
+        let pool = Pool::new(&[131], 2, 1, 1, bf16::NAN, |_, kv, _, s| {
             vec![if kv == 0 { (s % 3) as f32 } else { s as f32 }]
         });
         let q = bf(&[1.0, 1.0, 1.0]);
@@ -608,7 +541,7 @@ mod tests {
     #[test]
     fn duplicate_block_is_attended_twice() {
         // seqlen_k 256 (decode at q_pos 255): blocks 0 and 1.
-        let pool = Pool::new(&[256], 1, 2, |_, kv, _, s| {
+        let pool = Pool::new(&[256], 2, 1, 2, bf16::NAN, |_, kv, _, s| {
             let f = s as f32 / 64.0;
             if kv == 0 {
                 vec![f.sin(), f.cos()]
@@ -646,7 +579,7 @@ mod tests {
     fn heads_follow_their_kv_head() {
         // 2 KV heads, group 2: KV head 0 has V = [s], KV head 1 V = [-s];
         // KV head 0 selects block 0, KV head 1 block 1.
-        let pool = Pool::new(&[200], 2, 1, |_, kv, h, s| {
+        let pool = Pool::new(&[200], 2, 2, 1, bf16::NAN, |_, kv, h, s| {
             vec![match (kv, h) {
                 (0, _) => (h + 1) as f32,
                 (_, 0) => s as f32,
@@ -664,7 +597,7 @@ mod tests {
 
     #[test]
     fn checker_rejects_perturbations() {
-        let pool = Pool::new(&[400], 2, 8, |_, kv, h, s| {
+        let pool = Pool::new(&[400], 2, 2, 8, bf16::NAN, |_, kv, h, s| {
             (0..8)
                 .map(|i| (((s * 7 + i * 3 + h * 5 + kv) % 11) as f32 - 5.0) / 4.0)
                 .collect()
@@ -708,7 +641,7 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_input() {
-        let pool = Pool::new(&[130], 2, 2, |_, _, _, _| vec![1.0, 1.0]);
+        let pool = Pool::new(&[130], 2, 2, 2, bf16::NAN, |_, _, _, _| vec![1.0, 1.0]);
         let c = pool.cache();
         let q = bf(&[1.0; 2 * 4 * 2]);
         let p = params(4, 2, 2, 3, 1.0);

@@ -571,68 +571,7 @@ pub fn check_exact(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::paged::PagedLayout;
-
-    /// Index-K pool for hand-made cases: sequence `b` gets pages in reverse
-    /// pool order; `key(b, s)` gives the `d` values of token `s`
-    /// (`s < seqlen_k`); every other slot holds large garbage.
-    struct Pool {
-        layout: PagedLayout,
-        data: Vec<bf16>,
-        lookup: Vec<u32>,
-        max_pages: usize,
-    }
-
-    impl Pool {
-        fn new(seqlen_k: &[usize], d: usize, key: impl Fn(usize, usize) -> Vec<f32>) -> Pool {
-            let pages: Vec<usize> = seqlen_k.iter().map(|s| s.div_ceil(BLOCK)).collect();
-            let total: usize = pages.iter().sum::<usize>() + 1;
-            let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
-            let layout = PagedLayout {
-                num_pages: total,
-                kv_dim: 1,
-                num_layers: 2,
-                page_size: BLOCK,
-                n_heads: 1,
-                head_dim: d,
-            };
-            let mut data = vec![bf16::from_f32(-3.0e4); layout.len()];
-            let mut lookup = vec![0u32; seqlen_k.len() * max_pages];
-            let mut next = total;
-            for (b, &n) in seqlen_k.iter().enumerate() {
-                for c in 0..pages[b] {
-                    next -= 1;
-                    lookup[b * max_pages + c] = next as u32;
-                }
-                for s in 0..n {
-                    let page = lookup[b * max_pages + s / BLOCK] as usize;
-                    let off = layout.offset(page, 0, 1, s % BLOCK, 0);
-                    for (i, v) in key(b, s).into_iter().enumerate() {
-                        data[off + i] = bf16::from_f32(v);
-                    }
-                }
-            }
-            Pool {
-                layout,
-                data,
-                lookup,
-                max_pages,
-            }
-        }
-
-        fn cache(&self) -> PagedCache<'_> {
-            PagedCache {
-                layout: self.layout,
-                data: &self.data,
-                lookup: &self.lookup,
-                max_pages: self.max_pages,
-            }
-        }
-    }
-
-    fn bf(v: &[f32]) -> Vec<bf16> {
-        v.iter().map(|&x| bf16::from_f32(x)).collect()
-    }
+    use crate::paged::testing::{bf, Pool};
 
     fn params(h: usize, d: usize, topk: usize, init: usize, local: usize) -> IndexerParams {
         IndexerParams {
@@ -648,7 +587,9 @@ mod tests {
     #[test]
     fn one_partial_block() {
         // cache_len 3, q_len 2: rows at q_pos 3 and 4; keys K[s] = [s, 1].
-        let pool = Pool::new(&[5], 2, |_, s| vec![s as f32, 1.0]);
+        let pool = Pool::new(&[5], 1, 1, 2, bf16::from_f32(-3.0e4), |_, _, _, s| {
+            vec![s as f32, 1.0]
+        });
         // q [2 rows, 2 heads, 2]
         let q = bf(&[1.0, 0.0, -1.0, 2.0, 1.0, 0.0, -1.0, 2.0]);
         let p = params(2, 2, 2, 0, 0);
@@ -675,12 +616,19 @@ mod tests {
     fn block_boundaries_and_empty_sequences() {
         // Sequences 0 and 2 have no new rows; sequence 1 has rows at q_pos 130, 131.
         let seqlen = [300, 132, 7];
-        let pool = Pool::new(&seqlen, 1, |b, s| match (b, s) {
-            (1, 129) => vec![3.0],
-            (1, 131) => vec![100.0],
-            (1, 127) => vec![2.0],
-            _ => vec![1.0],
-        });
+        let pool = Pool::new(
+            &seqlen,
+            1,
+            1,
+            1,
+            bf16::from_f32(-3.0e4),
+            |b, _, _, s| match (b, s) {
+                (1, 129) => vec![3.0],
+                (1, 131) => vec![100.0],
+                (1, 127) => vec![2.0],
+                _ => vec![1.0],
+            },
+        );
         let q = bf(&[1.0, 1.0]);
         let mut p = params(1, 1, 3, 0, 0);
         p.scale = 1.0;
@@ -735,11 +683,18 @@ mod tests {
 
     #[test]
     fn nan_keys_are_ignored_by_the_block_max() {
-        let pool = Pool::new(&[200], 1, |_, s| match s {
-            3 => vec![f32::NAN],
-            s if s >= 128 => vec![f32::NAN],
-            _ => vec![1.0],
-        });
+        let pool = Pool::new(
+            &[200],
+            1,
+            1,
+            1,
+            bf16::from_f32(-3.0e4),
+            |_, _, _, s| match s {
+                3 => vec![f32::NAN],
+                s if s >= 128 => vec![f32::NAN],
+                _ => vec![1.0],
+            },
+        );
         let q = bf(&[2.0]);
         let p = params(1, 1, 2, 0, 0);
         let sc = block_scores(&q, &[0, 1], &[199], &pool.cache(), 1, &p);
@@ -857,7 +812,9 @@ mod tests {
 
     #[test]
     fn validate_rejects_bad_input() {
-        let pool = Pool::new(&[130], 2, |_, _| vec![1.0, 1.0]);
+        let pool = Pool::new(&[130], 1, 1, 2, bf16::from_f32(-3.0e4), |_, _, _, _| {
+            vec![1.0, 1.0]
+        });
         let q = bf(&[1.0; 4]);
         let p = params(1, 2, 2, 0, 0);
         let c = pool.cache();

@@ -191,3 +191,86 @@ mod tests {
         assert_eq!(c.batch(), 2);
     }
 }
+
+/// Hand-made pools for the reference's own unit tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{PagedCache, PagedLayout};
+    use half::bf16;
+
+    /// A 2-layer pool (data in layer 1) whose pages are handed to the
+    /// sequences in reverse pool order.
+    pub(crate) struct Pool {
+        pub layout: PagedLayout,
+        pub data: Vec<bf16>,
+        pub lookup: Vec<u32>,
+        pub max_pages: usize,
+    }
+
+    impl Pool {
+        /// `value(b, kv, head, s)` gives the `head_dim` values of token `s`
+        /// (`s < seqlen_k[b]`) in layer 1; every other slot holds `fill`, so
+        /// reading one shows.
+        pub fn new(
+            seqlen_k: &[usize],
+            kv_dim: usize,
+            n_heads: usize,
+            head_dim: usize,
+            fill: bf16,
+            value: impl Fn(usize, usize, usize, usize) -> Vec<f32>,
+        ) -> Pool {
+            const BLOCK: usize = 128;
+            let pages: Vec<usize> = seqlen_k.iter().map(|s| s.div_ceil(BLOCK)).collect();
+            let total: usize = pages.iter().sum::<usize>() + 1;
+            let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
+            let layout = PagedLayout {
+                num_pages: total,
+                kv_dim,
+                num_layers: 2,
+                page_size: BLOCK,
+                n_heads,
+                head_dim,
+            };
+            let mut data = vec![fill; layout.len()];
+            let mut lookup = vec![0u32; seqlen_k.len() * max_pages];
+            let mut next = total;
+            for (b, &n) in seqlen_k.iter().enumerate() {
+                for c in 0..pages[b] {
+                    next -= 1;
+                    lookup[b * max_pages + c] = next as u32;
+                }
+                for s in 0..n {
+                    let page = lookup[b * max_pages + s / BLOCK] as usize;
+                    for kv in 0..kv_dim {
+                        for h in 0..n_heads {
+                            let off = layout.offset(page, kv, 1, s % BLOCK, h);
+                            for (i, v) in value(b, kv, h, s).into_iter().enumerate() {
+                                data[off + i] = bf16::from_f32(v);
+                            }
+                        }
+                    }
+                }
+            }
+            Pool {
+                layout,
+                data,
+                lookup,
+                max_pages,
+            }
+        }
+
+        pub fn cache(&self) -> PagedCache<'_> {
+            PagedCache {
+                layout: self.layout,
+                data: &self.data,
+                lookup: &self.lookup,
+                max_pages: self.max_pages,
+            }
+        }
+    }
+
+    /// bf16 copies of `v`.
+    pub(crate) fn bf(v: &[f32]) -> Vec<bf16> {
+        v.iter().map(|&x| bf16::from_f32(x)).collect()
+    }
+}
