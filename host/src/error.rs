@@ -76,3 +76,17 @@ pub(crate) fn ensure(
         })
     }
 }
+
+/// Fails with [`Error::Unsupported`] unless `head_dim` is the one the MSA
+/// kernels implement.
+pub(crate) fn require_head_dim(head_dim: usize) -> Result<()> {
+    let want = crate::abi::MSA_HEAD_DIM as usize;
+    if head_dim == want {
+        Ok(())
+    } else {
+        Err(Error::Unsupported {
+            arg: "head_dim",
+            what: format!("head_dim {head_dim} (only {want} is implemented)"),
+        })
+    }
+}

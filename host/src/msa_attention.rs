@@ -32,7 +32,7 @@ use half::bf16;
 
 use crate::abi::*;
 use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
-use crate::error::{ensure, CudaContextExt, Error, Result};
+use crate::error::{ensure, require_head_dim, CudaContextExt, Error, Result};
 use crate::Gpu;
 
 /// What the attention computes.
@@ -66,15 +66,7 @@ impl MsaAttentionConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.head_dim != MSA_HEAD_DIM as usize {
-            return Err(Error::Unsupported {
-                arg: "head_dim",
-                what: format!(
-                    "head_dim {} (only {MSA_HEAD_DIM} is implemented)",
-                    self.head_dim
-                ),
-            });
-        }
+        require_head_dim(self.head_dim)?;
         ensure(
             self.n_kv_heads >= 1 && self.n_heads % self.n_kv_heads == 0,
             "n_heads",

@@ -26,7 +26,7 @@ use half::bf16;
 
 use crate::abi::*;
 use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
-use crate::error::{ensure, CudaContextExt, Error, Result};
+use crate::error::{ensure, require_head_dim, CudaContextExt, Error, Result};
 use crate::Gpu;
 
 /// What the indexer computes (the upstream op's compile-time parameters).
@@ -64,15 +64,7 @@ impl MsaIndexerConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.head_dim != MSA_HEAD_DIM as usize {
-            return Err(Error::Unsupported {
-                arg: "head_dim",
-                what: format!(
-                    "head_dim {} (only {MSA_HEAD_DIM} is implemented)",
-                    self.head_dim
-                ),
-            });
-        }
+        require_head_dim(self.head_dim)?;
         ensure(
             self.block_size == MSA_BLOCK as usize,
             "block_size",
