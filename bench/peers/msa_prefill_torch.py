@@ -1,6 +1,16 @@
-"""Dense peers of the MSA prefill: causal `scaled_dot_product_attention` on
-the same prompt (64 query heads over 4 KV heads, head_dim 128, bf16), which
-block-sparse attention has to beat. Same timing as the other peer scripts.
+"""Peers of the MSA prefill (64 query heads over 4 KV heads, head_dim 128,
+bf16, one prompt):
+
+- `flex-attention-blockmask`: what a PyTorch user writes for MSA prefill:
+  compiled `flex_attention` with a `BlockMask` (128 × 128 tiles) built from
+  per-token selections drawn like the Rust bench's (each token: its own block
+  plus up to 15 random earlier ones, per KV head) and a `mask_mod` that keeps
+  exactly the selected, causally visible keys. The mask is built outside the
+  timing; its density is recorded.
+- dense causal `scaled_dot_product_attention` (cuDNN and flash) on the same
+  prompt, which block-sparse attention has to beat.
+
+Same timing as the other peer scripts.
 
 usage: python3 msa_prefill_torch.py OUT.json [case ...]
 """
@@ -15,6 +25,44 @@ from timing import median_us
 
 CASES = {"msa-prefill-8k": 8 * 1024, "msa-prefill-32k": 32 * 1024}
 H, KVH, D = 64, 4, 128
+
+
+def selections(n, topk=16):
+    """bool [KVH, n, blocks]: each token's own block and up to topk - 1
+    distinct random earlier blocks (the bench's distribution)."""
+    nb = (n + 127) // 128
+    t = torch.arange(n, device="cuda")
+    own = t // 128
+    blk = torch.arange(nb, device="cuda")
+    r = torch.rand(KVH, n, nb, device="cuda")
+    r = r.masked_fill(blk[None, None, :] >= own[None, :, None], -1.0)
+    k = min(topk - 1, nb)
+    top = r.topk(k, dim=-1)
+    sel = torch.zeros(KVH, n, nb, dtype=torch.bool, device="cuda")
+    sel.scatter_(-1, top.indices, top.values >= 0)
+    sel[:, t, own] = True
+    return sel
+
+
+def flex(n):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    sel = selections(n)
+    g = H // KVH
+
+    def mask_mod(b, h, qi, kv):
+        return sel[h // g, qi, kv // 128] & (kv <= qi)
+
+    bm = create_block_mask(mask_mod, 1, H, n, n, device="cuda", BLOCK_SIZE=128)
+    q = torch.randn(1, H, n, D, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, KVH, n, D, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, KVH, n, D, device="cuda", dtype=torch.bfloat16)
+    fa = torch.compile(flex_attention)
+
+    def run():
+        return fa(q, k, v, block_mask=bm, enable_gqa=True)
+    us = median_us(run, reps=3, batches=3)
+    print(f"flex n={n}: block mask sparsity {bm.sparsity():.1f}%", flush=True)
+    return us
 
 
 def dense(n, backend):
@@ -42,5 +90,10 @@ if __name__ == "__main__":
             except Exception as e:  # recorded, not fatal
                 print(f"{name} {label}: {e!r}", flush=True)
                 res[name][label] = None
+        try:
+            res[name]["flex-attention-blockmask"] = flex(CASES[name])
+        except Exception as e:  # recorded, not fatal
+            print(f"{name} flex: {e!r}", flush=True)
+            res[name]["flex-attention-blockmask"] = None
         print(name, res[name], flush=True)
     json.dump(res, open(out, "w"), indent=1)

@@ -32,6 +32,7 @@ pub mod context;
 pub mod error;
 pub mod msa_attention;
 pub mod msa_indexer;
+pub mod msa_prefill;
 pub mod msa_step;
 pub mod ptx;
 
@@ -46,6 +47,6 @@ pub use context::{DeviceProps, Gpu};
 pub use cudarc::driver::CudaSlice;
 pub use error::{Error, Result};
 pub use half::bf16;
-pub use msa_attention::{MsaAttention, MsaAttentionConfig};
+pub use msa_attention::{AttentionPath, MsaAttention, MsaAttentionConfig};
 pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
 pub use msa_step::{DecodeStepInputs, MsaStep};

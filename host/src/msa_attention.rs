@@ -1,8 +1,9 @@
-//! MSA block-sparse attention (`mo.msa.attention.ragged.paged`), query-major:
-//! decode, and ragged prefill / chunked prefill / speculative rows with the
-//! per-token causal rule.
+//! MSA block-sparse attention (`mo.msa.attention.ragged.paged`): decode, and
+//! ragged prefill / chunked prefill / speculative rows with the per-token
+//! causal rule.
 //! Semantics: `shared/spec/msa-attention.md`; kernels:
-//! `kernels-gpu/src/msa_attention.rs`.
+//! `kernels-gpu/src/msa_attention.rs` (query-major) and
+//! `kernels-gpu/src/msa_prefill.rs` (KV-block-major).
 //!
 //! ```text
 //! q          bf16 [num_rows, n_heads, 128]                  (ragged: offsets [batch + 1])
@@ -13,15 +14,17 @@
 //! ```
 //!
 //! Plan/run split: [`MsaAttention::plan`] validates the host metadata, uploads
-//! each row's (sequence, seqlen_k, q_pos) and picks the split-K partition count;
-//! [`MsaAttention::run`] only launches (partial kernel, then the combine when
-//! there are several partitions), so it can be captured in a CUDA graph. The
-//! workspace (partial outputs) is sized once for `max_rows`.
+//! each row's (sequence, seqlen_k, q_pos, plan key base), and picks the path;
+//! [`MsaAttention::run`] only launches, so it can be captured in a CUDA
+//! graph. The workspace is sized once for `max_rows`.
 //!
-//! Each CTA takes one (row, KV head, partition) and reads that row's selected
-//! blocks, so prefill rows that share blocks read them again (from L2). The
-//! KV-block-major prefill of issue 4 (a device CSR plan, one load per block
-//! for all its queries) is the faster design still to come.
+//! Two paths ([`AttentionPath`]):
+//! - **query-major** (decode, every `q_len = 1`): one CTA per (row, KV head,
+//!   split-K partition) streams the row's selected blocks; a combine merges
+//!   the partitions when there are several.
+//! - **KV-block-major** (any `q_len > 1`): the device inverts `d_indices`
+//!   into a CSR (see `msa_prefill`), each selected block is loaded once for
+//!   all the rows that chose it, and a combine merges each row's slots.
 //!
 //! Our choices: ids `>= ceil(seqlen_k / 128)` are skipped like `-1`; the tail
 //! of the last page is always masked; a query that attends to nothing gets
@@ -33,6 +36,7 @@ use half::bf16;
 use crate::abi::*;
 use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
 use crate::error::{ensure, require_head_dim, CudaContextExt, Error, Result};
+use crate::msa_prefill::{plan_keys, MsaPrefill, PrefillArgs};
 use crate::Gpu;
 
 /// What the attention computes.
@@ -133,6 +137,25 @@ pub fn validate_attention(
     Ok(())
 }
 
+/// Which kernels a plan runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionPath {
+    /// One CTA per (row, KV head, partition); the decode path.
+    QueryMajor,
+    /// Device CSR plan, one CTA per (block, up to 64 rows); the prefill path.
+    BlockMajor,
+}
+
+/// The path for a batch: block-major as soon as one sequence has more than
+/// one new token (its rows share blocks), query-major for pure decode.
+pub fn attention_path(max_q_len: usize) -> AttentionPath {
+    if max_q_len > 1 {
+        AttentionPath::BlockMajor
+    } else {
+        AttentionPath::QueryMajor
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Plan {
     batch: usize,
@@ -141,6 +164,7 @@ struct Plan {
     layout: PagedLayout,
     layer: usize,
     parts: usize,
+    path: AttentionPath,
 }
 
 /// MSA attention (decode and query-major prefill) with its workspace.
@@ -153,14 +177,16 @@ pub struct MsaAttention {
     /// Most (row, partition) pairs the partial buffers hold: split-K only
     /// pays for small batches, so this is a few per SM, not `max_rows * 32`.
     part_cap: usize,
-    /// `[rows, 3]`: sequence, its seqlen_k, the row's q_pos.
+    /// `[rows, 4]`: sequence, its seqlen_k, the row's q_pos, its plan key base.
     row_info: CudaSlice<u32>,
     /// `[parts, rows, n_heads, 128]` f32 for `parts * rows <= part_cap`.
     part_o: CudaSlice<f32>,
     /// `[parts, rows, n_heads]` f32 (log2 domain).
     part_lse: CudaSlice<f32>,
+    prefill: MsaPrefill,
     plan: Option<Plan>,
     force_parts: Option<usize>,
+    force_path: Option<AttentionPath>,
 }
 
 impl MsaAttention {
@@ -173,7 +199,8 @@ impl MsaAttention {
         Ok(MsaAttention {
             k_partial: gpu.kernel("msa_attention_partial", ATT_SMEM)?,
             k_combine: gpu.kernel("msa_attention_combine", 0)?,
-            row_info: gpu.zeros(3 * max_rows)?,
+            row_info: gpu.zeros(ATT_ROW_WORDS * max_rows)?,
+            prefill: MsaPrefill::new(gpu, cfg.n_heads, cfg.n_kv_heads, cfg.topk, max_rows)?,
             part_o: gpu.zeros(part_cap * cfg.n_heads * cfg.head_dim)?,
             part_lse: gpu.zeros(part_cap * cfg.n_heads)?,
             gpu: gpu.clone(),
@@ -182,6 +209,7 @@ impl MsaAttention {
             part_cap,
             plan: None,
             force_parts: None,
+            force_path: None,
         })
     }
 
@@ -198,6 +226,17 @@ impl MsaAttention {
     /// restores it. For tests and benchmarks.
     pub fn force_partitions(&mut self, parts: Option<usize>) {
         self.force_parts = parts;
+    }
+
+    /// Overrides the path rule ([`attention_path`]); `None` restores it. For
+    /// tests and benchmarks.
+    pub fn force_path(&mut self, path: Option<AttentionPath>) {
+        self.force_path = path;
+    }
+
+    /// Path of the current plan.
+    pub fn path(&self) -> Option<AttentionPath> {
+        self.plan.as_ref().map(|p| p.path)
     }
 
     /// Validates a ragged batch against the cache and uploads its rows'
@@ -218,18 +257,37 @@ impl MsaAttention {
             || format!("at most max_rows = {} rows", self.max_rows),
             || rows.to_string(),
         )?;
-        let mut info = Vec::with_capacity(3 * rows);
+        let path = self
+            .force_path
+            .unwrap_or_else(|| attention_path(batch.max_q_len()));
+        let (key_base, key_info, n_keys) = match path {
+            AttentionPath::BlockMajor => plan_keys(batch),
+            AttentionPath::QueryMajor => (vec![0; rows], Vec::new(), 0),
+        };
+        let mut info = Vec::with_capacity(ATT_ROW_WORDS * rows);
         for b in 0..n {
             let (cache, sk) = (batch.cache_lengths[b], batch.seqlen_k(b) as u32);
-            for i in 0..batch.q_len(b) as u32 {
-                info.extend([b as u32, sk, cache + i]);
+            let r0 = batch.input_row_offsets[b] as usize;
+            for i in 0..batch.q_len(b) {
+                info.extend([b as u32, sk, cache + i as u32, key_base[r0 + i]]);
             }
         }
         if rows > 0 {
             self.gpu
                 .stream()
-                .memcpy_htod(&info, &mut self.row_info.slice_mut(..3 * rows))
+                .memcpy_htod(&info, &mut self.row_info.slice_mut(..ATT_ROW_WORDS * rows))
                 .during(|| "uploading the row positions".into())?;
+        }
+        if path == AttentionPath::BlockMajor {
+            self.prefill.plan(
+                &self.gpu,
+                &key_info,
+                n_keys,
+                rows,
+                cfg.n_kv_heads,
+                cfg.topk,
+                cfg.group(),
+            )?;
         }
         let rule = decode_partitions(
             self.gpu.props().sm_count as usize,
@@ -249,11 +307,48 @@ impl MsaAttention {
             layout: *layout,
             layer,
             parts,
+            path,
         });
         Ok(())
     }
 
-    /// Launches the decode attention for the current plan. `lse`, when
+    fn prefill_args(&self, p: &Plan) -> PrefillArgs {
+        let c = &self.cfg;
+        PrefillArgs {
+            rows: p.rows as u32,
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            topk: c.topk as u32,
+            max_pages: p.max_pages as u32,
+            num_pages: p.layout.num_pages as u32,
+            page_stride: p.layout.page_stride() as u64,
+            k_off: p.layout.layer_offset(0, p.layer) as u64,
+            v_off: p.layout.layer_offset(1, p.layer) as u64,
+            scale: c.scale,
+        }
+    }
+
+    /// Launches only the device-side CSR plan of a block-major plan (count,
+    /// scan, scatter), for timing it apart; `run` launches it too.
+    pub fn run_device_plan(&self, d_indices: &CudaSlice<i32>) -> Result<()> {
+        let p = self.plan.as_ref().ok_or(Error::NotPlanned {
+            op: "msa_attention",
+        })?;
+        let c = &self.cfg;
+        ensure(
+            d_indices.len() == c.n_kv_heads * p.rows * c.topk,
+            "d_indices",
+            || format!("{} elements", c.n_kv_heads * p.rows * c.topk),
+            || format!("{} elements", d_indices.len()),
+        )?;
+        if p.path != AttentionPath::BlockMajor {
+            return Ok(());
+        }
+        self.prefill
+            .device_plan(&self.gpu, &self.prefill_args(p), d_indices, &self.row_info)
+    }
+
+    /// Launches the attention for the current plan. `lse`, when
     /// given, receives the natural-log sum of exponentials per (row, head).
     pub fn run(
         &self,
@@ -322,6 +417,20 @@ impl MsaAttention {
             p.layout.layer_offset(1, p.layer) as u64,
         );
         let (topk, parts) = (c.topk as u32, p.parts as u32);
+        if p.path == AttentionPath::BlockMajor {
+            let args = self.prefill_args(p);
+            return self.prefill.run(
+                &self.gpu,
+                &args,
+                q,
+                kv_cache,
+                lookup,
+                d_indices,
+                &self.row_info,
+                out,
+                lse,
+            );
+        }
         // A null `lse` pointer tells the kernels not to write it.
         let null = 0u64;
         let mut l = stream.launch_builder(&self.k_partial);

@@ -72,3 +72,35 @@ pub const ATT_SMEM: u32 = ATT_STAGES * ATT_STAGE_BYTES + ATT_MAX_SLOTS * 8;
 pub const ATT_MAX_GROUP: u32 = 16;
 /// Most split-K partitions of one (sequence, KV head).
 pub const ATT_MAX_PARTS: u32 = 32;
+/// Words per query row of the attention's `row_info`:
+/// `[sequence, seqlen_k, q_pos, key_base]` (`key_base`: the prefill plan's
+/// key of block 0 of the row's (window, sequence); see `msa_prefill`).
+pub const ATT_ROW_WORDS: usize = 4;
+
+/// KV-block-major prefill (`msa_prefill`): threads of the run kernel (4
+/// warps; each warp computes one 16-row m-tile of (query, head) rows at a
+/// time against the CTA's K/V block).
+pub const PF_THREADS: u32 = 128;
+/// m-tiles of one work item: a work item's K/V block (64 KiB) is loaded once
+/// and used for up to `PF_ITEM_TILES * (16 / group)` queries (64 for group 16).
+pub const PF_ITEM_TILES: u32 = 64;
+/// Query rows per plan window: the CSR is keyed by (KV head, window of
+/// `PF_WINDOW` consecutive rows, sequence, block), so the work items that run
+/// together read the queries of one window (a few MiB that stay in L2).
+pub const PF_WINDOW: u32 = 1024;
+/// Dynamic shared memory of the run kernel: the K and V tiles of the block,
+/// then two 4 KiB query tiles per warp (the next one streams in while the
+/// current one is computed; a used one stages the output tile).
+pub const PF_SMEM: u32 = 2 * IDX_BLOCK_BYTES + (PF_THREADS / 32) * 2 * PF_Q_TILE_BYTES;
+/// Bytes of one 16-row query tile (16 × 128 bf16).
+pub const PF_Q_TILE_BYTES: u32 = 16 * MSA_HEAD_DIM * 2;
+/// Words per work item: `[key, edge0, edge1, 0]`.
+pub const PF_ITEM_WORDS: usize = 4;
+/// Words per plan key: `[sequence, block, seqlen_k, 0]`.
+pub const PF_KEY_WORDS: usize = 4;
+/// Threads of the single-CTA scan kernel.
+pub const PF_SCAN_THREADS: u32 = 1024;
+/// Threads per CTA of the count / scatter kernels (one edge per thread).
+pub const PF_EDGE_THREADS: u32 = 256;
+/// Warps per CTA of the combine kernel (one warp per (row, head)).
+pub const PF_COMBINE_WARPS: u32 = 4;

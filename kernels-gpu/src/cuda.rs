@@ -139,6 +139,20 @@ pub fn warp_max_u64(v: u64) -> u64 {
     ((max_hi as u64) << 32) | max_lo as u64
 }
 
+/// `bar.warp.sync 0xffffffff`: the warp's lanes meet here, and shared-memory
+/// writes before it are visible to every lane after it. Through the
+/// convergent LLVM intrinsic (see [`shfl_xor_u32`]).
+#[inline(always)]
+pub fn sync_warp() {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_bar_warp_sync(-1) }
+}
+
+extern "C" {
+    #[link_name = "llvm.nvvm.bar.warp.sync"]
+    fn llvm_bar_warp_sync(member_mask: i32);
+}
+
 // ---------------------------------------------------------------- numbers
 
 /// Exact widening of a bf16 (carried as its bit pattern) to f32.
@@ -224,6 +238,23 @@ pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {
     r
 }
 
+/// `st.global.v4.u32`: one 16-byte store (`p` 16-byte aligned).
+#[inline(always)]
+pub unsafe fn st_global_v4(p: *mut u8, v: [u32; 4]) {
+    asm!("st.global.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};", p = in(reg64) p,
+         a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+         options(nostack));
+}
+
+/// `atom.global.add.u32`: adds `v` at `p`, returns the old value.
+#[inline(always)]
+pub unsafe fn atomic_add_global_u32(p: *mut u32, v: u32) -> u32 {
+    let r: u32;
+    asm!("atom.global.add.u32 {r}, [{p}], {v};", r = out(reg32) r, p = in(reg64) p,
+         v = in(reg32) v, options(nostack));
+    r
+}
+
 // ---------------------------------------------------------------- shared memory
 
 core::arch::global_asm!(".extern .shared .align 128 .b8 SMEM[];");
@@ -265,6 +296,16 @@ pub unsafe fn atomic_add_shared_u32(addr: u32, v: u32) -> u32 {
     asm!("atom.shared.add.u32 {r}, [{a}], {v};", r = out(reg32) r, a = in(reg32) addr,
          v = in(reg32) v, options(nostack));
     r
+}
+
+/// `ld.shared.v4.u32`: 16 bytes (16-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    asm!("ld.shared.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+         a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+         p = in(reg32) addr, options(readonly, nostack));
+    [a, b, c, d]
 }
 
 /// `st.shared.v4.u32` of zeros: clears 16 bytes (16-byte aligned).

@@ -16,6 +16,7 @@ pub mod abi;
 pub mod cuda;
 pub mod msa_attention;
 pub mod msa_indexer;
+pub mod msa_prefill;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

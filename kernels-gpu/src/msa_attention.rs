@@ -42,9 +42,9 @@ const LN2: f32 = core::f32::consts::LN_2;
 ///   K of token `s` of page `p` for head `kh` at
 ///   `p * page_stride + k_off + (s * n_kv_heads + kh) * 128`, V at `v_off`
 /// * `lookup`: `[batch, max_pages]`; `d_indices`: i32 `[n_kv_heads, rows, topk]`
-/// * `row_info`: `[rows, 3]`: the row's sequence (row of `lookup`), that
-///   sequence's `seqlen_k`, and the row's query position (keys `pos <= q_pos`
-///   are visible; decode: `seqlen_k - 1`)
+/// * `row_info`: `[rows, 4]`: the row's sequence (row of `lookup`), that
+///   sequence's `seqlen_k`, the row's query position (keys `pos <= q_pos`
+///   are visible; decode: `seqlen_k - 1`), and a word only `msa_prefill` reads
 /// * `part_o`: f32 `[parts, rows, n_heads, 128]`, `part_lse`: f32
 ///   `[parts, rows, n_heads]` (log2 domain) — written when `parts > 1`
 /// * `out`: bf16 `[rows, n_heads, 128]`, `lse`: f32 `[rows, n_heads]` or
@@ -82,7 +82,7 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
     let group = (n_heads / n_kv_heads).min(16);
     let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
     let (g, c) = (lane >> 2, lane & 3);
-    let info = row_info.add(3 * t as usize);
+    let info = row_info.add(ATT_ROW_WORDS * t as usize);
     let seq = ld_global_nc_u32(info);
     let sk = ld_global_nc_u32(info.add(1));
     let qp = ld_global_nc_u32(info.add(2)).min(sk.max(1) - 1);

@@ -1,12 +1,19 @@
 //! Glue between the host API and the reference shared by the GPU tests, the
-//! benchmark and the demo: opening the GPU (or saying why not), and the
-//! reference's parameter types built from the host configs.
+//! benchmark and the demo: opening the GPU (or saying why not), the
+//! reference's parameter types built from the host configs, and the attention
+//! tests' common runs (poisoned outputs, a step captured in a CUDA graph).
 
-use sparse_attn::{Gpu, MsaAttentionConfig, MsaIndexerConfig, PagedLayout};
-use sparse_attn_reference::msa_attention::AttentionParams;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use half::bf16;
+use rand::Rng;
+use sparse_attn::{
+    AttentionPath, DecodeStepInputs, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexerConfig,
+    MsaStep, PageTable, PagedLayout, RaggedBatch,
+};
+use sparse_attn_reference::msa_attention::{self as reference, AttentionParams};
 use sparse_attn_reference::msa_indexer::IndexerParams;
 
-use crate::data::PagedPool;
+use crate::data::{block_selection, paged_pool, tensor, Fill, PagedPool, RaggedSpec};
 
 /// Device 0, or `None` (printing `SKIP`) where no NVIDIA driver exists. A
 /// driver that is present but cannot open the device is a failure, not a skip.
@@ -52,4 +59,172 @@ pub fn attention_params(c: &MsaAttentionConfig) -> AttentionParams {
         topk: c.topk,
         scale: c.scale,
     }
+}
+
+/// One attention case: a batch, its K/V pool (2 layers, garbage in unused
+/// slots), queries and selections.
+pub struct AttentionInputs {
+    pub spec: RaggedSpec,
+    pub pool: PagedPool,
+    pub q: Vec<bf16>,
+    pub d_indices: Vec<i32>,
+}
+
+impl AttentionInputs {
+    /// Random inputs; `minus_one` is the share of `-1` slots (stale ids too).
+    pub fn random(
+        rng: &mut impl Rng,
+        spec: RaggedSpec,
+        c: &MsaAttentionConfig,
+        minus_one: f64,
+    ) -> Self {
+        let pool = paged_pool(rng, &spec, 2, 2, c.n_kv_heads, 128, 128, 3, Fill::Normal);
+        let q = tensor(rng, spec.num_rows() * c.n_heads * 128, Fill::Normal);
+        let d_indices = block_selection(rng, &spec, c.n_kv_heads, c.topk, minus_one, true);
+        AttentionInputs {
+            spec,
+            pool,
+            q,
+            d_indices,
+        }
+    }
+
+    /// The f64 reference on layer 1.
+    pub fn reference(&self, c: &MsaAttentionConfig) -> reference::AttentionOutput {
+        reference::msa_attention(
+            &self.q,
+            &self.spec.offsets,
+            &self.spec.cache_lengths,
+            &self.pool.cache(),
+            1,
+            &self.d_indices,
+            &attention_params(c),
+        )
+    }
+}
+
+/// Runs the GPU op (layer 1 of 2) on NaN-poisoned outputs with an optional
+/// forced split-K and path; checks every element was written; returns
+/// (out, lse).
+pub fn run_attention(
+    gpu: &Gpu,
+    c: &MsaAttentionConfig,
+    inp: &AttentionInputs,
+    parts: Option<usize>,
+    path: Option<AttentionPath>,
+) -> (Vec<bf16>, Vec<f32>) {
+    let mut att = MsaAttention::new(gpu, *c, inp.spec.num_rows()).unwrap();
+    att.force_partitions(parts);
+    att.force_path(path);
+    let batch = RaggedBatch::new(&inp.spec.offsets, &inp.spec.cache_lengths);
+    att.plan(
+        &batch,
+        &PageTable::new(&inp.pool.lookup, inp.pool.max_pages),
+        &layout_of(&inp.pool),
+        1,
+    )
+    .unwrap();
+    let n = inp.spec.num_rows() * c.n_heads;
+    let mut out = gpu.upload(&vec![bf16::from_bits(0x7fc1); n * 128]).unwrap(); // NaN poison
+    let mut lse = gpu.upload(&vec![f32::from_bits(0x7fc0_0001); n]).unwrap();
+    let (q, kv) = (
+        gpu.upload(&inp.q).unwrap(),
+        gpu.upload(&inp.pool.data).unwrap(),
+    );
+    let lookup = gpu.upload(&inp.pool.lookup).unwrap();
+    let di = gpu.upload(&inp.d_indices).unwrap();
+    att.run(&q, &kv, &lookup, &di, &mut out, Some(&mut lse))
+        .unwrap();
+    let (out, lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
+    assert!(
+        !out.iter().any(|v| v.to_bits() == 0x7fc1),
+        "an output element was never written"
+    );
+    assert!(
+        !lse.iter().any(|v| v.to_bits() == 0x7fc0_0001),
+        "an lse element was never written"
+    );
+    (out, lse)
+}
+
+/// The whole MSA step (indexer, then attention) on `spec`, run eagerly, then
+/// captured in a CUDA graph and replayed twice: the replay must give the
+/// eager bits, and the eager output must match the reference on the step's
+/// own selections. Returns the path the attention took.
+pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec) -> AttentionPath {
+    let att = MsaAttentionConfig::minimax_m3();
+    let idx = MsaIndexerConfig::minimax_m3();
+    let kv = paged_pool(rng, spec, 2, 1, att.n_kv_heads, 128, 128, 2, Fill::Normal);
+    let ik = paged_pool(rng, spec, 1, 1, 1, 128, 128, 2, Fill::Normal);
+    let rows = spec.num_rows();
+    let (q, qi) = (
+        tensor(rng, rows * att.n_heads * 128, Fill::Normal),
+        tensor(rng, rows * idx.num_index_heads * 128, Fill::Normal),
+    );
+    let mut step = MsaStep::new(gpu, idx, att, rows).unwrap();
+    let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
+    step.plan(
+        &batch,
+        &PageTable::new(&ik.lookup, ik.max_pages),
+        &layout_of(&ik),
+        &PageTable::new(&kv.lookup, kv.max_pages),
+        &layout_of(&kv),
+        0,
+    )
+    .unwrap();
+    let up = |v: &Vec<bf16>| gpu.upload(v).unwrap();
+    let (d_q, d_qi, d_kv, d_ik) = (up(&q), up(&qi), up(&kv.data), up(&ik.data));
+    let (d_kl, d_il) = (
+        gpu.upload(&kv.lookup).unwrap(),
+        gpu.upload(&ik.lookup).unwrap(),
+    );
+    let inp = DecodeStepInputs {
+        q_index: &d_qi,
+        k_index: &d_ik,
+        index_lookup: &d_il,
+        q: &d_q,
+        kv_cache: &d_kv,
+        kv_lookup: &d_kl,
+    };
+    let mut out = gpu.zeros::<bf16>(rows * att.n_heads * 128).unwrap();
+    step.run(&inp, &mut out, None).unwrap();
+    let eager = gpu.download(&out).unwrap();
+    let sel = gpu.download(step.d_indices()).unwrap();
+
+    // The attention on the step's own selections, against the reference.
+    let p = attention_params(&att);
+    let want = reference::msa_attention(
+        &q,
+        &spec.offsets,
+        &spec.cache_lengths,
+        &kv.cache(),
+        0,
+        &sel,
+        &p,
+    );
+    reference::check_attention(&eager, None, &want, &p).unwrap();
+
+    let mut out2 = gpu
+        .upload(&vec![bf16::from_bits(0x7fc1); rows * att.n_heads * 128])
+        .unwrap();
+    let stream = gpu.stream();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    step.run(&inp, &mut out2, None).unwrap();
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("the capture recorded no work");
+    graph.launch().unwrap();
+    graph.launch().unwrap();
+    let replay = gpu.download(&out2).unwrap();
+    assert!(
+        eager
+            .iter()
+            .zip(&replay)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "graph replay differs from the eager run"
+    );
+    step.attention.path().expect("planned")
 }

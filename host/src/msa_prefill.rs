@@ -1,0 +1,288 @@
+//! MSA block-sparse prefill, KV-block-major (kernels:
+//! `kernels-gpu/src/msa_prefill.rs`). [`crate::MsaAttention`] runs it for
+//! batches with more than one new token in some sequence (prefill, chunked
+//! prefill, speculative rows); the semantics are the op's
+//! (`shared/spec/msa-attention.md`).
+//!
+//! `plan` (host, once per batch shape) computes the plan *keys* (KV head,
+//! window of `PF_WINDOW` rows, sequence, block) from lengths alone and
+//! uploads them; `run` only launches, and the part of the plan that depends on
+//! the selections (`d_indices`, produced on the device by the indexer) is
+//! built on the device: count → scan → scatter → run → combine. No buffer is
+//! read back and nothing waits for the host, so a prefill step can be captured
+//! in a CUDA graph. Buffers are sized from bounds the host knows: `rows *
+//! topk * n_kv_heads` edges, and at most `edges / item_edges + keys` work
+//! items (the run's grid; CTAs past the device-side item count return).
+//!
+//! Workspace (allocated by `new` for `max_rows`, reused by every call):
+//! partial outputs bf16 `[rows, n_heads, topk, 128]` (256 B per (row, head,
+//! slot): 8.6 GB for a 32K-row M3 prefill) and f32 log-sum-exps. bf16, like
+//! upstream, halves the dominant memory traffic of this design (each partial
+//! is written once and read once); the output is bf16 anyway and the tests
+//! hold it to the f64 reference.
+
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use crate::abi::*;
+use crate::batch::RaggedBatch;
+use crate::error::{ensure, CudaContextExt, Result};
+use crate::Gpu;
+
+/// Plan keys of a ragged batch (host only, from lengths).
+///
+/// Rows are cut into windows of `PF_WINDOW`; each (window, sequence) pair
+/// gets a range of keys, one per block its rows can see causally (up to the
+/// block of its last row in the window). Returns `(row_key_base [rows],
+/// key_info [n_keys * 4] = (sequence, block, seqlen_k, 0), n_keys)`.
+pub fn plan_keys(batch: &RaggedBatch) -> (Vec<u32>, Vec<u32>, usize) {
+    let rows = batch.num_rows();
+    let mut base = vec![0u32; rows];
+    let mut info = Vec::new();
+    let w = PF_WINDOW as usize;
+    let off = batch.input_row_offsets;
+    for b in 0..batch.batch() {
+        let (r0, r1) = (off[b] as usize, off[b + 1] as usize);
+        let sk = batch.seqlen_k(b);
+        let cache = batch.cache_lengths[b] as u64;
+        let mut r = r0;
+        while r < r1 {
+            let end = ((r / w + 1) * w).min(r1);
+            let last_pos = cache + (end - 1 - r0) as u64;
+            let nblocks = sk.div_ceil(MSA_BLOCK as u64).min(last_pos / MSA_BLOCK as u64 + 1);
+            let key0 = (info.len() / PF_KEY_WORDS) as u32;
+            base[r..end].fill(key0);
+            for blk in 0..nblocks as u32 {
+                info.extend([b as u32, blk, sk as u32, 0]);
+            }
+            r = end;
+        }
+    }
+    let n = info.len() / PF_KEY_WORDS;
+    (base, info, n)
+}
+
+/// Most edges per work item for a GQA group: `PF_ITEM_TILES` m-tiles of
+/// `16 / group` rows.
+pub fn item_edges(group: usize) -> usize {
+    PF_ITEM_TILES as usize * (16 / group.clamp(1, 16))
+}
+
+pub(crate) struct MsaPrefill {
+    k_count: CudaFunction,
+    k_scan: CudaFunction,
+    k_scatter: CudaFunction,
+    k_run: CudaFunction,
+    k_combine: CudaFunction,
+    /// `[rows, n_heads, topk, 128]` bf16 and `[rows, n_heads, topk]` f32.
+    part_o: CudaSlice<bf16>,
+    part_lse: CudaSlice<f32>,
+    /// `[n_kv_heads * rows * topk]` packed `(row << 8) | slot`.
+    edges: CudaSlice<u32>,
+    /// Per key of the plan: edge counts (zero between calls), CSR cursors.
+    counts: CudaSlice<u32>,
+    cursor: CudaSlice<u32>,
+    key_info: CudaSlice<u32>,
+    /// `[max_items, 4]` and the device-side item count.
+    items: CudaSlice<u32>,
+    n_items: CudaSlice<u32>,
+    n_keys: usize,
+    max_items: usize,
+}
+
+/// What `run` needs besides the buffers: the planned shapes.
+pub(crate) struct PrefillArgs {
+    pub rows: u32,
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub topk: u32,
+    pub max_pages: u32,
+    pub num_pages: u32,
+    pub page_stride: u64,
+    pub k_off: u64,
+    pub v_off: u64,
+    pub scale: f32,
+}
+
+impl MsaPrefill {
+    pub(crate) fn new(
+        gpu: &Gpu,
+        n_heads: usize,
+        n_kv_heads: usize,
+        topk: usize,
+        max_rows: usize,
+    ) -> Result<Self> {
+        let edges = n_kv_heads * max_rows * topk;
+        ensure(
+            max_rows < 1 << 24 && edges < 1 << 31,
+            "max_rows",
+            || "fewer than 2^24 rows and n_kv_heads * rows * topk < 2^31 (prefill plan indices)".into(),
+            || max_rows.to_string(),
+        )?;
+        let parts = max_rows * n_heads * topk;
+        Ok(MsaPrefill {
+            k_count: gpu.kernel("msa_prefill_count", 0)?,
+            k_scan: gpu.kernel("msa_prefill_scan", PF_SCAN_THREADS * 8)?,
+            k_scatter: gpu.kernel("msa_prefill_scatter", 0)?,
+            k_run: gpu.kernel("msa_prefill_run", PF_SMEM)?,
+            k_combine: gpu.kernel("msa_prefill_combine", 0)?,
+            part_o: gpu.zeros(parts * MSA_HEAD_DIM as usize)?,
+            part_lse: gpu.zeros(parts)?,
+            edges: gpu.zeros(edges.max(1))?,
+            counts: gpu.zeros(1)?,
+            cursor: gpu.zeros(1)?,
+            key_info: gpu.zeros(1)?,
+            items: gpu.zeros(PF_ITEM_WORDS)?,
+            n_items: gpu.zeros(1)?,
+            n_keys: 0,
+            max_items: 0,
+        })
+    }
+
+    /// Uploads the keys of a planned batch and sizes the key and item
+    /// buffers (grows them when this batch needs more; zeroes the counts).
+    pub(crate) fn plan(
+        &mut self,
+        gpu: &Gpu,
+        key_info: &[u32],
+        n_keys: usize,
+        rows: usize,
+        n_kv_heads: usize,
+        topk: usize,
+        group: usize,
+    ) -> Result<()> {
+        let nk = n_kv_heads * n_keys;
+        ensure(
+            nk < 1 << 31,
+            "input_row_offsets",
+            || "fewer than 2^31 prefill plan keys".into(),
+            || nk.to_string(),
+        )?;
+        let max_items = (n_kv_heads * rows * topk).div_ceil(item_edges(group)) + nk;
+        if self.counts.len() < nk.max(1) {
+            self.counts = gpu.zeros(nk.max(1))?;
+            self.cursor = gpu.zeros(nk.max(1))?;
+        } else {
+            gpu.stream()
+                .memset_zeros(&mut self.counts)
+                .during(|| "zeroing the prefill plan counts".into())?;
+        }
+        if self.key_info.len() < key_info.len().max(1) {
+            self.key_info = gpu.zeros(key_info.len().max(1))?;
+        }
+        if !key_info.is_empty() {
+            gpu.stream()
+                .memcpy_htod(key_info, &mut self.key_info.slice_mut(..key_info.len()))
+                .during(|| "uploading the prefill plan keys".into())?;
+        }
+        if self.items.len() < PF_ITEM_WORDS * max_items.max(1) {
+            self.items = gpu.zeros(PF_ITEM_WORDS * max_items.max(1))?;
+        }
+        self.n_keys = n_keys;
+        self.max_items = max_items;
+        Ok(())
+    }
+
+    /// The device-side plan alone: count → scan → scatter (the CSR, the work
+    /// items and their count, all on the device).
+    pub(crate) fn device_plan(
+        &self,
+        gpu: &Gpu,
+        a: &PrefillArgs,
+        d_indices: &CudaSlice<i32>,
+        row_info: &CudaSlice<u32>,
+    ) -> Result<()> {
+        let stream = gpu.stream();
+        let n_keys = self.n_keys as u32;
+        let nk = a.n_kv_heads * n_keys;
+        let n_edges = a.n_kv_heads * a.rows * a.topk;
+        if a.rows == 0 || nk == 0 {
+            return Ok(());
+        }
+        let edge_cfg = LaunchConfig {
+            grid_dim: (n_edges.div_ceil(PF_EDGE_THREADS), 1, 1),
+            block_dim: (PF_EDGE_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let group = (a.n_heads / a.n_kv_heads) as usize;
+        let item_edges = item_edges(group) as u32;
+        let mut l = stream.launch_builder(&self.k_count);
+        l.arg(d_indices).arg(row_info).arg(&self.counts);
+        l.arg(&a.rows).arg(&a.n_kv_heads).arg(&a.topk).arg(&n_keys).arg(&a.max_pages);
+        // SAFETY: arguments match the kernel; `counts` holds `nk` keys and
+        // every key the kernel forms is below it (the plan's key ranges cover
+        // each row's causal blocks).
+        unsafe { l.launch(edge_cfg) }.during(|| "launching the prefill plan count".into())?;
+
+        let mut l = stream.launch_builder(&self.k_scan);
+        l.arg(&self.counts).arg(&self.cursor).arg(&self.items).arg(&self.n_items);
+        l.arg(&nk).arg(&item_edges);
+        let cfg = LaunchConfig {
+            grid_dim: (1, 1, 1),
+            block_dim: (PF_SCAN_THREADS, 1, 1),
+            shared_mem_bytes: PF_SCAN_THREADS * 8,
+        };
+        // SAFETY: `items` holds `max_items >= edges / item_edges + nk` items.
+        unsafe { l.launch(cfg) }.during(|| "launching the prefill plan scan".into())?;
+
+        let mut l = stream.launch_builder(&self.k_scatter);
+        l.arg(d_indices).arg(row_info).arg(&self.cursor).arg(&self.edges);
+        l.arg(&a.rows).arg(&a.n_kv_heads).arg(&a.topk).arg(&n_keys).arg(&a.max_pages);
+        // SAFETY: as the count; `edges` holds every edge.
+        unsafe { l.launch(edge_cfg) }.during(|| "launching the prefill plan scatter".into())?;
+
+        Ok(())
+    }
+
+    /// count → scan → scatter → run → combine on the stream.
+    pub(crate) fn run(
+        &self,
+        gpu: &Gpu,
+        a: &PrefillArgs,
+        q: &CudaSlice<bf16>,
+        kv_cache: &CudaSlice<bf16>,
+        lookup: &CudaSlice<u32>,
+        d_indices: &CudaSlice<i32>,
+        row_info: &CudaSlice<u32>,
+        out: &mut CudaSlice<bf16>,
+        lse: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        if a.rows == 0 || self.n_keys == 0 || a.n_kv_heads == 0 {
+            return Ok(());
+        }
+        self.device_plan(gpu, a, d_indices, row_info)?;
+        let stream = gpu.stream();
+        let n_keys = self.n_keys as u32;
+        let mut l = stream.launch_builder(&self.k_run);
+        l.arg(q).arg(kv_cache).arg(lookup).arg(row_info).arg(&self.key_info);
+        l.arg(&self.items).arg(&self.n_items).arg(&self.edges);
+        l.arg(&self.part_o).arg(&self.part_lse);
+        l.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&n_keys).arg(&a.max_pages).arg(&a.num_pages);
+        l.arg(&a.page_stride).arg(&a.k_off).arg(&a.v_off).arg(&a.topk).arg(&a.scale);
+        let cfg = LaunchConfig {
+            grid_dim: (self.max_items as u32, 1, 1),
+            block_dim: (PF_THREADS, 1, 1),
+            shared_mem_bytes: PF_SMEM,
+        };
+        // SAFETY: arguments match; page ids are clamped on the device; the
+        // partial buffers hold `rows * n_heads * topk` entries.
+        unsafe { l.launch(cfg) }.during(|| "launching the prefill run".into())?;
+
+        let null = 0u64;
+        let mut l = stream.launch_builder(&self.k_combine);
+        l.arg(&self.part_o).arg(&self.part_lse).arg(d_indices).arg(row_info).arg(out);
+        match lse {
+            Some(x) => l.arg(x),
+            None => l.arg(&null),
+        };
+        l.arg(&a.rows).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.topk).arg(&a.max_pages);
+        let cfg = LaunchConfig {
+            grid_dim: ((a.rows * a.n_heads).div_ceil(PF_COMBINE_WARPS), 1, 1),
+            block_dim: (PF_COMBINE_WARPS * 32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: as above; `out` and `lse` were checked against the plan.
+        unsafe { l.launch(cfg) }.during(|| "launching the prefill combine".into())?;
+        Ok(())
+    }
+}

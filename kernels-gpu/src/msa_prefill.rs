@@ -1,0 +1,483 @@
+//! MSA block-sparse prefill, KV-block-major: a device-side CSR plan, a
+//! tensor-core run over each selected block, and an LSE combine.
+//!
+//! The query-major kernel (`msa_attention`) gives each (row, KV head) its own
+//! CTA, which re-reads every block a row selected; in prefill thousands of
+//! rows select the same block. Here the selections are inverted so that a
+//! block is loaded once and multiplied against all the rows that chose it:
+//!
+//! 1. `msa_prefill_count`: one thread per edge (KV head, row, slot) whose
+//!    block is attended; counts the edges of each plan *key*.
+//! 2. `msa_prefill_scan` (one CTA): exclusive scan of the counts into CSR
+//!    offsets, work items of at most `PF_ITEM_TILES * (16 / group)` edges each
+//!    (a block chosen by thousands of rows becomes many items), the item count
+//!    (read by the run on the device: the host never waits), and the counts
+//!    zeroed for the next call.
+//! 3. `msa_prefill_scatter`: every edge claims a place in its key's list.
+//! 4. `msa_prefill_run`: one CTA per work item loads the key's K and V block
+//!    into shared memory once; each warp takes 16-row m-tiles of (row, head)
+//!    pairs of the item's rows (one row × 16 heads for group 16; `16 / group`
+//!    rows otherwise), computes S = Q·Kᵀ, the block's softmax and P·V with
+//!    `mma.m16n8k16` (bf16 in, f32 accumulate) and writes the normalised
+//!    partial output (bf16) and its log2-sum-exp (f32) for the edge's (row,
+//!    slot).
+//! 5. `msa_prefill_combine`: one warp per (row, head) merges the row's valid
+//!    slots in slot order (bit-reproducible); no valid slot gives 0 and -inf.
+//!
+//! A plan key is (KV head, window, sequence, block): `key = kh * n_keys +
+//! row_key_base + block`, where the host gives every row the base of its
+//! (window of `PF_WINDOW` rows, sequence) range. Keying by window keeps the
+//! items that run together on the queries of one window (L2-resident).
+//!
+//! The CSR order inside a key depends on atomics and differs between runs;
+//! the results do not: every mma row depends only on its own query row, and
+//! partials are addressed by (row, slot), not by list position.
+//!
+//! Edges (the spec's rule): slot id `>= 0`, `< ceil(seqlen_k / 128)` and not
+//! past the row's own block; keys `pos > q_pos` of the diagonal block are
+//! masked, and V rows `pos >= seqlen_k` (the unwritten page tail) are zeroed
+//! so that garbage there (even NaN) cannot reach the output.
+
+use crate::abi::*;
+use crate::cuda::*;
+
+const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
+const ROW_CHUNKS: u32 = ROW_BYTES / 16;
+const WARPS: u32 = PF_THREADS / 32;
+const LOG2E: f32 = core::f32::consts::LOG2_E;
+const LN2: f32 = core::f32::consts::LN_2;
+
+/// A row's `(sequence, seqlen_k, q_pos, key_base)`, `q_pos` clamped below
+/// `seqlen_k` (so key 0 of every attended block is visible).
+#[inline(always)]
+unsafe fn row_of(row_info: *const u32, t: u32) -> (u32, u32, u32, u32) {
+    let r = row_info.add(ATT_ROW_WORDS * t as usize);
+    let sk = ld_global_nc_u32(r.add(1));
+    let qp = ld_global_nc_u32(r.add(2)).min(sk.max(1) - 1);
+    (ld_global_nc_u32(r), sk, qp, ld_global_nc_u32(r.add(3)))
+}
+
+/// The block that `d_indices[at]` selects if that edge is attended: id `>= 0`,
+/// inside the sequence, not past the row's own block (and inside the page
+/// table).
+#[inline(always)]
+unsafe fn edge_block(d_indices: *const i32, at: usize, sk: u32, qp: u32, max_pages: u32) -> Option<u32> {
+    let blk = ld_global_nc_u32(d_indices.add(at) as *const u32) as i32;
+    let nblocks = sk.div_ceil(MSA_BLOCK).min(qp / MSA_BLOCK + 1).min(max_pages);
+    if blk >= 0 && (blk as u32) < nblocks {
+        Some(blk as u32)
+    } else {
+        None
+    }
+}
+
+/// The attended edge of thread `e` of the count / scatter grid: its key and
+/// packed `(row << 8) | slot`.
+#[inline(always)]
+unsafe fn edge_key(
+    d_indices: *const i32,
+    row_info: *const u32,
+    rows: u32,
+    n_kv_heads: u32,
+    topk: u32,
+    n_keys: u32,
+    max_pages: u32,
+) -> Option<(u32, u32)> {
+    let e = block_idx_x() * PF_EDGE_THREADS + thread_idx_x();
+    if e >= n_kv_heads * rows * topk {
+        return None;
+    }
+    let (kh, t, slot) = (e / (rows * topk), (e / topk) % rows, e % topk);
+    let (_, sk, qp, key_base) = row_of(row_info, t);
+    let blk = edge_block(d_indices, e as usize, sk, qp, max_pages)?;
+    Some((kh * n_keys + key_base + blk, (t << 8) | slot))
+}
+
+/// Plan step 1: `counts[key] += 1` for every attended edge.
+/// `d_indices` i32 `[n_kv_heads, rows, topk]`, `row_info` `[rows, 4]`,
+/// `counts` `[n_kv_heads * n_keys]` (zero on entry).
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_prefill_count(
+    d_indices: *const i32,
+    row_info: *const u32,
+    counts: *mut u32,
+    rows: u32,
+    n_kv_heads: u32,
+    topk: u32,
+    n_keys: u32,
+    max_pages: u32,
+) {
+    if let Some((key, _)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
+        atomic_add_global_u32(counts.add(key as usize), 1);
+    }
+}
+
+/// Plan step 2 (one CTA of `PF_SCAN_THREADS`): `cursor[key]` = CSR offset of
+/// the key, `items` `[*, 4]` = `(key, edge0, edge1, 0)` with at most
+/// `item_edges` edges each, `n_items[0]` = their number; `counts` is zeroed.
+/// Dynamic shared memory: `PF_SCAN_THREADS * 8` bytes.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
+    counts: *mut u32,
+    cursor: *mut u32,
+    items: *mut u32,
+    n_items: *mut u32,
+    nk: u32,
+    item_edges: u32,
+) {
+    let tid = thread_idx_x();
+    let per = nk.div_ceil(PF_SCAN_THREADS);
+    let k0 = (tid * per).min(nk);
+    let k1 = (k0 + per).min(nk);
+    // (items << 32) | edges of this thread's keys; both stay below 2^32.
+    let mut own = 0u64;
+    for k in k0..k1 {
+        let c = *counts.add(k as usize);
+        own += c as u64 | ((c.div_ceil(item_edges) as u64) << 32);
+    }
+    // Inclusive Hillis–Steele scan over the threads.
+    let s = dynamic_smem();
+    st_shared_u64(s + tid * 8, own);
+    sync_threads();
+    let mut off = 1;
+    while off < PF_SCAN_THREADS {
+        let add = if tid >= off { ld_shared_u64(s + (tid - off) * 8) } else { 0 };
+        sync_threads();
+        st_shared_u64(s + tid * 8, ld_shared_u64(s + tid * 8) + add);
+        sync_threads();
+        off *= 2;
+    }
+    let incl = ld_shared_u64(s + tid * 8);
+    let excl = incl - own;
+    let (mut eo, mut io) = (excl as u32, (excl >> 32) as u32);
+    for k in k0..k1 {
+        let c = *counts.add(k as usize);
+        *counts.add(k as usize) = 0;
+        *cursor.add(k as usize) = eo;
+        let mut e = 0;
+        while e < c {
+            let n = (c - e).min(item_edges);
+            let it = items.add(PF_ITEM_WORDS * io as usize);
+            *it = k;
+            *it.add(1) = eo + e;
+            *it.add(2) = eo + e + n;
+            *it.add(3) = 0;
+            io += 1;
+            e += n;
+        }
+        eo += c;
+    }
+    if tid == PF_SCAN_THREADS - 1 {
+        *n_items = (incl >> 32) as u32;
+    }
+}
+
+/// Plan step 3: every attended edge takes the next place of its key's list:
+/// `edges[cursor[key]++] = (row << 8) | slot`.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
+    d_indices: *const i32,
+    row_info: *const u32,
+    cursor: *mut u32,
+    edges: *mut u32,
+    rows: u32,
+    n_kv_heads: u32,
+    topk: u32,
+    n_keys: u32,
+    max_pages: u32,
+) {
+    if let Some((key, packed)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
+        let at = atomic_add_global_u32(cursor.add(key as usize), 1);
+        *edges.add(at as usize) = packed;
+    }
+}
+
+/// The run: one CTA per work item (CTAs past `n_items[0]` return).
+///
+/// * `q` bf16 `[rows, n_heads, 128]`; `kv`, `lookup`: as `msa_attention_partial`
+/// * `key_info` `[n_keys, 4]`: `(sequence, block, seqlen_k, 0)`
+/// * `items` `[*, 4]`, `edges`: from the plan kernels
+/// * `part_o` bf16 `[rows, n_heads, topk, 128]`: the edge's softmax-weighted
+///   V over its block, normalised; `part_lse` f32 `[rows, n_heads, topk]`:
+///   its log2-sum-exp (`scale · q·k · log2 e` domain). Written for attended
+///   edges only.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_prefill_run(
+    q: *const u16,
+    kv: *const u16,
+    lookup: *const u32,
+    row_info: *const u32,
+    key_info: *const u32,
+    items: *const u32,
+    n_items: *const u32,
+    edges: *const u32,
+    part_o: *mut u16,
+    part_lse: *mut f32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    n_keys: u32,
+    max_pages: u32,
+    num_pages: u32,
+    page_stride: u64,
+    k_off: u64,
+    v_off: u64,
+    topk: u32,
+    scale: f32,
+) {
+    let cta = block_idx_x();
+    if n_kv_heads == 0 || n_keys == 0 || num_pages == 0 || cta >= ld_global_nc_u32(n_items) {
+        return;
+    }
+    let item = items.add(PF_ITEM_WORDS * cta as usize);
+    let key = ld_global_nc_u32(item);
+    let e0 = ld_global_nc_u32(item.add(1));
+    let ne = ld_global_nc_u32(item.add(2)) - e0;
+    let edges = edges.add(e0 as usize);
+    let kh = key / n_keys;
+    let ki = key_info.add(PF_KEY_WORDS * (key % n_keys) as usize);
+    let (seq, blk, sk) = (ld_global_nc_u32(ki), ld_global_nc_u32(ki.add(1)), ld_global_nc_u32(ki.add(2)));
+    let page = ld_global_nc_u32(lookup.add((seq * max_pages + blk) as usize)).min(num_pages - 1);
+    let group = (n_heads / n_kv_heads).clamp(1, 16);
+    let tpt = 16 / group; // rows per m-tile
+    let ntiles = ne.div_ceil(tpt);
+    let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
+    let (g, c) = (lane >> 2, lane & 3);
+
+    // The block's K and V tiles (rows XOR-swizzled by 16-byte chunk).
+    let smem = dynamic_smem();
+    let (ks, vs) = (smem, smem + IDX_BLOCK_BYTES);
+    let qbuf = smem + 2 * IDX_BLOCK_BYTES + warp * 2 * PF_Q_TILE_BYTES;
+    let tok_stride = (n_kv_heads * MSA_HEAD_DIM) as usize;
+    let base = kv.add(page as usize * page_stride as usize + (kh * MSA_HEAD_DIM) as usize);
+    for (dst, off) in [(ks, k_off), (vs, v_off)] {
+        let src = base.add(off as usize) as *const u8;
+        let mut ch = tid;
+        while ch < IDX_BLOCK_BYTES / 16 {
+            let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
+            cp_async_16(dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(r as usize * tok_stride * 2 + cc as usize * 16));
+            ch += PF_THREADS;
+        }
+    }
+    cp_async_commit();
+
+    // Row r of m-tile j is head kh * group + r % group of the item's edge
+    // j * tpt + r / group; `None` for padding rows.
+    let edge_of = |j: u32, r: u32| -> Option<(u32, u32, u32)> {
+        let tok = r / group;
+        let e = j * tpt + tok;
+        if tok < tpt && e < ne {
+            let packed = ld_global_nc_u32(edges.add(e as usize));
+            Some((packed >> 8, packed & 255, kh * group + r % group))
+        } else {
+            None
+        }
+    };
+    // Lane l moves 16-byte chunk l % 16 of rows l / 16 + 2 i of a tile.
+    let load_q = |j: u32, buf: u32| {
+        let cc = lane % 16;
+        for i in 0..8 {
+            let r = lane / 16 + 2 * i;
+            if let Some((t, _, h)) = edge_of(j, r) {
+                let src = q.add((t * n_heads + h) as usize * MSA_HEAD_DIM as usize) as *const u8;
+                cp_async_16(buf + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(cc as usize * 16));
+            }
+        }
+    };
+
+    let mut j = warp;
+    if j < ntiles {
+        load_q(j, qbuf);
+    }
+    cp_async_commit();
+    cp_async_wait::<1>(); // this thread's K and V copies have landed
+    sync_threads();
+    let blk_base = blk * MSA_BLOCK;
+    if blk_base + MSA_BLOCK > sk {
+        // The last page's unwritten tail: P is 0 there, but 0 · NaN is NaN.
+        let mut ch = (sk.max(blk_base) - blk_base) * ROW_CHUNKS + tid;
+        while ch < IDX_BLOCK_BYTES / 16 {
+            st_shared_zero16(vs + ch * 16);
+            ch += PF_THREADS;
+        }
+        sync_threads();
+    }
+
+    let sl2 = scale * LOG2E;
+    let mut n = 0u32;
+    while j < ntiles {
+        let cur = qbuf + (n % 2) * PF_Q_TILE_BYTES;
+        if j + WARPS < ntiles {
+            load_q(j + WARPS, qbuf + ((n + 1) % 2) * PF_Q_TILE_BYTES);
+        }
+        cp_async_commit();
+        cp_async_wait::<1>(); // tile j's rows have landed (this lane's)
+        sync_warp(); // ... and every lane's
+
+        // Keys visible to rows g and g + 8: index <= lim (lim < 0: padding).
+        let mut lim = [-1i32; 2];
+        for h in 0..2 {
+            if let Some((t, _, _)) = edge_of(j, g + 8 * h as u32) {
+                let (_, _, qp, _) = row_of(row_info, t);
+                lim[h] = qp as i32 - blk_base as i32;
+            }
+        }
+
+        // S = Q Kᵀ over the block's 128 keys (16 n-tiles).
+        let mut s = [[0f32; 4]; 16];
+        crate::unroll!(4, KK => {
+            let mut a = [[0u32; 4]; 2];
+            crate::unroll!(2, H => {
+                let (mi, r) = (lane >> 3, (lane & 7) + 8 * ((lane >> 3) & 1));
+                let cc = (2 * KK + H) as u32 * 2 + (mi >> 1);
+                a[H] = ldmatrix_x4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+            });
+            crate::unroll!(16, J => {
+                let r = J as u32 * 8 + (lane & 7);
+                let cc = KK as u32 * 4 + (lane >> 3);
+                let b = ldmatrix_x4(ks + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                s[J] = mma_bf16_16816(a[0], [b[0], b[1]], s[J]);
+                s[J] = mma_bf16_16816(a[1], [b[2], b[3]], s[J]);
+            });
+        });
+        // Causal mask (the diagonal block), log2 domain, row max.
+        let mut mx = [f32::NEG_INFINITY; 2];
+        crate::unroll!(16, J => {
+            crate::unroll!(4, E => {
+                let kidx = (J * 8) as i32 + 2 * c as i32 + (E & 1) as i32;
+                s[J][E] = if kidx <= lim[E >> 1] { s[J][E] * sl2 } else { f32::NEG_INFINITY };
+                mx[E >> 1] = fmax(mx[E >> 1], s[J][E]);
+            });
+        });
+        let mut l = [0f32; 2];
+        for h in 0..2 {
+            mx[h] = quad_max_f32(mx[h]);
+            if mx[h] == f32::NEG_INFINITY {
+                mx[h] = 0.0; // padding row: p = 0 everywhere
+            }
+        }
+        // P = exp2(S - m) as A fragments (two n-tiles = one k16 step).
+        let mut pa = [[0u32; 4]; 8];
+        crate::unroll!(16, J => {
+            let mut p = [0f32; 4];
+            crate::unroll!(4, E => { p[E] = exp2(s[J][E] - mx[E >> 1]); });
+            l[0] += p[0] + p[1];
+            l[1] += p[2] + p[3];
+            pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[0], p[1]);
+            pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[2], p[3]);
+        });
+        // O = P V (V rows are keys: ldmatrix.trans gives the B fragments).
+        let mut o = [[0f32; 4]; 16];
+        crate::unroll!(8, KS => {
+            crate::unroll!(8, DP => {
+                let r = KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                let cc = DP as u32 * 2 + (lane >> 4);
+                let bv = ldmatrix_x4_trans(vs + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
+                o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
+            });
+        });
+        let mut inv = [0f32; 2];
+        for h in 0..2 {
+            let s1 = l[h] + shfl_xor_f32(l[h], 1);
+            l[h] = s1 + shfl_xor_f32(s1, 2);
+            inv[h] = if l[h] > 0.0 { 1.0 / l[h] } else { 0.0 };
+        }
+
+        // Stage O (bf16) in the consumed query tile, then 16-byte stores.
+        sync_warp();
+        crate::unroll!(16, D => {
+            crate::unroll!(2, H => {
+                let r = g + 8 * H as u32;
+                let v = pack_bf16x2(o[D][2 * H] * inv[H], o[D][2 * H + 1] * inv[H]);
+                st_shared_u32(cur + r * ROW_BYTES + (((D as u32) ^ (r & 7)) << 4) + 4 * c, v);
+            });
+        });
+        sync_warp();
+        let cc = lane % 16;
+        for i in 0..8 {
+            let r = lane / 16 + 2 * i;
+            if let Some((t, slot, h)) = edge_of(j, r) {
+                let at = (((t * n_heads + h) * topk + slot) as usize) * MSA_HEAD_DIM as usize
+                    + cc as usize * 8;
+                let v = ld_shared_v4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                st_global_v4(part_o.add(at) as *mut u8, v);
+            }
+        }
+        if c == 0 {
+            for h in 0..2 {
+                if let Some((t, slot, head)) = edge_of(j, g + 8 * h as u32) {
+                    *part_lse.add(((t * n_heads + head) * topk + slot) as usize) = mx[h] + log2(l[h]);
+                }
+            }
+        }
+        sync_warp(); // the tile is free for the prefetch of the next round
+        j += WARPS;
+        n += 1;
+    }
+}
+
+/// Merges each (row, head)'s partials over its attended slots in slot order
+/// (one warp per (row, head), `PF_COMBINE_WARPS` per CTA; lane `l` owns dims
+/// `4l .. 4l + 4`). `out` bf16 `[rows, n_heads, 128]`; `lse` f32
+/// `[rows, n_heads]` (natural log) or null.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
+    part_o: *const u16,
+    part_lse: *const f32,
+    d_indices: *const i32,
+    row_info: *const u32,
+    out: *mut u16,
+    lse: *mut f32,
+    rows: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    topk: u32,
+    max_pages: u32,
+) {
+    let w = block_idx_x() * PF_COMBINE_WARPS + warp_id();
+    if n_kv_heads == 0 || w >= rows * n_heads {
+        return;
+    }
+    let lane = lane_id();
+    let (t, h) = (w / n_heads, w % n_heads);
+    let kh = h / (n_heads / n_kv_heads).max(1);
+    let (_, sk, qp, _) = row_of(row_info, t);
+    let slots = (kh * rows + t) * topk;
+    let parts = w * topk;
+    let valid = |s: u32| edge_block(d_indices, (slots + s) as usize, sk, qp, max_pages).is_some();
+    let mut mx = f32::NEG_INFINITY;
+    for s in 0..topk {
+        if valid(s) {
+            mx = fmax(mx, *part_lse.add((parts + s) as usize));
+        }
+    }
+    let mut acc = [0f32; 4];
+    let mut wsum = 0f32;
+    if mx != f32::NEG_INFINITY {
+        for s in 0..topk {
+            if valid(s) {
+                let wt = exp2(*part_lse.add((parts + s) as usize) - mx);
+                wsum += wt;
+                let at = (parts + s) as usize * MSA_HEAD_DIM as usize + 4 * lane as usize;
+                let p = part_o.add(at) as *const u32;
+                let (x0, x1) = bf16x2_to_f32(ld_global_nc_u32(p));
+                let (x2, x3) = bf16x2_to_f32(ld_global_nc_u32(p.add(1)));
+                acc[0] += wt * x0;
+                acc[1] += wt * x1;
+                acc[2] += wt * x2;
+                acc[3] += wt * x3;
+            }
+        }
+    }
+    let inv = if wsum > 0.0 { 1.0 / wsum } else { 0.0 };
+    let o = out.add(w as usize * MSA_HEAD_DIM as usize + 4 * lane as usize) as *mut u32;
+    *o = pack_bf16x2(acc[0] * inv, acc[1] * inv);
+    *o.add(1) = pack_bf16x2(acc[2] * inv, acc[3] * inv);
+    if lane == 0 && !lse.is_null() {
+        *lse.add(w as usize) = if wsum > 0.0 {
+            (mx + log2(wsum)) * LN2
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
+}
