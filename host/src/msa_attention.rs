@@ -49,7 +49,7 @@ pub struct MsaAttentionConfig {
     pub head_dim: usize,
     /// Slots of `d_indices` per (KV head, row), 1..=256.
     pub topk: usize,
-    /// Multiplies every q·k (the softmax temperature).
+    /// Multiplies every q·k (the softmax temperature); finite and > 0.
     pub scale: f32,
 }
 
@@ -91,6 +91,13 @@ impl MsaAttentionConfig {
             "topk",
             || format!("1 ..= {ATT_MAX_SLOTS}"),
             || self.topk.to_string(),
+        )?;
+        // The kernels take each block's row maximum on unscaled scores.
+        ensure(
+            self.scale.is_finite() && self.scale > 0.0,
+            "scale",
+            || "a finite scale > 0".into(),
+            || self.scale.to_string(),
         )
     }
 }
@@ -187,6 +194,7 @@ pub struct MsaAttention {
     plan: Option<Plan>,
     force_parts: Option<usize>,
     force_path: Option<AttentionPath>,
+    window: Option<usize>,
 }
 
 impl MsaAttention {
@@ -210,6 +218,7 @@ impl MsaAttention {
             plan: None,
             force_parts: None,
             force_path: None,
+            window: None,
         })
     }
 
@@ -232,6 +241,12 @@ impl MsaAttention {
     /// tests and benchmarks.
     pub fn force_path(&mut self, path: Option<AttentionPath>) {
         self.force_path = path;
+    }
+
+    /// Overrides the block-major plan's window of rows (`PF_WINDOW`); for
+    /// benchmarks. Takes effect at the next `plan`.
+    pub fn force_prefill_window(&mut self, rows: Option<usize>) {
+        self.window = rows;
     }
 
     /// Path of the current plan.
@@ -261,7 +276,7 @@ impl MsaAttention {
             .force_path
             .unwrap_or_else(|| attention_path(batch.max_q_len()));
         let (key_base, key_info, n_keys) = match path {
-            AttentionPath::BlockMajor => plan_keys(batch),
+            AttentionPath::BlockMajor => plan_keys(batch, self.window.unwrap_or(PF_WINDOW as usize)),
             AttentionPath::QueryMajor => (vec![0; rows], Vec::new(), 0),
         };
         let mut info = Vec::with_capacity(ATT_ROW_WORDS * rows);

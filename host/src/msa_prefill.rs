@@ -31,15 +31,16 @@ use crate::Gpu;
 
 /// Plan keys of a ragged batch (host only, from lengths).
 ///
-/// Rows are cut into windows of `PF_WINDOW`; each (window, sequence) pair
+/// Rows are cut into windows of `window` rows (default `PF_WINDOW`); each
+/// (window, sequence) pair
 /// gets a range of keys, one per block its rows can see causally (up to the
 /// block of its last row in the window). Returns `(row_key_base [rows],
 /// key_info [n_keys * 4] = (sequence, block, seqlen_k, 0), n_keys)`.
-pub fn plan_keys(batch: &RaggedBatch) -> (Vec<u32>, Vec<u32>, usize) {
+pub fn plan_keys(batch: &RaggedBatch, window: usize) -> (Vec<u32>, Vec<u32>, usize) {
     let rows = batch.num_rows();
     let mut base = vec![0u32; rows];
     let mut info = Vec::new();
-    let w = PF_WINDOW as usize;
+    let w = window.max(1);
     let off = batch.input_row_offsets;
     for b in 0..batch.batch() {
         let (r0, r1) = (off[b] as usize, off[b + 1] as usize);

@@ -89,9 +89,14 @@ pub const PF_ITEM_TILES: u32 = 64;
 /// together read the queries of one window (a few MiB that stay in L2).
 pub const PF_WINDOW: u32 = 1024;
 /// Dynamic shared memory of the run kernel: the K and V tiles of the block,
-/// then two 4 KiB query tiles per warp (the next one streams in while the
-/// current one is computed; a used one stages the output tile).
-pub const PF_SMEM: u32 = 2 * IDX_BLOCK_BYTES + (PF_THREADS / 32) * 2 * PF_Q_TILE_BYTES;
+/// two 4 KiB query tiles per warp (the next one streams in while the
+/// current one is computed; a used one stages the output tile), the item's
+/// edges.
+pub const PF_SMEM: u32 =
+    2 * IDX_BLOCK_BYTES + (PF_THREADS / 32) * 2 * PF_Q_TILE_BYTES + PF_MAX_ITEM_EDGES * 8;
+/// Most edges of one work item (group 1: 16 rows per m-tile); the run stages
+/// each edge's `(row << 8 | slot, q_pos)` in shared memory.
+pub const PF_MAX_ITEM_EDGES: u32 = PF_ITEM_TILES * 16;
 /// Bytes of one 16-row query tile (16 × 128 bf16).
 pub const PF_Q_TILE_BYTES: u32 = 16 * MSA_HEAD_DIM * 2;
 /// Words per work item: `[key, edge0, edge1, 0]`.

@@ -108,6 +108,17 @@ pub fn fmax(a: f32, b: f32) -> f32 {
     r
 }
 
+/// `fma.rn.f32`: `a * b + c` with one rounding.
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("fma.rn.f32 {r}, {a}, {b}, {c};", r = out(reg32) r, a = in(reg32) a, b = in(reg32) b,
+             c = in(reg32) c, options(nomem, nostack, pure));
+    }
+    r
+}
+
 /// Maximum of `v` over the 4 lanes of a quad (lanes `4k .. 4k+4`), NaN-ignoring.
 #[inline(always)]
 pub fn quad_max_f32(v: f32) -> f32 {

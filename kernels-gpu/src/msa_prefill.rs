@@ -232,6 +232,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     let key = ld_global_nc_u32(item);
     let e0 = ld_global_nc_u32(item.add(1));
     let ne = ld_global_nc_u32(item.add(2)) - e0;
+    let ne = ne.min(PF_MAX_ITEM_EDGES); // the plan never makes larger items
     let edges = edges.add(e0 as usize);
     let kh = key / n_keys;
     let ki = key_info.add(PF_KEY_WORDS * (key % n_keys) as usize);
@@ -260,14 +261,26 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     }
     cp_async_commit();
 
+    // The item's edges and their rows' q_pos, staged once: [ne] (packed, q_pos).
+    let es = qbuf - warp * 2 * PF_Q_TILE_BYTES + WARPS * 2 * PF_Q_TILE_BYTES;
+    let mut e = tid;
+    while e < ne.min(PF_MAX_ITEM_EDGES) {
+        let packed = ld_global_nc_u32(edges.add(e as usize));
+        let (_, _, qp, _) = row_of(row_info, packed >> 8);
+        st_shared_u32(es + e * 8, packed);
+        st_shared_u32(es + e * 8 + 4, qp);
+        e += PF_THREADS;
+    }
+    sync_threads();
+
     // Row r of m-tile j is head kh * group + r % group of the item's edge
-    // j * tpt + r / group; `None` for padding rows.
-    let edge_of = |j: u32, r: u32| -> Option<(u32, u32, u32)> {
+    // j * tpt + r / group: `(row, slot, head, edge)`; `None` for padding rows.
+    let edge_of = |j: u32, r: u32| -> Option<(u32, u32, u32, u32)> {
         let tok = r / group;
         let e = j * tpt + tok;
         if tok < tpt && e < ne {
-            let packed = ld_global_nc_u32(edges.add(e as usize));
-            Some((packed >> 8, packed & 255, kh * group + r % group))
+            let packed = ld_shared_u32(es + e * 8);
+            Some((packed >> 8, packed & 255, kh * group + r % group, e))
         } else {
             None
         }
@@ -277,7 +290,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         let cc = lane % 16;
         for i in 0..8 {
             let r = lane / 16 + 2 * i;
-            if let Some((t, _, h)) = edge_of(j, r) {
+            if let Some((t, _, h, _)) = edge_of(j, r) {
                 let src = q.add((t * n_heads + h) as usize * MSA_HEAD_DIM as usize) as *const u8;
                 cp_async_16(buf + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(cc as usize * 16));
             }
@@ -316,9 +329,8 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         // Keys visible to rows g and g + 8: index <= lim (lim < 0: padding).
         let mut lim = [-1i32; 2];
         for h in 0..2 {
-            if let Some((t, _, _)) = edge_of(j, g + 8 * h as u32) {
-                let (_, _, qp, _) = row_of(row_info, t);
-                lim[h] = qp as i32 - blk_base as i32;
+            if let Some((_, _, _, e)) = edge_of(j, g + 8 * h as u32) {
+                lim[h] = ld_shared_u32(es + e * 8 + 4) as i32 - blk_base as i32;
             }
         }
 
@@ -339,27 +351,37 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
                 s[J] = mma_bf16_16816(a[1], [b[2], b[3]], s[J]);
             });
         });
-        // Causal mask (the diagonal block), log2 domain, row max.
+        // Causal mask, only where a row's own block is this one (lim < 127),
+        // then the row max of the raw scores (scale > 0: the host checks).
+        if lim[0] < MSA_BLOCK as i32 - 1 || lim[1] < MSA_BLOCK as i32 - 1 {
+            crate::unroll!(16, J => {
+                crate::unroll!(4, E => {
+                    let kidx = (J * 8) as i32 + 2 * c as i32 + (E & 1) as i32;
+                    if kidx > lim[E >> 1] {
+                        s[J][E] = f32::NEG_INFINITY;
+                    }
+                });
+            });
+        }
         let mut mx = [f32::NEG_INFINITY; 2];
         crate::unroll!(16, J => {
-            crate::unroll!(4, E => {
-                let kidx = (J * 8) as i32 + 2 * c as i32 + (E & 1) as i32;
-                s[J][E] = if kidx <= lim[E >> 1] { s[J][E] * sl2 } else { f32::NEG_INFINITY };
-                mx[E >> 1] = fmax(mx[E >> 1], s[J][E]);
-            });
+            crate::unroll!(4, E => { mx[E >> 1] = fmax(mx[E >> 1], s[J][E]); });
         });
         let mut l = [0f32; 2];
+        let mut msc = [0f32; 2]; // -max · scale · log2 e
         for h in 0..2 {
-            mx[h] = quad_max_f32(mx[h]);
+            mx[h] = quad_max_f32(mx[h]) * sl2;
             if mx[h] == f32::NEG_INFINITY {
                 mx[h] = 0.0; // padding row: p = 0 everywhere
             }
+            msc[h] = -mx[h];
         }
-        // P = exp2(S - m) as A fragments (two n-tiles = one k16 step).
+        // P = exp2(S · scale · log2 e - m) as A fragments (two n-tiles = one
+        // k16 step).
         let mut pa = [[0u32; 4]; 8];
         crate::unroll!(16, J => {
             let mut p = [0f32; 4];
-            crate::unroll!(4, E => { p[E] = exp2(s[J][E] - mx[E >> 1]); });
+            crate::unroll!(4, E => { p[E] = exp2(fma(s[J][E], sl2, msc[E >> 1])); });
             l[0] += p[0] + p[1];
             l[1] += p[2] + p[3];
             pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[0], p[1]);
@@ -396,7 +418,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         let cc = lane % 16;
         for i in 0..8 {
             let r = lane / 16 + 2 * i;
-            if let Some((t, slot, h)) = edge_of(j, r) {
+            if let Some((t, slot, h, _)) = edge_of(j, r) {
                 let at = (((t * n_heads + h) * topk + slot) as usize) * MSA_HEAD_DIM as usize
                     + cc as usize * 8;
                 let v = ld_shared_v4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
@@ -405,7 +427,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         }
         if c == 0 {
             for h in 0..2 {
-                if let Some((t, slot, head)) = edge_of(j, g + 8 * h as u32) {
+                if let Some((t, slot, head, _)) = edge_of(j, g + 8 * h as u32) {
                     *part_lse.add(((t * n_heads + head) * topk + slot) as usize) = mx[h] + log2(l[h]);
                 }
             }
@@ -444,30 +466,44 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
     let (_, sk, qp, _) = row_of(row_info, t);
     let slots = (kh * rows + t) * topk;
     let parts = w * topk;
-    let valid = |s: u32| edge_block(d_indices, (slots + s) as usize, sk, qp, max_pages).is_some();
+    // Slots in chunks of 8: the chunk's loads are all in flight together;
+    // an online max keeps one pass (fixed order: the same bits every run).
+    const CHUNK: u32 = 8;
     let mut mx = f32::NEG_INFINITY;
-    for s in 0..topk {
-        if valid(s) {
-            mx = fmax(mx, *part_lse.add((parts + s) as usize));
-        }
-    }
     let mut acc = [0f32; 4];
     let mut wsum = 0f32;
-    if mx != f32::NEG_INFINITY {
-        for s in 0..topk {
-            if valid(s) {
-                let wt = exp2(*part_lse.add((parts + s) as usize) - mx);
-                wsum += wt;
+    let mut s0 = 0;
+    while s0 < topk {
+        let mut l2 = [f32::NEG_INFINITY; CHUNK as usize];
+        let mut v = [[0u32; 2]; CHUNK as usize];
+        crate::unroll!(8, S => {
+            let s = s0 + S as u32;
+            if s < topk && edge_block(d_indices, (slots + s) as usize, sk, qp, max_pages).is_some() {
+                l2[S] = *part_lse.add((parts + s) as usize);
                 let at = (parts + s) as usize * MSA_HEAD_DIM as usize + 4 * lane as usize;
                 let p = part_o.add(at) as *const u32;
-                let (x0, x1) = bf16x2_to_f32(ld_global_nc_u32(p));
-                let (x2, x3) = bf16x2_to_f32(ld_global_nc_u32(p.add(1)));
+                v[S] = [ld_global_nc_u32(p), ld_global_nc_u32(p.add(1))];
+            }
+        });
+        let mut cm = mx;
+        crate::unroll!(8, S => { cm = fmax(cm, l2[S]); });
+        if cm != f32::NEG_INFINITY {
+            let corr = exp2(mx - cm); // mx = -inf: 0 (nothing to rescale)
+            wsum *= corr;
+            crate::unroll!(4, D => { acc[D] *= corr; });
+            crate::unroll!(8, S => {
+                let wt = exp2(l2[S] - cm); // -inf (skipped slot): 0
+                wsum += wt;
+                let (x0, x1) = bf16x2_to_f32(v[S][0]);
+                let (x2, x3) = bf16x2_to_f32(v[S][1]);
                 acc[0] += wt * x0;
                 acc[1] += wt * x1;
                 acc[2] += wt * x2;
                 acc[3] += wt * x3;
-            }
+            });
+            mx = cm;
         }
+        s0 += CHUNK;
     }
     let inv = if wsum > 0.0 { 1.0 / wsum } else { 0.0 };
     let o = out.add(w as usize * MSA_HEAD_DIM as usize + 4 * lane as usize) as *mut u32;

@@ -218,6 +218,17 @@ fn bad_input_is_a_clear_error() {
     );
     err(
         validate_attention(
+            &MsaAttentionConfig { scale: -0.5, ..m3 },
+            &b,
+            &t,
+            &layout,
+            1,
+        ),
+        "scale",
+        "-0.5",
+    );
+    err(
+        validate_attention(
             &m3,
             &RaggedBatch::new(&[0, 2, 3], &[255, 5]),
             &t,

@@ -210,7 +210,7 @@ fn plan_keys_cover_each_windows_causal_blocks() {
     let q0 = w + w / 2;
     let off = [0, q0, q0 + 3];
     let cache = [100, 1_000];
-    let (base, info, n) = plan_keys(&RaggedBatch::new(&off, &cache));
+    let (base, info, n) = plan_keys(&RaggedBatch::new(&off, &cache), w as usize);
     assert_eq!(base.len(), (q0 + 3) as usize);
     let blocks = |last_pos: u32| last_pos / 128 + 1;
     let k0 = blocks(100 + w - 1); // window 0: rows 0..w of sequence 0
