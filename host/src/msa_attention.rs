@@ -276,7 +276,9 @@ impl MsaAttention {
             .force_path
             .unwrap_or_else(|| attention_path(batch.max_q_len()));
         let (key_base, key_info, n_keys) = match path {
-            AttentionPath::BlockMajor => plan_keys(batch, self.window.unwrap_or(PF_WINDOW as usize)),
+            AttentionPath::BlockMajor => {
+                plan_keys(batch, self.window.unwrap_or(PF_WINDOW as usize))
+            }
             AttentionPath::QueryMajor => (vec![0; rows], Vec::new(), 0),
         };
         let mut info = Vec::with_capacity(ATT_ROW_WORDS * rows);

@@ -50,7 +50,9 @@ pub fn plan_keys(batch: &RaggedBatch, window: usize) -> (Vec<u32>, Vec<u32>, usi
         while r < r1 {
             let end = ((r / w + 1) * w).min(r1);
             let last_pos = cache + (end - 1 - r0) as u64;
-            let nblocks = sk.div_ceil(MSA_BLOCK as u64).min(last_pos / MSA_BLOCK as u64 + 1);
+            let nblocks = sk
+                .div_ceil(MSA_BLOCK as u64)
+                .min(last_pos / MSA_BLOCK as u64 + 1);
             let key0 = (info.len() / PF_KEY_WORDS) as u32;
             base[r..end].fill(key0);
             for blk in 0..nblocks as u32 {
@@ -117,7 +119,10 @@ impl MsaPrefill {
         ensure(
             max_rows < 1 << 24 && edges < 1 << 31,
             "max_rows",
-            || "fewer than 2^24 rows and n_kv_heads * rows * topk < 2^31 (prefill plan indices)".into(),
+            || {
+                "fewer than 2^24 rows and n_kv_heads * rows * topk < 2^31 (prefill plan indices)"
+                    .into()
+            },
             || max_rows.to_string(),
         )?;
         let parts = max_rows * n_heads * topk;
@@ -142,6 +147,7 @@ impl MsaPrefill {
 
     /// Uploads the keys of a planned batch and sizes the key and item
     /// buffers (grows them when this batch needs more; zeroes the counts).
+    #[allow(clippy::too_many_arguments)] // internal: the op's planned shapes, one by one
     pub(crate) fn plan(
         &mut self,
         gpu: &Gpu,
@@ -209,14 +215,21 @@ impl MsaPrefill {
         let item_edges = item_edges(group) as u32;
         let mut l = stream.launch_builder(&self.k_count);
         l.arg(d_indices).arg(row_info).arg(&self.counts);
-        l.arg(&a.rows).arg(&a.n_kv_heads).arg(&a.topk).arg(&n_keys).arg(&a.max_pages);
+        l.arg(&a.rows)
+            .arg(&a.n_kv_heads)
+            .arg(&a.topk)
+            .arg(&n_keys)
+            .arg(&a.max_pages);
         // SAFETY: arguments match the kernel; `counts` holds `nk` keys and
         // every key the kernel forms is below it (the plan's key ranges cover
         // each row's causal blocks).
         unsafe { l.launch(edge_cfg) }.during(|| "launching the prefill plan count".into())?;
 
         let mut l = stream.launch_builder(&self.k_scan);
-        l.arg(&self.counts).arg(&self.cursor).arg(&self.items).arg(&self.n_items);
+        l.arg(&self.counts)
+            .arg(&self.cursor)
+            .arg(&self.items)
+            .arg(&self.n_items);
         l.arg(&nk).arg(&item_edges);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
@@ -227,8 +240,15 @@ impl MsaPrefill {
         unsafe { l.launch(cfg) }.during(|| "launching the prefill plan scan".into())?;
 
         let mut l = stream.launch_builder(&self.k_scatter);
-        l.arg(d_indices).arg(row_info).arg(&self.cursor).arg(&self.edges);
-        l.arg(&a.rows).arg(&a.n_kv_heads).arg(&a.topk).arg(&n_keys).arg(&a.max_pages);
+        l.arg(d_indices)
+            .arg(row_info)
+            .arg(&self.cursor)
+            .arg(&self.edges);
+        l.arg(&a.rows)
+            .arg(&a.n_kv_heads)
+            .arg(&a.topk)
+            .arg(&n_keys)
+            .arg(&a.max_pages);
         // SAFETY: as the count; `edges` holds every edge.
         unsafe { l.launch(edge_cfg) }.during(|| "launching the prefill plan scatter".into())?;
 
@@ -236,6 +256,7 @@ impl MsaPrefill {
     }
 
     /// count → scan → scatter → run → combine on the stream.
+    #[allow(clippy::too_many_arguments)] // internal: the op's buffers, as `MsaAttention::run` takes them
     pub(crate) fn run(
         &self,
         gpu: &Gpu,
@@ -255,11 +276,23 @@ impl MsaPrefill {
         let stream = gpu.stream();
         let n_keys = self.n_keys as u32;
         let mut l = stream.launch_builder(&self.k_run);
-        l.arg(q).arg(kv_cache).arg(lookup).arg(row_info).arg(&self.key_info);
+        l.arg(q)
+            .arg(kv_cache)
+            .arg(lookup)
+            .arg(row_info)
+            .arg(&self.key_info);
         l.arg(&self.items).arg(&self.n_items).arg(&self.edges);
         l.arg(&self.part_o).arg(&self.part_lse);
-        l.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&n_keys).arg(&a.max_pages).arg(&a.num_pages);
-        l.arg(&a.page_stride).arg(&a.k_off).arg(&a.v_off).arg(&a.topk).arg(&a.scale);
+        l.arg(&a.n_heads)
+            .arg(&a.n_kv_heads)
+            .arg(&n_keys)
+            .arg(&a.max_pages)
+            .arg(&a.num_pages);
+        l.arg(&a.page_stride)
+            .arg(&a.k_off)
+            .arg(&a.v_off)
+            .arg(&a.topk)
+            .arg(&a.scale);
         let cfg = LaunchConfig {
             grid_dim: (self.max_items as u32, 1, 1),
             block_dim: (PF_THREADS, 1, 1),
@@ -271,12 +304,20 @@ impl MsaPrefill {
 
         let null = 0u64;
         let mut l = stream.launch_builder(&self.k_combine);
-        l.arg(&self.part_o).arg(&self.part_lse).arg(d_indices).arg(row_info).arg(out);
+        l.arg(&self.part_o)
+            .arg(&self.part_lse)
+            .arg(d_indices)
+            .arg(row_info)
+            .arg(out);
         match lse {
             Some(x) => l.arg(x),
             None => l.arg(&null),
         };
-        l.arg(&a.rows).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.topk).arg(&a.max_pages);
+        l.arg(&a.rows)
+            .arg(&a.n_heads)
+            .arg(&a.n_kv_heads)
+            .arg(&a.topk)
+            .arg(&a.max_pages);
         let cfg = LaunchConfig {
             grid_dim: ((a.rows * a.n_heads).div_ceil(PF_COMBINE_WARPS), 1, 1),
             block_dim: (PF_COMBINE_WARPS * 32, 1, 1),

@@ -147,6 +147,20 @@ pub fn run_attention(
     (out, lse)
 }
 
+/// Two runs' `(out, lse)` must be the same bits.
+pub fn assert_same_bits(a: &(Vec<bf16>, Vec<f32>), b: &(Vec<bf16>, Vec<f32>)) {
+    let out =
+        a.0.iter()
+            .zip(&b.0)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(out && a.0.len() == b.0.len(), "out changed between runs");
+    let lse =
+        a.1.iter()
+            .zip(&b.1)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(lse && a.1.len() == b.1.len(), "lse changed between runs");
+}
+
 /// The whole MSA step (indexer, then attention) on `spec`, run eagerly, then
 /// captured in a CUDA graph and replayed twice: the replay must give the
 /// eager bits, and the eager output must match the reference on the step's

@@ -18,8 +18,8 @@ use sparse_attn::{
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
-    attention_params as params, check_step_graph_replay, gpu_or_skip as gpu, run_attention,
-    AttentionInputs,
+    assert_same_bits, attention_params as params, check_step_graph_replay, gpu_or_skip as gpu,
+    run_attention, AttentionInputs,
 };
 
 fn cfg(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
@@ -127,18 +127,7 @@ fn gpu_combine_is_deterministic() {
     let inp = AttentionInputs::random(&mut rng, spec, &c, 0.1);
     let a = run_attention(&gpu, &c, &inp, Some(16), None);
     let b = run_attention(&gpu, &c, &inp, Some(16), None);
-    assert!(
-        a.0.iter()
-            .zip(&b.0)
-            .all(|(x, y)| x.to_bits() == y.to_bits()),
-        "out changed between runs"
-    );
-    assert!(
-        a.1.iter()
-            .zip(&b.1)
-            .all(|(x, y)| x.to_bits() == y.to_bits()),
-        "lse changed between runs"
-    );
+    assert_same_bits(&a, &b);
 }
 
 /// The whole decode step (indexer, then attention) captured in a CUDA graph

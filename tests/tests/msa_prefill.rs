@@ -10,7 +10,6 @@
 //! spec's (`sparse_attn_reference::msa_attention::check_attention`): bf16
 //! output of f32 accumulation, here with bf16 per-block partials in between.
 
-use half::bf16;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::abi::PF_WINDOW;
@@ -19,8 +18,8 @@ use sparse_attn::{AttentionPath, Gpu, MsaAttentionConfig, RaggedBatch};
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
-    attention_params as params, check_step_graph_replay, gpu_or_skip as gpu, run_attention,
-    AttentionInputs,
+    assert_same_bits, attention_params as params, check_step_graph_replay, gpu_or_skip as gpu,
+    run_attention, AttentionInputs,
 };
 
 fn cfg(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
@@ -76,27 +75,68 @@ fn gpu_prefill_matches_reference() {
     let r = &mut rng;
     // Ragged: empty sequences, lengths not multiples of 128, some cached.
     let q: Vec<u32> = (0..6)
-        .map(|_| if r.gen_bool(0.2) { 0 } else { r.gen_range(1..1_500) })
+        .map(|_| {
+            if r.gen_bool(0.2) {
+                0
+            } else {
+                r.gen_range(1..1_500)
+            }
+        })
         .collect();
     let cache = lengths(r, 6, 0, 3_000);
-    check(&gpu, r, "ragged prefill", RaggedSpec::prefill(&q, &cache), m3, 0.1);
+    check(
+        &gpu,
+        r,
+        "ragged prefill",
+        RaggedSpec::prefill(&q, &cache),
+        m3,
+        0.1,
+    );
     for (h, kvh) in [(4, 4), (16, 4), (8, 1), (16, 1), (12, 4)] {
         let q = lengths(r, 3, 1, 700);
         let cache = lengths(r, 3, 0, 2_000);
-        check(&gpu, r, "group sweep", RaggedSpec::prefill(&q, &cache), cfg(h, kvh, 16), 0.05);
+        check(
+            &gpu,
+            r,
+            "group sweep",
+            RaggedSpec::prefill(&q, &cache),
+            cfg(h, kvh, 16),
+            0.05,
+        );
     }
     let prompt = RaggedSpec::prefill(&[1_000 + r.gen_range(0..128)], &[0]);
     check(&gpu, r, "prompt, no cache", prompt, cfg(16, 2, 16), 0.0);
     let cache = lengths(r, 1, 20_000, 20_128);
-    check(&gpu, r, "chunk of 300 on a 20K cache", RaggedSpec::prefill(&[300], &cache), m3, 0.0);
+    check(
+        &gpu,
+        r,
+        "chunk of 300 on a 20K cache",
+        RaggedSpec::prefill(&[300], &cache),
+        m3,
+        0.0,
+    );
     let spec = RaggedSpec::prefill(&lengths(r, 64, 2, 9), &lengths(r, 64, 100, 20_000));
-    check(&gpu, r, "speculative 2..8 tokens, batch 64", spec, cfg(8, 1, 16), 0.1);
+    check(
+        &gpu,
+        r,
+        "speculative 2..8 tokens, batch 64",
+        spec,
+        cfg(8, 1, 16),
+        0.1,
+    );
     let spec = RaggedSpec::prefill(&lengths(r, 3, 100, 600), &lengths(r, 3, 0, 1_000));
     check(&gpu, r, "topk 64 > blocks", spec, cfg(16, 2, 64), 0.0);
     let spec = RaggedSpec::prefill(&lengths(r, 3, 1, 600), &lengths(r, 3, 0, 1_000));
     check(&gpu, r, "every slot -1", spec, m3, 1.0);
     let len = 32 * 1024 - r.gen_range(1..128);
-    check(&gpu, r, "32K prompt", RaggedSpec::prefill(&[len], &[0]), cfg(4, 1, 16), 0.02);
+    check(
+        &gpu,
+        r,
+        "32K prompt",
+        RaggedSpec::prefill(&[len], &[0]),
+        cfg(4, 1, 16),
+        0.02,
+    );
 }
 
 /// Every row picks the same blocks (the first `topk` of the sequence: one key
@@ -177,12 +217,7 @@ fn gpu_prefill_is_deterministic() {
     let inp = AttentionInputs::random(&mut rng, spec, &c, 0.05);
     let a = run_attention(&gpu, &c, &inp, None, None);
     let b = run_attention(&gpu, &c, &inp, None, None);
-    let same = |x: &[bf16], y: &[bf16]| x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
-    assert!(same(&a.0, &b.0), "out changed between runs");
-    assert!(
-        a.1.iter().zip(&b.1).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "lse changed between runs"
-    );
+    assert_same_bits(&a, &b);
 }
 
 /// A whole prefill step (indexer, device CSR plan, run, combine) captured in
