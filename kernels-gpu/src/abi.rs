@@ -95,9 +95,9 @@ pub const PF_WINDOW: u32 = 1024;
 /// Dynamic shared memory of the run kernel: the K and V tiles of the block,
 /// two 4 KiB query tiles per warp (the next one streams in while the
 /// current one is computed; a used one stages the output tile), the item's
-/// edges.
+/// edges, a 16-entry table of m-tile rows.
 pub const PF_SMEM: u32 =
-    2 * IDX_BLOCK_BYTES + (PF_THREADS / 32) * 2 * PF_Q_TILE_BYTES + PF_MAX_ITEM_EDGES * 8;
+    2 * IDX_BLOCK_BYTES + (PF_THREADS / 32) * 2 * PF_Q_TILE_BYTES + PF_MAX_ITEM_EDGES * 8 + 64;
 /// Most edges of one work item (group 1: 16 rows per m-tile); the run stages
 /// each edge's `(row << 8 | slot, q_pos)` in shared memory.
 pub const PF_MAX_ITEM_EDGES: u32 = PF_ITEM_TILES * 16;

@@ -197,10 +197,11 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
 /// * `q` bf16 `[rows, n_heads, 128]`; `kv`, `lookup`: as `msa_attention_partial`
 /// * `key_info` `[n_keys, 4]`: `(sequence, block, seqlen_k, 0)`
 /// * `items` `[*, 4]`, `edges`: from the plan kernels
-/// * `part_o` bf16 `[rows, n_heads, topk, 128]`: the edge's softmax-weighted
-///   V over its block, normalised; `part_lse` f32 `[rows, n_heads, topk]`:
+/// * `part_o` bf16 `[rows, topk, n_heads, 128]`: the edge's softmax-weighted
+///   V over its block, normalised; `part_lse` f32 `[rows, topk, n_heads]`:
 ///   its log2-sum-exp (`scale · q·k · log2 e` domain). Written for attended
-///   edges only.
+///   edges only. (Slot-major: an edge's `group` heads are one contiguous run,
+///   like its query rows in `q`.)
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     q: *const u16,
@@ -261,33 +262,53 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     }
     cp_async_commit();
 
-    // The item's edges and their rows' q_pos, staged once: [ne] (packed, q_pos).
+    // The item's edges and their rows' q_pos, staged once: [ne] (packed,
+    // q_pos); then, per m-tile row r, `r / group | (r % group) << 8` (all
+    // ones past the tile's rows), so the tile loop divides by nothing.
     let es = qbuf - warp * 2 * PF_Q_TILE_BYTES + WARPS * 2 * PF_Q_TILE_BYTES;
+    let rt = es + PF_MAX_ITEM_EDGES * 8;
     let mut e = tid;
-    while e < ne.min(PF_MAX_ITEM_EDGES) {
+    while e < ne {
         let packed = ld_global_nc_u32(edges.add(e as usize));
         let (_, _, qp, _) = row_of(row_info, packed >> 8);
         st_shared_u32(es + e * 8, packed);
         st_shared_u32(es + e * 8 + 4, qp);
         e += PF_THREADS;
     }
+    if tid < 16 {
+        let tok = tid / group;
+        st_shared_u32(rt + 4 * tid, if tok < tpt { tok | (tid % group) << 8 } else { u32::MAX });
+    }
     sync_threads();
 
     // Row r of m-tile j is head kh * group + r % group of the item's edge
     // j * tpt + r / group: `(row, slot, head, edge)`; `None` for padding rows.
     let edge_of = |j: u32, r: u32| -> Option<(u32, u32, u32, u32)> {
-        let tok = r / group;
-        let e = j * tpt + tok;
-        if tok < tpt && e < ne {
+        let v = ld_shared_u32(rt + 4 * r);
+        let e = j * tpt + (v & 0xff);
+        if v != u32::MAX && e < ne {
             let packed = ld_shared_u32(es + e * 8);
-            Some((packed >> 8, packed & 255, kh * group + r % group, e))
+            Some((packed >> 8, packed & 255, kh * group + (v >> 8), e))
         } else {
             None
         }
     };
-    // Lane l moves 16-byte chunk l % 16 of rows l / 16 + 2 i of a tile.
+    // Group 16 (M3): an m-tile is one edge, and its 16 query rows and 16
+    // partial rows are each one contiguous 4 KiB run; other groups go row by
+    // row. Lane l moves 16-byte chunk l % 16 of rows l / 16 + 2 i of a tile.
+    let whole = group == 16;
+    let part_at = |t: u32, slot: u32, h: u32| ((t * topk + slot) * n_heads + h) as usize;
     let load_q = |j: u32, buf: u32| {
         let cc = lane % 16;
+        if whole {
+            let t = ld_shared_u32(es + j * 8) >> 8;
+            let src = q.add((t * n_heads + kh * 16) as usize * MSA_HEAD_DIM as usize) as *const u8;
+            for i in 0..8 {
+                let r = lane / 16 + 2 * i;
+                cp_async_16(buf + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add((r * ROW_BYTES + cc * 16) as usize));
+            }
+            return;
+        }
         for i in 0..8 {
             let r = lane / 16 + 2 * i;
             if let Some((t, _, h, _)) = edge_of(j, r) {
@@ -328,9 +349,13 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
 
         // Keys visible to rows g and g + 8: index <= lim (lim < 0: padding).
         let mut lim = [-1i32; 2];
-        for h in 0..2 {
-            if let Some((_, _, _, e)) = edge_of(j, g + 8 * h as u32) {
-                lim[h] = ld_shared_u32(es + e * 8 + 4) as i32 - blk_base as i32;
+        if whole {
+            lim = [ld_shared_u32(es + j * 8 + 4) as i32 - blk_base as i32; 2];
+        } else {
+            for h in 0..2 {
+                if let Some((_, _, _, e)) = edge_of(j, g + 8 * h as u32) {
+                    lim[h] = ld_shared_u32(es + e * 8 + 4) as i32 - blk_base as i32;
+                }
             }
         }
 
@@ -416,19 +441,34 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         });
         sync_warp();
         let cc = lane % 16;
-        for i in 0..8 {
-            let r = lane / 16 + 2 * i;
-            if let Some((t, slot, h, _)) = edge_of(j, r) {
-                let at = (((t * n_heads + h) * topk + slot) as usize) * MSA_HEAD_DIM as usize
-                    + cc as usize * 8;
+        if whole {
+            let packed = ld_shared_u32(es + j * 8);
+            let at = part_at(packed >> 8, packed & 255, kh * 16);
+            let dst = part_o.add(at * MSA_HEAD_DIM as usize) as *mut u8;
+            for i in 0..8 {
+                let r = lane / 16 + 2 * i;
                 let v = ld_shared_v4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                st_global_v4(part_o.add(at) as *mut u8, v);
+                st_global_v4(dst.add((r * ROW_BYTES + cc * 16) as usize), v);
             }
-        }
-        if c == 0 {
-            for h in 0..2 {
-                if let Some((t, slot, head, _)) = edge_of(j, g + 8 * h as u32) {
-                    *part_lse.add(((t * n_heads + head) * topk + slot) as usize) = mx[h] + log2(l[h]);
+            if c == 0 {
+                for h in 0..2 {
+                    *part_lse.add(at + (g + 8 * h as u32) as usize) = mx[h] + log2(l[h]);
+                }
+            }
+        } else {
+            for i in 0..8 {
+                let r = lane / 16 + 2 * i;
+                if let Some((t, slot, h, _)) = edge_of(j, r) {
+                    let at = part_at(t, slot, h) * MSA_HEAD_DIM as usize + cc as usize * 8;
+                    let v = ld_shared_v4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                    st_global_v4(part_o.add(at) as *mut u8, v);
+                }
+            }
+            if c == 0 {
+                for h in 0..2 {
+                    if let Some((t, slot, head, _)) = edge_of(j, g + 8 * h as u32) {
+                        *part_lse.add(part_at(t, slot, head)) = mx[h] + log2(l[h]);
+                    }
                 }
             }
         }
@@ -465,7 +505,8 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
     let kh = h / (n_heads / n_kv_heads).max(1);
     let (_, sk, qp, _) = row_of(row_info, t);
     let slots = (kh * rows + t) * topk;
-    let parts = w * topk;
+    // Slot s of (t, h) is partial (t * topk + s) * n_heads + h.
+    let part = |s: u32| ((t * topk + s) * n_heads + h) as usize;
     // Slots in chunks of 8: the chunk's loads are all in flight together;
     // an online max keeps one pass (fixed order: the same bits every run).
     const CHUNK: u32 = 8;
@@ -479,8 +520,8 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
         crate::unroll!(8, S => {
             let s = s0 + S as u32;
             if s < topk && edge_block(d_indices, (slots + s) as usize, sk, qp, max_pages).is_some() {
-                l2[S] = *part_lse.add((parts + s) as usize);
-                let at = (parts + s) as usize * MSA_HEAD_DIM as usize + 4 * lane as usize;
+                l2[S] = *part_lse.add(part(s));
+                let at = part(s) * MSA_HEAD_DIM as usize + 4 * lane as usize;
                 let p = part_o.add(at) as *const u32;
                 v[S] = [ld_global_nc_u32(p), ld_global_nc_u32(p.add(1))];
             }
