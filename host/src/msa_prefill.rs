@@ -15,8 +15,8 @@
 //! items (the run's grid; CTAs past the device-side item count return).
 //!
 //! Workspace (allocated by `new` for `max_rows`, reused by every call):
-//! partial outputs bf16 `[rows, n_heads, topk, 128]` (256 B per (row, head,
-//! slot): 8.6 GB for a 32K-row M3 prefill) and f32 log-sum-exps. bf16, like
+//! partial outputs bf16 `[rows, topk, n_heads, 128]` (256 B per (row, head,
+//! slot): 8.6 GB for a 32K-row M3 prefill) and f32 (max, sum) pairs. bf16, like
 //! upstream, halves the dominant memory traffic of this design (each partial
 //! is written once and read once); the output is bf16 anyway and the tests
 //! hold it to the f64 reference.
@@ -77,9 +77,10 @@ pub(crate) struct MsaPrefill {
     k_scatter: CudaFunction,
     k_run: CudaFunction,
     k_combine: CudaFunction,
-    /// `[rows, n_heads, topk, 128]` bf16 and `[rows, n_heads, topk]` f32.
+    /// `[rows, topk, n_heads, 128]` bf16 (unnormalised) and `[rows, topk,
+    /// n_heads, 2]` f32 (block row max, row sum).
     part_o: CudaSlice<bf16>,
-    part_lse: CudaSlice<f32>,
+    part_ml: CudaSlice<f32>,
     /// `[n_kv_heads * rows * topk]` packed `(row << 8) | slot`.
     edges: CudaSlice<u32>,
     /// Per key of the plan: edge counts (zero between calls), CSR cursors.
@@ -133,7 +134,7 @@ impl MsaPrefill {
             k_run: gpu.kernel("msa_prefill_run", PF_SMEM)?,
             k_combine: gpu.kernel("msa_prefill_combine", 0)?,
             part_o: gpu.zeros(parts * MSA_HEAD_DIM as usize)?,
-            part_lse: gpu.zeros(parts)?,
+            part_ml: gpu.zeros(2 * parts)?,
             edges: gpu.zeros(edges.max(1))?,
             counts: gpu.zeros(1)?,
             cursor: gpu.zeros(1)?,
@@ -282,7 +283,7 @@ impl MsaPrefill {
             .arg(row_info)
             .arg(&self.key_info);
         l.arg(&self.items).arg(&self.n_items).arg(&self.edges);
-        l.arg(&self.part_o).arg(&self.part_lse);
+        l.arg(&self.part_o).arg(&self.part_ml);
         l.arg(&a.n_heads)
             .arg(&a.n_kv_heads)
             .arg(&n_keys)
@@ -305,7 +306,7 @@ impl MsaPrefill {
         let null = 0u64;
         let mut l = stream.launch_builder(&self.k_combine);
         l.arg(&self.part_o)
-            .arg(&self.part_lse)
+            .arg(&self.part_ml)
             .arg(d_indices)
             .arg(row_info)
             .arg(out);

@@ -18,8 +18,8 @@
 //!    into shared memory once; each warp takes 16-row m-tiles of (row, head)
 //!    pairs of the item's rows (one row × 16 heads for group 16; `16 / group`
 //!    rows otherwise), computes S = Q·Kᵀ, the block's softmax and P·V with
-//!    `mma.m16n8k16` (bf16 in, f32 accumulate) and writes the normalised
-//!    partial output (bf16) and its log2-sum-exp (f32) for the edge's (row,
+//!    `mma.m16n8k16` (bf16 in, f32 accumulate) and writes the unnormalised
+//!    partial output (bf16) and its (max, sum) (f32) for the edge's (row,
 //!    slot).
 //! 5. `msa_prefill_combine`: one warp per (row, head) merges the row's valid
 //!    slots in slot order (bit-reproducible); no valid slot gives 0 and -inf.
@@ -197,10 +197,11 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
 /// * `q` bf16 `[rows, n_heads, 128]`; `kv`, `lookup`: as `msa_attention_partial`
 /// * `key_info` `[n_keys, 4]`: `(sequence, block, seqlen_k, 0)`
 /// * `items` `[*, 4]`, `edges`: from the plan kernels
-/// * `part_o` bf16 `[rows, topk, n_heads, 128]`: the edge's softmax-weighted
-///   V over its block, normalised; `part_lse` f32 `[rows, topk, n_heads]`:
-///   its log2-sum-exp (`scale · q·k · log2 e` domain). Written for attended
-///   edges only. (Slot-major: an edge's `group` heads are one contiguous run,
+/// * `part_o` bf16 `[rows, topk, n_heads, 128]`: the edge's
+///   `sum_k exp2(s_k - m) v_k` over its block (not normalised: the combine
+///   divides once); `part_ml` f32 `[rows, topk, n_heads, 2]`: its `m` (the
+///   block's row maximum, `scale · q·k · log2 e` domain) and `l = sum_k
+///   exp2(s_k - m)`. Written for attended edges only. (Slot-major: an edge's `group` heads are one contiguous run,
 ///   like its query rows in `q`.)
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_prefill_run(
@@ -213,7 +214,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     n_items: *const u32,
     edges: *const u32,
     part_o: *mut u16,
-    part_lse: *mut f32,
+    part_ml: *mut f32,
     n_heads: u32,
     n_kv_heads: u32,
     n_keys: u32,
@@ -388,11 +389,23 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
                 });
             });
         }
-        let mut mx = [f32::NEG_INFINITY; 2];
-        crate::unroll!(16, J => {
-            crate::unroll!(4, E => { mx[E >> 1] = fmax(mx[E >> 1], s[J][E]); });
+        // Row maxima as trees (a 32-long chain of dependent max ops would
+        // stall the warp; the SM holds only 2 warps per scheduler).
+        let mut t8 = [[f32::NEG_INFINITY; 2]; 8];
+        crate::unroll!(8, J => {
+            crate::unroll!(2, H => {
+                let a = fmax(s[2 * J][2 * H], s[2 * J][2 * H + 1]);
+                let b = fmax(s[2 * J + 1][2 * H], s[2 * J + 1][2 * H + 1]);
+                t8[J][H] = fmax(a, b);
+            });
         });
-        let mut l = [0f32; 2];
+        let mut mx = [f32::NEG_INFINITY; 2];
+        crate::unroll!(2, H => {
+            let a = fmax(fmax(t8[0][H], t8[1][H]), fmax(t8[2][H], t8[3][H]));
+            let b = fmax(fmax(t8[4][H], t8[5][H]), fmax(t8[6][H], t8[7][H]));
+            mx[H] = fmax(a, b);
+        });
+        let mut l4 = [[0f32; 2]; 4]; // row sums in 4 interleaved chains
         let mut msc = [0f32; 2]; // -max · scale · log2 e
         for h in 0..2 {
             mx[h] = quad_max_f32(mx[h]) * sl2;
@@ -407,12 +420,15 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         crate::unroll!(16, J => {
             let mut p = [0f32; 4];
             crate::unroll!(4, E => { p[E] = exp2(fma(s[J][E], sl2, msc[E >> 1])); });
-            l[0] += p[0] + p[1];
-            l[1] += p[2] + p[3];
+            l4[J % 4][0] += p[0] + p[1];
+            l4[J % 4][1] += p[2] + p[3];
             pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[0], p[1]);
             pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[2], p[3]);
         });
         // O = P V (V rows are keys: ldmatrix.trans gives the B fragments).
+        // (The row sums stay f32 sums of the unrounded p: summing the bf16 P
+        // on the tensor cores, P · 1, moved the LSE by up to 1e-3, past the
+        // spec's bound.)
         let mut o = [[0f32; 4]; 16];
         crate::unroll!(8, KS => {
             crate::unroll!(8, DP => {
@@ -423,11 +439,11 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
                 o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
             });
         });
-        let mut inv = [0f32; 2];
+        let mut l = [0f32; 2];
         for h in 0..2 {
-            let s1 = l[h] + shfl_xor_f32(l[h], 1);
+            let s0 = (l4[0][h] + l4[1][h]) + (l4[2][h] + l4[3][h]);
+            let s1 = s0 + shfl_xor_f32(s0, 1);
             l[h] = s1 + shfl_xor_f32(s1, 2);
-            inv[h] = if l[h] > 0.0 { 1.0 / l[h] } else { 0.0 };
         }
 
         // Stage O (bf16) in the consumed query tile, then 16-byte stores.
@@ -435,7 +451,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         crate::unroll!(16, D => {
             crate::unroll!(2, H => {
                 let r = g + 8 * H as u32;
-                let v = pack_bf16x2(o[D][2 * H] * inv[H], o[D][2 * H + 1] * inv[H]);
+                let v = pack_bf16x2(o[D][2 * H], o[D][2 * H + 1]);
                 st_shared_u32(cur + r * ROW_BYTES + (((D as u32) ^ (r & 7)) << 4) + 4 * c, v);
             });
         });
@@ -452,7 +468,9 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
             }
             if c == 0 {
                 for h in 0..2 {
-                    *part_lse.add(at + (g + 8 * h as u32) as usize) = mx[h] + log2(l[h]);
+                    let ml = part_ml.add(2 * (at + (g + 8 * h as u32) as usize));
+                    *ml = mx[h];
+                    *ml.add(1) = l[h];
                 }
             }
         } else {
@@ -467,7 +485,9 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
             if c == 0 {
                 for h in 0..2 {
                     if let Some((t, slot, head, _)) = edge_of(j, g + 8 * h as u32) {
-                        *part_lse.add(part_at(t, slot, head)) = mx[h] + log2(l[h]);
+                        let ml = part_ml.add(2 * part_at(t, slot, head));
+                        *ml = mx[h];
+                        *ml.add(1) = l[h];
                     }
                 }
             }
@@ -485,7 +505,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
     part_o: *const u16,
-    part_lse: *const f32,
+    part_ml: *const f32,
     d_indices: *const i32,
     row_info: *const u32,
     out: *mut u16,
@@ -509,32 +529,36 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
     let part = |s: u32| ((t * topk + s) * n_heads + h) as usize;
     // Slots in chunks of 8: the chunk's loads are all in flight together;
     // an online max keeps one pass (fixed order: the same bits every run).
+    // out = sum_s 2^(m_s - M) O_s / sum_s 2^(m_s - M) l_s, M = max_s m_s.
     const CHUNK: u32 = 8;
     let mut mx = f32::NEG_INFINITY;
     let mut acc = [0f32; 4];
     let mut wsum = 0f32;
     let mut s0 = 0;
     while s0 < topk {
-        let mut l2 = [f32::NEG_INFINITY; CHUNK as usize];
+        let mut m = [f32::NEG_INFINITY; CHUNK as usize];
+        let mut l = [0f32; CHUNK as usize];
         let mut v = [[0u32; 2]; CHUNK as usize];
         crate::unroll!(8, S => {
             let s = s0 + S as u32;
             if s < topk && edge_block(d_indices, (slots + s) as usize, sk, qp, max_pages).is_some() {
-                l2[S] = *part_lse.add(part(s));
+                let ml = part_ml.add(2 * part(s));
+                m[S] = *ml;
+                l[S] = *ml.add(1);
                 let at = part(s) * MSA_HEAD_DIM as usize + 4 * lane as usize;
                 let p = part_o.add(at) as *const u32;
                 v[S] = [ld_global_nc_u32(p), ld_global_nc_u32(p.add(1))];
             }
         });
         let mut cm = mx;
-        crate::unroll!(8, S => { cm = fmax(cm, l2[S]); });
+        crate::unroll!(8, S => { cm = fmax(cm, m[S]); });
         if cm != f32::NEG_INFINITY {
             let corr = exp2(mx - cm); // mx = -inf: 0 (nothing to rescale)
             wsum *= corr;
             crate::unroll!(4, D => { acc[D] *= corr; });
             crate::unroll!(8, S => {
-                let wt = exp2(l2[S] - cm); // -inf (skipped slot): 0
-                wsum += wt;
+                let wt = exp2(m[S] - cm); // -inf (skipped slot): 0
+                wsum += wt * l[S];
                 let (x0, x1) = bf16x2_to_f32(v[S][0]);
                 let (x2, x3) = bf16x2_to_f32(v[S][1]);
                 acc[0] += wt * x0;
