@@ -149,7 +149,8 @@ pub fn validate_attention(
 pub enum AttentionPath {
     /// One CTA per (row, KV head, partition); the decode path.
     QueryMajor,
-    /// Device CSR plan, one CTA per (block, up to 64 rows); the prefill path.
+    /// Device CSR plan, one CTA per (block, up to 128 rows for group 16);
+    /// the prefill path.
     BlockMajor,
 }
 

@@ -82,9 +82,11 @@ pub const ATT_ROW_WORDS: usize = 4;
 /// time against the CTA's K/V block).
 pub const PF_THREADS: u32 = 128;
 /// m-tiles of one work item: a work item's K/V block (64 KiB) is loaded once
-/// and used for up to `PF_ITEM_TILES * (16 / group)` queries (64 for group 16).
-/// Not swept.
-pub const PF_ITEM_TILES: u32 = 64;
+/// and used for up to `PF_ITEM_TILES * (16 / group)` queries (128 for group
+/// 16). Measured (H100, 2026-11-24, µs for 32/64/128 tiles): msa-prefill-8k
+/// 2606/2513/2454, msa-prefill-32k 11277/10832/10670 (and the device plan
+/// 111/83/68 µs at 8K): 128. Shared memory then allows just 2 CTAs per SM.
+pub const PF_ITEM_TILES: u32 = 128;
 /// Query rows per plan window: the CSR is keyed by (KV head, window of
 /// `PF_WINDOW` consecutive rows, sequence, block), so the work items that run
 /// together read the queries of one window (a few MiB that stay in L2).
