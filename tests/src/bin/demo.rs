@@ -290,29 +290,33 @@ fn run_cpu_step(cfg: &MsaIndexerConfig, step: &Step) {
     print_selections(step, &out, cfg.topk, &show_rows(step));
 }
 
-/// Decode step (indexer then attention) on 8 sequences: on the GPU it is
-/// timed and its attention output checked against the reference on the
-/// GPU's own selections; on the CPU the references run end to end.
-fn decode_step(gpu: Option<&Gpu>, rng: &mut ChaCha8Rng) -> Result<bool, String> {
+/// An MSA step (indexer then attention): on the GPU it is timed and its
+/// attention output checked against the reference on the GPU's own
+/// selections; on the CPU the references run end to end.
+fn msa_step(
+    gpu: Option<&Gpu>,
+    rng: &mut ChaCha8Rng,
+    name: &str,
+    spec: RaggedSpec,
+) -> Result<bool, String> {
     let (icfg, acfg) = (
         MsaIndexerConfig::minimax_m3(),
         MsaAttentionConfig::minimax_m3(),
     );
-    let contexts: Vec<u32> = (0..8).map(|_| rng.gen_range(4 * 1024..16 * 1024)).collect();
-    let spec = RaggedSpec::decode(contexts);
     let kv = paged_pool(rng, &spec, 2, 1, acfg.n_kv_heads, 128, 128, 4, Fill::Normal);
     let ik = paged_pool(rng, &spec, 1, 1, 1, 128, 128, 4, Fill::Normal);
     let rows = spec.num_rows();
     let q = tensor(rng, rows * acfg.n_heads * 128, Fill::Normal);
     let qi = tensor(rng, rows * icfg.num_index_heads * 128, Fill::Normal);
     println!(
-        "\ndecode step (indexer + attention, {} q heads / {} kv heads, top-{}): {} sequences, contexts {}..{} tokens",
+        "\n{name} step (indexer + attention, {} q heads / {} kv heads, top-{}): {} sequences, {} new tokens, contexts {}..{} tokens",
         acfg.n_heads,
         acfg.n_kv_heads,
         acfg.topk,
         spec.batch(),
-        spec.cache_lengths.iter().min().unwrap() + 1,
-        spec.cache_lengths.iter().max().unwrap() + 1
+        rows,
+        (0..spec.batch()).map(|b| spec.seqlen_k(b)).min().unwrap(),
+        (0..spec.batch()).map(|b| spec.seqlen_k(b)).max().unwrap()
     );
     let p = attention_params(&acfg);
     let Some(gpu) = gpu else {
@@ -396,7 +400,10 @@ fn decode_step(gpu: Option<&Gpu>, rng: &mut ChaCha8Rng) -> Result<bool, String> 
         &sel,
         &p,
     );
-    println!("  GPU: {us:.1} us per step ({REPS} back-to-back steps, host clock)");
+    println!(
+        "  GPU: {us:.1} us per step ({REPS} back-to-back steps, host clock; attention path {:?})",
+        step.attention.path().expect("planned")
+    );
     match attention_reference::check_attention(&got, Some(&got_lse), &want, &p) {
         Ok(()) => {
             println!("  reference check: OK, attention output and LSE of all {} (token, head) pairs agree with the f64 reference", rows * acfg.n_heads);
@@ -478,11 +485,20 @@ fn main() -> ExitCode {
         "\n(selections: logical block ids of 128 tokens, best first; the last {} block(s) up to the token are always kept)",
         cfg.local_blocks
     );
-    match decode_step(gpu.as_ref(), &mut rng) {
-        Ok(agree) => ok &= agree,
-        Err(msg) => {
-            eprintln!("error: decode step: {msg}");
-            return ExitCode::FAILURE;
+    // Decode: 8 sequences of 4K..16K; prefill: a 256-token prompt and a
+    // 128-token chunk on a 2K cache (small enough for the CPU reference).
+    let contexts: Vec<u32> = (0..8).map(|_| rng.gen_range(4 * 1024..16 * 1024)).collect();
+    let steps = [
+        ("decode", RaggedSpec::decode(contexts)),
+        ("prefill", RaggedSpec::prefill(&[256, 128], &[0, 2048])),
+    ];
+    for (name, spec) in steps {
+        match msa_step(gpu.as_ref(), &mut rng, name, spec) {
+            Ok(agree) => ok &= agree,
+            Err(msg) => {
+                eprintln!("error: {name} step: {msg}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     if ok {
