@@ -117,16 +117,17 @@ impl MsaPrefill {
         max_rows: usize,
     ) -> Result<Self> {
         let edges = n_kv_heads * max_rows * topk;
+        let parts = max_rows * n_heads * topk;
         ensure(
-            max_rows < 1 << 24 && edges < 1 << 31,
+            max_rows < 1 << 24 && edges < 1 << 31 && parts < 1 << 31,
             "max_rows",
             || {
-                "fewer than 2^24 rows and n_kv_heads * rows * topk < 2^31 (prefill plan indices)"
+                "fewer than 2^24 rows, n_kv_heads * rows * topk < 2^31 and n_heads * rows * \
+                 topk < 2^31 (prefill plan and partial indices are 32-bit)"
                     .into()
             },
             || max_rows.to_string(),
         )?;
-        let parts = max_rows * n_heads * topk;
         Ok(MsaPrefill {
             k_count: gpu.kernel("msa_prefill_count", 0)?,
             k_scan: gpu.kernel("msa_prefill_scan", PF_SCAN_THREADS * 8)?,
