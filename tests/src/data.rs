@@ -162,6 +162,11 @@ pub enum Fill {
     SmallInts,
 }
 
+/// `n` lengths drawn uniformly from `lo..hi`.
+pub fn lengths(rng: &mut impl Rng, n: usize, lo: u32, hi: u32) -> Vec<u32> {
+    (0..n).map(|_| rng.gen_range(lo..hi)).collect()
+}
+
 /// One sample of `fill`.
 pub fn sample(rng: &mut impl Rng, fill: Fill) -> f32 {
     match fill {

@@ -50,6 +50,16 @@ pub fn indexer_params(cfg: &MsaIndexerConfig) -> IndexerParams {
     }
 }
 
+/// MiniMax-M3's attention config with other head counts and `topk`.
+pub fn attention_config(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
+    MsaAttentionConfig {
+        n_heads,
+        n_kv_heads,
+        topk,
+        ..MsaAttentionConfig::minimax_m3()
+    }
+}
+
 /// Reference parameters of an attention config.
 pub fn attention_params(c: &MsaAttentionConfig) -> AttentionParams {
     AttentionParams {

@@ -16,20 +16,11 @@ use sparse_attn::{
     AttentionPath, Error, Gpu, MsaAttentionConfig, PageTable, PagedLayout, RaggedBatch,
 };
 use sparse_attn_reference::msa_attention as reference;
-use sparse_attn_tests::data::{seeded, RaggedSpec};
+use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
-    assert_same_bits, attention_params as params, check_step_graph_replay, gpu_or_skip as gpu,
-    run_attention, AttentionInputs,
+    assert_same_bits, attention_config as cfg, attention_params as params, check_step_graph_replay,
+    gpu_or_skip as gpu, run_attention, AttentionInputs,
 };
-
-fn cfg(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
-    MsaAttentionConfig {
-        n_heads,
-        n_kv_heads,
-        topk,
-        ..MsaAttentionConfig::minimax_m3()
-    }
-}
 
 /// Decode batch of `n` sequences with `lo..hi` cached tokens each.
 fn check(
@@ -76,10 +67,6 @@ fn check_spec(
         c.group(),
         c.topk
     );
-}
-
-fn lengths(rng: &mut ChaCha8Rng, n: usize, lo: u32, hi: u32) -> Vec<u32> {
-    (0..n).map(|_| rng.gen_range(lo..hi)).collect()
 }
 
 #[test]

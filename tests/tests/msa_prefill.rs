@@ -16,20 +16,11 @@ use sparse_attn::abi::PF_WINDOW;
 use sparse_attn::msa_prefill::plan_keys;
 use sparse_attn::{AttentionPath, Gpu, MsaAttentionConfig, RaggedBatch};
 use sparse_attn_reference::msa_attention as reference;
-use sparse_attn_tests::data::{seeded, RaggedSpec};
+use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
-    assert_same_bits, attention_params as params, check_step_graph_replay, gpu_or_skip as gpu,
-    run_attention, AttentionInputs,
+    assert_same_bits, attention_config as cfg, attention_params as params, check_step_graph_replay,
+    gpu_or_skip as gpu, run_attention, AttentionInputs,
 };
-
-fn cfg(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
-    MsaAttentionConfig {
-        n_heads,
-        n_kv_heads,
-        topk,
-        ..MsaAttentionConfig::minimax_m3()
-    }
-}
 
 /// Both paths against the reference; the planned one must be block-major.
 fn check_inputs(gpu: &Gpu, name: &str, inp: &AttentionInputs, c: MsaAttentionConfig) {
@@ -60,10 +51,6 @@ fn check(
 ) {
     let inp = AttentionInputs::random(rng, spec, &c, minus_one);
     check_inputs(gpu, name, &inp, c);
-}
-
-fn lengths(rng: &mut ChaCha8Rng, n: usize, lo: u32, hi: u32) -> Vec<u32> {
-    (0..n).map(|_| rng.gen_range(lo..hi)).collect()
 }
 
 #[test]
