@@ -252,6 +252,12 @@ impl MsaAttention {
         self.window = rows;
     }
 
+    /// Chooses the block-major run's tensor-core instructions: `wgmma`
+    /// (default; sm_90a) or `mma.sync` (the same results; for comparison).
+    pub fn set_prefill_wgmma(&mut self, wgmma: bool) {
+        self.prefill.wgmma = wgmma;
+    }
+
     /// Path of the current plan.
     pub fn path(&self) -> Option<AttentionPath> {
         self.plan.as_ref().map(|p| p.path)

@@ -76,6 +76,9 @@ pub(crate) struct MsaPrefill {
     k_scan: CudaFunction,
     k_scatter: CudaFunction,
     k_run: CudaFunction,
+    k_run_wg: CudaFunction,
+    /// Run with `wgmma` (default) or `mma.sync`.
+    pub(crate) wgmma: bool,
     k_combine: CudaFunction,
     /// `[rows, topk, n_heads, 128]` bf16 (unnormalised) and `[rows, topk,
     /// n_heads, 2]` f32 (block row max, row sum).
@@ -133,6 +136,8 @@ impl MsaPrefill {
             k_scan: gpu.kernel("msa_prefill_scan", PF_SCAN_THREADS * 8)?,
             k_scatter: gpu.kernel("msa_prefill_scatter", 0)?,
             k_run: gpu.kernel("msa_prefill_run", PF_SMEM)?,
+            k_run_wg: gpu.kernel("msa_prefill_run_wg", PF_SMEM)?,
+            wgmma: true,
             k_combine: gpu.kernel("msa_prefill_combine", 0)?,
             part_o: gpu.zeros(parts * MSA_HEAD_DIM as usize)?,
             part_ml: gpu.zeros(2 * parts)?,
@@ -277,7 +282,8 @@ impl MsaPrefill {
         self.device_plan(gpu, a, d_indices, row_info)?;
         let stream = gpu.stream();
         let n_keys = self.n_keys as u32;
-        let mut l = stream.launch_builder(&self.k_run);
+        let k_run = if self.wgmma { &self.k_run_wg } else { &self.k_run };
+        let mut l = stream.launch_builder(k_run);
         l.arg(q)
             .arg(kv_cache)
             .arg(lookup)

@@ -268,7 +268,7 @@ pub unsafe fn atomic_add_global_u32(p: *mut u32, v: u32) -> u32 {
 
 // ---------------------------------------------------------------- shared memory
 
-core::arch::global_asm!(".extern .shared .align 128 .b8 SMEM[];");
+core::arch::global_asm!(".extern .shared .align 1024 .b8 SMEM[];");
 
 /// Shared-window address of the kernel's dynamic shared memory (`mov.u32 r, SMEM`).
 /// The launch sets its size.
@@ -414,6 +414,332 @@ pub fn mma_bf16_16816(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
              options(nostack)); // warp-synchronous: not `pure`, see `shfl_xor_u32`
     }
     [d0, d1, d2, d3]
+}
+
+// ---------------------------------------------------------------- warpgroup MMA (sm_90a)
+
+/// A `wgmma` shared-memory matrix descriptor for a bf16 tile laid out in
+/// 128-byte swizzled rows (`Swizzle<3,4,3>`: 16-byte chunk `c` of row `r`
+/// stored at chunk `c ^ (r % 8)`; the tile's 8-row groups 1024-byte aligned).
+/// `lbo` / `sbo`: the leading / stride byte offsets of the PTX ISA's
+/// canonical layouts (K-major: `sbo` = 1024 between 8-row groups, `lbo`
+/// unused; MN-major: `lbo` between 64-element column blocks, `sbo` = 1024
+/// between 8-row groups).
+#[inline(always)]
+pub fn wgmma_desc_sw128(addr: u32, lbo: u32, sbo: u32) -> u64 {
+    let enc = |x: u32| ((x & 0x3ffff) >> 4) as u64;
+    enc(addr) | enc(lbo) << 16 | enc(sbo) << 32 | 1u64 << 62
+}
+
+/// `wgmma.fence.sync.aligned`: orders this warp's earlier register writes to
+/// `d` and to the A fragments `a` before the `wgmma` ops that follow; both
+/// are tied to the fence so the compiler keeps that order.
+#[inline(always)]
+pub fn wgmma_fence(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
+    unsafe {
+        asm!("wgmma.fence.sync.aligned; // {a0} {a1} {a2} {a3} {a4} {a5} {a6} {a7} {a8} {a9} {a10} {a11} {a12} {a13} {a14} {a15} {a16} {a17} {a18} {a19} {a20} {a21} {a22} {a23} {a24} {a25} {a26} {a27} {a28} {a29} {a30} {a31} {d0} {d1} {d2} {d3} {d4} {d5} {d6} {d7} {d8} {d9} {d10} {d11} {d12} {d13} {d14} {d15} {d16} {d17} {d18} {d19} {d20} {d21} {d22} {d23} {d24} {d25} {d26} {d27} {d28} {d29} {d30} {d31} {d32} {d33} {d34} {d35} {d36} {d37} {d38} {d39} {d40} {d41} {d42} {d43} {d44} {d45} {d46} {d47} {d48} {d49} {d50} {d51} {d52} {d53} {d54} {d55} {d56} {d57} {d58} {d59} {d60} {d61} {d62} {d63}",
+             d0 = inout(reg32) d[0][0],
+             d1 = inout(reg32) d[0][1],
+             d2 = inout(reg32) d[0][2],
+             d3 = inout(reg32) d[0][3],
+             d4 = inout(reg32) d[1][0],
+             d5 = inout(reg32) d[1][1],
+             d6 = inout(reg32) d[1][2],
+             d7 = inout(reg32) d[1][3],
+             d8 = inout(reg32) d[2][0],
+             d9 = inout(reg32) d[2][1],
+             d10 = inout(reg32) d[2][2],
+             d11 = inout(reg32) d[2][3],
+             d12 = inout(reg32) d[3][0],
+             d13 = inout(reg32) d[3][1],
+             d14 = inout(reg32) d[3][2],
+             d15 = inout(reg32) d[3][3],
+             d16 = inout(reg32) d[4][0],
+             d17 = inout(reg32) d[4][1],
+             d18 = inout(reg32) d[4][2],
+             d19 = inout(reg32) d[4][3],
+             d20 = inout(reg32) d[5][0],
+             d21 = inout(reg32) d[5][1],
+             d22 = inout(reg32) d[5][2],
+             d23 = inout(reg32) d[5][3],
+             d24 = inout(reg32) d[6][0],
+             d25 = inout(reg32) d[6][1],
+             d26 = inout(reg32) d[6][2],
+             d27 = inout(reg32) d[6][3],
+             d28 = inout(reg32) d[7][0],
+             d29 = inout(reg32) d[7][1],
+             d30 = inout(reg32) d[7][2],
+             d31 = inout(reg32) d[7][3],
+             d32 = inout(reg32) d[8][0],
+             d33 = inout(reg32) d[8][1],
+             d34 = inout(reg32) d[8][2],
+             d35 = inout(reg32) d[8][3],
+             d36 = inout(reg32) d[9][0],
+             d37 = inout(reg32) d[9][1],
+             d38 = inout(reg32) d[9][2],
+             d39 = inout(reg32) d[9][3],
+             d40 = inout(reg32) d[10][0],
+             d41 = inout(reg32) d[10][1],
+             d42 = inout(reg32) d[10][2],
+             d43 = inout(reg32) d[10][3],
+             d44 = inout(reg32) d[11][0],
+             d45 = inout(reg32) d[11][1],
+             d46 = inout(reg32) d[11][2],
+             d47 = inout(reg32) d[11][3],
+             d48 = inout(reg32) d[12][0],
+             d49 = inout(reg32) d[12][1],
+             d50 = inout(reg32) d[12][2],
+             d51 = inout(reg32) d[12][3],
+             d52 = inout(reg32) d[13][0],
+             d53 = inout(reg32) d[13][1],
+             d54 = inout(reg32) d[13][2],
+             d55 = inout(reg32) d[13][3],
+             d56 = inout(reg32) d[14][0],
+             d57 = inout(reg32) d[14][1],
+             d58 = inout(reg32) d[14][2],
+             d59 = inout(reg32) d[14][3],
+             d60 = inout(reg32) d[15][0],
+             d61 = inout(reg32) d[15][1],
+             d62 = inout(reg32) d[15][2],
+             d63 = inout(reg32) d[15][3],
+             a0 = in(reg32) a[0][0],
+             a1 = in(reg32) a[0][1],
+             a2 = in(reg32) a[0][2],
+             a3 = in(reg32) a[0][3],
+             a4 = in(reg32) a[1][0],
+             a5 = in(reg32) a[1][1],
+             a6 = in(reg32) a[1][2],
+             a7 = in(reg32) a[1][3],
+             a8 = in(reg32) a[2][0],
+             a9 = in(reg32) a[2][1],
+             a10 = in(reg32) a[2][2],
+             a11 = in(reg32) a[2][3],
+             a12 = in(reg32) a[3][0],
+             a13 = in(reg32) a[3][1],
+             a14 = in(reg32) a[3][2],
+             a15 = in(reg32) a[3][3],
+             a16 = in(reg32) a[4][0],
+             a17 = in(reg32) a[4][1],
+             a18 = in(reg32) a[4][2],
+             a19 = in(reg32) a[4][3],
+             a20 = in(reg32) a[5][0],
+             a21 = in(reg32) a[5][1],
+             a22 = in(reg32) a[5][2],
+             a23 = in(reg32) a[5][3],
+             a24 = in(reg32) a[6][0],
+             a25 = in(reg32) a[6][1],
+             a26 = in(reg32) a[6][2],
+             a27 = in(reg32) a[6][3],
+             a28 = in(reg32) a[7][0],
+             a29 = in(reg32) a[7][1],
+             a30 = in(reg32) a[7][2],
+             a31 = in(reg32) a[7][3],
+             options(nostack));
+    }
+}
+
+/// `wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16`: `d = a·B (+ d
+/// when acc)` for the warpgroup (4 warps, 64 rows; this warp's 16 rows of A
+/// in the `mma.m16n8k16` A-fragment layout, its 16 rows of D in 16
+/// m16n8-accumulator layouts). B (16 × 128) is read from shared memory
+/// through `desc`; `TRANS_B = 1`: B is N-major. Asynchronous: `d` and `a`
+/// must not be touched before [`wgmma_wait0`].
+#[inline(always)]
+pub fn wgmma_m64n128k16_bf16<const TRANS_B: u32>(d: &mut [[f32; 4]; 16], a: [u32; 4], desc: u64, acc: bool) {
+    unsafe {
+        asm!("{{ .reg .pred p; setp.ne.b32 p, {acc}, 0;",
+             "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {{{d0}, {d1}, {d2}, {d3}, {d4}, {d5}, {d6}, {d7}, {d8}, {d9}, {d10}, {d11}, {d12}, {d13}, {d14}, {d15}, {d16}, {d17}, {d18}, {d19}, {d20}, {d21}, {d22}, {d23}, {d24}, {d25}, {d26}, {d27}, {d28}, {d29}, {d30}, {d31}, {d32}, {d33}, {d34}, {d35}, {d36}, {d37}, {d38}, {d39}, {d40}, {d41}, {d42}, {d43}, {d44}, {d45}, {d46}, {d47}, {d48}, {d49}, {d50}, {d51}, {d52}, {d53}, {d54}, {d55}, {d56}, {d57}, {d58}, {d59}, {d60}, {d61}, {d62}, {d63}}}, {{{a0}, {a1}, {a2}, {a3}}}, {desc}, p, 1, 1, {tb}; }}",
+             d0 = inout(reg32) d[0][0],
+             d1 = inout(reg32) d[0][1],
+             d2 = inout(reg32) d[0][2],
+             d3 = inout(reg32) d[0][3],
+             d4 = inout(reg32) d[1][0],
+             d5 = inout(reg32) d[1][1],
+             d6 = inout(reg32) d[1][2],
+             d7 = inout(reg32) d[1][3],
+             d8 = inout(reg32) d[2][0],
+             d9 = inout(reg32) d[2][1],
+             d10 = inout(reg32) d[2][2],
+             d11 = inout(reg32) d[2][3],
+             d12 = inout(reg32) d[3][0],
+             d13 = inout(reg32) d[3][1],
+             d14 = inout(reg32) d[3][2],
+             d15 = inout(reg32) d[3][3],
+             d16 = inout(reg32) d[4][0],
+             d17 = inout(reg32) d[4][1],
+             d18 = inout(reg32) d[4][2],
+             d19 = inout(reg32) d[4][3],
+             d20 = inout(reg32) d[5][0],
+             d21 = inout(reg32) d[5][1],
+             d22 = inout(reg32) d[5][2],
+             d23 = inout(reg32) d[5][3],
+             d24 = inout(reg32) d[6][0],
+             d25 = inout(reg32) d[6][1],
+             d26 = inout(reg32) d[6][2],
+             d27 = inout(reg32) d[6][3],
+             d28 = inout(reg32) d[7][0],
+             d29 = inout(reg32) d[7][1],
+             d30 = inout(reg32) d[7][2],
+             d31 = inout(reg32) d[7][3],
+             d32 = inout(reg32) d[8][0],
+             d33 = inout(reg32) d[8][1],
+             d34 = inout(reg32) d[8][2],
+             d35 = inout(reg32) d[8][3],
+             d36 = inout(reg32) d[9][0],
+             d37 = inout(reg32) d[9][1],
+             d38 = inout(reg32) d[9][2],
+             d39 = inout(reg32) d[9][3],
+             d40 = inout(reg32) d[10][0],
+             d41 = inout(reg32) d[10][1],
+             d42 = inout(reg32) d[10][2],
+             d43 = inout(reg32) d[10][3],
+             d44 = inout(reg32) d[11][0],
+             d45 = inout(reg32) d[11][1],
+             d46 = inout(reg32) d[11][2],
+             d47 = inout(reg32) d[11][3],
+             d48 = inout(reg32) d[12][0],
+             d49 = inout(reg32) d[12][1],
+             d50 = inout(reg32) d[12][2],
+             d51 = inout(reg32) d[12][3],
+             d52 = inout(reg32) d[13][0],
+             d53 = inout(reg32) d[13][1],
+             d54 = inout(reg32) d[13][2],
+             d55 = inout(reg32) d[13][3],
+             d56 = inout(reg32) d[14][0],
+             d57 = inout(reg32) d[14][1],
+             d58 = inout(reg32) d[14][2],
+             d59 = inout(reg32) d[14][3],
+             d60 = inout(reg32) d[15][0],
+             d61 = inout(reg32) d[15][1],
+             d62 = inout(reg32) d[15][2],
+             d63 = inout(reg32) d[15][3],
+             a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+             desc = in(reg64) desc, acc = in(reg32) acc as u32, tb = const TRANS_B,
+             options(nostack));
+    }
+}
+
+/// `wgmma.commit_group.sync.aligned`: closes the group of `wgmma` ops issued
+/// since the last commit.
+#[inline(always)]
+pub fn wgmma_commit() {
+    unsafe { asm!("wgmma.commit_group.sync.aligned;", options(nostack)) };
+}
+
+/// `wgmma.wait_group.sync.aligned 0`: waits for every committed `wgmma`
+/// group. `d` (the results) and `a` (the register A fragments they read) are
+/// tied to the wait, so the compiler neither reads `d` nor reuses `a`'s
+/// registers earlier.
+#[inline(always)]
+pub fn wgmma_wait0(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
+    unsafe {
+        asm!("wgmma.wait_group.sync.aligned 0; // {d0} {d1} {d2} {d3} {d4} {d5} {d6} {d7} {d8} {d9} {d10} {d11} {d12} {d13} {d14} {d15} {d16} {d17} {d18} {d19} {d20} {d21} {d22} {d23} {d24} {d25} {d26} {d27} {d28} {d29} {d30} {d31} {d32} {d33} {d34} {d35} {d36} {d37} {d38} {d39} {d40} {d41} {d42} {d43} {d44} {d45} {d46} {d47} {d48} {d49} {d50} {d51} {d52} {d53} {d54} {d55} {d56} {d57} {d58} {d59} {d60} {d61} {d62} {d63} {a0} {a1} {a2} {a3} {a4} {a5} {a6} {a7} {a8} {a9} {a10} {a11} {a12} {a13} {a14} {a15} {a16} {a17} {a18} {a19} {a20} {a21} {a22} {a23} {a24} {a25} {a26} {a27} {a28} {a29} {a30} {a31}",
+             d0 = inout(reg32) d[0][0],
+             d1 = inout(reg32) d[0][1],
+             d2 = inout(reg32) d[0][2],
+             d3 = inout(reg32) d[0][3],
+             d4 = inout(reg32) d[1][0],
+             d5 = inout(reg32) d[1][1],
+             d6 = inout(reg32) d[1][2],
+             d7 = inout(reg32) d[1][3],
+             d8 = inout(reg32) d[2][0],
+             d9 = inout(reg32) d[2][1],
+             d10 = inout(reg32) d[2][2],
+             d11 = inout(reg32) d[2][3],
+             d12 = inout(reg32) d[3][0],
+             d13 = inout(reg32) d[3][1],
+             d14 = inout(reg32) d[3][2],
+             d15 = inout(reg32) d[3][3],
+             d16 = inout(reg32) d[4][0],
+             d17 = inout(reg32) d[4][1],
+             d18 = inout(reg32) d[4][2],
+             d19 = inout(reg32) d[4][3],
+             d20 = inout(reg32) d[5][0],
+             d21 = inout(reg32) d[5][1],
+             d22 = inout(reg32) d[5][2],
+             d23 = inout(reg32) d[5][3],
+             d24 = inout(reg32) d[6][0],
+             d25 = inout(reg32) d[6][1],
+             d26 = inout(reg32) d[6][2],
+             d27 = inout(reg32) d[6][3],
+             d28 = inout(reg32) d[7][0],
+             d29 = inout(reg32) d[7][1],
+             d30 = inout(reg32) d[7][2],
+             d31 = inout(reg32) d[7][3],
+             d32 = inout(reg32) d[8][0],
+             d33 = inout(reg32) d[8][1],
+             d34 = inout(reg32) d[8][2],
+             d35 = inout(reg32) d[8][3],
+             d36 = inout(reg32) d[9][0],
+             d37 = inout(reg32) d[9][1],
+             d38 = inout(reg32) d[9][2],
+             d39 = inout(reg32) d[9][3],
+             d40 = inout(reg32) d[10][0],
+             d41 = inout(reg32) d[10][1],
+             d42 = inout(reg32) d[10][2],
+             d43 = inout(reg32) d[10][3],
+             d44 = inout(reg32) d[11][0],
+             d45 = inout(reg32) d[11][1],
+             d46 = inout(reg32) d[11][2],
+             d47 = inout(reg32) d[11][3],
+             d48 = inout(reg32) d[12][0],
+             d49 = inout(reg32) d[12][1],
+             d50 = inout(reg32) d[12][2],
+             d51 = inout(reg32) d[12][3],
+             d52 = inout(reg32) d[13][0],
+             d53 = inout(reg32) d[13][1],
+             d54 = inout(reg32) d[13][2],
+             d55 = inout(reg32) d[13][3],
+             d56 = inout(reg32) d[14][0],
+             d57 = inout(reg32) d[14][1],
+             d58 = inout(reg32) d[14][2],
+             d59 = inout(reg32) d[14][3],
+             d60 = inout(reg32) d[15][0],
+             d61 = inout(reg32) d[15][1],
+             d62 = inout(reg32) d[15][2],
+             d63 = inout(reg32) d[15][3],
+             a0 = in(reg32) a[0][0],
+             a1 = in(reg32) a[0][1],
+             a2 = in(reg32) a[0][2],
+             a3 = in(reg32) a[0][3],
+             a4 = in(reg32) a[1][0],
+             a5 = in(reg32) a[1][1],
+             a6 = in(reg32) a[1][2],
+             a7 = in(reg32) a[1][3],
+             a8 = in(reg32) a[2][0],
+             a9 = in(reg32) a[2][1],
+             a10 = in(reg32) a[2][2],
+             a11 = in(reg32) a[2][3],
+             a12 = in(reg32) a[3][0],
+             a13 = in(reg32) a[3][1],
+             a14 = in(reg32) a[3][2],
+             a15 = in(reg32) a[3][3],
+             a16 = in(reg32) a[4][0],
+             a17 = in(reg32) a[4][1],
+             a18 = in(reg32) a[4][2],
+             a19 = in(reg32) a[4][3],
+             a20 = in(reg32) a[5][0],
+             a21 = in(reg32) a[5][1],
+             a22 = in(reg32) a[5][2],
+             a23 = in(reg32) a[5][3],
+             a24 = in(reg32) a[6][0],
+             a25 = in(reg32) a[6][1],
+             a26 = in(reg32) a[6][2],
+             a27 = in(reg32) a[6][3],
+             a28 = in(reg32) a[7][0],
+             a29 = in(reg32) a[7][1],
+             a30 = in(reg32) a[7][2],
+             a31 = in(reg32) a[7][3],
+             options(nostack));
+    }
+}
+
+/// `fence.proxy.async.shared::cta`: this thread's earlier shared-memory
+/// writes (`st.shared`, `cp.async`) become visible to the async proxy, which
+/// `wgmma` reads its shared-memory operands through (a barrier follows).
+#[inline(always)]
+pub fn fence_proxy_async_shared() {
+    unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) };
 }
 
 // ---------------------------------------------------------------- unrolling

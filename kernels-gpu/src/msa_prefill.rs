@@ -226,6 +226,63 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     topk: u32,
     scale: f32,
 ) {
+    run_body::<false>(q, kv, lookup, row_info, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, max_pages, num_pages, page_stride, k_off, v_off, topk, scale);
+}
+
+/// [`msa_prefill_run`] with `wgmma` (sm_90a): the CTA's 4 warps are one
+/// warpgroup and multiply 4 m-tiles (64 rows) at a time, reading each K and
+/// V fragment from shared memory once for all of them (the K and V tiles are
+/// stored as two 64-dim slabs of 128-byte swizzled rows, as `wgmma`'s
+/// canonical layouts want). Same arguments, same results.
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn msa_prefill_run_wg(
+    q: *const u16,
+    kv: *const u16,
+    lookup: *const u32,
+    row_info: *const u32,
+    key_info: *const u32,
+    items: *const u32,
+    n_items: *const u32,
+    edges: *const u32,
+    part_o: *mut u16,
+    part_ml: *mut f32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    n_keys: u32,
+    max_pages: u32,
+    num_pages: u32,
+    page_stride: u64,
+    k_off: u64,
+    v_off: u64,
+    topk: u32,
+    scale: f32,
+) {
+    run_body::<true>(q, kv, lookup, row_info, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, max_pages, num_pages, page_stride, k_off, v_off, topk, scale);
+}
+
+#[inline(always)]
+unsafe fn run_body<const WG: bool>(
+    q: *const u16,
+    kv: *const u16,
+    lookup: *const u32,
+    row_info: *const u32,
+    key_info: *const u32,
+    items: *const u32,
+    n_items: *const u32,
+    edges: *const u32,
+    part_o: *mut u16,
+    part_ml: *mut f32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    n_keys: u32,
+    max_pages: u32,
+    num_pages: u32,
+    page_stride: u64,
+    k_off: u64,
+    v_off: u64,
+    topk: u32,
+    scale: f32,
+) {
     let cta = block_idx_x();
     if n_kv_heads == 0 || n_keys == 0 || num_pages == 0 || cta >= ld_global_nc_u32(n_items) {
         return;
@@ -252,12 +309,22 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     let qbuf = smem + 2 * IDX_BLOCK_BYTES + warp * 2 * PF_Q_TILE_BYTES;
     let tok_stride = (n_kv_heads * MSA_HEAD_DIM) as usize;
     let base = kv.add(page as usize * page_stride as usize + (kh * MSA_HEAD_DIM) as usize);
+    // Byte offset of 16-byte chunk `cc` of key row `r` in a K or V tile:
+    // 256-byte rows (ldmatrix), or for wgmma two slabs of dims 0..64 and
+    // 64..128 with 128-byte rows; either way chunk-swizzled by `r % 8`.
+    let kv_at = |r: u32, cc: u32| -> u32 {
+        if WG {
+            (cc / 8) * (IDX_BLOCK_BYTES / 2) + r * 128 + (((cc % 8) ^ (r & 7)) << 4)
+        } else {
+            r * ROW_BYTES + ((cc ^ (r & 7)) << 4)
+        }
+    };
     for (dst, off) in [(ks, k_off), (vs, v_off)] {
         let src = base.add(off as usize) as *const u8;
         let mut ch = tid;
         while ch < IDX_BLOCK_BYTES / 16 {
             let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
-            cp_async_16(dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(r as usize * tok_stride * 2 + cc as usize * 16));
+            cp_async_16(dst + kv_at(r, cc), src.add(r as usize * tok_stride * 2 + cc as usize * 16));
             ch += PF_THREADS;
         }
     }
@@ -325,21 +392,32 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     }
     cp_async_commit();
     cp_async_wait::<1>(); // this thread's K and V copies have landed
+    if WG {
+        fence_proxy_async_shared(); // ... and wgmma will see them
+    }
     sync_threads();
     let blk_base = blk * MSA_BLOCK;
     if blk_base + MSA_BLOCK > sk {
         // The last page's unwritten tail: P is 0 there, but 0 · NaN is NaN.
-        let mut ch = (sk.max(blk_base) - blk_base) * ROW_CHUNKS + tid;
-        while ch < IDX_BLOCK_BYTES / 16 {
-            st_shared_zero16(vs + ch * 16);
+        let r0 = sk.max(blk_base) - blk_base;
+        let mut ch = tid;
+        while ch < (MSA_BLOCK - r0) * ROW_CHUNKS {
+            st_shared_zero16(vs + kv_at(r0 + ch / ROW_CHUNKS, ch % ROW_CHUNKS));
             ch += PF_THREADS;
+        }
+        if WG {
+            fence_proxy_async_shared();
         }
         sync_threads();
     }
 
     let sl2 = scale * LOG2E;
     let mut n = 0u32;
-    while j < ntiles {
+    // wgmma: all 4 warps take part in every round; past its last tile a warp
+    // computes masked padding rows and writes nothing.
+    let rounds = ntiles.div_ceil(WARPS);
+    while if WG { n < rounds } else { j < ntiles } {
+        let live = j < ntiles;
         let cur = qbuf + (n % 2) * PF_Q_TILE_BYTES;
         if j + WARPS < ntiles {
             load_q(j + WARPS, qbuf + ((n + 1) % 2) * PF_Q_TILE_BYTES);
@@ -350,7 +428,8 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
 
         // Keys visible to rows g and g + 8: index <= lim (lim < 0: padding).
         let mut lim = [-1i32; 2];
-        if whole {
+        if !live {
+        } else if whole {
             lim = [ld_shared_u32(es + j * 8 + 4) as i32 - blk_base as i32; 2];
         } else {
             for h in 0..2 {
@@ -362,21 +441,38 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
 
         // S = Q Kᵀ over the block's 128 keys (16 n-tiles).
         let mut s = [[0f32; 4]; 16];
-        crate::unroll!(4, KK => {
-            let mut a = [[0u32; 4]; 2];
-            crate::unroll!(2, H => {
+        if WG {
+            // A: this warp's 16 rows, all 8 k-steps; B: the K tile, K-major.
+            let mut af = [[0u32; 4]; 8];
+            crate::unroll!(8, KS => {
                 let (mi, r) = (lane >> 3, (lane & 7) + 8 * ((lane >> 3) & 1));
-                let cc = (2 * KK + H) as u32 * 2 + (mi >> 1);
-                a[H] = ldmatrix_x4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                let cc = KS as u32 * 2 + (mi >> 1);
+                af[KS] = ldmatrix_x4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
             });
-            crate::unroll!(16, J => {
-                let r = J as u32 * 8 + (lane & 7);
-                let cc = KK as u32 * 4 + (lane >> 3);
-                let b = ldmatrix_x4(ks + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                s[J] = mma_bf16_16816(a[0], [b[0], b[1]], s[J]);
-                s[J] = mma_bf16_16816(a[1], [b[2], b[3]], s[J]);
+            wgmma_fence(&mut s, &af);
+            crate::unroll!(8, KS => {
+                let at = ks + (KS as u32 / 4) * (IDX_BLOCK_BYTES / 2) + (KS as u32 % 4) * 32;
+                wgmma_m64n128k16_bf16::<0>(&mut s, af[KS], wgmma_desc_sw128(at, 16, 1024), KS > 0);
             });
-        });
+            wgmma_commit();
+            wgmma_wait0(&mut s, &af);
+        } else {
+            crate::unroll!(4, KK => {
+                let mut a = [[0u32; 4]; 2];
+                crate::unroll!(2, H => {
+                    let (mi, r) = (lane >> 3, (lane & 7) + 8 * ((lane >> 3) & 1));
+                    let cc = (2 * KK + H) as u32 * 2 + (mi >> 1);
+                    a[H] = ldmatrix_x4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                });
+                crate::unroll!(16, J => {
+                    let r = J as u32 * 8 + (lane & 7);
+                    let cc = KK as u32 * 4 + (lane >> 3);
+                    let b = ldmatrix_x4(ks + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                    s[J] = mma_bf16_16816(a[0], [b[0], b[1]], s[J]);
+                    s[J] = mma_bf16_16816(a[1], [b[2], b[3]], s[J]);
+                });
+            });
+        }
         // Causal mask, only where a row's own block is this one (lim < 127),
         // then the row max of the raw scores (scale > 0: the host checks).
         if lim[0] < MSA_BLOCK as i32 - 1 || lim[1] < MSA_BLOCK as i32 - 1 {
@@ -430,15 +526,26 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
         // on the tensor cores, P · 1, moved the LSE by up to 1e-3, past the
         // spec's bound.)
         let mut o = [[0f32; 4]; 16];
-        crate::unroll!(8, KS => {
-            crate::unroll!(8, DP => {
-                let r = KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-                let cc = DP as u32 * 2 + (lane >> 4);
-                let bv = ldmatrix_x4_trans(vs + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
-                o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
+        if WG {
+            // B: the V tile, N-major (dims contiguous), 16 keys per k-step.
+            wgmma_fence(&mut o, &pa);
+            crate::unroll!(8, KS => {
+                let desc = wgmma_desc_sw128(vs + KS as u32 * 2048, IDX_BLOCK_BYTES / 2, 1024);
+                wgmma_m64n128k16_bf16::<1>(&mut o, pa[KS], desc, KS > 0);
             });
-        });
+            wgmma_commit();
+            wgmma_wait0(&mut o, &pa);
+        } else {
+            crate::unroll!(8, KS => {
+                crate::unroll!(8, DP => {
+                    let r = KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+                    let cc = DP as u32 * 2 + (lane >> 4);
+                    let bv = ldmatrix_x4_trans(vs + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                    o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
+                    o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
+                });
+            });
+        }
         let mut l = [0f32; 2];
         for h in 0..2 {
             let s0 = (l4[0][h] + l4[1][h]) + (l4[2][h] + l4[3][h]);
@@ -446,6 +553,11 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
             l[h] = s1 + shfl_xor_f32(s1, 2);
         }
 
+        if !live {
+            j += WARPS;
+            n += 1;
+            continue;
+        }
         // Stage O (bf16) in the consumed query tile, then 16-byte stores.
         sync_warp();
         crate::unroll!(16, D => {

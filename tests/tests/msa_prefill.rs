@@ -19,17 +19,23 @@ use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
     assert_same_bits, attention_config as cfg, attention_params as params, check_step_graph_replay,
-    gpu_or_skip as gpu, run_attention, AttentionInputs,
+    gpu_or_skip as gpu, run_attention, run_attention_with, AttentionInputs,
 };
 
 /// Both paths against the reference; the planned one must be block-major.
 fn check_inputs(gpu: &Gpu, name: &str, inp: &AttentionInputs, c: MsaAttentionConfig) {
     let p = params(&c);
     let want = inp.reference(&c);
-    for path in [None, Some(AttentionPath::QueryMajor)] {
-        let (out, lse) = run_attention(gpu, &c, inp, None, path);
+    // Block-major with wgmma (the default) and with mma.sync; query-major.
+    let runs = [
+        (None, true),
+        (None, false),
+        (Some(AttentionPath::QueryMajor), true),
+    ];
+    for (path, wgmma) in runs {
+        let (out, lse) = run_attention_with(gpu, &c, inp, None, path, wgmma);
         if let Err(e) = reference::check_attention(&out, Some(&lse), &want, &p) {
-            panic!("{name} (path {path:?}): GPU differs from the reference:\n{e}");
+            panic!("{name} (path {path:?}, wgmma {wgmma}): GPU differs from the reference:\n{e}");
         }
     }
     eprintln!(

@@ -25,7 +25,7 @@ pub const KERNEL_CRATE_DIR: &str = "kernels-gpu";
 /// The rustc target the kernels are built for.
 pub const DEVICE_TARGET: &str = "nvptx64-nvidia-cuda";
 /// Default GPU architecture (H100).
-pub const DEFAULT_ARCH: &str = "sm_90";
+pub const DEFAULT_ARCH: &str = "sm_90a";
 
 /// The repository root: the parent of the `xtask` crate, fixed at compile time.
 pub fn repo_root() -> PathBuf {
