@@ -412,10 +412,65 @@ unsafe fn run_body<const WG: bool>(
     }
 
     let sl2 = scale * LOG2E;
+
+    // Writes m-tile `jj`'s output (`opk`: bf16 pairs of rows g and g + 8 for
+    // each 8-dim column) and its (max, sum) stats: staged through `buf` (a
+    // consumed query tile) for 16-byte stores.
+    let store_tile = |jj: u32, buf: u32, opk: &[[u32; 2]; 16], mx: [f32; 2], l: [f32; 2]| {
+        sync_warp();
+        crate::unroll!(16, D => {
+            crate::unroll!(2, H => {
+                let r = g + 8 * H as u32;
+                st_shared_u32(buf + r * ROW_BYTES + (((D as u32) ^ (r & 7)) << 4) + 4 * c, opk[D][H]);
+            });
+        });
+        sync_warp();
+        let cc = lane % 16;
+        if whole {
+            let packed = ld_shared_u32(es + jj * 8);
+            let at = part_at(packed >> 8, packed & 255, kh * 16);
+            let dst = part_o.add(at * MSA_HEAD_DIM as usize) as *mut u8;
+            for i in 0..8 {
+                let r = lane / 16 + 2 * i;
+                let v = ld_shared_v4(buf + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                st_global_v4(dst.add((r * ROW_BYTES + cc * 16) as usize), v);
+            }
+            if c == 0 {
+                for h in 0..2 {
+                    let ml = part_ml.add(2 * (at + (g + 8 * h as u32) as usize));
+                    *ml = mx[h];
+                    *ml.add(1) = l[h];
+                }
+            }
+        } else {
+            for i in 0..8 {
+                let r = lane / 16 + 2 * i;
+                if let Some((t, slot, h, _)) = edge_of(jj, r) {
+                    let at = part_at(t, slot, h) * MSA_HEAD_DIM as usize + cc as usize * 8;
+                    let v = ld_shared_v4(buf + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
+                    st_global_v4(part_o.add(at) as *mut u8, v);
+                }
+            }
+            if c == 0 {
+                for h in 0..2 {
+                    if let Some((t, slot, head, _)) = edge_of(jj, g + 8 * h as u32) {
+                        let ml = part_ml.add(2 * part_at(t, slot, head));
+                        *ml = mx[h];
+                        *ml.add(1) = l[h];
+                    }
+                }
+            }
+        }
+    };
+
     let mut n = 0u32;
     // wgmma: all 4 warps take part in every round; past its last tile a warp
-    // computes masked padding rows and writes nothing.
+    // computes masked padding rows and writes nothing. Each round's output
+    // is written during the next round's S product (the tensor cores work
+    // while the warp stores).
     let rounds = ntiles.div_ceil(WARPS);
+    let mut opk = [[0u32; 2]; 16];
+    let (mut prev_j, mut prev_m, mut prev_l) = (u32::MAX, [0f32; 2], [0f32; 2]);
     while if WG { n < rounds } else { j < ntiles } {
         let live = j < ntiles;
         let cur = qbuf + (n % 2) * PF_Q_TILE_BYTES;
@@ -455,6 +510,11 @@ unsafe fn run_body<const WG: bool>(
                 wgmma_m64n128k16_bf16::<0>(&mut s, af[KS], wgmma_desc_sw128(at, 16, 1024), KS > 0);
             });
             wgmma_commit();
+            // The query tile is in registers now: it stages the previous
+            // round's output while the product runs.
+            if prev_j != u32::MAX {
+                store_tile(prev_j, cur, &opk, prev_m, prev_l);
+            }
             wgmma_wait0(&mut s, &af);
         } else {
             crate::unroll!(4, KK => {
@@ -521,11 +581,21 @@ unsafe fn run_body<const WG: bool>(
             pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[0], p[1]);
             pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[2], p[3]);
         });
-        // O = P V (V rows are keys: ldmatrix.trans gives the B fragments).
-        // (The row sums stay f32 sums of the unrounded p: summing the bf16 P
-        // on the tensor cores, P · 1, moved the LSE by up to 1e-3, past the
-        // spec's bound.)
+        // Row sums: f32 sums of the unrounded p. (Summing the bf16 P on the
+        // tensor cores, P · 1, moved the LSE by up to 1e-3, past the spec's
+        // bound.)
+        let row_sums = |l4: &[[f32; 2]; 4]| {
+            let mut l = [0f32; 2];
+            for h in 0..2 {
+                let s0 = (l4[0][h] + l4[1][h]) + (l4[2][h] + l4[3][h]);
+                let s1 = s0 + shfl_xor_f32(s0, 1);
+                l[h] = s1 + shfl_xor_f32(s1, 2);
+            }
+            l
+        };
+        // O = P V.
         let mut o = [[0f32; 4]; 16];
+        let l;
         if WG {
             // B: the V tile, N-major (dims contiguous), 16 keys per k-step.
             wgmma_fence(&mut o, &pa);
@@ -534,8 +604,10 @@ unsafe fn run_body<const WG: bool>(
                 wgmma_m64n128k16_bf16::<1>(&mut o, pa[KS], desc, KS > 0);
             });
             wgmma_commit();
+            l = row_sums(&l4);
             wgmma_wait0(&mut o, &pa);
         } else {
+            // V rows are keys: ldmatrix.trans gives the B fragments.
             crate::unroll!(8, KS => {
                 crate::unroll!(8, DP => {
                     let r = KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
@@ -545,68 +617,22 @@ unsafe fn run_body<const WG: bool>(
                     o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
                 });
             });
+            l = row_sums(&l4);
         }
-        let mut l = [0f32; 2];
-        for h in 0..2 {
-            let s0 = (l4[0][h] + l4[1][h]) + (l4[2][h] + l4[3][h]);
-            let s1 = s0 + shfl_xor_f32(s0, 1);
-            l[h] = s1 + shfl_xor_f32(s1, 2);
-        }
-
-        if !live {
-            j += WARPS;
-            n += 1;
-            continue;
-        }
-        // Stage O (bf16) in the consumed query tile, then 16-byte stores.
-        sync_warp();
         crate::unroll!(16, D => {
-            crate::unroll!(2, H => {
-                let r = g + 8 * H as u32;
-                let v = pack_bf16x2(o[D][2 * H], o[D][2 * H + 1]);
-                st_shared_u32(cur + r * ROW_BYTES + (((D as u32) ^ (r & 7)) << 4) + 4 * c, v);
-            });
+            crate::unroll!(2, H => { opk[D][H] = pack_bf16x2(o[D][2 * H], o[D][2 * H + 1]); });
         });
-        sync_warp();
-        let cc = lane % 16;
-        if whole {
-            let packed = ld_shared_u32(es + j * 8);
-            let at = part_at(packed >> 8, packed & 255, kh * 16);
-            let dst = part_o.add(at * MSA_HEAD_DIM as usize) as *mut u8;
-            for i in 0..8 {
-                let r = lane / 16 + 2 * i;
-                let v = ld_shared_v4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                st_global_v4(dst.add((r * ROW_BYTES + cc * 16) as usize), v);
-            }
-            if c == 0 {
-                for h in 0..2 {
-                    let ml = part_ml.add(2 * (at + (g + 8 * h as u32) as usize));
-                    *ml = mx[h];
-                    *ml.add(1) = l[h];
-                }
-            }
+        if WG {
+            (prev_j, prev_m, prev_l) = (if live { j } else { u32::MAX }, mx, l);
         } else {
-            for i in 0..8 {
-                let r = lane / 16 + 2 * i;
-                if let Some((t, slot, h, _)) = edge_of(j, r) {
-                    let at = part_at(t, slot, h) * MSA_HEAD_DIM as usize + cc as usize * 8;
-                    let v = ld_shared_v4(cur + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                    st_global_v4(part_o.add(at) as *mut u8, v);
-                }
-            }
-            if c == 0 {
-                for h in 0..2 {
-                    if let Some((t, slot, head, _)) = edge_of(j, g + 8 * h as u32) {
-                        let ml = part_ml.add(2 * part_at(t, slot, head));
-                        *ml = mx[h];
-                        *ml.add(1) = l[h];
-                    }
-                }
-            }
+            store_tile(j, cur, &opk, mx, l);
         }
         sync_warp(); // the tile is free for the prefetch of the next round
         j += WARPS;
         n += 1;
+    }
+    if prev_j != u32::MAX {
+        store_tile(prev_j, qbuf, &opk, prev_m, prev_l);
     }
 }
 
