@@ -86,7 +86,10 @@ pub(crate) struct MsaPrefill {
     part_ml: CudaSlice<f32>,
     /// `[n_kv_heads * rows * topk]` packed `(row << 8) | slot`.
     edges: CudaSlice<u32>,
-    /// Per key of the plan: edge counts (zero between calls), CSR cursors.
+    /// `[n_kv_heads * rows * topk]`: each attended edge's place in its key's
+    /// list (from the count's atomics).
+    ranks: CudaSlice<u32>,
+    /// Per key of the plan: edge counts (zero between calls), CSR offsets.
     counts: CudaSlice<u32>,
     cursor: CudaSlice<u32>,
     key_info: CudaSlice<u32>,
@@ -142,6 +145,7 @@ impl MsaPrefill {
             part_o: gpu.zeros(parts * MSA_HEAD_DIM as usize)?,
             part_ml: gpu.zeros(2 * parts)?,
             edges: gpu.zeros(edges.max(1))?,
+            ranks: gpu.zeros(edges.max(1))?,
             counts: gpu.zeros(1)?,
             cursor: gpu.zeros(1)?,
             key_info: gpu.zeros(1)?,
@@ -221,7 +225,10 @@ impl MsaPrefill {
         let group = (a.n_heads / a.n_kv_heads) as usize;
         let item_edges = item_edges(group) as u32;
         let mut l = stream.launch_builder(&self.k_count);
-        l.arg(d_indices).arg(row_info).arg(&self.counts);
+        l.arg(d_indices)
+            .arg(row_info)
+            .arg(&self.counts)
+            .arg(&self.ranks);
         l.arg(&a.rows)
             .arg(&a.n_kv_heads)
             .arg(&a.topk)
@@ -250,6 +257,7 @@ impl MsaPrefill {
         l.arg(d_indices)
             .arg(row_info)
             .arg(&self.cursor)
+            .arg(&self.ranks)
             .arg(&self.edges);
         l.arg(&a.rows)
             .arg(&a.n_kv_heads)

@@ -13,7 +13,8 @@
 //!    (a block chosen by thousands of rows becomes many items), the item count
 //!    (read by the run on the device: the host never waits), and the counts
 //!    zeroed for the next call.
-//! 3. `msa_prefill_scatter`: every edge claims a place in its key's list.
+//! 3. `msa_prefill_scatter`: every edge goes to its place in its key's list
+//!    (the count's atomics gave each edge its rank).
 //! 4. `msa_prefill_run`: one CTA per work item loads the key's K and V block
 //!    into shared memory once; each warp takes 16-row m-tiles of (row, head)
 //!    pairs of the item's rows (one row × 16 heads for group 16; `16 / group`
@@ -71,8 +72,8 @@ unsafe fn edge_block(d_indices: *const i32, at: usize, sk: u32, qp: u32, max_pag
     }
 }
 
-/// The attended edge of thread `e` of the count / scatter grid: its key and
-/// packed `(row << 8) | slot`.
+/// The attended edge of thread `e` of the count / scatter grid: its index
+/// `e`, key and packed `(row << 8) | slot`.
 #[inline(always)]
 unsafe fn edge_key(
     d_indices: *const i32,
@@ -82,7 +83,7 @@ unsafe fn edge_key(
     topk: u32,
     n_keys: u32,
     max_pages: u32,
-) -> Option<(u32, u32)> {
+) -> Option<(u32, u32, u32)> {
     let e = block_idx_x() * PF_EDGE_THREADS + thread_idx_x();
     if e >= n_kv_heads * rows * topk {
         return None;
@@ -90,25 +91,28 @@ unsafe fn edge_key(
     let (kh, t, slot) = (e / (rows * topk), (e / topk) % rows, e % topk);
     let (_, sk, qp, key_base) = row_of(row_info, t);
     let blk = edge_block(d_indices, e as usize, sk, qp, max_pages)?;
-    Some((kh * n_keys + key_base + blk, (t << 8) | slot))
+    Some((e, kh * n_keys + key_base + blk, (t << 8) | slot))
 }
 
-/// Plan step 1: `counts[key] += 1` for every attended edge.
+/// Plan step 1: `counts[key] += 1` for every attended edge, keeping the
+/// count before it as the edge's place in its key's list (`ranks[e]`).
 /// `d_indices` i32 `[n_kv_heads, rows, topk]`, `row_info` `[rows, 4]`,
-/// `counts` `[n_kv_heads * n_keys]` (zero on entry).
+/// `counts` `[n_kv_heads * n_keys]` (zero on entry), `ranks` `[n_kv_heads *
+/// rows * topk]`.
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_prefill_count(
     d_indices: *const i32,
     row_info: *const u32,
     counts: *mut u32,
+    ranks: *mut u32,
     rows: u32,
     n_kv_heads: u32,
     topk: u32,
     n_keys: u32,
     max_pages: u32,
 ) {
-    if let Some((key, _)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
-        atomic_add_global_u32(counts.add(key as usize), 1);
+    if let Some((e, key, _)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
+        *ranks.add(e as usize) = atomic_add_global_u32(counts.add(key as usize), 1);
     }
 }
 
@@ -172,13 +176,15 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
     }
 }
 
-/// Plan step 3: every attended edge takes the next place of its key's list:
-/// `edges[cursor[key]++] = (row << 8) | slot`.
+/// Plan step 3: every attended edge goes to its place in its key's list:
+/// `edges[offset[key] + ranks[e]] = (row << 8) | slot` (no atomics: the
+/// places were taken by the count).
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
     d_indices: *const i32,
     row_info: *const u32,
-    cursor: *mut u32,
+    offset: *const u32,
+    ranks: *const u32,
     edges: *mut u32,
     rows: u32,
     n_kv_heads: u32,
@@ -186,8 +192,8 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
     n_keys: u32,
     max_pages: u32,
 ) {
-    if let Some((key, packed)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
-        let at = atomic_add_global_u32(cursor.add(key as usize), 1);
+    if let Some((e, key, packed)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
+        let at = ld_global_nc_u32(offset.add(key as usize)) + ld_global_nc_u32(ranks.add(e as usize));
         *edges.add(at as usize) = packed;
     }
 }
