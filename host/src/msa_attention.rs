@@ -356,7 +356,11 @@ impl MsaAttention {
 
     /// Launches only the device-side CSR plan of a block-major plan (count,
     /// scan, scatter), for timing it apart; `run` launches it too.
-    pub fn run_device_plan(&self, d_indices: &CudaSlice<i32>) -> Result<()> {
+    pub fn run_device_plan(
+        &self,
+        lookup: &CudaSlice<u32>,
+        d_indices: &CudaSlice<i32>,
+    ) -> Result<()> {
         let p = self.plan.as_ref().ok_or(Error::NotPlanned {
             op: "msa_attention",
         })?;
@@ -367,11 +371,17 @@ impl MsaAttention {
             || format!("{} elements", c.n_kv_heads * p.rows * c.topk),
             || format!("{} elements", d_indices.len()),
         )?;
+        ensure(
+            lookup.len() == p.batch * p.max_pages,
+            "lookup",
+            || format!("{} elements (batch * max_pages)", p.batch * p.max_pages),
+            || format!("{} elements", lookup.len()),
+        )?;
         if p.path != AttentionPath::BlockMajor {
             return Ok(());
         }
         self.prefill
-            .device_plan(&self.gpu, &self.prefill_args(p), d_indices, &self.row_info)
+            .device_plan(&self.gpu, &self.prefill_args(p), lookup, d_indices, &self.row_info)
     }
 
     /// Launches the attention for the current plan. `lse`, when

@@ -84,7 +84,8 @@ pub(crate) struct MsaPrefill {
     /// n_heads, 2]` f32 (block row max, row sum).
     part_o: CudaSlice<bf16>,
     part_ml: CudaSlice<f32>,
-    /// `[n_kv_heads * rows * topk]` packed `(row << 8) | slot`.
+    /// `[n_kv_heads * rows * topk, 2]`: packed `(row << 8) | slot`, the
+    /// row's `q_pos` (the CSR lists).
     edges: CudaSlice<u32>,
     /// `[n_kv_heads * rows * topk]`: each attended edge's place in its key's
     /// list (from the count's atomics).
@@ -144,7 +145,7 @@ impl MsaPrefill {
             k_combine: gpu.kernel("msa_prefill_combine", 0)?,
             part_o: gpu.zeros(parts * MSA_HEAD_DIM as usize)?,
             part_ml: gpu.zeros(2 * parts)?,
-            edges: gpu.zeros(edges.max(1))?,
+            edges: gpu.zeros(2 * edges.max(1))?,
             ranks: gpu.zeros(edges.max(1))?,
             counts: gpu.zeros(1)?,
             cursor: gpu.zeros(1)?,
@@ -207,6 +208,7 @@ impl MsaPrefill {
         &self,
         gpu: &Gpu,
         a: &PrefillArgs,
+        lookup: &CudaSlice<u32>,
         d_indices: &CudaSlice<i32>,
         row_info: &CudaSlice<u32>,
     ) -> Result<()> {
@@ -243,14 +245,21 @@ impl MsaPrefill {
         l.arg(&self.counts)
             .arg(&self.cursor)
             .arg(&self.items)
-            .arg(&self.n_items);
-        l.arg(&nk).arg(&item_edges);
+            .arg(&self.n_items)
+            .arg(&self.key_info)
+            .arg(lookup);
+        l.arg(&nk)
+            .arg(&n_keys)
+            .arg(&a.max_pages)
+            .arg(&a.num_pages)
+            .arg(&item_edges);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
             block_dim: (PF_SCAN_THREADS, 1, 1),
             shared_mem_bytes: PF_SCAN_THREADS * 8,
         };
-        // SAFETY: `items` holds `max_items >= edges / item_edges + nk` items.
+        // SAFETY: `items` holds `max_items >= edges / item_edges + nk` items;
+        // page ids are clamped to the pool.
         unsafe { l.launch(cfg) }.during(|| "launching the prefill plan scan".into())?;
 
         let mut l = stream.launch_builder(&self.k_scatter);
@@ -287,22 +296,17 @@ impl MsaPrefill {
         if a.rows == 0 || self.n_keys == 0 || a.n_kv_heads == 0 {
             return Ok(());
         }
-        self.device_plan(gpu, a, d_indices, row_info)?;
+        self.device_plan(gpu, a, lookup, d_indices, row_info)?;
         let stream = gpu.stream();
         let n_keys = self.n_keys as u32;
         let k_run = if self.wgmma { &self.k_run_wg } else { &self.k_run };
         let mut l = stream.launch_builder(k_run);
-        l.arg(q)
-            .arg(kv_cache)
-            .arg(lookup)
-            .arg(row_info)
-            .arg(&self.key_info);
+        l.arg(q).arg(kv_cache).arg(&self.key_info);
         l.arg(&self.items).arg(&self.n_items).arg(&self.edges);
         l.arg(&self.part_o).arg(&self.part_ml);
         l.arg(&a.n_heads)
             .arg(&a.n_kv_heads)
             .arg(&n_keys)
-            .arg(&a.max_pages)
             .arg(&a.num_pages);
         l.arg(&a.page_stride)
             .arg(&a.k_off)

@@ -105,7 +105,7 @@ pub const PF_SMEM: u32 =
 pub const PF_MAX_ITEM_EDGES: u32 = PF_ITEM_TILES * 16;
 /// Bytes of one 16-row query tile (16 × 128 bf16).
 pub const PF_Q_TILE_BYTES: u32 = 16 * MSA_HEAD_DIM * 2;
-/// Words per work item: `[key, edge0, edge1, 0]`.
+/// Words per work item: `[key, edge0, edge1, page]` (16-byte aligned).
 pub const PF_ITEM_WORDS: usize = 4;
 /// Words per plan key: `[sequence, block, seqlen_k, 0]`.
 pub const PF_KEY_WORDS: usize = 4;

@@ -73,7 +73,7 @@ unsafe fn edge_block(d_indices: *const i32, at: usize, sk: u32, qp: u32, max_pag
 }
 
 /// The attended edge of thread `e` of the count / scatter grid: its index
-/// `e`, key and packed `(row << 8) | slot`.
+/// `e`, key, packed `(row << 8) | slot` and the row's `q_pos`.
 #[inline(always)]
 unsafe fn edge_key(
     d_indices: *const i32,
@@ -83,7 +83,7 @@ unsafe fn edge_key(
     topk: u32,
     n_keys: u32,
     max_pages: u32,
-) -> Option<(u32, u32, u32)> {
+) -> Option<(u32, u32, u32, u32)> {
     let e = block_idx_x() * PF_EDGE_THREADS + thread_idx_x();
     if e >= n_kv_heads * rows * topk {
         return None;
@@ -91,7 +91,7 @@ unsafe fn edge_key(
     let (kh, t, slot) = (e / (rows * topk), (e / topk) % rows, e % topk);
     let (_, sk, qp, key_base) = row_of(row_info, t);
     let blk = edge_block(d_indices, e as usize, sk, qp, max_pages)?;
-    Some((e, kh * n_keys + key_base + blk, (t << 8) | slot))
+    Some((e, kh * n_keys + key_base + blk, (t << 8) | slot, qp))
 }
 
 /// Plan step 1: `counts[key] += 1` for every attended edge, keeping the
@@ -111,7 +111,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_count(
     n_keys: u32,
     max_pages: u32,
 ) {
-    if let Some((e, key, _)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
+    if let Some((e, key, _, _)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
         *ranks.add(e as usize) = atomic_add_global_u32(counts.add(key as usize), 1);
     }
 }
@@ -126,7 +126,12 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
     cursor: *mut u32,
     items: *mut u32,
     n_items: *mut u32,
+    key_info: *const u32,
+    lookup: *const u32,
     nk: u32,
+    n_keys: u32,
+    max_pages: u32,
+    num_pages: u32,
     item_edges: u32,
 ) {
     let tid = thread_idx_x();
@@ -158,6 +163,14 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
         let c = *counts.add(k as usize);
         *counts.add(k as usize) = 0;
         *cursor.add(k as usize) = eo;
+        // The key's page, so that a run CTA can start its K/V copies after one
+        // load (the item) instead of three dependent ones.
+        let mut page = 0;
+        if c > 0 && num_pages > 0 {
+            let ki = key_info.add(PF_KEY_WORDS * (k % n_keys.max(1)) as usize);
+            let (seq, blk) = (*ki, *ki.add(1));
+            page = (*lookup.add((seq * max_pages + blk) as usize)).min(num_pages - 1);
+        }
         let mut e = 0;
         while e < c {
             let n = (c - e).min(item_edges);
@@ -165,7 +178,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
             *it = k;
             *it.add(1) = eo + e;
             *it.add(2) = eo + e + n;
-            *it.add(3) = 0;
+            *it.add(3) = page;
             io += 1;
             e += n;
         }
@@ -177,8 +190,8 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
 }
 
 /// Plan step 3: every attended edge goes to its place in its key's list:
-/// `edges[offset[key] + ranks[e]] = (row << 8) | slot` (no atomics: the
-/// places were taken by the count).
+/// `edges[offset[key] + ranks[e]] = ((row << 8) | slot, q_pos)` (no
+/// atomics: the places were taken by the count).
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
     d_indices: *const i32,
@@ -192,17 +205,18 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
     n_keys: u32,
     max_pages: u32,
 ) {
-    if let Some((e, key, packed)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
+    if let Some((e, key, packed, qp)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
         let at = ld_global_nc_u32(offset.add(key as usize)) + ld_global_nc_u32(ranks.add(e as usize));
-        *edges.add(at as usize) = packed;
+        *(edges as *mut u64).add(at as usize) = packed as u64 | (qp as u64) << 32;
     }
 }
 
 /// The run: one CTA per work item (CTAs past `n_items[0]` return).
 ///
-/// * `q` bf16 `[rows, n_heads, 128]`; `kv`, `lookup`: as `msa_attention_partial`
+/// * `q` bf16 `[rows, n_heads, 128]`; `kv`: as `msa_attention_partial`
 /// * `key_info` `[n_keys, 4]`: `(sequence, block, seqlen_k, 0)`
-/// * `items` `[*, 4]`, `edges`: from the plan kernels
+/// * `items` `[*, 4]` (with each item's page), `edges` `[*, 2]` (packed edge,
+///   its row's `q_pos`): from the plan kernels
 /// * `part_o` bf16 `[rows, topk, n_heads, 128]`: the edge's
 ///   `sum_k exp2(s_k - m) v_k` over its block (not normalised: the combine
 ///   divides once); `part_ml` f32 `[rows, topk, n_heads, 2]`: its `m` (the
@@ -213,8 +227,6 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
 pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     q: *const u16,
     kv: *const u16,
-    lookup: *const u32,
-    row_info: *const u32,
     key_info: *const u32,
     items: *const u32,
     n_items: *const u32,
@@ -224,7 +236,6 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     n_heads: u32,
     n_kv_heads: u32,
     n_keys: u32,
-    max_pages: u32,
     num_pages: u32,
     page_stride: u64,
     k_off: u64,
@@ -232,7 +243,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
     topk: u32,
     scale: f32,
 ) {
-    run_body::<false>(q, kv, lookup, row_info, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, max_pages, num_pages, page_stride, k_off, v_off, topk, scale);
+    run_body::<false>(q, kv, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, num_pages, page_stride, k_off, v_off, topk, scale);
 }
 
 /// [`msa_prefill_run`] with `wgmma` (sm_90a): the CTA's 4 warps are one
@@ -244,8 +255,6 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run(
 pub unsafe extern "ptx-kernel" fn msa_prefill_run_wg(
     q: *const u16,
     kv: *const u16,
-    lookup: *const u32,
-    row_info: *const u32,
     key_info: *const u32,
     items: *const u32,
     n_items: *const u32,
@@ -255,7 +264,6 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run_wg(
     n_heads: u32,
     n_kv_heads: u32,
     n_keys: u32,
-    max_pages: u32,
     num_pages: u32,
     page_stride: u64,
     k_off: u64,
@@ -263,15 +271,13 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_run_wg(
     topk: u32,
     scale: f32,
 ) {
-    run_body::<true>(q, kv, lookup, row_info, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, max_pages, num_pages, page_stride, k_off, v_off, topk, scale);
+    run_body::<true>(q, kv, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, num_pages, page_stride, k_off, v_off, topk, scale);
 }
 
 #[inline(always)]
 unsafe fn run_body<const WG: bool>(
     q: *const u16,
     kv: *const u16,
-    lookup: *const u32,
-    row_info: *const u32,
     key_info: *const u32,
     items: *const u32,
     n_items: *const u32,
@@ -281,7 +287,6 @@ unsafe fn run_body<const WG: bool>(
     n_heads: u32,
     n_kv_heads: u32,
     n_keys: u32,
-    max_pages: u32,
     num_pages: u32,
     page_stride: u64,
     k_off: u64,
@@ -293,16 +298,11 @@ unsafe fn run_body<const WG: bool>(
     if n_kv_heads == 0 || n_keys == 0 || num_pages == 0 || cta >= ld_global_nc_u32(n_items) {
         return;
     }
-    let item = items.add(PF_ITEM_WORDS * cta as usize);
-    let key = ld_global_nc_u32(item);
-    let e0 = ld_global_nc_u32(item.add(1));
-    let ne = ld_global_nc_u32(item.add(2)) - e0;
-    let ne = ne.min(PF_MAX_ITEM_EDGES); // the plan never makes larger items
-    let edges = edges.add(e0 as usize);
+    let [key, e0, e1, page] = ld_global_nc_v4(items.add(PF_ITEM_WORDS * cta as usize) as *const u8);
+    let ne = (e1 - e0).min(PF_MAX_ITEM_EDGES); // the plan never makes larger items
+    let edges = edges.add(2 * e0 as usize);
     let kh = key / n_keys;
-    let ki = key_info.add(PF_KEY_WORDS * (key % n_keys) as usize);
-    let (seq, blk, sk) = (ld_global_nc_u32(ki), ld_global_nc_u32(ki.add(1)), ld_global_nc_u32(ki.add(2)));
-    let page = ld_global_nc_u32(lookup.add((seq * max_pages + blk) as usize)).min(num_pages - 1);
+    let page = page.min(num_pages - 1);
     let group = (n_heads / n_kv_heads).clamp(1, 16);
     let tpt = 16 / group; // rows per m-tile
     let ntiles = ne.div_ceil(tpt);
@@ -335,18 +335,18 @@ unsafe fn run_body<const WG: bool>(
         }
     }
     cp_async_commit();
+    let ki = key_info.add(PF_KEY_WORDS * (key % n_keys) as usize);
+    let (blk, sk) = (ld_global_nc_u32(ki.add(1)), ld_global_nc_u32(ki.add(2)));
 
-    // The item's edges and their rows' q_pos, staged once: [ne] (packed,
-    // q_pos); then, per m-tile row r, `r / group | (r % group) << 8` (all
+    // The item's edges, (packed, q_pos) pairs, staged once; then, per m-tile
+    // row r, `r / group | (r % group) << 8` (all
     // ones past the tile's rows), so the tile loop divides by nothing.
     let es = qbuf - warp * 2 * PF_Q_TILE_BYTES + WARPS * 2 * PF_Q_TILE_BYTES;
     let rt = es + PF_MAX_ITEM_EDGES * 8;
     let mut e = tid;
     while e < ne {
-        let packed = ld_global_nc_u32(edges.add(e as usize));
-        let (_, _, qp, _) = row_of(row_info, packed >> 8);
-        st_shared_u32(es + e * 8, packed);
-        st_shared_u32(es + e * 8 + 4, qp);
+        st_shared_u32(es + e * 8, ld_global_nc_u32(edges.add(2 * e as usize)));
+        st_shared_u32(es + e * 8 + 4, ld_global_nc_u32(edges.add(2 * e as usize + 1)));
         e += PF_THREADS;
     }
     if tid < 16 {

@@ -434,7 +434,7 @@ fn bench_prefill_attention(gpu: &Gpu, name: &'static str, len: usize, args: &Arg
         let graph_ms = time_graph_ms(gpu, reps, |_| {
             att.run(&q, &kv, &lookup, &d_sel, &mut out, None).unwrap()
         });
-        let plan_ms = time_ms(gpu, reps, |_| att.run_device_plan(&d_sel).unwrap());
+        let plan_ms = time_ms(gpu, reps, |_| att.run_device_plan(&lookup, &d_sel).unwrap());
         let tf = flops / (ms * 1e-3) / 1e12;
         eprintln!(
             "{name:<22} {path:?} window {window:?} wgmma {wgmma}: {:>9.1} us  {tf:>6.1} TFLOP/s (graph replay {:.1} us; device plan alone {:.1} us; seed {seed})",
