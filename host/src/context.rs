@@ -13,7 +13,7 @@ use crate::error::{CudaContextExt, Error, Result};
 #[derive(Clone, Debug)]
 pub struct DeviceProps {
     pub name: String,
-    /// Compute capability (major, minor); the kernels need 9.0 (sm_90).
+    /// Compute capability (major, minor); the kernels need 9.0 (sm_90a).
     pub compute_capability: (i32, i32),
     pub sm_count: u32,
     /// Largest dynamic shared memory a block may opt into, in bytes.
@@ -56,9 +56,6 @@ impl Gpu {
         // A stream of our own: the legacy default stream cannot be captured
         // into a CUDA graph.
         let stream = ctx.new_stream().during(|| "creating a stream".into())?;
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(crate::ptx::PTX))
-            .during(|| "loading the embedded PTX module".into())?;
         let attr = |a| ctx.attribute(a).during(|| format!("reading {a:?}"));
         let props = DeviceProps {
             name: ctx.name().during(|| "reading the device name".into())?,
@@ -73,15 +70,22 @@ impl Gpu {
                 as u32,
             l2_bytes: attr(Attr::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)? as u32,
         };
-        if props.compute_capability.0 < 9 {
+        // The PTX targets sm_90a (`wgmma`): Hopper only, checked before the
+        // driver is asked to load it.
+        if props.compute_capability != (9, 0) {
             return Err(Error::Unsupported {
                 arg: "device",
                 what: format!(
-                    "{} has compute capability {}.{}; the kernels need sm_90 (Hopper)",
+                    "{} has compute capability {}.{}; the kernels are built for sm_90a \
+                     (Hopper: H100/H200)",
                     props.name, props.compute_capability.0, props.compute_capability.1
                 ),
             });
         }
+        let module = ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(crate::ptx::PTX))
+            .during(|| "loading the embedded PTX module".into())?;
+
         Ok(Gpu {
             ctx,
             stream,

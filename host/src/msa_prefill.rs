@@ -14,6 +14,11 @@
 //! topk * n_kv_heads` edges, and at most `edges / item_edges + keys` work
 //! items (the run's grid; CTAs past the device-side item count return).
 //!
+//! The run kernel is `msa_prefill_run_wg` (`wgmma`, the default) or
+//! `msa_prefill_run` (`mma.sync`, [`crate::MsaAttention::set_prefill_wgmma`]
+//! `(false)`); both give the same results within rounding and pass the same
+//! tests.
+//!
 //! Workspace (allocated by `new` for `max_rows`, reused by every call):
 //! partial outputs bf16 `[rows, topk, n_heads, 128]` (256 B per (row, head,
 //! slot): 8.6 GB for a 32K-row M3 prefill) and f32 (max, sum) pairs. bf16, like

@@ -1,4 +1,4 @@
-//! The kernels, as PTX for sm_90, built from `kernels-gpu` by
+//! The kernels, as PTX for sm_90a (H100/H200), built from `kernels-gpu` by
 //! `cargo xtask build-ptx` and checked in (so users need no device
 //! toolchain). A test checks that [`PTX_SOURCE_HASH`] matches the current
 //! kernel sources, so a stale PTX cannot ship.

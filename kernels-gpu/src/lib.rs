@@ -1,4 +1,5 @@
-//! Device code of `sparse-attn`, compiled to PTX for sm_90 by
+//! Device code of `sparse-attn`, compiled to PTX for sm_90a (Hopper; the
+//! prefill run uses `wgmma`) by
 //! `cargo xtask build-ptx` (rustc's `nvptx64-nvidia-cuda` target).
 //!
 //! One file per kernel family; [`cuda`] holds every architecture-specific

@@ -15,13 +15,18 @@
 //!    zeroed for the next call.
 //! 3. `msa_prefill_scatter`: every edge goes to its place in its key's list
 //!    (the count's atomics gave each edge its rank).
-//! 4. `msa_prefill_run`: one CTA per work item loads the key's K and V block
-//!    into shared memory once; each warp takes 16-row m-tiles of (row, head)
-//!    pairs of the item's rows (one row × 16 heads for group 16; `16 / group`
-//!    rows otherwise), computes S = Q·Kᵀ, the block's softmax and P·V with
-//!    `mma.m16n8k16` (bf16 in, f32 accumulate) and writes the unnormalised
-//!    partial output (bf16) and its (max, sum) (f32) for the edge's (row,
-//!    slot).
+//! 4. `msa_prefill_run_wg` (the default) / `msa_prefill_run`: one CTA per
+//!    work item loads the key's K and V block into shared memory once; each
+//!    warp takes 16-row m-tiles of (row, head) pairs of the item's rows (one
+//!    row × 16 heads for group 16; `16 / group` rows otherwise), computes
+//!    S = Q·Kᵀ, the block's softmax and P·V (bf16 in, f32 accumulate) and
+//!    writes the unnormalised partial output (bf16) and its (max, sum) (f32)
+//!    for the edge's (row, slot). `_wg`: the 4 warps are one warpgroup and
+//!    issue `wgmma.m64n128k16` (A from registers, B from shared memory), so
+//!    each K/V fragment is read once per 64 rows; each round's output is
+//!    stored while the next round's S product runs. Without `_wg`:
+//!    `mma.m16n8k16` per warp, K/V through `ldmatrix` (shared-memory bound at
+//!    about 190 TFLOP/s; kept for comparison).
 //! 5. `msa_prefill_combine`: one warp per (row, head) merges the row's valid
 //!    slots in slot order (bit-reproducible); no valid slot gives 0 and -inf.
 //!
