@@ -380,8 +380,13 @@ impl MsaAttention {
         if p.path != AttentionPath::BlockMajor {
             return Ok(());
         }
-        self.prefill
-            .device_plan(&self.gpu, &self.prefill_args(p), lookup, d_indices, &self.row_info)
+        self.prefill.device_plan(
+            &self.gpu,
+            &self.prefill_args(p),
+            lookup,
+            d_indices,
+            &self.row_info,
+        )
     }
 
     /// Launches the attention for the current plan. `lse`, when

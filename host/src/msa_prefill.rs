@@ -304,7 +304,11 @@ impl MsaPrefill {
         self.device_plan(gpu, a, lookup, d_indices, row_info)?;
         let stream = gpu.stream();
         let n_keys = self.n_keys as u32;
-        let k_run = if self.wgmma { &self.k_run_wg } else { &self.k_run };
+        let k_run = if self.wgmma {
+            &self.k_run_wg
+        } else {
+            &self.k_run
+        };
         let mut l = stream.launch_builder(k_run);
         l.arg(q).arg(kv_cache).arg(&self.key_info);
         l.arg(&self.items).arg(&self.n_items).arg(&self.edges);

@@ -83,16 +83,18 @@ pub const ATT_ROW_WORDS: usize = 4;
 pub const PF_THREADS: u32 = 128;
 /// m-tiles of one work item: a work item's K/V block (64 KiB) is loaded once
 /// and used for up to `PF_ITEM_TILES * (16 / group)` queries (128 for group
-/// 16). Measured (H100, 2026-11-24, µs for 32/64/128 tiles): msa-prefill-8k
-/// 2606/2513/2454, msa-prefill-32k 11277/10832/10670 (and the device plan
-/// 111/83/68 µs at 8K): 128. Shared memory then allows just 2 CTAs per SM.
+/// 16). Measured (H100, 2026-11-24, µs for 32/64/128 tiles, mma.sync run):
+/// msa-prefill-8k 2606/2513/2454, msa-prefill-32k 11277/10832/10670; with the
+/// wgmma run, 64 vs 128: 2088/2046 and 9106/8975. 128 kept; shared memory then
+/// allows just 2 CTAs per SM.
 pub const PF_ITEM_TILES: u32 = 128;
 /// Query rows per plan window: the CSR is keyed by (KV head, window of
 /// `PF_WINDOW` consecutive rows, sequence, block), so the work items that run
 /// together read the queries of one window (a few MiB that stay in L2).
-/// Measured (H100, 2026-11-24, µs for 256/512/1024/2048 rows): msa-prefill-8k
-/// 2995/2959/2978/2995, msa-prefill-32k 13718/13015/14217 (graph replay
-/// 13010)/12746: within the run-to-run spread; 1024 kept.
+/// Measured (H100, 2026-11-24; BENCHMARKS.md has the tables): with the
+/// mma.sync run all four of 256/512/1024/2048 rows were within the spread;
+/// with the wgmma run, 512 vs 1024: msa-prefill-8k 1866/1870 vs 1861/1868 µs,
+/// msa-prefill-32k 8508/8609 vs 8239/8294 µs. 1024 kept.
 pub const PF_WINDOW: u32 = 1024;
 /// Dynamic shared memory of the run kernel: the K and V tiles of the block,
 /// two 4 KiB query tiles per warp (the next one streams in while the
@@ -113,5 +115,7 @@ pub const PF_KEY_WORDS: usize = 4;
 pub const PF_SCAN_THREADS: u32 = 1024;
 /// Threads per CTA of the count / scatter kernels (one edge per thread).
 pub const PF_EDGE_THREADS: u32 = 256;
-/// Warps per CTA of the combine kernel (one warp per (row, head)).
+/// Warps per CTA of the combine kernel (one warp per (row, head)). 8 measured
+/// slower (H100, 2026-11-24: msa-prefill-8k 1893 and 1899 µs against 1861 and
+/// 1868 µs with 4).
 pub const PF_COMBINE_WARPS: u32 = 4;
