@@ -216,6 +216,40 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
     }
 }
 
+/// Both run kernels (one argument list): the entry point calls
+/// `run_body::<WG>`.
+macro_rules! run_kernel {
+    ($(#[$doc:meta])* $name:ident, $wg:expr) => {
+        $(#[$doc])*
+        #[no_mangle]
+        pub unsafe extern "ptx-kernel" fn $name(
+            q: *const u16,
+            kv: *const u16,
+            key_info: *const u32,
+            items: *const u32,
+            n_items: *const u32,
+            edges: *const u32,
+            part_o: *mut u16,
+            part_ml: *mut f32,
+            n_heads: u32,
+            n_kv_heads: u32,
+            n_keys: u32,
+            num_pages: u32,
+            page_stride: u64,
+            k_off: u64,
+            v_off: u64,
+            topk: u32,
+            scale: f32,
+        ) {
+            run_body::<$wg>(
+                q, kv, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads,
+                n_keys, num_pages, page_stride, k_off, v_off, topk, scale,
+            );
+        }
+    };
+}
+
+run_kernel!(
 /// The run: one CTA per work item (CTAs past `n_items[0]` return).
 ///
 /// * `q` bf16 `[rows, n_heads, 128]`; `kv`: as `msa_attention_partial`
@@ -228,56 +262,19 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
 ///   block's row maximum, `scale · q·k · log2 e` domain) and `l = sum_k
 ///   exp2(s_k - m)`. Written for attended edges only. (Slot-major: an edge's `group` heads are one contiguous run,
 ///   like its query rows in `q`.)
-#[no_mangle]
-pub unsafe extern "ptx-kernel" fn msa_prefill_run(
-    q: *const u16,
-    kv: *const u16,
-    key_info: *const u32,
-    items: *const u32,
-    n_items: *const u32,
-    edges: *const u32,
-    part_o: *mut u16,
-    part_ml: *mut f32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    n_keys: u32,
-    num_pages: u32,
-    page_stride: u64,
-    k_off: u64,
-    v_off: u64,
-    topk: u32,
-    scale: f32,
-) {
-    run_body::<false>(q, kv, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, num_pages, page_stride, k_off, v_off, topk, scale);
-}
+    msa_prefill_run,
+    false
+);
 
+run_kernel!(
 /// [`msa_prefill_run`] with `wgmma` (sm_90a): the CTA's 4 warps are one
 /// warpgroup and multiply 4 m-tiles (64 rows) at a time, reading each K and
 /// V fragment from shared memory once for all of them (the K and V tiles are
 /// stored as two 64-dim slabs of 128-byte swizzled rows, as `wgmma`'s
 /// canonical layouts want). Same arguments, same results.
-#[no_mangle]
-pub unsafe extern "ptx-kernel" fn msa_prefill_run_wg(
-    q: *const u16,
-    kv: *const u16,
-    key_info: *const u32,
-    items: *const u32,
-    n_items: *const u32,
-    edges: *const u32,
-    part_o: *mut u16,
-    part_ml: *mut f32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    n_keys: u32,
-    num_pages: u32,
-    page_stride: u64,
-    k_off: u64,
-    v_off: u64,
-    topk: u32,
-    scale: f32,
-) {
-    run_body::<true>(q, kv, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads, n_keys, num_pages, page_stride, k_off, v_off, topk, scale);
-}
+    msa_prefill_run_wg,
+    true
+);
 
 #[inline(always)]
 unsafe fn run_body<const WG: bool>(
