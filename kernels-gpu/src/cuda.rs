@@ -238,6 +238,15 @@ pub unsafe fn ld_global_nc_v4(p: *const u8) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// `ld.global.nc.v2.u32`: one 8-byte read-only load (`p` 8-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_global_nc_v2(p: *const u8) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    asm!("ld.global.nc.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b,
+         p = in(reg64) p, options(pure, readonly, nostack));
+    [a, b]
+}
+
 /// `ld.global.nc.u32`: a 4-byte read-only load (`p` 4-byte aligned).
 #[inline(always)]
 pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {

@@ -688,12 +688,10 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
         crate::unroll!(8, S => {
             let s = s0 + S as u32;
             if s < topk && edge_block(d_indices, (slots + s) as usize, sk, qp, max_pages).is_some() {
-                let ml = part_ml.add(2 * part(s));
-                m[S] = *ml;
-                l[S] = *ml.add(1);
+                let [mb, lb] = ld_global_nc_v2(part_ml.add(2 * part(s)) as *const u8);
+                (m[S], l[S]) = (f32::from_bits(mb), f32::from_bits(lb));
                 let at = part(s) * MSA_HEAD_DIM as usize + 4 * lane as usize;
-                let p = part_o.add(at) as *const u32;
-                v[S] = [ld_global_nc_u32(p), ld_global_nc_u32(p.add(1))];
+                v[S] = ld_global_nc_v2(part_o.add(at) as *const u8);
             }
         });
         let mut cm = mx;
