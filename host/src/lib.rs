@@ -49,4 +49,4 @@ pub use error::{Error, Result};
 pub use half::bf16;
 pub use msa_attention::{AttentionPath, MsaAttention, MsaAttentionConfig};
 pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
-pub use msa_step::{DecodeStepInputs, MsaStep};
+pub use msa_step::{DecodeStepInputs, MsaStep, StepInputs};

@@ -14,7 +14,8 @@ use crate::msa_attention::{MsaAttention, MsaAttentionConfig};
 use crate::msa_indexer::{MsaIndexer, MsaIndexerConfig};
 use crate::Gpu;
 
-/// Indexer + decode attention with their workspaces and the `d_indices`
+/// Indexer + attention (decode or prefill, as planned) with their workspaces
+/// and the `d_indices`
 /// buffer between them.
 pub struct MsaStep {
     pub indexer: MsaIndexer,
@@ -25,7 +26,7 @@ pub struct MsaStep {
 }
 
 /// The device inputs of one step.
-pub struct DecodeStepInputs<'a> {
+pub struct StepInputs<'a> {
     /// Index queries `[num_rows, n_kv_heads, 128]` and the index-K pool.
     pub q_index: &'a CudaSlice<bf16>,
     pub k_index: &'a CudaSlice<bf16>,
@@ -95,7 +96,7 @@ impl MsaStep {
     /// Indexer, then attention, on the stream; writes `out` (and `lse`).
     pub fn run(
         &mut self,
-        inp: &DecodeStepInputs,
+        inp: &StepInputs,
         out: &mut CudaSlice<bf16>,
         lse: Option<&mut CudaSlice<f32>>,
     ) -> Result<()> {
@@ -120,3 +121,6 @@ impl MsaStep {
         &self.d_indices
     }
 }
+
+/// The former name of [`StepInputs`] (the step now serves prefill too).
+pub type DecodeStepInputs<'a> = StepInputs<'a>;

@@ -7,8 +7,8 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{
-    AttentionPath, DecodeStepInputs, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexerConfig,
-    MsaStep, PageTable, PagedLayout, RaggedBatch,
+    AttentionPath, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexerConfig, MsaStep, PageTable,
+    PagedLayout, RaggedBatch, StepInputs,
 };
 use sparse_attn_reference::msa_attention::{self as reference, AttentionParams};
 use sparse_attn_reference::msa_indexer::IndexerParams;
@@ -216,7 +216,7 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
         gpu.upload(&kv.lookup).unwrap(),
         gpu.upload(&ik.lookup).unwrap(),
     );
-    let inp = DecodeStepInputs {
+    let inp = StepInputs {
         q_index: &d_qi,
         k_index: &d_ik,
         index_lookup: &d_il,

@@ -20,8 +20,8 @@ use cudarc::driver::sys::CUevent_flags;
 use rand::Rng;
 use serde_json::{json, Value};
 use sparse_attn::{
-    AttentionPath, CudaSlice, DecodeStepInputs, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexer,
-    MsaIndexerConfig, MsaStep, PageTable, PagedLayout, RaggedBatch,
+    AttentionPath, CudaSlice, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig,
+    MsaStep, PageTable, PagedLayout, RaggedBatch, StepInputs,
 };
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
@@ -328,7 +328,7 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
         let mut step = MsaStep::new(gpu, icfg, cfg, c.batch).unwrap();
         let t = PageTable::new(&perm, nblocks);
         step.plan(&batch, &t, &ilayout, &t, &layout, 0).unwrap();
-        let inp = DecodeStepInputs {
+        let inp = StepInputs {
             q_index: &qi,
             k_index: &ik,
             index_lookup: &lookup,

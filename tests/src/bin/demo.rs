@@ -22,8 +22,8 @@ use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{
-    DecodeStepInputs, Gpu, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable,
-    PagedLayout, RaggedBatch,
+    Gpu, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable, PagedLayout,
+    RaggedBatch, StepInputs,
 };
 use sparse_attn_reference::msa_attention as attention_reference;
 use sparse_attn_reference::msa_indexer as reference;
@@ -364,7 +364,7 @@ fn msa_step(
     let (d_q, d_qi, d_kv, d_ik) = (up(&q)?, up(&qi)?, up(&kv.data)?, up(&ik.data)?);
     let d_kl = gpu.upload(&kv.lookup).map_err(e("upload"))?;
     let d_il = gpu.upload(&ik.lookup).map_err(e("upload"))?;
-    let inp = DecodeStepInputs {
+    let inp = StepInputs {
         q_index: &d_qi,
         k_index: &d_ik,
         index_lookup: &d_il,
