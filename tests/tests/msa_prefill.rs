@@ -254,3 +254,19 @@ fn plan_keys_cover_each_windows_causal_blocks() {
     assert_eq!(key(k0), [0, 0, 100 + q0, 0]);
     assert_eq!(key(k0 + k1 + 7), [1, 7, 1_003, 0]);
 }
+
+/// Empty sequences get no keys; one window holding several sequences gives
+/// each its own range, in row order.
+#[test]
+fn plan_keys_skip_empty_sequences_and_share_windows() {
+    // Sequences: 3 rows on a 300-token cache, none, 2 rows on no cache.
+    let off = [0, 3, 3, 5];
+    let cache = [300, 7, 0];
+    let (base, info, n) = plan_keys(&RaggedBatch::new(&off, &cache), PF_WINDOW as usize);
+    // Sequence 0's last row sits at 302: blocks 0..=2; sequence 2: block 0.
+    assert_eq!(n, 3 + 1);
+    assert_eq!(base, vec![0, 0, 0, 3, 3]);
+    let key = |k: usize| &info[4 * k..][..4];
+    assert_eq!(key(2), [0, 2, 303, 0]);
+    assert_eq!(key(3), [2, 0, 2, 0]);
+}
