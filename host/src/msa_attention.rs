@@ -164,6 +164,16 @@ pub fn attention_path(max_q_len: usize) -> AttentionPath {
     }
 }
 
+/// `len == want`, or an error naming `arg` and the sizes.
+fn expect(arg: &'static str, len: usize, want: usize, what: &str) -> Result<()> {
+    ensure(
+        len == want,
+        arg,
+        || format!("{want} elements ({what})"),
+        || format!("{len} elements"),
+    )
+}
+
 #[derive(Clone, Debug)]
 struct Plan {
     batch: usize,
@@ -338,6 +348,28 @@ impl MsaAttention {
         Ok(())
     }
 
+    /// `lookup` and `d_indices` have the planned sizes.
+    fn check_selections(
+        &self,
+        p: &Plan,
+        lookup: &CudaSlice<u32>,
+        d_indices: &CudaSlice<i32>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        expect(
+            "lookup",
+            lookup.len(),
+            p.batch * p.max_pages,
+            "batch * max_pages",
+        )?;
+        expect(
+            "d_indices",
+            d_indices.len(),
+            c.n_kv_heads * p.rows * c.topk,
+            "n_kv_heads * num_rows * topk",
+        )
+    }
+
     fn prefill_args(&self, p: &Plan) -> PrefillArgs {
         let c = &self.cfg;
         PrefillArgs {
@@ -364,19 +396,7 @@ impl MsaAttention {
         let p = self.plan.as_ref().ok_or(Error::NotPlanned {
             op: "msa_attention",
         })?;
-        let c = &self.cfg;
-        ensure(
-            d_indices.len() == c.n_kv_heads * p.rows * c.topk,
-            "d_indices",
-            || format!("{} elements", c.n_kv_heads * p.rows * c.topk),
-            || format!("{} elements", d_indices.len()),
-        )?;
-        ensure(
-            lookup.len() == p.batch * p.max_pages,
-            "lookup",
-            || format!("{} elements (batch * max_pages)", p.batch * p.max_pages),
-            || format!("{} elements", lookup.len()),
-        )?;
+        self.check_selections(p, lookup, d_indices)?;
         if p.path != AttentionPath::BlockMajor {
             return Ok(());
         }
@@ -405,14 +425,6 @@ impl MsaAttention {
         })?;
         let c = &self.cfg;
         let (rows, heads) = (p.rows, c.n_heads);
-        let expect = |arg, len: usize, want: usize, what: &str| {
-            ensure(
-                len == want,
-                arg,
-                || format!("{want} elements ({what})"),
-                || format!("{len} elements"),
-            )
-        };
         expect(
             "q",
             q.len(),
@@ -425,18 +437,7 @@ impl MsaAttention {
             p.layout.elements(),
             "the planned layout",
         )?;
-        expect(
-            "lookup",
-            lookup.len(),
-            p.batch * p.max_pages,
-            "batch * max_pages",
-        )?;
-        expect(
-            "d_indices",
-            d_indices.len(),
-            c.n_kv_heads * rows * c.topk,
-            "n_kv_heads * num_rows * topk",
-        )?;
+        self.check_selections(p, lookup, d_indices)?;
         expect(
             "out",
             out.len(),
@@ -449,15 +450,6 @@ impl MsaAttention {
         if rows == 0 {
             return Ok(());
         }
-        let stream = self.gpu.stream();
-        let (rows32, heads32, kvh) = (rows as u32, heads as u32, c.n_kv_heads as u32);
-        let (max_pages, num_pages) = (p.max_pages as u32, p.layout.num_pages as u32);
-        let page_stride = p.layout.page_stride() as u64;
-        let (k_off, v_off) = (
-            p.layout.layer_offset(0, p.layer) as u64,
-            p.layout.layer_offset(1, p.layer) as u64,
-        );
-        let (topk, parts) = (c.topk as u32, p.parts as u32);
         if p.path == AttentionPath::BlockMajor {
             let args = self.prefill_args(p);
             return self.prefill.run(
@@ -472,6 +464,15 @@ impl MsaAttention {
                 lse,
             );
         }
+        let stream = self.gpu.stream();
+        let (rows32, heads32, kvh) = (rows as u32, heads as u32, c.n_kv_heads as u32);
+        let (max_pages, num_pages) = (p.max_pages as u32, p.layout.num_pages as u32);
+        let page_stride = p.layout.page_stride() as u64;
+        let (k_off, v_off) = (
+            p.layout.layer_offset(0, p.layer) as u64,
+            p.layout.layer_offset(1, p.layer) as u64,
+        );
+        let (topk, parts) = (c.topk as u32, p.parts as u32);
         // A null `lse` pointer tells the kernels not to write it.
         let null = 0u64;
         let mut l = stream.launch_builder(&self.k_partial);

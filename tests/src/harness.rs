@@ -7,8 +7,8 @@ use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{
-    AttentionPath, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexerConfig, MsaStep, PageTable,
-    PagedLayout, RaggedBatch, StepInputs,
+    AttentionPath, CudaSlice, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexerConfig, MsaStep,
+    PageTable, PagedLayout, RaggedBatch, StepInputs,
 };
 use sparse_attn_reference::msa_attention::{self as reference, AttentionParams};
 use sparse_attn_reference::msa_indexer::IndexerParams;
@@ -185,45 +185,106 @@ pub fn assert_same_bits(a: &(Vec<bf16>, Vec<f32>), b: &(Vec<bf16>, Vec<f32>)) {
     assert!(lse && a.1.len() == b.1.len(), "lse changed between runs");
 }
 
+/// The host data of one MSA step with MiniMax-M3's configs, drawn in this
+/// order: the K/V pool (one layer), the index-K pool, the attention queries,
+/// the index queries; each pool has `extra_pages` pages no sequence uses.
+pub struct StepData {
+    pub kv: PagedPool,
+    pub ik: PagedPool,
+    pub q: Vec<bf16>,
+    pub qi: Vec<bf16>,
+}
+
+/// The device copies of a [`StepData`].
+pub struct StepBuffers {
+    q: CudaSlice<bf16>,
+    qi: CudaSlice<bf16>,
+    kv: CudaSlice<bf16>,
+    ik: CudaSlice<bf16>,
+    kv_lookup: CudaSlice<u32>,
+    ik_lookup: CudaSlice<u32>,
+}
+
+impl StepData {
+    pub fn random(rng: &mut impl Rng, spec: &RaggedSpec, extra_pages: usize) -> Self {
+        let (att, idx) = (
+            MsaAttentionConfig::minimax_m3(),
+            MsaIndexerConfig::minimax_m3(),
+        );
+        let kv = paged_pool(
+            rng,
+            spec,
+            2,
+            1,
+            att.n_kv_heads,
+            128,
+            128,
+            extra_pages,
+            Fill::Normal,
+        );
+        let ik = paged_pool(rng, spec, 1, 1, 1, 128, 128, extra_pages, Fill::Normal);
+        let rows = spec.num_rows();
+        let q = tensor(rng, rows * att.n_heads * 128, Fill::Normal);
+        let qi = tensor(rng, rows * idx.num_index_heads * 128, Fill::Normal);
+        StepData { kv, ik, q, qi }
+    }
+
+    /// The step for `spec` (layer 0), planned, and the inputs uploaded.
+    pub fn plan_and_upload(
+        &self,
+        gpu: &Gpu,
+        spec: &RaggedSpec,
+    ) -> sparse_attn::Result<(MsaStep, StepBuffers)> {
+        let (att, idx) = (
+            MsaAttentionConfig::minimax_m3(),
+            MsaIndexerConfig::minimax_m3(),
+        );
+        let mut step = MsaStep::new(gpu, idx, att, spec.num_rows())?;
+        let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
+        step.plan(
+            &batch,
+            &PageTable::new(&self.ik.lookup, self.ik.max_pages),
+            &layout_of(&self.ik),
+            &PageTable::new(&self.kv.lookup, self.kv.max_pages),
+            &layout_of(&self.kv),
+            0,
+        )?;
+        let buffers = StepBuffers {
+            q: gpu.upload(&self.q)?,
+            qi: gpu.upload(&self.qi)?,
+            kv: gpu.upload(&self.kv.data)?,
+            ik: gpu.upload(&self.ik.data)?,
+            kv_lookup: gpu.upload(&self.kv.lookup)?,
+            ik_lookup: gpu.upload(&self.ik.lookup)?,
+        };
+        Ok((step, buffers))
+    }
+}
+
+impl StepBuffers {
+    pub fn inputs(&self) -> StepInputs<'_> {
+        StepInputs {
+            q_index: &self.qi,
+            k_index: &self.ik,
+            index_lookup: &self.ik_lookup,
+            q: &self.q,
+            kv_cache: &self.kv,
+            kv_lookup: &self.kv_lookup,
+        }
+    }
+}
+
 /// The whole MSA step (indexer, then attention) on `spec`, run eagerly, then
 /// captured in a CUDA graph and replayed twice: the replay must give the
 /// eager bits, and the eager output must match the reference on the step's
 /// own selections. Returns the path the attention took.
 pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec) -> AttentionPath {
     let att = MsaAttentionConfig::minimax_m3();
-    let idx = MsaIndexerConfig::minimax_m3();
-    let kv = paged_pool(rng, spec, 2, 1, att.n_kv_heads, 128, 128, 2, Fill::Normal);
-    let ik = paged_pool(rng, spec, 1, 1, 1, 128, 128, 2, Fill::Normal);
+    let data = StepData::random(rng, spec, 2);
+    let (kv, q) = (&data.kv, &data.q);
     let rows = spec.num_rows();
-    let (q, qi) = (
-        tensor(rng, rows * att.n_heads * 128, Fill::Normal),
-        tensor(rng, rows * idx.num_index_heads * 128, Fill::Normal),
-    );
-    let mut step = MsaStep::new(gpu, idx, att, rows).unwrap();
-    let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
-    step.plan(
-        &batch,
-        &PageTable::new(&ik.lookup, ik.max_pages),
-        &layout_of(&ik),
-        &PageTable::new(&kv.lookup, kv.max_pages),
-        &layout_of(&kv),
-        0,
-    )
-    .unwrap();
-    let up = |v: &Vec<bf16>| gpu.upload(v).unwrap();
-    let (d_q, d_qi, d_kv, d_ik) = (up(&q), up(&qi), up(&kv.data), up(&ik.data));
-    let (d_kl, d_il) = (
-        gpu.upload(&kv.lookup).unwrap(),
-        gpu.upload(&ik.lookup).unwrap(),
-    );
-    let inp = StepInputs {
-        q_index: &d_qi,
-        k_index: &d_ik,
-        index_lookup: &d_il,
-        q: &d_q,
-        kv_cache: &d_kv,
-        kv_lookup: &d_kl,
-    };
+    let (mut step, buffers) = data.plan_and_upload(gpu, spec).unwrap();
+    let inp = buffers.inputs();
     let mut out = gpu.zeros::<bf16>(rows * att.n_heads * 128).unwrap();
     step.run(&inp, &mut out, None).unwrap();
     let eager = gpu.download(&out).unwrap();
@@ -232,7 +293,7 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
     // The attention on the step's own selections, against the reference.
     let p = attention_params(&att);
     let want = reference::msa_attention(
-        &q,
+        q,
         &spec.offsets,
         &spec.cache_lengths,
         &kv.cache(),

@@ -22,15 +22,14 @@ use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{
-    Gpu, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable, PagedLayout,
-    RaggedBatch, StepInputs,
+    Gpu, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch,
 };
 use sparse_attn_reference::msa_attention as attention_reference;
 use sparse_attn_reference::msa_indexer as reference;
 use sparse_attn_tests::data::{
     paged_pool, seeded, tensor, ChaCha8Rng, Fill, PagedPool, RaggedSpec, SEED_ENV,
 };
-use sparse_attn_tests::harness::{attention_params, indexer_params, layout_of};
+use sparse_attn_tests::harness::{attention_params, indexer_params, layout_of, StepData};
 
 /// Timed launches per step (the median is reported).
 const REPS: usize = 20;
@@ -303,11 +302,9 @@ fn msa_step(
         MsaIndexerConfig::minimax_m3(),
         MsaAttentionConfig::minimax_m3(),
     );
-    let kv = paged_pool(rng, &spec, 2, 1, acfg.n_kv_heads, 128, 128, 4, Fill::Normal);
-    let ik = paged_pool(rng, &spec, 1, 1, 1, 128, 128, 4, Fill::Normal);
+    let data = StepData::random(rng, &spec, 4);
+    let (kv, ik, q, qi) = (&data.kv, &data.ik, &data.q[..], &data.qi[..]);
     let rows = spec.num_rows();
-    let q = tensor(rng, rows * acfg.n_heads * 128, Fill::Normal);
-    let qi = tensor(rng, rows * icfg.num_index_heads * 128, Fill::Normal);
     println!(
         "\n{name} step (indexer + attention, {} q heads / {} kv heads, top-{}): {} sequences, {} new tokens, contexts {}..{} tokens",
         acfg.n_heads,
@@ -322,7 +319,7 @@ fn msa_step(
     let Some(gpu) = gpu else {
         let t0 = Instant::now();
         let sel = reference::msa_indexer(
-            &qi,
+            qi,
             &spec.offsets,
             &spec.cache_lengths,
             &ik.cache(),
@@ -330,7 +327,7 @@ fn msa_step(
             &indexer_params(&icfg),
         );
         let out = attention_reference::msa_attention(
-            &q,
+            q,
             &spec.offsets,
             &spec.cache_lengths,
             &kv.cache(),
@@ -349,29 +346,10 @@ fn msa_step(
         return Ok(true);
     };
     let e = |what: &'static str| move |err: sparse_attn::Error| format!("{what}: {err}");
-    let mut step = MsaStep::new(gpu, icfg, acfg, rows).map_err(e("creating the step"))?;
-    let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
-    step.plan(
-        &batch,
-        &PageTable::new(&ik.lookup, ik.max_pages),
-        &layout_of(&ik),
-        &PageTable::new(&kv.lookup, kv.max_pages),
-        &layout_of(&kv),
-        0,
-    )
-    .map_err(e("plan"))?;
-    let up = |v: &Vec<bf16>| gpu.upload(v).map_err(e("upload"));
-    let (d_q, d_qi, d_kv, d_ik) = (up(&q)?, up(&qi)?, up(&kv.data)?, up(&ik.data)?);
-    let d_kl = gpu.upload(&kv.lookup).map_err(e("upload"))?;
-    let d_il = gpu.upload(&ik.lookup).map_err(e("upload"))?;
-    let inp = StepInputs {
-        q_index: &d_qi,
-        k_index: &d_ik,
-        index_lookup: &d_il,
-        q: &d_q,
-        kv_cache: &d_kv,
-        kv_lookup: &d_kl,
-    };
+    let (mut step, buffers) = data
+        .plan_and_upload(gpu, &spec)
+        .map_err(e("planning the step"))?;
+    let inp = buffers.inputs();
     let mut out = gpu
         .zeros::<bf16>(rows * acfg.n_heads * 128)
         .map_err(e("alloc"))?;
@@ -392,7 +370,7 @@ fn msa_step(
     );
     let sel = gpu.download(step.d_indices()).map_err(e("download"))?;
     let want = attention_reference::msa_attention(
-        &q,
+        q,
         &spec.offsets,
         &spec.cache_lengths,
         &kv.cache(),
