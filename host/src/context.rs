@@ -1,5 +1,6 @@
 //! The GPU handle: one context, one stream, the kernel module loaded once.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
@@ -32,6 +33,9 @@ pub struct Gpu {
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
     props: DeviceProps,
+    /// Launch with programmatic dependent launch (see `launch.rs`); shared
+    /// by the clones of this handle.
+    pdl: Arc<AtomicBool>,
 }
 
 impl Gpu {
@@ -91,6 +95,7 @@ impl Gpu {
             stream,
             module,
             props,
+            pdl: Arc::new(AtomicBool::new(true)),
         })
     }
 
@@ -105,6 +110,28 @@ impl Gpu {
 
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// Whether launches let the next kernel be scheduled while the previous
+    /// one drains (programmatic dependent launch; on by default). Off: plain
+    /// stream order. Both give the same results; the switch exists to
+    /// measure the difference.
+    pub fn set_programmatic_launch(&self, on: bool) {
+        self.pdl.store(on, Ordering::Relaxed);
+    }
+
+    pub fn programmatic_launch(&self) -> bool {
+        self.pdl.load(Ordering::Relaxed)
+    }
+
+    /// Starts assembling a launch of `func` (see `launch.rs`); `what` names it
+    /// in errors.
+    pub(crate) fn launch<'a>(
+        &'a self,
+        func: &'a CudaFunction,
+        what: &'static str,
+    ) -> crate::launch::Launch<'a> {
+        crate::launch::Launch::new(self, func, what)
     }
 
     /// A kernel of the module, with its dynamic shared-memory limit raised to

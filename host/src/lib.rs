@@ -30,6 +30,7 @@
 pub mod batch;
 pub mod context;
 pub mod error;
+mod launch;
 pub mod msa_attention;
 pub mod msa_indexer;
 pub mod msa_prefill;

@@ -30,7 +30,7 @@
 //! of the last page is always masked; a query that attends to nothing gets
 //! `out = 0` and `lse = -inf`; a block id listed twice is attended twice.
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 use half::bf16;
 
 use crate::abi::*;
@@ -418,7 +418,7 @@ impl MsaAttention {
         lookup: &CudaSlice<u32>,
         d_indices: &CudaSlice<i32>,
         out: &mut CudaSlice<bf16>,
-        mut lse: Option<&mut CudaSlice<f32>>,
+        lse: Option<&mut CudaSlice<f32>>,
     ) -> Result<()> {
         let p = self.plan.as_ref().ok_or(Error::NotPlanned {
             op: "msa_attention",
@@ -464,7 +464,6 @@ impl MsaAttention {
                 lse,
             );
         }
-        let stream = self.gpu.stream();
         let (rows32, heads32, kvh) = (rows as u32, heads as u32, c.n_kv_heads as u32);
         let (max_pages, num_pages) = (p.max_pages as u32, p.layout.num_pages as u32);
         let page_stride = p.layout.page_stride() as u64;
@@ -473,23 +472,16 @@ impl MsaAttention {
             p.layout.layer_offset(1, p.layer) as u64,
         );
         let (topk, parts) = (c.topk as u32, p.parts as u32);
-        // A null `lse` pointer tells the kernels not to write it.
-        let null = 0u64;
-        let mut l = stream.launch_builder(&self.k_partial);
+        // With several partitions the combine writes `out` and `lse`.
+        let no_lse: Option<&mut CudaSlice<f32>> = None;
+        let mut l = self.gpu.launch(&self.k_partial, "the MSA decode kernel");
         l.arg(q)
             .arg(kv_cache)
             .arg(lookup)
             .arg(d_indices)
             .arg(&self.row_info);
-        l.arg(&self.part_o).arg(&self.part_lse).arg(&mut *out);
-        if parts == 1 {
-            match lse.as_deref_mut() {
-                Some(x) => l.arg(x),
-                None => l.arg(&null),
-            };
-        } else {
-            l.arg(&null);
-        }
+        l.arg(&self.part_o).arg(&self.part_lse).arg(&*out);
+        l.arg(if parts == 1 { &lse } else { &no_lse });
         l.arg(&rows32)
             .arg(&heads32)
             .arg(&kvh)
@@ -509,14 +501,13 @@ impl MsaAttention {
         // SAFETY: the arguments match the kernel's signature; all lengths were
         // checked against the plan; the kernel clamps page ids and skips
         // block ids outside the sequence.
-        unsafe { l.launch(cfg) }.during(|| "launching the MSA decode kernel".into())?;
+        unsafe { l.run(cfg) }?;
         if parts > 1 {
-            let mut l = stream.launch_builder(&self.k_combine);
-            l.arg(&self.part_o).arg(&self.part_lse).arg(&mut *out);
-            match lse {
-                Some(x) => l.arg(x),
-                None => l.arg(&null),
-            };
+            let mut l = self.gpu.launch(&self.k_combine, "the MSA combine kernel");
+            l.arg(&self.part_o)
+                .arg(&self.part_lse)
+                .arg(&*out)
+                .arg(&lse);
             l.arg(&rows32).arg(&heads32).arg(&parts);
             let cfg = LaunchConfig {
                 grid_dim: (rows32 * heads32, 1, 1),
@@ -524,7 +515,7 @@ impl MsaAttention {
                 shared_mem_bytes: 0,
             };
             // SAFETY: as above; the partial buffers hold `parts` partitions.
-            unsafe { l.launch(cfg) }.during(|| "launching the MSA combine kernel".into())?;
+            unsafe { l.run(cfg) }?;
         }
         Ok(())
     }

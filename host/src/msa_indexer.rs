@@ -21,7 +21,7 @@
 //! `-0.0` and `+0.0` tie; forced init/local blocks are selected first even if
 //! `topk` is smaller than their number (init before local, lower id first).
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 use half::bf16;
 
 use crate::abi::*;
@@ -331,7 +331,6 @@ impl MsaIndexer {
         if p.num_rows == 0 {
             return Ok(());
         }
-        let stream = self.gpu.stream();
         let (kernel, smem) = match p.path {
             IndexerPath::Decode => (&self.k_decode, IDX_SMEM_DECODE),
             IndexerPath::Prefill => (&self.k_prefill, IDX_SMEM_PREFILL),
@@ -343,7 +342,7 @@ impl MsaIndexer {
             let page_stride = p.layout.page_stride() as u64;
             let layer_offset = p.layout.layer_offset(0, p.layer) as u64;
             let stride = p.score_stride as u32;
-            let mut l = stream.launch_builder(kernel);
+            let mut l = self.gpu.launch(kernel, "the indexer score kernel");
             l.arg(q)
                 .arg(k_cache)
                 .arg(lookup)
@@ -367,7 +366,7 @@ impl MsaIndexer {
             // SAFETY: argument list matches the kernel signature; every
             // buffer length was checked above against the plan, and the
             // kernel clamps all metadata it reads.
-            unsafe { l.launch(cfg) }.during(|| "launching the indexer score kernel".into())?;
+            unsafe { l.run(cfg) }?;
         }
         let pairs = (h * p.num_rows) as u32;
         let (num_rows, heads, stride) = (p.num_rows as u32, h as u32, p.score_stride as u32);
@@ -385,10 +384,10 @@ impl MsaIndexer {
         } else {
             (&self.k_topk, ((pairs.div_ceil(IDX_TOPK_WARPS), 1, 1), 0))
         };
-        let mut l = stream.launch_builder(kernel);
+        let mut l = self.gpu.launch(kernel, "the indexer top-k kernel");
         l.arg(&self.scores)
             .arg(&self.row_qpos)
-            .arg(&mut *out)
+            .arg(out)
             .arg(&num_rows)
             .arg(&heads);
         l.arg(&stride).arg(&topk).arg(&init).arg(&local);
@@ -401,7 +400,7 @@ impl MsaIndexer {
             shared_mem_bytes: cfg.1,
         };
         // SAFETY: as above; `out` holds H * num_rows * topk elements.
-        unsafe { l.launch(cfg) }.during(|| "launching the indexer top-k kernel".into())?;
+        unsafe { l.run(cfg) }?;
         Ok(())
     }
 }

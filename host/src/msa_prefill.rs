@@ -26,7 +26,7 @@
 //! is written once and read once); the output is bf16 anyway and the tests
 //! hold it to the f64 reference.
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 use half::bf16;
 
 use crate::abi::*;
@@ -217,7 +217,6 @@ impl MsaPrefill {
         d_indices: &CudaSlice<i32>,
         row_info: &CudaSlice<u32>,
     ) -> Result<()> {
-        let stream = gpu.stream();
         let n_keys = self.n_keys as u32;
         let nk = a.n_kv_heads * n_keys;
         let n_edges = a.n_kv_heads * a.rows * a.topk;
@@ -231,7 +230,7 @@ impl MsaPrefill {
         };
         let group = (a.n_heads / a.n_kv_heads) as usize;
         let item_edges = item_edges(group) as u32;
-        let mut l = stream.launch_builder(&self.k_count);
+        let mut l = gpu.launch(&self.k_count, "the prefill plan count");
         l.arg(d_indices)
             .arg(row_info)
             .arg(&self.counts)
@@ -244,9 +243,9 @@ impl MsaPrefill {
         // SAFETY: arguments match the kernel; `counts` holds `nk` keys and
         // every key the kernel forms is below it (the plan's key ranges cover
         // each row's causal blocks).
-        unsafe { l.launch(edge_cfg) }.during(|| "launching the prefill plan count".into())?;
+        unsafe { l.run(edge_cfg) }?;
 
-        let mut l = stream.launch_builder(&self.k_scan);
+        let mut l = gpu.launch(&self.k_scan, "the prefill plan scan");
         l.arg(&self.counts)
             .arg(&self.cursor)
             .arg(&self.items)
@@ -265,9 +264,9 @@ impl MsaPrefill {
         };
         // SAFETY: `items` holds `max_items >= edges / item_edges + nk` items;
         // page ids are clamped to the pool.
-        unsafe { l.launch(cfg) }.during(|| "launching the prefill plan scan".into())?;
+        unsafe { l.run(cfg) }?;
 
-        let mut l = stream.launch_builder(&self.k_scatter);
+        let mut l = gpu.launch(&self.k_scatter, "the prefill plan scatter");
         l.arg(d_indices)
             .arg(row_info)
             .arg(&self.cursor)
@@ -279,7 +278,7 @@ impl MsaPrefill {
             .arg(&n_keys)
             .arg(&a.max_pages);
         // SAFETY: as the count; `edges` holds every edge.
-        unsafe { l.launch(edge_cfg) }.during(|| "launching the prefill plan scatter".into())?;
+        unsafe { l.run(edge_cfg) }?;
 
         Ok(())
     }
@@ -302,14 +301,13 @@ impl MsaPrefill {
             return Ok(());
         }
         self.device_plan(gpu, a, lookup, d_indices, row_info)?;
-        let stream = gpu.stream();
         let n_keys = self.n_keys as u32;
         let k_run = if self.wgmma {
             &self.k_run_wg
         } else {
             &self.k_run
         };
-        let mut l = stream.launch_builder(k_run);
+        let mut l = gpu.launch(k_run, "the prefill run");
         l.arg(q).arg(kv_cache).arg(&self.key_info);
         l.arg(&self.items).arg(&self.n_items).arg(&self.edges);
         l.arg(&self.part_o).arg(&self.part_ml);
@@ -329,19 +327,15 @@ impl MsaPrefill {
         };
         // SAFETY: arguments match; page ids are clamped on the device; the
         // partial buffers hold `rows * n_heads * topk` entries.
-        unsafe { l.launch(cfg) }.during(|| "launching the prefill run".into())?;
+        unsafe { l.run(cfg) }?;
 
-        let null = 0u64;
-        let mut l = stream.launch_builder(&self.k_combine);
+        let mut l = gpu.launch(&self.k_combine, "the prefill combine");
         l.arg(&self.part_o)
             .arg(&self.part_ml)
             .arg(d_indices)
             .arg(row_info)
-            .arg(out);
-        match lse {
-            Some(x) => l.arg(x),
-            None => l.arg(&null),
-        };
+            .arg(out)
+            .arg(&lse);
         l.arg(&a.rows)
             .arg(&a.n_heads)
             .arg(&a.n_kv_heads)
@@ -353,7 +347,7 @@ impl MsaPrefill {
             shared_mem_bytes: 0,
         };
         // SAFETY: as above; `out` and `lse` were checked against the plan.
-        unsafe { l.launch(cfg) }.during(|| "launching the prefill combine".into())?;
+        unsafe { l.run(cfg) }?;
         Ok(())
     }
 }

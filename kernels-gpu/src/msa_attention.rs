@@ -79,6 +79,7 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
     parts: u32,
     scale: f32,
 ) {
+    grid_prologue();
     let cta = block_idx_x();
     if n_kv_heads == 0 || parts == 0 || num_pages == 0 || cta >= rows * n_kv_heads * parts {
         return;
@@ -339,9 +340,11 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
 }
 
 /// Merges the partitions of [`msa_attention_partial`]: one CTA of 128 threads
-/// (one per dim) per (row, head), partitions in order 0, 1, … so the result
-/// is the same bits on every run. `out` bf16 `[rows, n_heads, 128]`, `lse`
-/// f32 `[rows, n_heads]` (natural log) or null.
+/// (one per dim) per (row, head). Every partition's log2-sum-exp and output
+/// element are loaded at once (up to `ATT_MAX_PARTS`, unrolled into
+/// registers: one memory round trip, not one per partition), then merged in
+/// order 0, 1, … so the result is the same bits on every run. `out` bf16
+/// `[rows, n_heads, 128]`, `lse` f32 `[rows, n_heads]` (natural log) or null.
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_attention_combine(
     part_o: *const f32,
@@ -352,24 +355,33 @@ pub unsafe extern "ptx-kernel" fn msa_attention_combine(
     n_heads: u32,
     parts: u32,
 ) {
+    grid_prologue();
     let rh = block_idx_x();
     let total = rows * n_heads;
     if rh >= total {
         return;
     }
     let d = thread_idx_x() as usize;
+    let mut pl = [f32::NEG_INFINITY; ATT_MAX_PARTS as usize];
+    let mut po = [0f32; ATT_MAX_PARTS as usize];
+    crate::unroll!(32, P => {
+        if (P as u32) < parts {
+            let at = (P as u32 * total + rh) as usize;
+            pl[P] = *part_lse.add(at);
+            po[P] = *part_o.add(at * MSA_HEAD_DIM as usize + d);
+        }
+    });
     let mut mx = f32::NEG_INFINITY;
-    for p in 0..parts {
-        mx = fmax(mx, *part_lse.add((p * total + rh) as usize));
-    }
+    crate::unroll!(32, P => { mx = fmax(mx, pl[P]); });
     let (mut acc, mut wsum) = (0f32, 0f32);
     if mx != f32::NEG_INFINITY {
-        for p in 0..parts {
-            let at = (p * total + rh) as usize;
-            let w = exp2(*part_lse.add(at) - mx);
-            wsum += w;
-            acc += w * *part_o.add(at * MSA_HEAD_DIM as usize + d);
-        }
+        crate::unroll!(32, P => {
+            if (P as u32) < parts {
+                let w = exp2(pl[P] - mx);
+                wsum += w;
+                acc += w * po[P];
+            }
+        });
     }
     let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
     *out.add(rh as usize * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);

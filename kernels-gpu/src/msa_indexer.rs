@@ -88,6 +88,7 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_scores_prefill(
     score_stride: u32,
     scale: f32,
 ) {
+    grid_prologue();
     let a = ScoreArgs {
         q,
         k_cache,
@@ -128,6 +129,7 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_scores_decode(
     score_stride: u32,
     scale: f32,
 ) {
+    grid_prologue();
     let a = ScoreArgs {
         q,
         k_cache,
@@ -476,6 +478,7 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk(
     init_blocks: u32,
     local_blocks: u32,
 ) {
+    grid_prologue();
     let pair = block_idx_x() * IDX_TOPK_WARPS + warp_id();
     if num_rows == 0 || pair >= num_rows * num_heads {
         return;
@@ -534,6 +537,7 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk_long(
     local_blocks: u32,
     cap: u32,
 ) {
+    grid_prologue();
     const T: u32 = IDX_TOPK_WARPS * 32;
     const REG: usize = 8;
     let pair = block_idx_x();

@@ -116,6 +116,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_count(
     n_keys: u32,
     max_pages: u32,
 ) {
+    grid_prologue();
     if let Some((e, key, _, _)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
         *ranks.add(e as usize) = atomic_add_global_u32(counts.add(key as usize), 1);
     }
@@ -139,6 +140,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
     num_pages: u32,
     item_edges: u32,
 ) {
+    grid_prologue();
     let tid = thread_idx_x();
     let per = nk.div_ceil(PF_SCAN_THREADS);
     let k0 = (tid * per).min(nk);
@@ -210,6 +212,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scatter(
     n_keys: u32,
     max_pages: u32,
 ) {
+    grid_prologue();
     if let Some((e, key, packed, qp)) = edge_key(d_indices, row_info, rows, n_kv_heads, topk, n_keys, max_pages) {
         let at = ld_global_nc_u32(offset.add(key as usize)) + ld_global_nc_u32(ranks.add(e as usize));
         *(edges as *mut u64).add(at as usize) = packed as u64 | (qp as u64) << 32;
@@ -241,6 +244,7 @@ macro_rules! run_kernel {
             topk: u32,
             scale: f32,
         ) {
+            grid_prologue();
             run_body::<$wg>(
                 q, kv, key_info, items, n_items, edges, part_o, part_ml, n_heads, n_kv_heads,
                 n_keys, num_pages, page_stride, k_off, v_off, topk, scale,
@@ -662,6 +666,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
     topk: u32,
     max_pages: u32,
 ) {
+    grid_prologue();
     let w = block_idx_x() * PF_COMBINE_WARPS + warp_id();
     if n_kv_heads == 0 || w >= rows * n_heads {
         return;

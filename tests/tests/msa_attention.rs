@@ -103,7 +103,8 @@ fn gpu_decode_matches_reference() {
 }
 
 /// Several partitions are merged in a fixed order: two runs give the same
-/// bits, out and lse.
+/// bits, out and lse; so does a run in plain stream order (programmatic
+/// dependent launch off), for the decode and the block-major path.
 #[test]
 fn gpu_combine_is_deterministic() {
     let Some(gpu) = gpu() else { return };
@@ -112,9 +113,15 @@ fn gpu_combine_is_deterministic() {
     let c = MsaAttentionConfig::minimax_m3();
     let spec = RaggedSpec::decode(lengths(&mut rng, 3, 5_000, 40_000));
     let inp = AttentionInputs::random(&mut rng, spec, &c, 0.1);
-    let a = run_attention(&gpu, &c, &inp, Some(16), None);
-    let b = run_attention(&gpu, &c, &inp, Some(16), None);
-    assert_same_bits(&a, &b);
+    for path in [AttentionPath::QueryMajor, AttentionPath::BlockMajor] {
+        let a = run_attention(&gpu, &c, &inp, Some(16), Some(path));
+        let b = run_attention(&gpu, &c, &inp, Some(16), Some(path));
+        assert_same_bits(&a, &b);
+        gpu.set_programmatic_launch(false);
+        let plain = run_attention(&gpu, &c, &inp, Some(16), Some(path));
+        gpu.set_programmatic_launch(true);
+        assert_same_bits(&a, &plain);
+    }
 }
 
 /// The whole decode step (indexer, then attention) captured in a CUDA graph

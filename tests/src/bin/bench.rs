@@ -119,6 +119,52 @@ fn copy_bandwidth(gpu: &Gpu) -> f64 {
     2.0 * (n * 2) as f64 / (ms * 1e-3) / 1e9
 }
 
+/// The floor under any decode call, timed like the cases: an empty kernel
+/// (one CTA, `ret`) launched back to back, eager and replayed from a graph,
+/// one and two per call (the decode attention launches two when it splits),
+/// and a device-to-device copy of `bytes` (the bytes msa-decode-b1-128k
+/// reads). Printed, in µs.
+fn launch_floor(gpu: &Gpu, bytes: usize) {
+    use cudarc::driver::LaunchConfig;
+    const NOOP_PTX: &str = ".version 8.0\n.target sm_90a\n.address_size 64\n\
+                            .visible .entry noop() { ret; }\n";
+    let module = gpu
+        .context()
+        .load_module(cudarc::nvrtc::Ptx::from_src(NOOP_PTX))
+        .unwrap();
+    let f = module.load_function("noop").unwrap();
+    let cfg = LaunchConfig {
+        grid_dim: (1, 1, 1),
+        block_dim: (32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let launch = |n: usize| {
+        for _ in 0..n {
+            unsafe { gpu.stream().launch_builder(&f).launch(cfg) }.unwrap();
+        }
+    };
+    let us = |ms: f64| ms * 1e3;
+    let (e1, g1) = (
+        us(time_ms(gpu, 20, |_| launch(1))),
+        us(time_graph_ms(gpu, 20, |_| launch(1))),
+    );
+    let (e2, g2) = (
+        us(time_ms(gpu, 20, |_| launch(2))),
+        us(time_graph_ms(gpu, 20, |_| launch(2))),
+    );
+    let n = bytes / 2;
+    let src = gpu.upload(&vec![0u16; n]).unwrap();
+    let mut dst = gpu.zeros::<u16>(n).unwrap();
+    let copy = us(time_ms(gpu, 20, |_| {
+        gpu.stream().memcpy_dtod(&src, &mut dst).unwrap()
+    }));
+    eprintln!(
+        "launch floor: empty kernel {e1:.1} us eager / {g1:.1} us graph; two empty kernels \
+         {e2:.1} / {g2:.1} us; device copy of {:.1} MB {copy:.1} us",
+        bytes as f64 / 1e6
+    );
+}
+
 /// An indexer benchmark case.
 struct IdxCase {
     name: &'static str,
@@ -223,7 +269,7 @@ fn selections(
     d
 }
 
-fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Value> {
+fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64, l2: usize) -> Vec<Value> {
     let (mut rng, seed) = seeded(None);
     let cfg = c.cfg;
     let (n_kv, topk) = (cfg.n_kv_heads, cfg.topk);
@@ -267,8 +313,10 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
         r
     };
     if !c.step {
-        // Rotate several selections so repeated calls do not re-read L2.
-        let copies = 4;
+        // Rotate several selections so repeated calls do not re-read L2:
+        // together they select at least 3x L2 (with repeats; b1-128k: 43
+        // copies of 4.2 MB on the H200's 60 MB L2).
+        let copies = (3 * l2).div_ceil(sel_bytes as usize).max(4);
         let sels: Vec<_> = (0..copies)
             .map(|_| {
                 let mut sel = selections(&mut rng, n_kv, c.batch, topk, nblocks);
@@ -307,10 +355,29 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
                 graph_ms * 1e3
             );
             if parts.is_none() {
+                // The same launches in plain stream order.
+                gpu.set_programmatic_launch(false);
+                let plain_ms = time_ms(gpu, args.reps, |i| {
+                    att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                        .unwrap()
+                });
+                let plain_graph_ms = time_graph_ms(gpu, args.reps, |i| {
+                    att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                        .unwrap()
+                });
+                gpu.set_programmatic_launch(true);
+                eprintln!(
+                    "{:<22} without programmatic launch: {:.1} us (graph replay {:.1} us)",
+                    c.name,
+                    plain_ms * 1e3,
+                    plain_graph_ms * 1e3
+                );
                 recs.push(record(
                     ms * 1e3,
                     sel_bytes + io_bytes,
-                    json!({ "partitions": p, "our_us_graph_replay": graph_ms * 1e3 }),
+                    json!({ "partitions": p, "our_us_graph_replay": graph_ms * 1e3,
+                            "our_us_no_pdl": plain_ms * 1e3,
+                            "our_us_graph_replay_no_pdl": plain_graph_ms * 1e3 }),
                 ));
             }
         }
@@ -338,17 +405,26 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64) -> Vec<Va
         };
         let ms = time_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
         let graph_ms = time_graph_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
+        gpu.set_programmatic_launch(false);
+        let plain_ms = time_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
+        let plain_graph_ms =
+            time_graph_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
+        gpu.set_programmatic_launch(true);
         let idx_bytes = (c.batch * c.ctx * 256) as f64;
         eprintln!(
-            "{:<22} step: {:>9.1} us (graph replay {:.1} us, seed {seed})",
+            "{:<22} step: {:>9.1} us (graph replay {:.1} us; without programmatic launch {:.1} / {:.1} us; seed {seed})",
             c.name,
             ms * 1e3,
-            graph_ms * 1e3
+            graph_ms * 1e3,
+            plain_ms * 1e3,
+            plain_graph_ms * 1e3
         );
         recs.push(record(
             ms * 1e3,
             sel_bytes + io_bytes + idx_bytes,
-            json!({ "our_us_graph_replay": graph_ms * 1e3 }),
+            json!({ "our_us_graph_replay": graph_ms * 1e3,
+                    "our_us_no_pdl": plain_ms * 1e3,
+                    "our_us_graph_replay_no_pdl": plain_graph_ms * 1e3 }),
         ));
     }
     recs
@@ -596,6 +672,7 @@ fn main() {
     );
     let copy_gbs = copy_bandwidth(&gpu);
     eprintln!("copy bandwidth (1 GiB D2D, read + write): {copy_gbs:.0} GB/s");
+    launch_floor(&gpu, 16 * 4 * 128 * 128 * 2 * 2);
     // `--peers a.json,b.json`: the peer scripts' outputs, merged.
     let mut peers: BTreeMap<String, Value> = BTreeMap::new();
     for path in args.peers.iter().flat_map(|p| p.split(',')) {
@@ -628,7 +705,13 @@ fn main() {
         ));
     }
     for c in att_cases().iter().filter(|c| want(c.name)) {
-        all.extend(bench_attention(&gpu, c, &args, copy_gbs));
+        all.extend(bench_attention(
+            &gpu,
+            c,
+            &args,
+            copy_gbs,
+            props.l2_bytes as usize,
+        ));
     }
     for (name, len) in [("msa-prefill-8k", 8 * 1024), ("msa-prefill-32k", 32 * 1024)] {
         if want(name) {

@@ -1,0 +1,146 @@
+//! Kernel launches, all through one builder, with Hopper's programmatic
+//! dependent launch (PDL).
+//!
+//! Every launch of this crate sets `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`
+//! (`cuLaunchKernelEx`). The next kernel on the stream may then be scheduled
+//! while the previous one drains, instead of after it: the launch latency
+//! between dependent kernels (indexer → attention, partial → combine, call →
+//! call in a serving loop) overlaps the previous kernel's tail.
+//!
+//! The contract that keeps this correct, on the device side
+//! (`kernels-gpu/src/cuda.rs`): every kernel's first statement is
+//! `grid_dependency_wait()` (`griddepcontrol.wait`), which returns once the
+//! previous grid on the stream has completed and its memory is visible. So no
+//! kernel reads or writes global memory before its predecessor — ours or a
+//! user's — is done; only the launch itself moves earlier. Each kernel then
+//! calls `launch_dependents()` (`griddepcontrol.launch_dependents`) so that
+//! its successor is scheduled as soon as every CTA of the grid has started.
+//!
+//! [`Gpu::set_programmatic_launch`] turns the attribute off (plain stream
+//! order; the kernels' `griddepcontrol` instructions then return at once),
+//! for measuring what it buys.
+
+use std::ffi::c_void;
+
+use cudarc::driver::sys;
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
+
+use crate::context::Gpu;
+use crate::error::{CudaContextExt, Result};
+
+/// A kernel parameter: its bits, widened to 8 bytes. The driver reads as
+/// many bytes as the parameter's PTX type has from the cell's address, so a
+/// 4-byte value sits in the low half (little-endian).
+pub(crate) trait KernelArg {
+    fn cell(&self, gpu: &Gpu) -> u64;
+}
+
+impl KernelArg for u32 {
+    fn cell(&self, _: &Gpu) -> u64 {
+        *self as u64
+    }
+}
+
+impl KernelArg for u64 {
+    fn cell(&self, _: &Gpu) -> u64 {
+        *self
+    }
+}
+
+impl KernelArg for f32 {
+    fn cell(&self, _: &Gpu) -> u64 {
+        self.to_bits() as u64
+    }
+}
+
+/// A device buffer is passed as its address.
+impl<T> KernelArg for CudaSlice<T> {
+    fn cell(&self, gpu: &Gpu) -> u64 {
+        // The context does no event tracking (see `Gpu::new`), so the
+        // returned guard records nothing.
+        let (ptr, _guard) = self.device_ptr(gpu.stream());
+        ptr
+    }
+}
+
+/// An optional output: a null pointer tells the kernel not to write it.
+impl<T> KernelArg for Option<&mut CudaSlice<T>> {
+    fn cell(&self, gpu: &Gpu) -> u64 {
+        self.as_deref().map_or(0, |s| s.cell(gpu))
+    }
+}
+
+/// One launch being assembled: `gpu.launch(&kernel, "what").arg(..)…run(cfg)`.
+pub(crate) struct Launch<'a> {
+    gpu: &'a Gpu,
+    func: &'a CudaFunction,
+    what: &'static str,
+    cells: Vec<u64>,
+}
+
+impl<'a> Launch<'a> {
+    pub(crate) fn new(gpu: &'a Gpu, func: &'a CudaFunction, what: &'static str) -> Self {
+        Launch {
+            gpu,
+            func,
+            what,
+            cells: Vec::with_capacity(24),
+        }
+    }
+
+    /// Appends the next parameter, in the kernel signature's order.
+    pub(crate) fn arg(&mut self, a: &(impl KernelArg + ?Sized)) -> &mut Self {
+        self.cells.push(a.cell(self.gpu));
+        self
+    }
+
+    /// Enqueues the kernel on the crate's stream.
+    ///
+    /// # Safety
+    /// The parameters must match the kernel's signature in number, order and
+    /// type, and every buffer must be large enough for what the kernel
+    /// touches under these launch dimensions.
+    pub(crate) unsafe fn run(&mut self, cfg: LaunchConfig) -> Result<()> {
+        let mut params: Vec<*mut c_void> = self
+            .cells
+            .iter_mut()
+            .map(|c| c as *mut u64 as *mut c_void)
+            .collect();
+        // SAFETY: a zeroed attribute is a valid "no attribute" value; the one
+        // field set is the one the id names.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let pdl = self.gpu.programmatic_launch();
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.gpu.stream().cu_stream(),
+            attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
+            numAttrs: pdl as u32,
+        };
+        let what = self.what;
+        self.gpu
+            .context()
+            .bind_to_thread()
+            .during(|| format!("binding the context before {what}"))?;
+        // SAFETY: `params` points at one live cell per kernel parameter (the
+        // caller vouches for their number and types); `config` and `attr`
+        // outlive the call, which copies them.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                self.func.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .during(|| format!("launching {what}"))
+    }
+}
