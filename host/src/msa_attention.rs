@@ -110,7 +110,10 @@ impl MsaAttentionConfig {
 /// partitions 1/2/3/4/8/16): msa-decode-b64-32k 100.9/112.7/115.4/119.7/
 /// 145.6/221.1 and msa-decode-tp8 51.9/60.3/62.2/63.2/71.6/97.6 (the rule
 /// gives 1); msa-decode-b1-128k 21.7/16.8/-/13.3/11.3/11.7 (the rule gives 16,
-/// within noise of the best, 8).
+/// within noise of the best, 8). Again on an H200 (2026-11-30, µs by
+/// partitions 1/2/3/4/8/16): msa-decode-b1-128k 27.0/19.3/17.4/14.6/11.5/11.2
+/// and msa-decode-tp8 38.7/43.7/48.5/48.7 (1-4): the rule's 16 and 1 are the
+/// best.
 pub fn decode_partitions(sm_count: usize, batch: usize, n_kv_heads: usize, topk: usize) -> usize {
     let pairs = (batch * n_kv_heads).max(1);
     (sm_count / pairs)

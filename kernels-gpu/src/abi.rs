@@ -59,7 +59,9 @@ pub const ATT_THREADS: u32 = 128;
 /// Pipeline depth of the decode attention kernel, in half-steps: a stage
 /// holds the K or the V tile of one block (32 KiB), two are in flight while
 /// one is computed. 3 × 32 KiB lets 2 CTAs share an SM (the M3 b64 batch,
-/// 256 CTAs, then runs in one wave instead of two).
+/// 256 CTAs, then runs in one wave instead of two). Deeper does not pay where
+/// it fits: 6 stages for grids of one CTA per SM measured msa-decode-tp8 at
+/// 37.3 µs either way (H200, 2026-11-30).
 pub const ATT_STAGES: u32 = 3;
 /// Bytes of one stage: the K or the V of a 128-token block of one KV head.
 pub const ATT_STAGE_BYTES: u32 = IDX_BLOCK_BYTES;

@@ -225,6 +225,22 @@ fn att_cases() -> Vec<AttCase> {
         case("msa-decode-b1-128k", 1, 128 * 1024, m3, false, false),
         case("msa-decode-b1-128k-empty", 1, 128 * 1024, m3, false, true),
         case("msa-decode-tp8", 128, 32 * 1024, tp8, false, false),
+        // Not a spec case: msa-decode-b64-32k's bytes and CTA count (256
+        // (sequence, KV head) pairs of 16 blocks) with one KV head per page,
+        // so each K or V tile is 32 KiB contiguous instead of 128 rows of
+        // 256 B at a 1 KiB stride: how much the interleaved layout costs.
+        case(
+            "msa-decode-probe-kv1-b256",
+            256,
+            32 * 1024,
+            MsaAttentionConfig {
+                n_heads: 16,
+                n_kv_heads: 1,
+                ..m3
+            },
+            false,
+            false,
+        ),
         case("msa-step-b64-32k", 64, 32 * 1024, m3, true, false),
         case("msa-step-b1-128k", 1, 128 * 1024, m3, true, false),
     ]
