@@ -80,6 +80,8 @@ pub(crate) struct Launch<'a> {
     func: &'a CudaFunction,
     what: &'static str,
     cells: Vec<u64>,
+    /// CTAs per thread-block cluster along x (1: no clusters).
+    cluster: u32,
 }
 
 impl<'a> Launch<'a> {
@@ -89,7 +91,16 @@ impl<'a> Launch<'a> {
             func,
             what,
             cells: Vec::with_capacity(24),
+            cluster: 1,
         }
+    }
+
+    /// Groups the grid's CTAs `n` by `n` along x into thread-block clusters
+    /// (`CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`); the grid's x must be a
+    /// multiple of `n`.
+    pub(crate) fn cluster(&mut self, n: u32) -> &mut Self {
+        self.cluster = n;
+        self
     }
 
     /// Appends the next parameter, in the kernel signature's order.
@@ -110,12 +121,24 @@ impl<'a> Launch<'a> {
             .iter_mut()
             .map(|c| c as *mut u64 as *mut c_void)
             .collect();
-        // SAFETY: a zeroed attribute is a valid "no attribute" value; the one
-        // field set is the one the id names.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-        attr.value.programmaticStreamSerializationAllowed = 1;
-        let pdl = self.gpu.programmatic_launch();
+        // SAFETY: a zeroed attribute is a valid "no attribute" value; each
+        // one sets the field its id names.
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let mut n_attrs = 0;
+        if self.gpu.programmatic_launch() {
+            let a = &mut attrs[n_attrs];
+            a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+            a.value.programmaticStreamSerializationAllowed = 1;
+            n_attrs += 1;
+        }
+        if self.cluster > 1 {
+            let a = &mut attrs[n_attrs];
+            a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+            a.value.clusterDim.x = self.cluster;
+            a.value.clusterDim.y = 1;
+            a.value.clusterDim.z = 1;
+            n_attrs += 1;
+        }
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -125,8 +148,8 @@ impl<'a> Launch<'a> {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.gpu.stream().cu_stream(),
-            attrs: if pdl { &mut attr } else { std::ptr::null_mut() },
-            numAttrs: pdl as u32,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: n_attrs as u32,
         };
         let what = self.what;
         self.gpu
@@ -134,7 +157,7 @@ impl<'a> Launch<'a> {
             .bind_to_thread()
             .during(|| format!("binding the context before {what}"))?;
         // SAFETY: `params` points at one live cell per kernel parameter (the
-        // caller vouches for their number and types); `config` and `attr`
+        // caller vouches for their number and types); `config` and `attrs`
         // outlive the call, which copies them.
         unsafe {
             sys::cuLaunchKernelEx(

@@ -20,8 +20,9 @@
 //!
 //! Two paths ([`AttentionPath`]):
 //! - **query-major** (decode, every `q_len = 1`): one CTA per (row, KV head,
-//!   split-K partition) streams the row's selected blocks; a combine merges
-//!   the partitions when there are several.
+//!   split-K partition) streams the row's selected blocks. Up to 16
+//!   partitions form a thread-block cluster and merge through distributed
+//!   shared memory in the same kernel; more are merged by a combine kernel.
 //! - **KV-block-major** (any `q_len > 1`): the device inverts `d_indices`
 //!   into a CSR (see `msa_prefill`), each selected block is loaded once for
 //!   all the rows that chose it, and a combine merges each row's slots.
@@ -194,6 +195,9 @@ pub struct MsaAttention {
     cfg: MsaAttentionConfig,
     k_partial: CudaFunction,
     k_combine: CudaFunction,
+    /// Most partitions merged in a thread-block cluster on this device
+    /// (`ATT_MAX_CLUSTER`, or 8 where clusters of 16 do not fit).
+    max_cluster: u32,
     max_rows: usize,
     /// Most (row, partition) pairs the partial buffers hold: split-K only
     /// pays for small batches, so this is a few per SM, not `max_rows * 32`.
@@ -220,8 +224,20 @@ impl MsaAttention {
         cfg.validate()?;
         let max_rows = max_rows.max(1);
         let part_cap = 4 * (gpu.props().sm_count as usize).max(ATT_MAX_PARTS as usize);
+        let k_partial = gpu.kernel("msa_attention_partial", ATT_SMEM)?;
+        // Clusters above 8 CTAs are "non-portable": allowed per kernel, and
+        // only used when the driver says they can be resident.
+        k_partial
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .during(|| "allowing clusters of 16 for the decode kernel".into())?;
+        let fits = gpu.max_active_clusters(&k_partial, ATT_MAX_CLUSTER, ATT_THREADS, ATT_SMEM)?;
+        let max_cluster = if fits > 0 { ATT_MAX_CLUSTER } else { 8 };
         Ok(MsaAttention {
-            k_partial: gpu.kernel("msa_attention_partial", ATT_SMEM)?,
+            k_partial,
+            max_cluster,
             k_combine: gpu.kernel("msa_attention_combine", 0)?,
             row_info: gpu.zeros(ATT_ROW_WORDS * max_rows)?,
             prefill: MsaPrefill::new(gpu, cfg.n_heads, cfg.n_kv_heads, cfg.topk, max_rows)?,
@@ -475,7 +491,10 @@ impl MsaAttention {
             p.layout.layer_offset(1, p.layer) as u64,
         );
         let (topk, parts) = (c.topk as u32, p.parts as u32);
-        // With several partitions the combine writes `out` and `lse`.
+        // Up to `max_cluster` partitions merge inside a thread-block
+        // cluster; more write partials that the combine kernel merges (and
+        // then it writes `out` and `lse`).
+        let clustered = parts > 1 && parts <= self.max_cluster;
         let no_lse: Option<&mut CudaSlice<f32>> = None;
         let mut l = self.gpu.launch(&self.k_partial, "the MSA decode kernel");
         l.arg(q)
@@ -484,7 +503,11 @@ impl MsaAttention {
             .arg(d_indices)
             .arg(&self.row_info);
         l.arg(&self.part_o).arg(&self.part_lse).arg(&*out);
-        l.arg(if parts == 1 { &lse } else { &no_lse });
+        l.arg(if parts == 1 || clustered {
+            &lse
+        } else {
+            &no_lse
+        });
         l.arg(&rows32)
             .arg(&heads32)
             .arg(&kvh)
@@ -495,7 +518,11 @@ impl MsaAttention {
             .arg(&v_off)
             .arg(&topk)
             .arg(&parts)
-            .arg(&c.scale);
+            .arg(&c.scale)
+            .arg(&(clustered as u32));
+        if clustered {
+            l.cluster(parts);
+        }
         let cfg = LaunchConfig {
             grid_dim: (rows32 * kvh * parts, 1, 1),
             block_dim: (ATT_THREADS, 1, 1),
@@ -505,7 +532,7 @@ impl MsaAttention {
         // checked against the plan; the kernel clamps page ids and skips
         // block ids outside the sequence.
         unsafe { l.run(cfg) }?;
-        if parts > 1 {
+        if parts > 1 && !clustered {
             let mut l = self.gpu.launch(&self.k_combine, "the MSA combine kernel");
             l.arg(&self.part_o)
                 .arg(&self.part_lse)

@@ -74,6 +74,14 @@ pub const ATT_SMEM: u32 = ATT_STAGES * ATT_STAGE_BYTES + ATT_MAX_SLOTS * 8;
 pub const ATT_MAX_GROUP: u32 = 16;
 /// Most split-K partitions of one (sequence, KV head).
 pub const ATT_MAX_PARTS: u32 = 32;
+/// Most partitions merged inside a thread-block cluster; more go through
+/// `msa_attention_combine`. 16 is above the portable cluster size (8): the
+/// host asks the driver whether clusters of 16 of the decode kernel fit and
+/// caps at 8 otherwise. Measured (H200, 2026-11-30): msa-decode-b1-128k, 16
+/// partitions, 9.9–10.0 µs per call merged in clusters of 16 against
+/// 11.1 µs through the combine kernel; 8 partitions in clusters of 8,
+/// 10.7 µs.
+pub const ATT_MAX_CLUSTER: u32 = 16;
 /// Words per query row of the attention's `row_info`:
 /// `[sequence, seqlen_k, q_pos, key_base]` (`key_base`: the prefill plan's
 /// key of block 0 of the row's (window, sequence); see `msa_prefill`).

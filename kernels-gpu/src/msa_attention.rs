@@ -20,8 +20,13 @@
 //! and 19.6–20.0 µs for msa-decode-b1-128k, against 99.2–99.5, 52.0–52.1 and
 //! 11.5–12.3 µs here: at group ≥ 8 the FMAs, not the memory, set the pace.
 //!
-//! `msa_attention_combine`: one CTA per (row, head) merges the partitions in a
-//! fixed order (partition 0 first), so the result is bit-reproducible.
+//! Merging the partitions, in a fixed order (partition 0 first) so the result
+//! is bit-reproducible: when the host launches the partitions of a (row, KV
+//! head) as one thread-block cluster (up to `ATT_MAX_CLUSTER`), each CTA
+//! leaves its normalised partial in shared memory and the cluster merges them
+//! through distributed shared memory (`cluster_merge`: no partials in global
+//! memory, no second launch); otherwise the partials go to global memory and
+//! `msa_attention_combine`, one CTA per (row, head), merges them.
 //!
 //! Masking: slots of `-1` and ids `>= ceil(seqlen_k / 128)` (or past the
 //! query's own block) are skipped; keys `pos > q_pos` are masked, and V rows
@@ -55,7 +60,12 @@ const LN2: f32 = core::f32::consts::LN_2;
 /// * `part_o`: f32 `[parts, rows, n_heads, 128]`, `part_lse`: f32
 ///   `[parts, rows, n_heads]` (log2 domain) — written when `parts > 1`
 /// * `out`: bf16 `[rows, n_heads, 128]`, `lse`: f32 `[rows, n_heads]` or
-///   null — written when `parts == 1`
+///   null — written when `parts == 1` or `clustered`
+/// * `clustered` (1 or 0): the `parts` CTAs of each (row, KV head) form a
+///   thread-block cluster (`parts <= ATT_MAX_CLUSTER`, launched so) and merge their
+///   partials through distributed shared memory instead of `part_o` /
+///   `part_lse` and the combine kernel: CTA rank `r` merges heads
+///   `r, r + parts, …` in partition order (deterministic).
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_attention_partial(
     q: *const u16,
@@ -78,6 +88,7 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
     topk: u32,
     parts: u32,
     scale: f32,
+    clustered: u32,
 ) {
     grid_prologue();
     let cta = block_idx_x();
@@ -291,6 +302,10 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
         });
     });
     sync_threads();
+    // This CTA's normalised partial, for the cluster merge: O [16, 128] f32
+    // and log2-sum-exp [16], in the last stage (free by now).
+    let fin_o = smem + 2 * ATT_STAGE_BYTES;
+    let fin_lse = fin_o + 16 * MSA_HEAD_DIM * 4;
     // Thread t: row m = t / 8, dims (t % 8) * 16 .. +16.
     let m = tid / 8;
     if m < group {
@@ -319,7 +334,9 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
                 v += ld_shared_f32(os + ((w * 16 + m) * MSA_HEAD_DIM + d) * 4);
             }
             v *= inv;
-            if parts == 1 {
+            if clustered != 0 {
+                st_shared_f32(fin_o + (m * MSA_HEAD_DIM + d) * 4, v);
+            } else if parts == 1 {
                 *out.add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
             } else {
                 let at =
@@ -328,7 +345,9 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
             }
         }
         if tid % 8 == 0 {
-            if parts == 1 {
+            if clustered != 0 {
+                st_shared_f32(fin_lse + m * 4, lse2);
+            } else if parts == 1 {
                 if !lse.is_null() {
                     *lse.add(row_head) = lse2 * LN2;
                 }
@@ -337,6 +356,66 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
             }
         }
     }
+    if clustered != 0 {
+        cluster_merge(fin_o, fin_lse, out, lse, t * n_heads + kh * group, group, parts);
+    }
+}
+
+/// The cluster's merge of [`msa_attention_partial`]: after a cluster barrier,
+/// CTA rank `r` merges heads `r, r + parts, …` of the group, thread `d` one
+/// dim, reading every partition's O and log2-sum-exp from its CTA's shared
+/// memory in rank order; a second barrier keeps every CTA's shared memory
+/// alive until all have read it. `head0`: row × n_heads + the group's first head.
+#[inline(always)]
+unsafe fn cluster_merge(
+    fin_o: u32,
+    fin_lse: u32,
+    out: *mut u16,
+    lse: *mut f32,
+    head0: u32,
+    group: u32,
+    parts: u32,
+) {
+    cluster_sync();
+    let d = thread_idx_x();
+    let mut m = cluster_ctarank();
+    while m < group {
+        let mut pl = [f32::NEG_INFINITY; ATT_MAX_CLUSTER as usize];
+        let mut po = [0f32; ATT_MAX_CLUSTER as usize];
+        crate::unroll!(16, P => {
+            if (P as u32) < parts {
+                pl[P] = ld_shared_cluster_f32(map_shared_rank(fin_lse + m * 4, P as u32));
+                po[P] = ld_shared_cluster_f32(map_shared_rank(
+                    fin_o + (m * MSA_HEAD_DIM + d) * 4,
+                    P as u32,
+                ));
+            }
+        });
+        let mut mx = f32::NEG_INFINITY;
+        crate::unroll!(16, P => { mx = fmax(mx, pl[P]); });
+        let (mut acc, mut wsum) = (0f32, 0f32);
+        if mx != f32::NEG_INFINITY {
+            crate::unroll!(16, P => {
+                if (P as u32) < parts {
+                    let w = exp2(pl[P] - mx);
+                    wsum += w;
+                    acc += w * po[P];
+                }
+            });
+        }
+        let rh = (head0 + m) as usize;
+        let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
+        *out.add(rh * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
+        if d == 0 && !lse.is_null() {
+            *lse.add(rh) = if wsum > 0.0 {
+                (mx + log2(wsum)) * LN2
+            } else {
+                f32::NEG_INFINITY
+            };
+        }
+        m += parts;
+    }
+    cluster_sync();
 }
 
 /// Merges the partitions of [`msa_attention_partial`]: one CTA of 128 threads

@@ -104,21 +104,31 @@ fn gpu_decode_matches_reference() {
 
 /// Several partitions are merged in a fixed order: two runs give the same
 /// bits, out and lse; so does a run in plain stream order (programmatic
-/// dependent launch off), for the decode and the block-major path.
+/// dependent launch off), for the decode (cluster merge and combine kernel)
+/// and the block-major path.
 #[test]
 fn gpu_combine_is_deterministic() {
     let Some(gpu) = gpu() else { return };
     let (mut rng, seed) = seeded(None);
     eprintln!("seed {seed}");
-    let c = MsaAttentionConfig::minimax_m3();
     let spec = RaggedSpec::decode(lengths(&mut rng, 3, 5_000, 40_000));
-    let inp = AttentionInputs::random(&mut rng, spec, &c, 0.1);
-    for path in [AttentionPath::QueryMajor, AttentionPath::BlockMajor] {
-        let a = run_attention(&gpu, &c, &inp, Some(16), Some(path));
-        let b = run_attention(&gpu, &c, &inp, Some(16), Some(path));
+    // Up to 16 partitions merge inside a thread-block cluster; 32 (top-32)
+    // go through the combine kernel.
+    let m3 = MsaAttentionConfig::minimax_m3();
+    let top32 = cfg(64, 4, 32);
+    let runs = [
+        (m3, 8, AttentionPath::QueryMajor),
+        (m3, 16, AttentionPath::QueryMajor),
+        (top32, 32, AttentionPath::QueryMajor),
+        (m3, 16, AttentionPath::BlockMajor),
+    ];
+    for (c, parts, path) in runs {
+        let inp = AttentionInputs::random(&mut rng, spec.clone(), &c, 0.1);
+        let a = run_attention(&gpu, &c, &inp, Some(parts), Some(path));
+        let b = run_attention(&gpu, &c, &inp, Some(parts), Some(path));
         assert_same_bits(&a, &b);
         gpu.set_programmatic_launch(false);
-        let plain = run_attention(&gpu, &c, &inp, Some(16), Some(path));
+        let plain = run_attention(&gpu, &c, &inp, Some(parts), Some(path));
         gpu.set_programmatic_launch(true);
         assert_same_bits(&a, &plain);
     }
