@@ -44,6 +44,11 @@ const WARPS: u32 = ATT_THREADS / 32;
 /// Keys of a block each warp owns, and their n-tiles.
 const WARP_KEYS: u32 = MSA_BLOCK / WARPS;
 const WARP_NT: usize = (WARP_KEYS / 8) as usize;
+/// Row stride (f32) of the warp-merge buffer: 8 floats of padding spread a
+/// warp's stores of 8 rows over all banks (2-way instead of 8-way conflicts).
+const OS_STRIDE: u32 = MSA_HEAD_DIM + 8;
+// The epilogue gives each thread one dim.
+const _: () = assert!(ATT_THREADS == MSA_HEAD_DIM);
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 const LN2: f32 = core::f32::consts::LN_2;
 
@@ -274,9 +279,13 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
     cp_async_wait::<0>();
     sync_threads(); // stages free: reused below
 
-    // Merge the 4 warps: ml [warps, 16, 2] f32, then O [warps, 16, 128] f32.
+    // Merge the 4 warps through shared memory: ml [warps, 16, 2] f32 (each
+    // warp's max and sum per head), os [warps, 16, OS_STRIDE] f32 (its O,
+    // rescaled to the CTA's max), hl [16, 2] f32 (per head: 1 / sum and the
+    // log2-sum-exp).
     let ml = smem;
     let os = smem + WARPS * 16 * 8;
+    let hl = os + WARPS * 16 * OS_STRIDE * 4;
     for h in 0..2 {
         let l = l_run[h] + shfl_xor_f32(l_run[h], 1);
         l_run[h] = l + shfl_xor_f32(l, 2);
@@ -296,19 +305,13 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
         let mine = if mx == f32::NEG_INFINITY { 0.0 } else { exp2(m_run[h] - mx) };
         crate::unroll!(16, D => {
             let col = D as u32 * 8 + 2 * c;
-            let at = os + ((warp * 16 + m) * MSA_HEAD_DIM + col) * 4;
+            let at = os + ((warp * 16 + m) * OS_STRIDE + col) * 4;
             st_shared_f32(at, o[D][2 * h] * mine);
             st_shared_f32(at + 4, o[D][2 * h + 1] * mine);
         });
     });
-    sync_threads();
-    // This CTA's normalised partial, for the cluster merge: O [16, 128] f32
-    // and log2-sum-exp [16], in the last stage (free by now).
-    let fin_o = smem + 2 * ATT_STAGE_BYTES;
-    let fin_lse = fin_o + 16 * MSA_HEAD_DIM * 4;
-    // Thread t: row m = t / 8, dims (t % 8) * 16 .. +16.
-    let m = tid / 8;
-    if m < group {
+    if tid < 16 {
+        let m = tid;
         let (mut mx, mut l) = (f32::NEG_INFINITY, 0f32);
         for w in 0..WARPS {
             mx = fmax(mx, ld_shared_f32(ml + ((w * 16 + m) * 2) * 4));
@@ -319,40 +322,46 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
                 l += ld_shared_f32(at + 4) * exp2(ld_shared_f32(at) - mx);
             }
         }
-        let head = kh * group + m;
-        let row_head = (t * n_heads + head) as usize;
         let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
         let lse2 = if l > 0.0 {
             mx + log2(l)
         } else {
             f32::NEG_INFINITY
         };
-        let d0 = (tid % 8) * 16;
-        for d in d0..d0 + 16 {
-            let mut v = 0f32;
-            for w in 0..WARPS {
-                v += ld_shared_f32(os + ((w * 16 + m) * MSA_HEAD_DIM + d) * 4);
-            }
-            v *= inv;
-            if clustered != 0 {
-                st_shared_f32(fin_o + (m * MSA_HEAD_DIM + d) * 4, v);
-            } else if parts == 1 {
-                *out.add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
-            } else {
-                let at =
-                    (part as usize * (rows * n_heads) as usize + row_head) * MSA_HEAD_DIM as usize;
-                *part_o.add(at + d as usize) = v;
-            }
+        st_shared_f32(hl + m * 8, inv);
+        st_shared_f32(hl + m * 8 + 4, lse2);
+    }
+    sync_threads();
+    // This CTA's normalised partial, for the cluster merge: O [16, 128] f32
+    // and log2-sum-exp [16], in the last stage (free by now).
+    let fin_o = smem + 2 * ATT_STAGE_BYTES;
+    let fin_lse = fin_o + 16 * MSA_HEAD_DIM * 4;
+    // Thread t owns dim t of every head: shared-memory reads without bank
+    // conflicts and coalesced writes.
+    let d = tid;
+    for m in 0..group {
+        let mut v = 0f32;
+        for w in 0..WARPS {
+            v += ld_shared_f32(os + ((w * 16 + m) * OS_STRIDE + d) * 4);
         }
-        if tid % 8 == 0 {
-            if clustered != 0 {
+        v *= ld_shared_f32(hl + m * 8);
+        let lse2 = ld_shared_f32(hl + m * 8 + 4);
+        let row_head = (t * n_heads + kh * group + m) as usize;
+        let part_at = part as usize * (rows * n_heads) as usize + row_head;
+        if clustered != 0 {
+            st_shared_f32(fin_o + (m * MSA_HEAD_DIM + d) * 4, v);
+            if d == 0 {
                 st_shared_f32(fin_lse + m * 4, lse2);
-            } else if parts == 1 {
-                if !lse.is_null() {
-                    *lse.add(row_head) = lse2 * LN2;
-                }
-            } else {
-                *part_lse.add(part as usize * (rows * n_heads) as usize + row_head) = lse2;
+            }
+        } else if parts == 1 {
+            *out.add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
+            if d == 0 && !lse.is_null() {
+                *lse.add(row_head) = lse2 * LN2;
+            }
+        } else {
+            *part_o.add(part_at * MSA_HEAD_DIM as usize + d as usize) = v;
+            if d == 0 {
+                *part_lse.add(part_at) = lse2;
             }
         }
     }
