@@ -18,11 +18,12 @@
 //!
 //! [`Gpu::set_programmatic_launch`] turns the attribute off (plain stream
 //! order; the kernels' `griddepcontrol` instructions then return at once),
-//! for measuring what it buys. Measured (H200, 2026-11-30, BENCHMARKS.md):
-//! msa-decode-b1-128k 9.8–10.0 µs per call against 11.6–12.3 without, the
-//! b1-128k decode step 22.4 against 25.2, msa-decode-tp8 0.9–1.5 µs less;
-//! msa-decode-b64-32k, one long kernel per call, within its run-to-run spread
-//! (71.6–73.0 with, 70.9–73.7 without).
+//! for measuring what it buys. Measured (H200, 2026-11-30, BENCHMARKS.md),
+//! eager µs per call with / without: msa-decode-b1-128k 8.1 / 9.1 (before
+//! the decode epilogue change, 9.8–10.0 / 11.6–12.3 over five calls),
+//! msa-decode-tp8 36.4 / 37.7, the b1-128k decode step 21.7 / 22.1;
+//! msa-decode-b64-32k, one long kernel per call, 68.4 / 69.5, within the
+//! spread it shows between calls.
 
 use std::ffi::c_void;
 

@@ -114,7 +114,7 @@ impl MsaAttentionConfig {
 /// within noise of the best, 8). Again on an H200 (2026-11-30, µs by
 /// partitions 1/2/3/4/8/16): msa-decode-b1-128k 27.0/19.3/17.4/14.6/11.5/11.2
 /// and msa-decode-tp8 38.7/43.7/48.5/48.7 (1-4): the rule's 16 and 1 are the
-/// best.
+/// best; with the cluster merge, b1-128k 27.0/21.4/17.6/14.4/11.0/9.9.
 pub fn decode_partitions(sm_count: usize, batch: usize, n_kv_heads: usize, topk: usize) -> usize {
     let pairs = (batch * n_kv_heads).max(1);
     (sm_count / pairs)
