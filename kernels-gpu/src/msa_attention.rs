@@ -400,31 +400,55 @@ unsafe fn cluster_merge(
                 ));
             }
         });
-        let mut mx = f32::NEG_INFINITY;
-        crate::unroll!(16, P => { mx = fmax(mx, pl[P]); });
-        let (mut acc, mut wsum) = (0f32, 0f32);
-        if mx != f32::NEG_INFINITY {
-            crate::unroll!(16, P => {
-                if (P as u32) < parts {
-                    let w = exp2(pl[P] - mx);
-                    wsum += w;
-                    acc += w * po[P];
-                }
-            });
-        }
-        let rh = (head0 + m) as usize;
-        let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
-        *out.add(rh * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
-        if d == 0 && !lse.is_null() {
-            *lse.add(rh) = if wsum > 0.0 {
-                (mx + log2(wsum)) * LN2
-            } else {
-                f32::NEG_INFINITY
-            };
-        }
+        write_merged(out, lse, (head0 + m) as usize, d as usize, &pl, &po, parts);
         m += parts;
     }
     cluster_sync();
+}
+
+/// Merges `parts` normalised partials of one output element, in order 0, 1, …
+/// (`pl`: their log2-sum-exp, unused entries `-inf`; `po`: their values),
+/// and writes the element of `out` (row-head `rh`, dim `d`) and, from dim 0,
+/// the natural-log sum of exponentials to `lse` unless it is null. Nothing
+/// attended: 0 and `-inf`.
+#[inline(always)]
+unsafe fn write_merged<const N: usize>(
+    out: *mut u16,
+    lse: *mut f32,
+    rh: usize,
+    d: usize,
+    pl: &[f32; N],
+    po: &[f32; N],
+    parts: u32,
+) {
+    // Unrolled to 32 (the largest N) so the arrays stay in registers; `P < N`
+    // folds away the rest.
+    const { assert!(N <= 32) };
+    let mut mx = f32::NEG_INFINITY;
+    crate::unroll!(32, P => {
+        if P < N {
+            mx = fmax(mx, pl[P.min(N - 1)]);
+        }
+    });
+    let (mut acc, mut wsum) = (0f32, 0f32);
+    if mx != f32::NEG_INFINITY {
+        crate::unroll!(32, P => {
+            if P < N && (P as u32) < parts {
+                let w = exp2(pl[P.min(N - 1)] - mx);
+                wsum += w;
+                acc += w * po[P.min(N - 1)];
+            }
+        });
+    }
+    let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
+    *out.add(rh * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);
+    if d == 0 && !lse.is_null() {
+        *lse.add(rh) = if wsum > 0.0 {
+            (mx + log2(wsum)) * LN2
+        } else {
+            f32::NEG_INFINITY
+        };
+    }
 }
 
 /// Merges the partitions of [`msa_attention_partial`]: one CTA of 128 threads
@@ -459,25 +483,5 @@ pub unsafe extern "ptx-kernel" fn msa_attention_combine(
             po[P] = *part_o.add(at * MSA_HEAD_DIM as usize + d);
         }
     });
-    let mut mx = f32::NEG_INFINITY;
-    crate::unroll!(32, P => { mx = fmax(mx, pl[P]); });
-    let (mut acc, mut wsum) = (0f32, 0f32);
-    if mx != f32::NEG_INFINITY {
-        crate::unroll!(32, P => {
-            if (P as u32) < parts {
-                let w = exp2(pl[P] - mx);
-                wsum += w;
-                acc += w * po[P];
-            }
-        });
-    }
-    let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
-    *out.add(rh as usize * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);
-    if d == 0 && !lse.is_null() {
-        *lse.add(rh as usize) = if wsum > 0.0 {
-            (mx + log2(wsum)) * LN2
-        } else {
-            f32::NEG_INFINITY
-        };
-    }
+    write_merged(out, lse, rh as usize, d, &pl, &po, parts);
 }
