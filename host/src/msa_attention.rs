@@ -534,10 +534,7 @@ impl MsaAttention {
         unsafe { l.run(cfg) }?;
         if parts > 1 && !clustered {
             let mut l = self.gpu.launch(&self.k_combine, "the MSA combine kernel");
-            l.arg(&self.part_o)
-                .arg(&self.part_lse)
-                .arg(&*out)
-                .arg(&lse);
+            l.arg(&self.part_o).arg(&self.part_lse).arg(&*out).arg(&lse);
             l.arg(&rows32).arg(&heads32).arg(&parts);
             let cfg = LaunchConfig {
                 grid_dim: (rows32 * heads32, 1, 1),
