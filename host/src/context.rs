@@ -134,47 +134,6 @@ impl Gpu {
         crate::launch::Launch::new(self, func, what)
     }
 
-    /// How many clusters of `cluster` CTAs (of `threads` threads and
-    /// `smem_bytes` dynamic shared memory each) of `func` can be resident at
-    /// once (`cuOccupancyMaxActiveClusters`); 0 when they cannot be
-    /// scheduled at all.
-    pub(crate) fn max_active_clusters(
-        &self,
-        func: &CudaFunction,
-        cluster: u32,
-        threads: u32,
-        smem_bytes: u32,
-    ) -> Result<u32> {
-        use cudarc::driver::sys;
-        // SAFETY: zeroed attributes are valid; the one set matches its id.
-        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attr.value.clusterDim.x = cluster;
-        attr.value.clusterDim.y = 1;
-        attr.value.clusterDim.z = 1;
-        let config = sys::CUlaunchConfig {
-            gridDimX: cluster,
-            gridDimY: 1,
-            gridDimZ: 1,
-            blockDimX: threads,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
-        let mut n: std::ffi::c_int = 0;
-        self.ctx
-            .bind_to_thread()
-            .during(|| "binding the context".into())?;
-        // SAFETY: `config` and `attr` outlive the call; `n` is written.
-        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, func.cu_function(), &config) }
-            .result()
-            .during(|| format!("asking how many clusters of {cluster} fit"))?;
-        Ok(n.max(0) as u32)
-    }
-
     /// A kernel of the module, with its dynamic shared-memory limit raised to
     /// `smem_bytes` when that is above the default 48 KiB.
     pub(crate) fn kernel(&self, name: &str, smem_bytes: u32) -> Result<CudaFunction> {

@@ -31,7 +31,7 @@ use cudarc::driver::sys;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
 
 use crate::context::Gpu;
-use crate::error::{CudaContextExt, Result};
+use crate::error::{CudaContextExt, Error, Result};
 
 /// A kernel parameter: its bits, widened to 8 bytes. The driver reads as
 /// many bytes as the parameter's PTX type has from the cell's address, so a
@@ -75,12 +75,18 @@ impl<T> KernelArg for Option<&mut CudaSlice<T>> {
     }
 }
 
+/// Most parameters a kernel of this crate takes (the decode kernel has 21).
+const MAX_ARGS: usize = 24;
+
 /// One launch being assembled: `gpu.launch(&kernel, "what").arg(..)…run(cfg)`.
+/// The parameters live in a fixed array: no allocation per launch.
 pub(crate) struct Launch<'a> {
     gpu: &'a Gpu,
     func: &'a CudaFunction,
     what: &'static str,
-    cells: Vec<u64>,
+    cells: [u64; MAX_ARGS],
+    /// Parameters pushed so far (more than `MAX_ARGS`: `run` refuses).
+    n_args: usize,
     /// CTAs per thread-block cluster along x (1: no clusters).
     cluster: u32,
 }
@@ -91,7 +97,8 @@ impl<'a> Launch<'a> {
             gpu,
             func,
             what,
-            cells: Vec::with_capacity(24),
+            cells: [0; MAX_ARGS],
+            n_args: 0,
             cluster: 1,
         }
     }
@@ -106,25 +113,21 @@ impl<'a> Launch<'a> {
 
     /// Appends the next parameter, in the kernel signature's order.
     pub(crate) fn arg(&mut self, a: &(impl KernelArg + ?Sized)) -> &mut Self {
-        self.cells.push(a.cell(self.gpu));
+        if let Some(c) = self.cells.get_mut(self.n_args) {
+            *c = a.cell(self.gpu);
+        }
+        self.n_args += 1;
         self
     }
 
-    /// Enqueues the kernel on the crate's stream.
-    ///
-    /// # Safety
-    /// The parameters must match the kernel's signature in number, order and
-    /// type, and every buffer must be large enough for what the kernel
-    /// touches under these launch dimensions.
-    pub(crate) unsafe fn run(&mut self, cfg: LaunchConfig) -> Result<()> {
-        let mut params: Vec<*mut c_void> = self
-            .cells
-            .iter_mut()
-            .map(|c| c as *mut u64 as *mut c_void)
-            .collect();
-        // SAFETY: a zeroed attribute is a valid "no attribute" value; each
-        // one sets the field its id names.
-        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+    /// The driver's launch description of `cfg` with this launch's
+    /// attributes (programmatic serialization when on, the cluster shape when
+    /// set), which it writes into `attrs`.
+    fn config(
+        &self,
+        cfg: &LaunchConfig,
+        attrs: &mut [sys::CUlaunchAttribute; 2],
+    ) -> sys::CUlaunchConfig {
         let mut n_attrs = 0;
         if self.gpu.programmatic_launch() {
             let a = &mut attrs[n_attrs];
@@ -140,7 +143,7 @@ impl<'a> Launch<'a> {
             a.value.clusterDim.z = 1;
             n_attrs += 1;
         }
-        let config = sys::CUlaunchConfig {
+        sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
             gridDimZ: cfg.grid_dim.2,
@@ -151,8 +154,53 @@ impl<'a> Launch<'a> {
             hStream: self.gpu.stream().cu_stream(),
             attrs: attrs.as_mut_ptr(),
             numAttrs: n_attrs as u32,
-        };
+        }
+    }
+
+    /// How many clusters of this launch's shape (`cluster`, then `cfg`'s
+    /// block and shared memory) can be resident at once
+    /// (`cuOccupancyMaxActiveClusters`); 0 when they cannot be scheduled.
+    pub(crate) fn max_active_clusters(&self, cfg: LaunchConfig) -> Result<u32> {
+        // SAFETY: zeroed attributes are valid; `config` sets those it uses.
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let config = self.config(&cfg, &mut attrs);
+        let (what, cluster) = (self.what, self.cluster);
+        self.gpu
+            .context()
+            .bind_to_thread()
+            .during(|| format!("binding the context for {what}"))?;
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: `config` and `attrs` outlive the call; `n` is written.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, self.func.cu_function(), &config) }
+            .result()
+            .during(|| format!("asking how many clusters of {cluster} of {what} fit"))?;
+        Ok(n.max(0) as u32)
+    }
+
+    /// Enqueues the kernel on the crate's stream.
+    ///
+    /// # Safety
+    /// The parameters must match the kernel's signature in number, order and
+    /// type, and every buffer must be large enough for what the kernel
+    /// touches under these launch dimensions.
+    pub(crate) unsafe fn run(&mut self, cfg: LaunchConfig) -> Result<()> {
         let what = self.what;
+        if self.n_args > MAX_ARGS {
+            return Err(Error::Unsupported {
+                arg: "kernel parameters",
+                what: format!(
+                    "{what} takes {} parameters, at most {MAX_ARGS}",
+                    self.n_args
+                ),
+            });
+        }
+        let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
+        for (p, c) in params.iter_mut().zip(&mut self.cells) {
+            *p = c as *mut u64 as *mut c_void;
+        }
+        // SAFETY: zeroed attributes are valid; `config` sets those it uses.
+        let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+        let config = self.config(&cfg, &mut attrs);
         self.gpu
             .context()
             .bind_to_thread()

@@ -233,7 +233,14 @@ impl MsaAttention {
                 1,
             )
             .during(|| "allowing clusters of 16 for the decode kernel".into())?;
-        let fits = gpu.max_active_clusters(&k_partial, ATT_MAX_CLUSTER, ATT_THREADS, ATT_SMEM)?;
+        let fits = gpu
+            .launch(&k_partial, "the MSA decode kernel")
+            .cluster(ATT_MAX_CLUSTER)
+            .max_active_clusters(LaunchConfig {
+                grid_dim: (ATT_MAX_CLUSTER, 1, 1),
+                block_dim: (ATT_THREADS, 1, 1),
+                shared_mem_bytes: ATT_SMEM,
+            })?;
         let max_cluster = if fits > 0 { ATT_MAX_CLUSTER } else { 8 };
         Ok(MsaAttention {
             k_partial,
