@@ -80,7 +80,7 @@ pub(crate) fn ensure(
 /// Fails with [`Error::Unsupported`] unless `head_dim` is the one the MSA
 /// kernels implement.
 pub(crate) fn require_head_dim(head_dim: usize) -> Result<()> {
-    let want = crate::abi::MSA_HEAD_DIM as usize;
+    let want = crate::abi::msa::MSA_HEAD_DIM as usize;
     if head_dim == want {
         Ok(())
     } else {

@@ -32,16 +32,14 @@ pub mod context;
 pub mod error;
 mod launch;
 pub mod msa_attention;
+pub mod msa_block_major;
 pub mod msa_indexer;
-pub mod msa_prefill;
 pub mod msa_step;
 pub mod ptx;
 
-// Constants shared with the kernels (tile shapes, shared memory, work-item
-// layout): the very file the device crate compiles.
-#[allow(dead_code)]
-#[path = "../../kernels-gpu/src/abi.rs"]
-pub mod abi;
+/// What the kernels and this crate share (tile shapes, parameter structs,
+/// work records): the `sparse-attn-abi` crate, which the device build compiles too.
+pub use sparse_attn_abi as abi;
 
 pub use batch::{PageTable, PagedLayout, RaggedBatch};
 pub use context::{DeviceProps, Gpu};
@@ -50,4 +48,4 @@ pub use error::{Error, Result};
 pub use half::bf16;
 pub use msa_attention::{AttentionPath, MsaAttention, MsaAttentionConfig};
 pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
-pub use msa_step::{DecodeStepInputs, MsaStep, StepInputs};
+pub use msa_step::{MsaStep, StepInputs};

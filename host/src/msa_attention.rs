@@ -3,7 +3,7 @@
 //! causal rule.
 //! Semantics: `shared/spec/msa-attention.md`; kernels:
 //! `kernels-gpu/src/msa_attention.rs` (query-major) and
-//! `kernels-gpu/src/msa_prefill.rs` (KV-block-major).
+//! `kernels-gpu/src/msa_block_major.rs` (KV-block-major).
 //!
 //! ```text
 //! q          bf16 [num_rows, n_heads, 128]                  (ragged: offsets [batch + 1])
@@ -24,7 +24,7 @@
 //!   partitions form a thread-block cluster and merge through distributed
 //!   shared memory in the same kernel; more are merged by a combine kernel.
 //! - **KV-block-major** (any `q_len > 1`): the device inverts `d_indices`
-//!   into a CSR (see `msa_prefill`), each selected block is loaded once for
+//!   into a CSR (see `msa_block_major`), each selected block is loaded once for
 //!   all the rows that chose it, and a combine merges each row's slots.
 //!
 //! Our choices: ids `>= ceil(seqlen_k / 128)` are skipped like `-1`; the tail
@@ -34,10 +34,10 @@
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 use half::bf16;
 
-use crate::abi::*;
+use crate::abi::msa::*;
 use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
 use crate::error::{ensure, require_head_dim, CudaContextExt, Error, Result};
-use crate::msa_prefill::{plan_keys, MsaPrefill, PrefillArgs};
+use crate::msa_block_major::{plan_keys, BlockMajorArgs, MsaBlockMajor};
 use crate::Gpu;
 
 /// What the attention computes.
@@ -208,7 +208,7 @@ pub struct MsaAttention {
     part_o: CudaSlice<f32>,
     /// `[parts, rows, n_heads]` f32 (log2 domain).
     part_lse: CudaSlice<f32>,
-    prefill: MsaPrefill,
+    block_major: MsaBlockMajor,
     plan: Option<Plan>,
     force_parts: Option<usize>,
     force_path: Option<AttentionPath>,
@@ -247,7 +247,7 @@ impl MsaAttention {
             max_cluster,
             k_combine: gpu.kernel("msa_attention_combine", 0)?,
             row_info: gpu.zeros(ATT_ROW_WORDS * max_rows)?,
-            prefill: MsaPrefill::new(gpu, cfg.n_heads, cfg.n_kv_heads, cfg.topk, max_rows)?,
+            block_major: MsaBlockMajor::new(gpu, cfg.n_heads, cfg.n_kv_heads, cfg.topk, max_rows)?,
             part_o: gpu.zeros(part_cap * cfg.n_heads * cfg.head_dim)?,
             part_lse: gpu.zeros(part_cap * cfg.n_heads)?,
             gpu: gpu.clone(),
@@ -282,16 +282,10 @@ impl MsaAttention {
         self.force_path = path;
     }
 
-    /// Overrides the block-major plan's window of rows (`PF_WINDOW`); for
+    /// Overrides the block-major plan's window of rows (`BM_WINDOW`); for
     /// benchmarks. Takes effect at the next `plan`.
-    pub fn force_prefill_window(&mut self, rows: Option<usize>) {
+    pub fn force_block_major_window(&mut self, rows: Option<usize>) {
         self.window = rows;
-    }
-
-    /// Chooses the block-major run's tensor-core instructions: `wgmma`
-    /// (default; sm_90a) or `mma.sync` (the same results; for comparison).
-    pub fn set_prefill_wgmma(&mut self, wgmma: bool) {
-        self.prefill.wgmma = wgmma;
     }
 
     /// Path of the current plan.
@@ -322,7 +316,7 @@ impl MsaAttention {
             .unwrap_or_else(|| attention_path(batch.max_q_len()));
         let (key_base, key_info, n_keys) = match path {
             AttentionPath::BlockMajor => {
-                plan_keys(batch, self.window.unwrap_or(PF_WINDOW as usize))
+                plan_keys(batch, self.window.unwrap_or(BM_WINDOW as usize))
             }
             AttentionPath::QueryMajor => (vec![0; rows], Vec::new(), 0),
         };
@@ -341,7 +335,7 @@ impl MsaAttention {
                 .during(|| "uploading the row positions".into())?;
         }
         if path == AttentionPath::BlockMajor {
-            self.prefill.plan(
+            self.block_major.plan(
                 &self.gpu,
                 &key_info,
                 n_keys,
@@ -396,9 +390,9 @@ impl MsaAttention {
         )
     }
 
-    fn prefill_args(&self, p: &Plan) -> PrefillArgs {
+    fn block_major_args(&self, p: &Plan) -> BlockMajorArgs {
         let c = &self.cfg;
-        PrefillArgs {
+        BlockMajorArgs {
             rows: p.rows as u32,
             n_heads: c.n_heads as u32,
             n_kv_heads: c.n_kv_heads as u32,
@@ -426,9 +420,9 @@ impl MsaAttention {
         if p.path != AttentionPath::BlockMajor {
             return Ok(());
         }
-        self.prefill.device_plan(
+        self.block_major.device_plan(
             &self.gpu,
-            &self.prefill_args(p),
+            &self.block_major_args(p),
             lookup,
             d_indices,
             &self.row_info,
@@ -477,8 +471,8 @@ impl MsaAttention {
             return Ok(());
         }
         if p.path == AttentionPath::BlockMajor {
-            let args = self.prefill_args(p);
-            return self.prefill.run(
+            let args = self.block_major_args(p);
+            return self.block_major.run(
                 &self.gpu,
                 &args,
                 q,

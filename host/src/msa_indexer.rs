@@ -24,7 +24,7 @@
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 use half::bf16;
 
-use crate::abi::*;
+use crate::abi::msa::*;
 use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
 use crate::error::{ensure, require_head_dim, CudaContextExt, Error, Result};
 use crate::Gpu;

@@ -121,6 +121,3 @@ impl MsaStep {
         &self.d_indices
     }
 }
-
-/// The former name of [`StepInputs`] (the step now serves prefill too).
-pub type DecodeStepInputs<'a> = StepInputs<'a>;

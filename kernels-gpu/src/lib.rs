@@ -13,11 +13,11 @@
     internal_features
 )]
 
-pub mod abi;
+
 pub mod cuda;
 pub mod msa_attention;
 pub mod msa_indexer;
-pub mod msa_prefill;
+pub mod msa_block_major;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

@@ -32,7 +32,7 @@
 //! query's own block) are skipped; keys `pos > q_pos` are masked, and V rows
 //! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed.
 
-use crate::abi::*;
+use sparse_attn_abi::msa::*;
 use crate::cuda::*;
 
 const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
@@ -134,7 +134,7 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
 
     // The partition's pages (u32::MAX: slot skipped), staged once.
     let smem = dynamic_smem();
-    let pages = smem + ATT_STAGES * ATT_STAGE_BYTES; // [ATT_MAX_SLOTS] (page, block)
+    let pages = smem + ATT_STAGES * MSA_BLOCK_BYTES; // [ATT_MAX_SLOTS] (page, block)
     if tid < nslots.min(ATT_MAX_SLOTS) {
         let slot = slot0 + tid;
         let blk = *d_indices.add(((kh * rows + t) * topk + slot) as usize);
@@ -162,9 +162,9 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
         let off = if u % 2 == 0 { k_off } else { v_off };
         let src =
             kv.add(page as usize * page_stride as usize + head_off + off as usize) as *const u8;
-        let dst = smem + (u % ATT_STAGES) * ATT_STAGE_BYTES;
+        let dst = smem + (u % ATT_STAGES) * MSA_BLOCK_BYTES;
         let mut ch = tid;
-        while ch < IDX_BLOCK_BYTES / 16 {
+        while ch < MSA_BLOCK_BYTES / 16 {
             let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
             let so = (r as usize * tok_stride) * 2 + cc as usize * 16;
             cp_async_16(dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(so));
@@ -198,14 +198,14 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
             continue;
         }
         let blk_base = ld_shared_u32(pages + i * 8 + 4) * MSA_BLOCK;
-        let tile = smem + (u % ATT_STAGES) * ATT_STAGE_BYTES;
+        let tile = smem + (u % ATT_STAGES) * MSA_BLOCK_BYTES;
         if u % 2 == 1 {
             let vs = tile;
             if blk_base + MSA_BLOCK > sk {
                 // The last page's unwritten tail: its P is 0, but 0 · NaN is
                 // NaN in P·V, so the V rows past seqlen_k are zeroed first.
                 let mut ch = (sk - blk_base) * ROW_CHUNKS + tid;
-                while ch < IDX_BLOCK_BYTES / 16 {
+                while ch < MSA_BLOCK_BYTES / 16 {
                     st_shared_zero16(vs + ch * 16);
                     ch += ATT_THREADS;
                 }
@@ -334,7 +334,7 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(
     sync_threads();
     // This CTA's normalised partial, for the cluster merge: O [16, 128] f32
     // and log2-sum-exp [16], in the last stage (free by now).
-    let fin_o = smem + 2 * ATT_STAGE_BYTES;
+    let fin_o = smem + 2 * MSA_BLOCK_BYTES;
     let fin_lse = fin_o + 16 * MSA_HEAD_DIM * 4;
     // Thread t owns dim t of every head: shared-memory reads without bank
     // conflicts and coalesced writes.

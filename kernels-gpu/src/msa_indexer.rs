@@ -24,7 +24,7 @@
 //! IEEE maxNum, so a NaN product loses to any number, and a block whose every
 //! product is NaN scores NaN, which ranks below every number.
 
-use crate::abi::*;
+use sparse_attn_abi::msa::*;
 use crate::cuda::*;
 
 const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
@@ -213,7 +213,7 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
     }});
 
     let smem = dynamic_smem();
-    let pages = smem + IDX_STAGES * IDX_BLOCK_BYTES; // [IDX_MAX_ITEM_BLOCKS] u32
+    let pages = smem + IDX_STAGES * MSA_BLOCK_BYTES; // [IDX_MAX_ITEM_BLOCKS] u32
     let red = pages + IDX_MAX_ITEM_BLOCKS * 4; // decode: [blocks, WARPS, 16] f32
     let tid = thread_idx_x();
     // Stage the item's page ids once, so issuing a block's copies never
@@ -230,9 +230,9 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
             .k_cache
             .add(page as usize * p.page_stride as usize + p.layer_offset as usize)
             as *const u8;
-        let dst = smem + (i % IDX_STAGES) * IDX_BLOCK_BYTES;
+        let dst = smem + (i % IDX_STAGES) * MSA_BLOCK_BYTES;
         let mut ch = tid;
-        while ch < IDX_BLOCK_BYTES / 16 {
+        while ch < MSA_BLOCK_BYTES / 16 {
             let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
             cp_async_16(
                 dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4),
@@ -261,7 +261,7 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &ScoreArgs) {
         }
         cp_async_commit();
 
-        let sb = smem + (i % IDX_STAGES) * IDX_BLOCK_BYTES;
+        let sb = smem + (i % IDX_STAGES) * MSA_BLOCK_BYTES;
         let kbase = (blk0 + i) * MSA_BLOCK;
         // Every row of the item sees the whole block: no per-key mask.
         let full = kbase + MSA_BLOCK - 1 <= qpos0;

@@ -123,23 +123,9 @@ pub fn run_attention(
     parts: Option<usize>,
     path: Option<AttentionPath>,
 ) -> (Vec<bf16>, Vec<f32>) {
-    run_attention_with(gpu, c, inp, parts, path, true)
-}
-
-/// [`run_attention`], choosing the block-major run's `wgmma` or `mma.sync`
-/// kernel.
-pub fn run_attention_with(
-    gpu: &Gpu,
-    c: &MsaAttentionConfig,
-    inp: &AttentionInputs,
-    parts: Option<usize>,
-    path: Option<AttentionPath>,
-    wgmma: bool,
-) -> (Vec<bf16>, Vec<f32>) {
     let mut att = MsaAttention::new(gpu, *c, inp.spec.num_rows()).unwrap();
     att.force_partitions(parts);
     att.force_path(path);
-    att.set_prefill_wgmma(wgmma);
     let batch = RaggedBatch::new(&inp.spec.offsets, &inp.spec.cache_lengths);
     att.plan(
         &batch,

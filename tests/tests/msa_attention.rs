@@ -2,7 +2,7 @@
 //! inputs, split-K agreement and bit-determinism, the block-major path on
 //! decode rows (`q_len = 1` through the prefill kernels), a CUDA-graph capture
 //! of the whole decode step (indexer + attention), and host validation.
-//! Prefill batches: `msa_prefill.rs`.
+//! Prefill batches: `msa_block_major.rs`.
 //!
 //! GPU tests print `SKIP` where there is no NVIDIA driver; every random case
 //! prints its seed (`SPARSE_ATTN_SEED=<n>` replays it). Tolerances: the

@@ -36,31 +36,41 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| manifest_dir.to_path_buf())
 }
 
-/// The files that make up the kernel sources: `kernels-gpu/Cargo.toml` and
-/// every file under `kernels-gpu/src`, as (relative path with '/' separators,
-/// absolute path), sorted by the relative path. Relative paths are relative to
-/// the repository root, e.g. `kernels-gpu/src/lib.rs`.
+/// The crates whose sources make up the PTX: the device crate and the abi
+/// crate it shares with the host.
+pub const KERNEL_SOURCE_CRATES: [&str; 2] = [ABI_CRATE_DIR, KERNEL_CRATE_DIR];
+
+/// Directory of the abi crate (relative to the repository root).
+pub const ABI_CRATE_DIR: &str = "abi";
+
+/// The files that make up the kernel sources: for each of
+/// [`KERNEL_SOURCE_CRATES`] its `Cargo.toml` and every file under its `src`,
+/// as (relative path with '/' separators, absolute path), sorted by the
+/// relative path. Relative paths are relative to the repository root, e.g.
+/// `kernels-gpu/src/lib.rs`.
 pub fn kernel_source_files(repo_root: &Path) -> io::Result<Vec<(String, PathBuf)>> {
-    let crate_dir = repo_root.join(KERNEL_CRATE_DIR);
-    let mut files = vec![(
-        format!("{KERNEL_CRATE_DIR}/Cargo.toml"),
-        crate_dir.join("Cargo.toml"),
-    )];
-    let src = crate_dir.join("src");
-    let mut stack = vec![(format!("{KERNEL_CRATE_DIR}/src"), src)];
-    while let Some((rel, dir)) = stack.pop() {
-        for entry in fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            let path = entry.path();
-            let child_rel = format!("{rel}/{name}");
-            // fs::metadata follows symlinks.
-            let meta = fs::metadata(&path)?;
-            if meta.is_dir() {
-                stack.push((child_rel, path));
-            } else if meta.is_file() {
-                files.push((child_rel, path));
+    let mut files = Vec::new();
+    for krate in KERNEL_SOURCE_CRATES {
+        let crate_dir = repo_root.join(krate);
+        if krate != KERNEL_CRATE_DIR && !crate_dir.is_dir() {
+            continue; // a tree without the abi crate (the unit test's)
+        }
+        files.push((format!("{krate}/Cargo.toml"), crate_dir.join("Cargo.toml")));
+        let mut stack = vec![(format!("{krate}/src"), crate_dir.join("src"))];
+        while let Some((rel, dir)) = stack.pop() {
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let path = entry.path();
+                let child_rel = format!("{rel}/{name}");
+                // fs::metadata follows symlinks.
+                let meta = fs::metadata(&path)?;
+                if meta.is_dir() {
+                    stack.push((child_rel, path));
+                } else if meta.is_file() {
+                    files.push((child_rel, path));
+                }
             }
         }
     }
@@ -68,8 +78,8 @@ pub fn kernel_source_files(repo_root: &Path) -> io::Result<Vec<(String, PathBuf)
     Ok(files)
 }
 
-/// SHA-256 (lowercase hex) over `kernels-gpu/Cargo.toml` and every file under
-/// `kernels-gpu/src`, in sorted order of their relative paths (relative to the
+/// SHA-256 (lowercase hex) over the files of [`kernel_source_files`] (the
+/// abi and kernel crates' manifests and sources), in sorted order of their relative paths (relative to the
 /// repository root, '/' separators, e.g. `kernels-gpu/src/lib.rs`); for each
 /// file the hash takes: the relative path bytes, a 0 byte, the content length
 /// as u64 little-endian, the content.

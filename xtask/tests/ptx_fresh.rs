@@ -59,9 +59,9 @@ fn exported_kernels(src: &str) -> Vec<String> {
 fn ptx_declares_every_exported_kernel() {
     let src_dir = repo_root().join(KERNEL_CRATE_DIR).join("src");
     let mut kernels = Vec::new();
-    for entry in fs::read_dir(&src_dir).expect("listing kernels-gpu/src") {
-        let path = entry.expect("reading kernels-gpu/src").path();
-        if path.extension().is_some_and(|e| e == "rs") {
+    let files = xtask::kernel_source_files(&repo_root()).expect("listing the kernel sources");
+    for (rel, path) in files {
+        if rel.starts_with(KERNEL_CRATE_DIR) && rel.ends_with(".rs") {
             let src = fs::read_to_string(&path).expect("reading a kernel source");
             kernels.extend(exported_kernels(&src));
         }

@@ -504,19 +504,14 @@ fn bench_prefill_attention(gpu: &Gpu, name: &'static str, len: usize, args: &Arg
     } else {
         vec![None]
     };
-    // (path, window, wgmma): the planned path with both run kernels, then
-    // the query-major kernel.
+    // (path, window): the planned path, then the query-major kernel.
     let runs = windows
         .iter()
-        .map(|&w| (AttentionPath::BlockMajor, w, true))
-        .chain([
-            (AttentionPath::BlockMajor, None, false),
-            (AttentionPath::QueryMajor, None, true),
-        ]);
-    for (path, window, wgmma) in runs {
+        .map(|&w| (AttentionPath::BlockMajor, w))
+        .chain([(AttentionPath::QueryMajor, None)]);
+    for (path, window) in runs {
         att.force_path(Some(path));
-        att.force_prefill_window(window);
-        att.set_prefill_wgmma(wgmma);
+        att.force_block_major_window(window);
         att.plan(&batch, &PageTable::new(&perm, nblocks), &layout, 0)
             .unwrap();
         let reps = args.reps.min(5);
@@ -529,17 +524,12 @@ fn bench_prefill_attention(gpu: &Gpu, name: &'static str, len: usize, args: &Arg
         let plan_ms = time_ms(gpu, reps, |_| att.run_device_plan(&lookup, &d_sel).unwrap());
         let tf = flops / (ms * 1e-3) / 1e12;
         eprintln!(
-            "{name:<22} {path:?} window {window:?} wgmma {wgmma}: {:>9.1} us  {tf:>6.1} TFLOP/s (graph replay {:.1} us; device plan alone {:.1} us; seed {seed})",
+            "{name:<22} {path:?} window {window:?}: {:>9.1} us  {tf:>6.1} TFLOP/s (graph replay {:.1} us; device plan alone {:.1} us; seed {seed})",
             ms * 1e3,
             graph_ms * 1e3,
             plan_ms * 1e3
         );
         let (case, op, note) = match path {
-            AttentionPath::BlockMajor if !wgmma => (
-                format!("{name}-mma-sync"),
-                "msa_prefill_attention",
-                "KV-block-major with the mma.sync run kernel (same plan and combine), for comparison",
-            ),
             AttentionPath::BlockMajor => (
                 name.to_string(),
                 "msa_prefill_attention",

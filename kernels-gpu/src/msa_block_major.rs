@@ -9,7 +9,7 @@
 //! 1. `msa_prefill_count`: one thread per edge (KV head, row, slot) whose
 //!    block is attended; counts the edges of each plan *key*.
 //! 2. `msa_prefill_scan` (one CTA): exclusive scan of the counts into CSR
-//!    offsets, work items of at most `PF_ITEM_TILES * (16 / group)` edges each
+//!    offsets, work items of at most `BM_ITEM_TILES * (16 / group)` edges each
 //!    (a block chosen by thousands of rows becomes many items), the item count
 //!    (read by the run on the device: the host never waits), and the counts
 //!    zeroed for the next call.
@@ -32,7 +32,7 @@
 //!
 //! A plan key is (KV head, window, sequence, block): `key = kh * n_keys +
 //! row_key_base + block`, where the host gives every row the base of its
-//! (window of `PF_WINDOW` rows, sequence) range. Keying by window keeps the
+//! (window of `BM_WINDOW` rows, sequence) range. Keying by window keeps the
 //! items that run together on the queries of one window (L2-resident).
 //!
 //! The CSR order inside a key depends on atomics and differs between runs;
@@ -44,12 +44,12 @@
 //! masked, and V rows `pos >= seqlen_k` (the unwritten page tail) are zeroed
 //! so that garbage there (even NaN) cannot reach the output.
 
-use crate::abi::*;
+use sparse_attn_abi::msa::*;
 use crate::cuda::*;
 
 const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
 const ROW_CHUNKS: u32 = ROW_BYTES / 16;
-const WARPS: u32 = PF_THREADS / 32;
+const WARPS: u32 = BM_THREADS / 32;
 const LOG2E: f32 = core::f32::consts::LOG2_E;
 const LN2: f32 = core::f32::consts::LN_2;
 
@@ -89,7 +89,7 @@ unsafe fn edge_key(
     n_keys: u32,
     max_pages: u32,
 ) -> Option<(u32, u32, u32, u32)> {
-    let e = block_idx_x() * PF_EDGE_THREADS + thread_idx_x();
+    let e = block_idx_x() * BM_EDGE_THREADS + thread_idx_x();
     if e >= n_kv_heads * rows * topk {
         return None;
     }
@@ -122,10 +122,10 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_count(
     }
 }
 
-/// Plan step 2 (one CTA of `PF_SCAN_THREADS`): `cursor[key]` = CSR offset of
+/// Plan step 2 (one CTA of `BM_SCAN_THREADS`): `cursor[key]` = CSR offset of
 /// the key, `items` `[*, 4]` = `(key, edge0, edge1, 0)` with at most
 /// `item_edges` edges each, `n_items[0]` = their number; `counts` is zeroed.
-/// Dynamic shared memory: `PF_SCAN_THREADS * 8` bytes.
+/// Dynamic shared memory: `BM_SCAN_THREADS * 8` bytes.
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
     counts: *mut u32,
@@ -142,7 +142,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
 ) {
     grid_prologue();
     let tid = thread_idx_x();
-    let per = nk.div_ceil(PF_SCAN_THREADS);
+    let per = nk.div_ceil(BM_SCAN_THREADS);
     let k0 = (tid * per).min(nk);
     let k1 = (k0 + per).min(nk);
     // (items << 32) | edges of this thread's keys; both stay below 2^32.
@@ -156,7 +156,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
     st_shared_u64(s + tid * 8, own);
     sync_threads();
     let mut off = 1;
-    while off < PF_SCAN_THREADS {
+    while off < BM_SCAN_THREADS {
         let add = if tid >= off { ld_shared_u64(s + (tid - off) * 8) } else { 0 };
         sync_threads();
         st_shared_u64(s + tid * 8, ld_shared_u64(s + tid * 8) + add);
@@ -174,14 +174,14 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
         // load (the item) instead of three dependent ones.
         let mut page = 0;
         if c > 0 && num_pages > 0 {
-            let ki = key_info.add(PF_KEY_WORDS * (k % n_keys.max(1)) as usize);
+            let ki = key_info.add(BM_KEY_WORDS * (k % n_keys.max(1)) as usize);
             let (seq, blk) = (*ki, *ki.add(1));
             page = (*lookup.add((seq * max_pages + blk) as usize)).min(num_pages - 1);
         }
         let mut e = 0;
         while e < c {
             let n = (c - e).min(item_edges);
-            let it = items.add(PF_ITEM_WORDS * io as usize);
+            let it = items.add(BM_ITEM_WORDS * io as usize);
             *it = k;
             *it.add(1) = eo + e;
             *it.add(2) = eo + e + n;
@@ -191,7 +191,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_scan(
         }
         eo += c;
     }
-    if tid == PF_SCAN_THREADS - 1 {
+    if tid == BM_SCAN_THREADS - 1 {
         *n_items = (incl >> 32) as u32;
     }
 }
@@ -254,23 +254,6 @@ macro_rules! run_kernel {
 }
 
 run_kernel!(
-/// The run: one CTA per work item (CTAs past `n_items[0]` return).
-///
-/// * `q` bf16 `[rows, n_heads, 128]`; `kv`: as `msa_attention_partial`
-/// * `key_info` `[n_keys, 4]`: `(sequence, block, seqlen_k, 0)`
-/// * `items` `[*, 4]` (with each item's page), `edges` `[*, 2]` (packed edge,
-///   its row's `q_pos`): from the plan kernels
-/// * `part_o` bf16 `[rows, topk, n_heads, 128]`: the edge's
-///   `sum_k exp2(s_k - m) v_k` over its block (not normalised: the combine
-///   divides once); `part_ml` f32 `[rows, topk, n_heads, 2]`: its `m` (the
-///   block's row maximum, `scale · q·k · log2 e` domain) and `l = sum_k
-///   exp2(s_k - m)`. Written for attended edges only. (Slot-major: an edge's `group` heads are one contiguous run,
-///   like its query rows in `q`.)
-    msa_prefill_run,
-    false
-);
-
-run_kernel!(
 /// [`msa_prefill_run`] with `wgmma` (sm_90a): the CTA's 4 warps are one
 /// warpgroup and multiply 4 m-tiles (64 rows) at a time, reading each K and
 /// V fragment from shared memory once for all of them (the K and V tiles are
@@ -304,8 +287,8 @@ unsafe fn run_body<const WG: bool>(
     if n_kv_heads == 0 || n_keys == 0 || num_pages == 0 || cta >= ld_global_nc_u32(n_items) {
         return;
     }
-    let [key, e0, e1, page] = ld_global_nc_v4(items.add(PF_ITEM_WORDS * cta as usize) as *const u8);
-    let ne = (e1 - e0).min(PF_MAX_ITEM_EDGES); // the plan never makes larger items
+    let [key, e0, e1, page] = ld_global_nc_v4(items.add(BM_ITEM_WORDS * cta as usize) as *const u8);
+    let ne = (e1 - e0).min(BM_MAX_ITEM_EDGES); // the plan never makes larger items
     let edges = edges.add(2 * e0 as usize);
     let kh = key / n_keys;
     let page = page.min(num_pages - 1);
@@ -317,8 +300,8 @@ unsafe fn run_body<const WG: bool>(
 
     // The block's K and V tiles (rows XOR-swizzled by 16-byte chunk).
     let smem = dynamic_smem();
-    let (ks, vs) = (smem, smem + IDX_BLOCK_BYTES);
-    let qbuf = smem + 2 * IDX_BLOCK_BYTES + warp * 2 * PF_Q_TILE_BYTES;
+    let (ks, vs) = (smem, smem + MSA_BLOCK_BYTES);
+    let qbuf = smem + 2 * MSA_BLOCK_BYTES + warp * 2 * BM_Q_TILE_BYTES;
     let tok_stride = (n_kv_heads * MSA_HEAD_DIM) as usize;
     let base = kv.add(page as usize * page_stride as usize + (kh * MSA_HEAD_DIM) as usize);
     // Byte offset of 16-byte chunk `cc` of key row `r` in a K or V tile:
@@ -326,7 +309,7 @@ unsafe fn run_body<const WG: bool>(
     // 64..128 with 128-byte rows; either way chunk-swizzled by `r % 8`.
     let kv_at = |r: u32, cc: u32| -> u32 {
         if WG {
-            (cc / 8) * (IDX_BLOCK_BYTES / 2) + r * 128 + (((cc % 8) ^ (r & 7)) << 4)
+            (cc / 8) * (MSA_BLOCK_BYTES / 2) + r * 128 + (((cc % 8) ^ (r & 7)) << 4)
         } else {
             r * ROW_BYTES + ((cc ^ (r & 7)) << 4)
         }
@@ -334,26 +317,26 @@ unsafe fn run_body<const WG: bool>(
     for (dst, off) in [(ks, k_off), (vs, v_off)] {
         let src = base.add(off as usize) as *const u8;
         let mut ch = tid;
-        while ch < IDX_BLOCK_BYTES / 16 {
+        while ch < MSA_BLOCK_BYTES / 16 {
             let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
             cp_async_16(dst + kv_at(r, cc), src.add(r as usize * tok_stride * 2 + cc as usize * 16));
-            ch += PF_THREADS;
+            ch += BM_THREADS;
         }
     }
     cp_async_commit();
-    let ki = key_info.add(PF_KEY_WORDS * (key % n_keys) as usize);
+    let ki = key_info.add(BM_KEY_WORDS * (key % n_keys) as usize);
     let (blk, sk) = (ld_global_nc_u32(ki.add(1)), ld_global_nc_u32(ki.add(2)));
 
     // The item's edges, (packed, q_pos) pairs, staged once; then, per m-tile
     // row r, `r / group | (r % group) << 8` (all
     // ones past the tile's rows), so the tile loop divides by nothing.
-    let es = qbuf - warp * 2 * PF_Q_TILE_BYTES + WARPS * 2 * PF_Q_TILE_BYTES;
-    let rt = es + PF_MAX_ITEM_EDGES * 8;
+    let es = qbuf - warp * 2 * BM_Q_TILE_BYTES + WARPS * 2 * BM_Q_TILE_BYTES;
+    let rt = es + BM_MAX_ITEM_EDGES * 8;
     let mut e = tid;
     while e < ne {
         st_shared_u32(es + e * 8, ld_global_nc_u32(edges.add(2 * e as usize)));
         st_shared_u32(es + e * 8 + 4, ld_global_nc_u32(edges.add(2 * e as usize + 1)));
-        e += PF_THREADS;
+        e += BM_THREADS;
     }
     if tid < 16 {
         let tok = tid / group;
@@ -415,7 +398,7 @@ unsafe fn run_body<const WG: bool>(
         let mut ch = tid;
         while ch < (MSA_BLOCK - r0) * ROW_CHUNKS {
             st_shared_zero16(vs + kv_at(r0 + ch / ROW_CHUNKS, ch % ROW_CHUNKS));
-            ch += PF_THREADS;
+            ch += BM_THREADS;
         }
         if WG {
             fence_proxy_async_shared();
@@ -485,9 +468,9 @@ unsafe fn run_body<const WG: bool>(
     let (mut prev_j, mut prev_m, mut prev_l) = (u32::MAX, [0f32; 2], [0f32; 2]);
     while if WG { n < rounds } else { j < ntiles } {
         let live = j < ntiles;
-        let cur = qbuf + (n % 2) * PF_Q_TILE_BYTES;
+        let cur = qbuf + (n % 2) * BM_Q_TILE_BYTES;
         if j + WARPS < ntiles {
-            load_q(j + WARPS, qbuf + ((n + 1) % 2) * PF_Q_TILE_BYTES);
+            load_q(j + WARPS, qbuf + ((n + 1) % 2) * BM_Q_TILE_BYTES);
         }
         cp_async_commit();
         cp_async_wait::<1>(); // tile j's rows have landed (this lane's)
@@ -518,7 +501,7 @@ unsafe fn run_body<const WG: bool>(
             });
             wgmma_fence(&mut s, &af);
             crate::unroll!(8, KS => {
-                let at = ks + (KS as u32 / 4) * (IDX_BLOCK_BYTES / 2) + (KS as u32 % 4) * 32;
+                let at = ks + (KS as u32 / 4) * (MSA_BLOCK_BYTES / 2) + (KS as u32 % 4) * 32;
                 wgmma_m64n128k16_bf16::<0>(&mut s, af[KS], wgmma_desc_sw128(at, 16, 1024), KS > 0);
             });
             wgmma_commit();
@@ -612,7 +595,7 @@ unsafe fn run_body<const WG: bool>(
             // B: the V tile, N-major (dims contiguous), 16 keys per k-step.
             wgmma_fence(&mut o, &pa);
             crate::unroll!(8, KS => {
-                let desc = wgmma_desc_sw128(vs + KS as u32 * 2048, IDX_BLOCK_BYTES / 2, 1024);
+                let desc = wgmma_desc_sw128(vs + KS as u32 * 2048, MSA_BLOCK_BYTES / 2, 1024);
                 wgmma_m64n128k16_bf16::<1>(&mut o, pa[KS], desc, KS > 0);
             });
             wgmma_commit();
@@ -649,7 +632,7 @@ unsafe fn run_body<const WG: bool>(
 }
 
 /// Merges each (row, head)'s partials over its attended slots in slot order
-/// (one warp per (row, head), `PF_COMBINE_WARPS` per CTA; lane `l` owns dims
+/// (one warp per (row, head), `BM_COMBINE_WARPS` per CTA; lane `l` owns dims
 /// `4l .. 4l + 4`). `out` bf16 `[rows, n_heads, 128]`; `lse` f32
 /// `[rows, n_heads]` (natural log) or null.
 #[no_mangle]
@@ -667,7 +650,7 @@ pub unsafe extern "ptx-kernel" fn msa_prefill_combine(
     max_pages: u32,
 ) {
     grid_prologue();
-    let w = block_idx_x() * PF_COMBINE_WARPS + warp_id();
+    let w = block_idx_x() * BM_COMBINE_WARPS + warp_id();
     if n_kv_heads == 0 || w >= rows * n_heads {
         return;
     }

@@ -12,30 +12,25 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
-use sparse_attn::abi::PF_WINDOW;
-use sparse_attn::msa_prefill::plan_keys;
+use sparse_attn::abi::msa::BM_WINDOW;
+use sparse_attn::msa_block_major::plan_keys;
 use sparse_attn::{AttentionPath, Gpu, MsaAttentionConfig, RaggedBatch};
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
     assert_same_bits, attention_config as cfg, attention_params as params, check_step_graph_replay,
-    gpu_or_skip as gpu, run_attention, run_attention_with, AttentionInputs,
+    gpu_or_skip as gpu, run_attention, AttentionInputs,
 };
 
 /// Both paths against the reference; the planned one must be block-major.
 fn check_inputs(gpu: &Gpu, name: &str, inp: &AttentionInputs, c: MsaAttentionConfig) {
     let p = params(&c);
     let want = inp.reference(&c);
-    // Block-major with wgmma (the default) and with mma.sync; query-major.
-    let runs = [
-        (None, true),
-        (None, false),
-        (Some(AttentionPath::QueryMajor), true),
-    ];
-    for (path, wgmma) in runs {
-        let (out, lse) = run_attention_with(gpu, &c, inp, None, path, wgmma);
+    // The planned path (block-major), then query-major.
+    for path in [None, Some(AttentionPath::QueryMajor)] {
+        let (out, lse) = run_attention(gpu, &c, inp, None, path);
         if let Err(e) = reference::check_attention(&out, Some(&lse), &want, &p) {
-            panic!("{name} (path {path:?}, wgmma {wgmma}): GPU differs from the reference:\n{e}");
+            panic!("{name} (path {path:?}): GPU differs from the reference:\n{e}");
         }
     }
     eprintln!(
@@ -232,7 +227,7 @@ fn gpu_prefill_step_graph_replay_matches_eager() {
 /// of its last row in the window.
 #[test]
 fn plan_keys_cover_each_windows_causal_blocks() {
-    let w = PF_WINDOW;
+    let w = BM_WINDOW;
     // Sequence 0: 1.5 windows of rows on a 100-token cache; sequence 1: 3
     // rows on a 1000-token cache, in the second window.
     let q0 = w + w / 2;
@@ -262,7 +257,7 @@ fn plan_keys_skip_empty_sequences_and_share_windows() {
     // Sequences: 3 rows on a 300-token cache, none, 2 rows on no cache.
     let off = [0, 3, 3, 5];
     let cache = [300, 7, 0];
-    let (base, info, n) = plan_keys(&RaggedBatch::new(&off, &cache), PF_WINDOW as usize);
+    let (base, info, n) = plan_keys(&RaggedBatch::new(&off, &cache), BM_WINDOW as usize);
     // Sequence 0's last row sits at 302: blocks 0..=2; sequence 2: block 0.
     assert_eq!(n, 3 + 1);
     assert_eq!(base, vec![0, 0, 0, 3, 3]);

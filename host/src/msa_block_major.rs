@@ -1,11 +1,11 @@
 //! MSA block-sparse prefill, KV-block-major (kernels:
-//! `kernels-gpu/src/msa_prefill.rs`). [`crate::MsaAttention`] runs it for
+//! `kernels-gpu/src/msa_block_major.rs`). [`crate::MsaAttention`] runs it for
 //! batches with more than one new token in some sequence (prefill, chunked
 //! prefill, speculative rows); the semantics are the op's
 //! (`shared/spec/msa-attention.md`).
 //!
 //! `plan` (host, once per batch shape) computes the plan *keys* (KV head,
-//! window of `PF_WINDOW` rows, sequence, block) from lengths alone and
+//! window of `BM_WINDOW` rows, sequence, block) from lengths alone and
 //! uploads them; `run` only launches, and the part of the plan that depends on
 //! the selections (`d_indices`, produced on the device by the indexer) is
 //! built on the device: count → scan → scatter → run → combine. No buffer is
@@ -13,11 +13,6 @@
 //! in a CUDA graph. Buffers are sized from bounds the host knows: `rows *
 //! topk * n_kv_heads` edges, and at most `edges / item_edges + keys` work
 //! items (the run's grid; CTAs past the device-side item count return).
-//!
-//! The run kernel is `msa_prefill_run_wg` (`wgmma`, the default) or
-//! `msa_prefill_run` (`mma.sync`, [`crate::MsaAttention::set_prefill_wgmma`]
-//! `(false)`); both give the same results within rounding and pass the same
-//! tests.
 //!
 //! Workspace (allocated by `new` for `max_rows`, reused by every call):
 //! partial outputs bf16 `[rows, topk, n_heads, 128]` (256 B per (row, head,
@@ -29,14 +24,14 @@
 use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
 use half::bf16;
 
-use crate::abi::*;
+use crate::abi::msa::*;
 use crate::batch::RaggedBatch;
 use crate::error::{ensure, CudaContextExt, Result};
 use crate::Gpu;
 
 /// Plan keys of a ragged batch (host only, from lengths).
 ///
-/// Rows are cut into windows of `window` rows (default `PF_WINDOW`); each
+/// Rows are cut into windows of `window` rows (default `BM_WINDOW`); each
 /// (window, sequence) pair
 /// gets a range of keys, one per block its rows can see causally (up to the
 /// block of its last row in the window). Returns `(row_key_base [rows],
@@ -58,7 +53,7 @@ pub fn plan_keys(batch: &RaggedBatch, window: usize) -> (Vec<u32>, Vec<u32>, usi
             let nblocks = sk
                 .div_ceil(MSA_BLOCK as u64)
                 .min(last_pos / MSA_BLOCK as u64 + 1);
-            let key0 = (info.len() / PF_KEY_WORDS) as u32;
+            let key0 = (info.len() / BM_KEY_WORDS) as u32;
             base[r..end].fill(key0);
             for blk in 0..nblocks as u32 {
                 info.extend([b as u32, blk, sk as u32, 0]);
@@ -66,24 +61,21 @@ pub fn plan_keys(batch: &RaggedBatch, window: usize) -> (Vec<u32>, Vec<u32>, usi
             r = end;
         }
     }
-    let n = info.len() / PF_KEY_WORDS;
+    let n = info.len() / BM_KEY_WORDS;
     (base, info, n)
 }
 
-/// Most edges per work item for a GQA group: `PF_ITEM_TILES` m-tiles of
+/// Most edges per work item for a GQA group: `BM_ITEM_TILES` m-tiles of
 /// `16 / group` rows.
 pub fn item_edges(group: usize) -> usize {
-    PF_ITEM_TILES as usize * (16 / group.clamp(1, 16))
+    BM_ITEM_TILES as usize * (16 / group.clamp(1, 16))
 }
 
-pub(crate) struct MsaPrefill {
+pub(crate) struct MsaBlockMajor {
     k_count: CudaFunction,
     k_scan: CudaFunction,
     k_scatter: CudaFunction,
     k_run: CudaFunction,
-    k_run_wg: CudaFunction,
-    /// Run with `wgmma` (default) or `mma.sync`.
-    pub(crate) wgmma: bool,
     k_combine: CudaFunction,
     /// `[rows, topk, n_heads, 128]` bf16 (unnormalised) and `[rows, topk,
     /// n_heads, 2]` f32 (block row max, row sum).
@@ -107,7 +99,7 @@ pub(crate) struct MsaPrefill {
 }
 
 /// What `run` needs besides the buffers: the planned shapes.
-pub(crate) struct PrefillArgs {
+pub(crate) struct BlockMajorArgs {
     pub rows: u32,
     pub n_heads: u32,
     pub n_kv_heads: u32,
@@ -120,7 +112,7 @@ pub(crate) struct PrefillArgs {
     pub scale: f32,
 }
 
-impl MsaPrefill {
+impl MsaBlockMajor {
     pub(crate) fn new(
         gpu: &Gpu,
         n_heads: usize,
@@ -140,13 +132,11 @@ impl MsaPrefill {
             },
             || max_rows.to_string(),
         )?;
-        Ok(MsaPrefill {
+        Ok(MsaBlockMajor {
             k_count: gpu.kernel("msa_prefill_count", 0)?,
-            k_scan: gpu.kernel("msa_prefill_scan", PF_SCAN_THREADS * 8)?,
+            k_scan: gpu.kernel("msa_prefill_scan", BM_SCAN_THREADS * 8)?,
             k_scatter: gpu.kernel("msa_prefill_scatter", 0)?,
-            k_run: gpu.kernel("msa_prefill_run", PF_SMEM)?,
-            k_run_wg: gpu.kernel("msa_prefill_run_wg", PF_SMEM)?,
-            wgmma: true,
+            k_run: gpu.kernel("msa_prefill_run_wg", BM_SMEM)?,
             k_combine: gpu.kernel("msa_prefill_combine", 0)?,
             part_o: gpu.zeros(parts * MSA_HEAD_DIM as usize)?,
             part_ml: gpu.zeros(2 * parts)?,
@@ -155,7 +145,7 @@ impl MsaPrefill {
             counts: gpu.zeros(1)?,
             cursor: gpu.zeros(1)?,
             key_info: gpu.zeros(1)?,
-            items: gpu.zeros(PF_ITEM_WORDS)?,
+            items: gpu.zeros(BM_ITEM_WORDS)?,
             n_items: gpu.zeros(1)?,
             n_keys: 0,
             max_items: 0,
@@ -199,8 +189,8 @@ impl MsaPrefill {
                 .memcpy_htod(key_info, &mut self.key_info.slice_mut(..key_info.len()))
                 .during(|| "uploading the prefill plan keys".into())?;
         }
-        if self.items.len() < PF_ITEM_WORDS * max_items.max(1) {
-            self.items = gpu.zeros(PF_ITEM_WORDS * max_items.max(1))?;
+        if self.items.len() < BM_ITEM_WORDS * max_items.max(1) {
+            self.items = gpu.zeros(BM_ITEM_WORDS * max_items.max(1))?;
         }
         self.n_keys = n_keys;
         self.max_items = max_items;
@@ -212,7 +202,7 @@ impl MsaPrefill {
     pub(crate) fn device_plan(
         &self,
         gpu: &Gpu,
-        a: &PrefillArgs,
+        a: &BlockMajorArgs,
         lookup: &CudaSlice<u32>,
         d_indices: &CudaSlice<i32>,
         row_info: &CudaSlice<u32>,
@@ -224,8 +214,8 @@ impl MsaPrefill {
             return Ok(());
         }
         let edge_cfg = LaunchConfig {
-            grid_dim: (n_edges.div_ceil(PF_EDGE_THREADS), 1, 1),
-            block_dim: (PF_EDGE_THREADS, 1, 1),
+            grid_dim: (n_edges.div_ceil(BM_EDGE_THREADS), 1, 1),
+            block_dim: (BM_EDGE_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
         let group = (a.n_heads / a.n_kv_heads) as usize;
@@ -259,8 +249,8 @@ impl MsaPrefill {
             .arg(&item_edges);
         let cfg = LaunchConfig {
             grid_dim: (1, 1, 1),
-            block_dim: (PF_SCAN_THREADS, 1, 1),
-            shared_mem_bytes: PF_SCAN_THREADS * 8,
+            block_dim: (BM_SCAN_THREADS, 1, 1),
+            shared_mem_bytes: BM_SCAN_THREADS * 8,
         };
         // SAFETY: `items` holds `max_items >= edges / item_edges + nk` items;
         // page ids are clamped to the pool.
@@ -288,7 +278,7 @@ impl MsaPrefill {
     pub(crate) fn run(
         &self,
         gpu: &Gpu,
-        a: &PrefillArgs,
+        a: &BlockMajorArgs,
         q: &CudaSlice<bf16>,
         kv_cache: &CudaSlice<bf16>,
         lookup: &CudaSlice<u32>,
@@ -302,12 +292,7 @@ impl MsaPrefill {
         }
         self.device_plan(gpu, a, lookup, d_indices, row_info)?;
         let n_keys = self.n_keys as u32;
-        let k_run = if self.wgmma {
-            &self.k_run_wg
-        } else {
-            &self.k_run
-        };
-        let mut l = gpu.launch(k_run, "the prefill run");
+        let mut l = gpu.launch(&self.k_run, "the prefill run");
         l.arg(q).arg(kv_cache).arg(&self.key_info);
         l.arg(&self.items).arg(&self.n_items).arg(&self.edges);
         l.arg(&self.part_o).arg(&self.part_ml);
@@ -322,8 +307,8 @@ impl MsaPrefill {
             .arg(&a.scale);
         let cfg = LaunchConfig {
             grid_dim: (self.max_items as u32, 1, 1),
-            block_dim: (PF_THREADS, 1, 1),
-            shared_mem_bytes: PF_SMEM,
+            block_dim: (BM_THREADS, 1, 1),
+            shared_mem_bytes: BM_SMEM,
         };
         // SAFETY: arguments match; page ids are clamped on the device; the
         // partial buffers hold `rows * n_heads * topk` entries.
@@ -342,8 +327,8 @@ impl MsaPrefill {
             .arg(&a.topk)
             .arg(&a.max_pages);
         let cfg = LaunchConfig {
-            grid_dim: ((a.rows * a.n_heads).div_ceil(PF_COMBINE_WARPS), 1, 1),
-            block_dim: (PF_COMBINE_WARPS * 32, 1, 1),
+            grid_dim: ((a.rows * a.n_heads).div_ceil(BM_COMBINE_WARPS), 1, 1),
+            block_dim: (BM_COMBINE_WARPS * 32, 1, 1),
             shared_mem_bytes: 0,
         };
         // SAFETY: as above; `out` and `lse` were checked against the plan.

@@ -1,0 +1,153 @@
+//! # sparse-attn-abi
+//!
+//! What the device code (`kernels-gpu`, compiled to PTX) and the host crate
+//! (`sparse-attn`) share, defined once and compiled by both sides:
+//!
+//! - [`msa`]: the MSA kernels' tile shapes, shared-memory sizes, work
+//!   records and one `#[repr(C)]` parameter struct per kernel;
+//! - [`DPtr`] / [`DPtrMut`]: typed device addresses, the fields of those
+//!   structs.
+//!
+//! A kernel takes its parameter struct by value
+//! (`extern "ptx-kernel" fn k(p: MsaDecodeParams)`): the struct becomes one
+//! `.param` of the kernel, its fields read in place with `ld.param` (as
+//! `__grid_constant__` does in CUDA C++; checked with rustc's NVPTX backend,
+//! sm_90a). The host fills the same struct and hands the launch builder a
+//! pointer to it. Every struct is checked at compile time to fit the 4 KiB
+//! kernel parameter space ([`KernelParams`]).
+//!
+//! `no_std` and without dependencies, so the device build can use it; its
+//! sources are part of the PTX source hash (`cargo xtask build-ptx`).
+#![no_std]
+#![warn(missing_docs)]
+
+use core::marker::PhantomData;
+
+pub mod batch;
+pub mod msa;
+
+/// Bytes of a kernel's parameter space (PTX ISA: 4 KiB on sm_70+ with the
+/// classic limit; every struct here stays below it).
+pub const KERNEL_PARAM_BYTES: usize = 4096;
+
+/// A kernel parameter struct: `#[repr(C)]`, plain data, no larger than the
+/// parameter space. `KERNEL` names the entry point(s) that take it.
+///
+/// # Safety
+/// The type must be `#[repr(C)]` (or transparent) plain data whose layout
+/// both sides compile identically: integers, floats, [`DPtr`]s and other
+/// such structs, no references.
+pub unsafe trait KernelParams: Copy {
+    /// PTX entry point names that take this struct as their only parameter.
+    const KERNELS: &'static [&'static str];
+}
+
+/// Implements [`KernelParams`] and asserts the size at compile time.
+macro_rules! kernel_params {
+    ($($t:ty => [$($k:literal),+]),+ $(,)?) => {$(
+        // SAFETY: every listed type is a #[repr(C)] struct of plain fields.
+        unsafe impl $crate::KernelParams for $t {
+            const KERNELS: &'static [&'static str] = &[$($k),+];
+        }
+        const _: () = assert!(core::mem::size_of::<$t>() <= $crate::KERNEL_PARAM_BYTES);
+    )+};
+}
+pub(crate) use kernel_params;
+
+/// A device address of `T` data the kernel reads (64-bit, generic address
+/// space). Null means "absent" where a field's docs say so.
+#[repr(transparent)]
+pub struct DPtr<T> {
+    addr: u64,
+    _elem: PhantomData<fn() -> T>,
+}
+
+/// A device address of `T` data the kernel writes. Null: "do not write"
+/// where a field's docs say so.
+#[repr(transparent)]
+pub struct DPtrMut<T> {
+    addr: u64,
+    _elem: PhantomData<fn() -> T>,
+}
+
+macro_rules! dptr_common {
+    ($name:ident, $raw:ty) => {
+        impl<T> Clone for $name<T> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<T> Copy for $name<T> {}
+        impl<T> core::fmt::Debug for $name<T> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                write!(f, "{}({:#x})", stringify!($name), self.addr)
+            }
+        }
+        impl<T> Default for $name<T> {
+            fn default() -> Self {
+                Self::NULL
+            }
+        }
+        impl<T> $name<T> {
+            /// The null address.
+            pub const NULL: Self = Self::new(0);
+
+            /// The address `addr` (as the driver gives it).
+            pub const fn new(addr: u64) -> Self {
+                Self {
+                    addr,
+                    _elem: PhantomData,
+                }
+            }
+
+            /// The raw address.
+            pub const fn addr(self) -> u64 {
+                self.addr
+            }
+
+            /// Whether this is the null address.
+            pub const fn is_null(self) -> bool {
+                self.addr == 0
+            }
+
+            /// The address as a pointer of the device's generic space.
+            #[inline(always)]
+            pub fn ptr(self) -> $raw {
+                self.addr as usize as $raw
+            }
+        }
+    };
+}
+dptr_common!(DPtr, *const T);
+dptr_common!(DPtrMut, *mut T);
+
+impl<T> DPtrMut<T> {
+    /// The same address, read-only.
+    pub const fn read_only(self) -> DPtr<T> {
+        DPtr::new(self.addr)
+    }
+}
+
+/// A bf16 value carried as its bit pattern (the device has no bf16 type;
+/// kernels widen it with a shift).
+pub type Bf16Bits = u16;
+
+/// Where one layer of a paged cache lives, in elements of the pool:
+/// element `(page, kv, layer, slot, head, d)` of MAX's layout
+/// `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]` is at
+/// `page * page_stride + (k_off or v_off) + (slot * n_heads + head) *
+/// head_dim + d` (see [`batch::PagedLayout`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PagedKv {
+    /// Pages of the pool; kernels clamp every page id below it.
+    pub num_pages: u32,
+    /// Row stride of the page table `lookup: u32 [batch, max_pages]`.
+    pub max_pages: u32,
+    /// Elements from one page to the next.
+    pub page_stride: u64,
+    /// Element offset of the layer's K (index-K: its only plane) in a page.
+    pub k_off: u64,
+    /// Element offset of the layer's V in a page (unused for index-K).
+    pub v_off: u64,
+}
