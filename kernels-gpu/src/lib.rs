@@ -2,9 +2,18 @@
 //! prefill run uses `wgmma`) by
 //! `cargo xtask build-ptx` (rustc's `nvptx64-nvidia-cuda` target).
 //!
-//! One file per kernel family; [`cuda`] holds every architecture-specific
-//! wrapper (indices, warp ops, shared memory, `cp.async`, `ldmatrix`, `mma`);
-//! [`abi`] holds the constants the host compiles too (`#[path]`).
+//! Three layers:
+//! - [`arch`]: every PTX instruction the kernels use, one module per concept
+//!   (threads, warps, math, global and shared memory, `cp.async`, mbarrier,
+//!   TMA, `mma`, `wgmma`, clusters, grid dependencies), with its pitfalls;
+//! - `tile`: what more than one kernel family uses (swizzled tiles and their
+//!   `wgmma` descriptors, the paged block loader, the pipeline ring, the
+//!   online softmax and LSE merge, the top-k selectors);
+//! - one file per op family (`msa_indexer`, `msa_attention`,
+//!   `msa_block_major`), named as in the host crate.
+//!
+//! Tile shapes, work records and one parameter struct per kernel come from
+//! the `sparse-attn-abi` crate, which the host compiles too.
 #![no_std]
 #![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics)]
 #![allow(
@@ -13,13 +22,12 @@
     internal_features
 )]
 
-
-pub mod cuda;
+pub mod arch;
 pub mod msa_attention;
 pub mod msa_indexer;
 pub mod msa_block_major;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
-    cuda::trap()
+    arch::trap()
 }

@@ -33,7 +33,7 @@
 //! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed.
 
 use sparse_attn_abi::msa::*;
-use crate::cuda::*;
+use crate::arch::*;
 
 const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
 const ROW_CHUNKS: u32 = ROW_BYTES / 16;

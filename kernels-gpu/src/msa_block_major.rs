@@ -45,7 +45,7 @@
 //! so that garbage there (even NaN) cannot reach the output.
 
 use sparse_attn_abi::msa::*;
-use crate::cuda::*;
+use crate::arch::*;
 
 const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
 const ROW_CHUNKS: u32 = ROW_BYTES / 16;

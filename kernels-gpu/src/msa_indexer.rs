@@ -25,7 +25,7 @@
 //! product is NaN scores NaN, which ranks below every number.
 
 use sparse_attn_abi::msa::*;
-use crate::cuda::*;
+use crate::arch::*;
 
 const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
 /// 16-byte chunks per K row.

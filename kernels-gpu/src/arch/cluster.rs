@@ -1,0 +1,48 @@
+//! Thread-block clusters and distributed shared memory (sm_90).
+
+use core::arch::asm;
+
+/// `%cluster_ctarank`: this CTA's rank in its cluster.
+#[inline(always)]
+pub fn cluster_ctarank() -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("mov.u32 {r}, %cluster_ctarank;", r = out(reg32) r,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `barrier.cluster.arrive.release.aligned` then
+/// `barrier.cluster.wait.acquire.aligned`: every thread of every CTA of the
+/// cluster arrives; shared-memory writes before it are visible to the
+/// cluster's reads after it. All threads of the CTA must call it.
+#[inline(always)]
+pub fn cluster_sync() {
+    unsafe {
+        asm!("barrier.cluster.arrive.release.aligned;",
+             "barrier.cluster.wait.acquire.aligned;", options(nostack));
+    }
+}
+
+/// `mapa.shared::cluster.u32`: the address, in the cluster's shared window,
+/// of this CTA's shared address `addr` in the CTA of rank `rank`.
+#[inline(always)]
+pub fn map_shared_rank(addr: u32, rank: u32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("mapa.shared::cluster.u32 {r}, {a}, {k};", r = out(reg32) r, a = in(reg32) addr,
+             k = in(reg32) rank, options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `ld.shared::cluster.f32`: a load from another CTA's shared memory (an
+/// address from [`map_shared_rank`]).
+#[inline(always)]
+pub unsafe fn ld_shared_cluster_f32(addr: u32) -> f32 {
+    let r: f32;
+    asm!("ld.shared::cluster.f32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
+         options(readonly, nostack));
+    r
+}

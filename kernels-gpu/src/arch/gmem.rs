@@ -1,0 +1,74 @@
+//! Global memory: read-only (`.nc`) loads, vector stores, atomics, and
+//! whole-record loads of the abi's work records.
+
+use core::arch::asm;
+
+/// `ld.global.nc.v4.u32`: one 16-byte read-only load (`p` 16-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_global_nc_v4(p: *const u8) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    asm!("ld.global.nc.v4.u32 {{{a}, {b}, {c}, {d}}}, [{p}];",
+         a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+         p = in(reg64) p, options(pure, readonly, nostack));
+    [a, b, c, d]
+}
+
+/// `ld.global.nc.v2.u32`: one 8-byte read-only load (`p` 8-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_global_nc_v2(p: *const u8) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    asm!("ld.global.nc.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b,
+         p = in(reg64) p, options(pure, readonly, nostack));
+    [a, b]
+}
+
+/// `ld.global.nc.u32`: a 4-byte read-only load (`p` 4-byte aligned).
+#[inline(always)]
+pub unsafe fn ld_global_nc_u32(p: *const u32) -> u32 {
+    let r: u32;
+    // `pure, readonly`: a load of read-only data, free to be scheduled early
+    // (several in flight) or merged.
+    asm!("ld.global.nc.u32 {r}, [{p}];", r = out(reg32) r, p = in(reg64) p,
+         options(pure, readonly, nostack));
+    r
+}
+
+/// `st.global.v4.u32`: one 16-byte store (`p` 16-byte aligned).
+#[inline(always)]
+pub unsafe fn st_global_v4(p: *mut u8, v: [u32; 4]) {
+    asm!("st.global.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};", p = in(reg64) p,
+         a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+         options(nostack));
+}
+
+/// `atom.global.add.u32`: adds `v` at `p`, returns the old value.
+#[inline(always)]
+pub unsafe fn atomic_add_global_u32(p: *mut u32, v: u32) -> u32 {
+    let r: u32;
+    asm!("atom.global.add.u32 {r}, [{p}], {v};", r = out(reg32) r, p = in(reg64) p,
+         v = in(reg32) v, options(nostack));
+    r
+}
+
+/// Loads a whole work record of the abi (8, 16 or 32 bytes, aligned to its
+/// size up to 16) with `ld.global.nc.v2` / `.v4` loads: one round trip
+/// instead of a load per field.
+#[inline(always)]
+pub unsafe fn ld_record<T: Copy>(p: *const T) -> T {
+    const {
+        let (n, a) = (core::mem::size_of::<T>(), core::mem::align_of::<T>());
+        assert!((n == 8 && a >= 8) || ((n == 16 || n == 32) && a >= 16));
+    };
+    let b = p as *const u8;
+    let mut w = [[0u32; 4]; 2];
+    if core::mem::size_of::<T>() == 8 {
+        let [x, y] = ld_global_nc_v2(b);
+        w[0] = [x, y, 0, 0];
+    } else {
+        w[0] = ld_global_nc_v4(b);
+        if core::mem::size_of::<T>() == 32 {
+            w[1] = ld_global_nc_v4(b.add(16));
+        }
+    }
+    core::mem::transmute_copy(&w)
+}

@@ -1,0 +1,86 @@
+//! Scalar arithmetic the kernels need as exact PTX instructions: IEEE
+//! maxNum, fused multiply-add, the approximate `ex2`/`lg2`, bf16 conversions.
+
+use core::arch::asm;
+
+/// Exact widening of a bf16 (carried as its bit pattern) to f32.
+#[inline(always)]
+pub fn bf16_to_f32(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// Low and high bf16 of a packed pair, widened to f32.
+#[inline(always)]
+pub fn bf16x2_to_f32(pair: u32) -> (f32, f32) {
+    (
+        f32::from_bits(pair << 16),
+        f32::from_bits(pair & 0xffff_0000),
+    )
+}
+
+/// `ex2.approx.ftz.f32`: 2^x (`-inf` gives 0).
+#[inline(always)]
+pub fn exp2(x: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("ex2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `lg2.approx.ftz.f32`: log2(x).
+#[inline(always)]
+pub fn log2(x: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("lg2.approx.ftz.f32 {r}, {x};", r = out(reg32) r, x = in(reg32) x,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `cvt.rn.bf16.f32`: round to the nearest bf16 (ties to even), as bits.
+#[inline(always)]
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let r: u16;
+    unsafe {
+        asm!("cvt.rn.bf16.f32 {r}, {x};", r = out(reg16) r, x = in(reg32) x,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `cvt.rn.bf16x2.f32`: `lo` in the low half, `hi` in the high half (the
+/// element order of an `mma` fragment register).
+#[inline(always)]
+pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("cvt.rn.bf16x2.f32 {r}, {hi}, {lo};", r = out(reg32) r, hi = in(reg32) hi,
+             lo = in(reg32) lo, options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `max.f32` (IEEE maxNum: a NaN operand loses to a number).
+#[inline(always)]
+pub fn fmax(a: f32, b: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("max.f32 {r}, {a}, {b};", r = out(reg32) r, a = in(reg32) a, b = in(reg32) b,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `fma.rn.f32`: `a * b + c` with one rounding.
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    let r: f32;
+    unsafe {
+        asm!("fma.rn.f32 {r}, {a}, {b}, {c};", r = out(reg32) r, a = in(reg32) a, b = in(reg32) b,
+             c = in(reg32) c, options(nomem, nostack, pure));
+    }
+    r
+}
