@@ -289,6 +289,11 @@ pub const BM_WINDOW: u32 = 1024;
 pub const BM_MAX_ITEM_EDGES: u32 = BM_ITEM_TILES * 16;
 /// Bytes of one 16-row query tile (16 × 128 bf16).
 pub const BM_Q_TILE_BYTES: u32 = 16 * MSA_HEAD_DIM * 2;
+/// Dynamic shared memory of the run kernel: the K and V tiles of the block,
+/// two query tiles per warp, the item's edges and the m-tile row table
+/// (the kernel's shared-memory map asserts it).
+pub const BM_SMEM: u32 =
+    2 * MSA_BLOCK_BYTES + (BM_THREADS / 32) * 2 * BM_Q_TILE_BYTES + BM_MAX_ITEM_EDGES * 8 + 16 * 4;
 /// Threads of the single-CTA scan kernel.
 pub const BM_SCAN_THREADS: u32 = 1024;
 /// Threads per CTA of the count / scatter kernels (one edge per thread).
@@ -495,17 +500,3 @@ kernel_params! {
     BlockMajorRunParams => ["msa_block_major_run"],
     BlockMajorCombineParams => ["msa_block_major_combine"],
 }
-
-// Word layouts of the records above, for the kernels not yet moved to the
-// typed records (removed with them).
-#[doc(hidden)]
-pub const IDX_ITEM_WORDS: usize = 8;
-#[doc(hidden)]
-pub const ATT_ROW_WORDS: usize = 4;
-#[doc(hidden)]
-pub const BM_ITEM_WORDS: usize = 4;
-#[doc(hidden)]
-pub const BM_KEY_WORDS: usize = 4;
-#[doc(hidden)]
-pub const BM_SMEM: u32 =
-    2 * MSA_BLOCK_BYTES + (BM_THREADS / 32) * 2 * BM_Q_TILE_BYTES + BM_MAX_ITEM_EDGES * 8 + 64;

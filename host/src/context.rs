@@ -4,11 +4,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
-};
+use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+
+use sparse_attn_abi::KernelParams;
 
 use crate::error::{CudaContextExt, Error, Result};
+use crate::launch::{Kernel, Launch};
 
 /// What the kernels' launch decisions need to know about the device.
 #[derive(Clone, Debug)]
@@ -124,19 +125,25 @@ impl Gpu {
         self.pdl.load(Ordering::Relaxed)
     }
 
-    /// Starts assembling a launch of `func` (see `launch.rs`); `what` names it
-    /// in errors.
-    pub(crate) fn launch<'a>(
+    /// Starts assembling a launch of `kernel` with `params` (see
+    /// `launch.rs`); `what` names it in errors.
+    pub(crate) fn launch<'a, P: KernelParams>(
         &'a self,
-        func: &'a CudaFunction,
+        kernel: &'a Kernel<P>,
         what: &'static str,
-    ) -> crate::launch::Launch<'a> {
-        crate::launch::Launch::new(self, func, what)
+        params: &'a P,
+    ) -> Launch<'a, P> {
+        Launch::new(self, kernel, what, params)
     }
 
-    /// A kernel of the module, with its dynamic shared-memory limit raised to
-    /// `smem_bytes` when that is above the default 48 KiB.
-    pub(crate) fn kernel(&self, name: &str, smem_bytes: u32) -> Result<CudaFunction> {
+    /// The kernel `name` of the module, which takes the parameter struct `P`,
+    /// with its dynamic shared-memory limit raised to `smem_bytes` when that
+    /// is above the default 48 KiB.
+    pub(crate) fn kernel<P: KernelParams>(
+        &self,
+        name: &'static str,
+        smem_bytes: u32,
+    ) -> Result<Kernel<P>> {
         let f = self
             .module
             .load_function(name)
@@ -157,7 +164,7 @@ impl Gpu {
             )
             .during(|| format!("raising the shared-memory limit of `{name}`"))?;
         }
-        Ok(f)
+        Kernel::new(f, name)
     }
 
     /// Copies a host slice to a new device buffer.

@@ -90,3 +90,15 @@ pub(crate) fn require_head_dim(head_dim: usize) -> Result<()> {
         })
     }
 }
+
+/// The length check of every op's `run`: `len == want`, else an error
+/// naming `arg`, the expected length (`what` says where it comes from) and
+/// the actual one.
+pub(crate) fn expect_len(arg: &'static str, len: usize, want: usize, what: &str) -> Result<()> {
+    ensure(
+        len == want,
+        arg,
+        || format!("{want} elements ({what})"),
+        || format!("{len} elements"),
+    )
+}

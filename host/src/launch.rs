@@ -1,5 +1,14 @@
 //! Kernel launches, all through one builder, with Hopper's programmatic
-//! dependent launch (PDL).
+//! dependent launch (PDL), and typed kernel parameters.
+//!
+//! Every kernel takes one `#[repr(C)]` parameter struct of the abi crate by
+//! value (`sparse_attn_abi::KernelParams`). A [`Kernel<P>`] is a loaded
+//! entry point that takes `P` (checked against `P::KERNELS` when it is
+//! loaded), and [`Launch`] hands the driver a pointer to one `P`: the
+//! kernel's parameter list cannot be given in the wrong order or with the
+//! wrong types. Device buffers become typed addresses with [`dptr`] /
+//! [`dptr_mut`] (bf16 as its bit pattern, `u16`) or, for work records
+//! uploaded as words, [`record_ptr`].
 //!
 //! Every launch of this crate sets `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`
 //! (`cuLaunchKernelEx`). The next kernel on the stream may then be scheduled
@@ -26,79 +35,138 @@
 //! spread it shows between calls.
 
 use std::ffi::c_void;
+use std::marker::PhantomData;
 
 use cudarc::driver::sys;
 use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
+use half::bf16;
+use sparse_attn_abi::{DPtr, DPtrMut, KernelParams};
 
 use crate::context::Gpu;
 use crate::error::{CudaContextExt, Error, Result};
 
-/// A kernel parameter: its bits, widened to 8 bytes. The driver reads as
-/// many bytes as the parameter's PTX type has from the cell's address, so a
-/// 4-byte value sits in the low half (little-endian).
-pub(crate) trait KernelArg {
-    fn cell(&self, gpu: &Gpu) -> u64;
+/// A loaded entry point of the module that takes the parameter struct `P`.
+pub(crate) struct Kernel<P: KernelParams> {
+    func: CudaFunction,
+    _params: PhantomData<fn(P)>,
 }
 
-impl KernelArg for u32 {
-    fn cell(&self, _: &Gpu) -> u64 {
-        *self as u64
+impl<P: KernelParams> Kernel<P> {
+    /// Wraps `func`, the entry point `name`, after checking that `P` is its
+    /// parameter struct.
+    pub(crate) fn new(func: CudaFunction, name: &'static str) -> Result<Self> {
+        if !P::KERNELS.contains(&name) {
+            return Err(Error::Unsupported {
+                arg: "kernel",
+                what: format!(
+                    "`{name}` does not take {} (it is the parameter struct of {:?})",
+                    std::any::type_name::<P>(),
+                    P::KERNELS
+                ),
+            });
+        }
+        Ok(Kernel {
+            func,
+            _params: PhantomData,
+        })
+    }
+
+    /// The driver's function handle (attributes, occupancy queries).
+    pub(crate) fn func(&self) -> &CudaFunction {
+        &self.func
     }
 }
 
-impl KernelArg for u64 {
-    fn cell(&self, _: &Gpu) -> u64 {
-        *self
+/// The element type a kernel sees for a host element type: bf16 as its
+/// bit pattern, everything else as itself.
+pub(crate) trait DeviceElem {
+    /// The device-side type.
+    type Dev;
+}
+
+impl DeviceElem for bf16 {
+    type Dev = u16;
+}
+
+macro_rules! same_on_device {
+    ($($t:ty),*) => {$(impl DeviceElem for $t { type Dev = $t; })*};
+}
+same_on_device!(u32, i32, f32);
+
+fn address<T>(gpu: &Gpu, s: &CudaSlice<T>) -> u64 {
+    // The context does no event tracking (see `Gpu::new`), so the returned
+    // guard records nothing.
+    let (ptr, _guard) = s.device_ptr(gpu.stream());
+    ptr
+}
+
+/// The typed device address of a buffer the kernel reads.
+pub(crate) fn dptr<T: DeviceElem>(gpu: &Gpu, s: &CudaSlice<T>) -> DPtr<T::Dev> {
+    DPtr::new(address(gpu, s))
+}
+
+/// The typed device address of a buffer the kernel writes (a workspace
+/// buffer owned by an op is written through `&self`: the device, not the
+/// host, mutates it).
+pub(crate) fn dptr_mut<T: DeviceElem>(gpu: &Gpu, s: &CudaSlice<T>) -> DPtrMut<T::Dev> {
+    DPtrMut::new(address(gpu, s))
+}
+
+/// An optional output: null tells the kernel not to write it.
+pub(crate) fn dptr_opt<T: DeviceElem>(gpu: &Gpu, s: Option<&CudaSlice<T>>) -> DPtrMut<T::Dev> {
+    s.map_or(DPtrMut::NULL, |s| dptr_mut(gpu, s))
+}
+
+/// The address of a buffer of abi work records `R` stored as `u32` words
+/// (see [`record_words`]).
+pub(crate) fn record_ptr<R>(gpu: &Gpu, s: &CudaSlice<u32>) -> DPtr<R> {
+    DPtr::new(address(gpu, s))
+}
+
+/// [`record_ptr`] for a buffer the kernel writes.
+pub(crate) fn record_ptr_mut<R>(gpu: &Gpu, s: &CudaSlice<u32>) -> DPtrMut<R> {
+    DPtrMut::new(address(gpu, s))
+}
+
+/// Words of a slice of abi work records (plain `#[repr(C)]` structs of
+/// `u32` fields), for uploading into a `CudaSlice<u32>`.
+pub(crate) fn record_words<R: Copy>(recs: &[R]) -> &[u32] {
+    const { assert!(std::mem::size_of::<R>() % 4 == 0 && std::mem::align_of::<R>() >= 4) };
+    // SAFETY: the records are plain data of 4-byte words (checked above: no
+    // padding smaller than a word, alignment at least a word's), so their
+    // bytes are valid `u32`s; the length covers exactly the records.
+    unsafe {
+        std::slice::from_raw_parts(recs.as_ptr() as *const u32, std::mem::size_of_val(recs) / 4)
     }
 }
 
-impl KernelArg for f32 {
-    fn cell(&self, _: &Gpu) -> u64 {
-        self.to_bits() as u64
-    }
+/// Words of `n` records of `R`.
+pub(crate) const fn words_of<R>(n: usize) -> usize {
+    n * std::mem::size_of::<R>() / 4
 }
 
-/// A device buffer is passed as its address.
-impl<T> KernelArg for CudaSlice<T> {
-    fn cell(&self, gpu: &Gpu) -> u64 {
-        // The context does no event tracking (see `Gpu::new`), so the
-        // returned guard records nothing.
-        let (ptr, _guard) = self.device_ptr(gpu.stream());
-        ptr
-    }
-}
-
-/// An optional output: a null pointer tells the kernel not to write it.
-impl<T> KernelArg for Option<&mut CudaSlice<T>> {
-    fn cell(&self, gpu: &Gpu) -> u64 {
-        self.as_deref().map_or(0, |s| s.cell(gpu))
-    }
-}
-
-/// Most parameters a kernel of this crate takes (the decode kernel has 21).
-const MAX_ARGS: usize = 24;
-
-/// One launch being assembled: `gpu.launch(&kernel, "what").arg(..)…run(cfg)`.
-/// The parameters live in a fixed array: no allocation per launch.
-pub(crate) struct Launch<'a> {
+/// One launch being assembled: `gpu.launch(&kernel, "what", &params)…run(cfg)`.
+pub(crate) struct Launch<'a, P: KernelParams> {
     gpu: &'a Gpu,
     func: &'a CudaFunction,
     what: &'static str,
-    cells: [u64; MAX_ARGS],
-    /// Parameters pushed so far (more than `MAX_ARGS`: `run` refuses).
-    n_args: usize,
+    params: &'a P,
     /// CTAs per thread-block cluster along x (1: no clusters).
     cluster: u32,
 }
 
-impl<'a> Launch<'a> {
-    pub(crate) fn new(gpu: &'a Gpu, func: &'a CudaFunction, what: &'static str) -> Self {
+impl<'a, P: KernelParams> Launch<'a, P> {
+    pub(crate) fn new(
+        gpu: &'a Gpu,
+        kernel: &'a Kernel<P>,
+        what: &'static str,
+        params: &'a P,
+    ) -> Self {
         Launch {
             gpu,
-            func,
+            func: &kernel.func,
             what,
-            cells: [0; MAX_ARGS],
-            n_args: 0,
+            params,
             cluster: 1,
         }
     }
@@ -108,15 +176,6 @@ impl<'a> Launch<'a> {
     /// multiple of `n`.
     pub(crate) fn cluster(&mut self, n: u32) -> &mut Self {
         self.cluster = n;
-        self
-    }
-
-    /// Appends the next parameter, in the kernel signature's order.
-    pub(crate) fn arg(&mut self, a: &(impl KernelArg + ?Sized)) -> &mut Self {
-        if let Some(c) = self.cells.get_mut(self.n_args) {
-            *c = a.cell(self.gpu);
-        }
-        self.n_args += 1;
         self
     }
 
@@ -180,24 +239,14 @@ impl<'a> Launch<'a> {
     /// Enqueues the kernel on the crate's stream.
     ///
     /// # Safety
-    /// The parameters must match the kernel's signature in number, order and
-    /// type, and every buffer must be large enough for what the kernel
-    /// touches under these launch dimensions.
+    /// Every buffer the parameters name must be large enough for what the
+    /// kernel touches under these launch dimensions (the parameter list
+    /// itself is typed: `P` is the kernel's struct).
     pub(crate) unsafe fn run(&mut self, cfg: LaunchConfig) -> Result<()> {
         let what = self.what;
-        if self.n_args > MAX_ARGS {
-            return Err(Error::Unsupported {
-                arg: "kernel parameters",
-                what: format!(
-                    "{what} takes {} parameters, at most {MAX_ARGS}",
-                    self.n_args
-                ),
-            });
-        }
-        let mut params = [std::ptr::null_mut::<c_void>(); MAX_ARGS];
-        for (p, c) in params.iter_mut().zip(&mut self.cells) {
-            *p = c as *mut u64 as *mut c_void;
-        }
+        // The kernel's one parameter: the struct, read by the driver from
+        // this address during the call.
+        let mut params = [self.params as *const P as *mut c_void];
         // SAFETY: zeroed attributes are valid; `config` sets those it uses.
         let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
         let config = self.config(&cfg, &mut attrs);
@@ -205,9 +254,9 @@ impl<'a> Launch<'a> {
             .context()
             .bind_to_thread()
             .during(|| format!("binding the context before {what}"))?;
-        // SAFETY: `params` points at one live cell per kernel parameter (the
-        // caller vouches for their number and types); `config` and `attrs`
-        // outlive the call, which copies them.
+        // SAFETY: `params` holds the address of the kernel's one parameter,
+        // a live `P` (checked to be its struct when the kernel was loaded);
+        // `config` and `attrs` outlive the call, which copies them.
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,

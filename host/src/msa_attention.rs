@@ -31,12 +31,14 @@
 //! of the last page is always masked; a query that attends to nothing gets
 //! `out = 0` and `lse = -inf`; a block id listed twice is attended twice.
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 use crate::abi::msa::*;
+use crate::abi::PagedKv;
 use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
-use crate::error::{ensure, require_head_dim, CudaContextExt, Error, Result};
+use crate::error::{ensure, expect_len, require_head_dim, CudaContextExt, Error, Result};
+use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, words_of, Kernel};
 use crate::msa_block_major::{plan_keys, BlockMajorArgs, MsaBlockMajor};
 use crate::Gpu;
 
@@ -168,16 +170,6 @@ pub fn attention_path(max_q_len: usize) -> AttentionPath {
     }
 }
 
-/// `len == want`, or an error naming `arg` and the sizes.
-fn expect(arg: &'static str, len: usize, want: usize, what: &str) -> Result<()> {
-    ensure(
-        len == want,
-        arg,
-        || format!("{want} elements ({what})"),
-        || format!("{len} elements"),
-    )
-}
-
 #[derive(Clone, Debug)]
 struct Plan {
     batch: usize,
@@ -193,8 +185,8 @@ struct Plan {
 pub struct MsaAttention {
     gpu: Gpu,
     cfg: MsaAttentionConfig,
-    k_partial: CudaFunction,
-    k_combine: CudaFunction,
+    k_partial: Kernel<MsaDecodeParams>,
+    k_combine: Kernel<MsaCombineParams>,
     /// Most partitions merged in a thread-block cluster on this device
     /// (`ATT_MAX_CLUSTER`, or 8 where clusters of 16 do not fit).
     max_cluster: u32,
@@ -202,7 +194,7 @@ pub struct MsaAttention {
     /// Most (row, partition) pairs the partial buffers hold: split-K only
     /// pays for small batches, so this is a few per SM, not `max_rows * 32`.
     part_cap: usize,
-    /// `[rows, 4]`: sequence, its seqlen_k, the row's q_pos, its plan key base.
+    /// `[rows]` [`RowInfo`] as words.
     row_info: CudaSlice<u32>,
     /// `[parts, rows, n_heads, 128]` f32 for `parts * rows <= part_cap`.
     part_o: CudaSlice<f32>,
@@ -228,13 +220,18 @@ impl MsaAttention {
         // Clusters above 8 CTAs are "non-portable": allowed per kernel, and
         // only used when the driver says they can be resident.
         k_partial
+            .func()
             .set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
                 1,
             )
             .during(|| "allowing clusters of 16 for the decode kernel".into())?;
         let fits = gpu
-            .launch(&k_partial, "the MSA decode kernel")
+            .launch(
+                &k_partial,
+                "the MSA decode kernel",
+                &MsaDecodeParams::default(),
+            )
             .cluster(ATT_MAX_CLUSTER)
             .max_active_clusters(LaunchConfig {
                 grid_dim: (ATT_MAX_CLUSTER, 1, 1),
@@ -246,7 +243,7 @@ impl MsaAttention {
             k_partial,
             max_cluster,
             k_combine: gpu.kernel("msa_attention_combine", 0)?,
-            row_info: gpu.zeros(ATT_ROW_WORDS * max_rows)?,
+            row_info: gpu.zeros(words_of::<RowInfo>(max_rows))?,
             block_major: MsaBlockMajor::new(gpu, cfg.n_heads, cfg.n_kv_heads, cfg.topk, max_rows)?,
             part_o: gpu.zeros(part_cap * cfg.n_heads * cfg.head_dim)?,
             part_lse: gpu.zeros(part_cap * cfg.n_heads)?,
@@ -314,31 +311,36 @@ impl MsaAttention {
         let path = self
             .force_path
             .unwrap_or_else(|| attention_path(batch.max_q_len()));
-        let (key_base, key_info, n_keys) = match path {
+        let (key_base, keys, _) = match path {
             AttentionPath::BlockMajor => {
                 plan_keys(batch, self.window.unwrap_or(BM_WINDOW as usize))
             }
             AttentionPath::QueryMajor => (vec![0; rows], Vec::new(), 0),
         };
-        let mut info = Vec::with_capacity(ATT_ROW_WORDS * rows);
+        let mut info = Vec::with_capacity(rows);
         for b in 0..n {
             let (cache, sk) = (batch.cache_lengths[b], batch.seqlen_k(b) as u32);
             let r0 = batch.input_row_offsets[b] as usize;
             for i in 0..batch.q_len(b) {
-                info.extend([b as u32, sk, cache + i as u32, key_base[r0 + i]]);
+                info.push(RowInfo {
+                    seq: b as u32,
+                    seqlen_k: sk,
+                    q_pos: cache + i as u32,
+                    key_base: key_base[r0 + i],
+                });
             }
         }
         if rows > 0 {
+            let words = record_words(&info);
             self.gpu
                 .stream()
-                .memcpy_htod(&info, &mut self.row_info.slice_mut(..ATT_ROW_WORDS * rows))
+                .memcpy_htod(words, &mut self.row_info.slice_mut(..words.len()))
                 .during(|| "uploading the row positions".into())?;
         }
         if path == AttentionPath::BlockMajor {
             self.block_major.plan(
                 &self.gpu,
-                &key_info,
-                n_keys,
+                &keys,
                 rows,
                 cfg.n_kv_heads,
                 cfg.topk,
@@ -376,13 +378,13 @@ impl MsaAttention {
         d_indices: &CudaSlice<i32>,
     ) -> Result<()> {
         let c = &self.cfg;
-        expect(
+        expect_len(
             "lookup",
             lookup.len(),
             p.batch * p.max_pages,
             "batch * max_pages",
         )?;
-        expect(
+        expect_len(
             "d_indices",
             d_indices.len(),
             c.n_kv_heads * p.rows * c.topk,
@@ -393,16 +395,23 @@ impl MsaAttention {
     fn block_major_args(&self, p: &Plan) -> BlockMajorArgs {
         let c = &self.cfg;
         BlockMajorArgs {
-            rows: p.rows as u32,
+            num_rows: p.rows as u32,
             n_heads: c.n_heads as u32,
             n_kv_heads: c.n_kv_heads as u32,
             topk: c.topk as u32,
-            max_pages: p.max_pages as u32,
+            cache: Self::paged_kv(p),
+            scale: c.scale,
+        }
+    }
+
+    /// The main cache's planned layer as the kernels see it.
+    fn paged_kv(p: &Plan) -> PagedKv {
+        PagedKv {
             num_pages: p.layout.num_pages as u32,
+            max_pages: p.max_pages as u32,
             page_stride: p.layout.page_stride() as u64,
             k_off: p.layout.layer_offset(0, p.layer) as u64,
             v_off: p.layout.layer_offset(1, p.layer) as u64,
-            scale: c.scale,
         }
     }
 
@@ -445,27 +454,27 @@ impl MsaAttention {
         })?;
         let c = &self.cfg;
         let (rows, heads) = (p.rows, c.n_heads);
-        expect(
+        expect_len(
             "q",
             q.len(),
             rows * heads * c.head_dim,
             "num_rows * n_heads * head_dim",
         )?;
-        expect(
+        expect_len(
             "kv_cache",
             kv_cache.len(),
             p.layout.elements(),
             "the planned layout",
         )?;
         self.check_selections(p, lookup, d_indices)?;
-        expect(
+        expect_len(
             "out",
             out.len(),
             rows * heads * c.head_dim,
             "num_rows * n_heads * head_dim",
         )?;
         if let Some(l) = lse.as_deref() {
-            expect("lse", l.len(), rows * heads, "num_rows * n_heads")?;
+            expect_len("lse", l.len(), rows * heads, "num_rows * n_heads")?;
         }
         if rows == 0 {
             return Ok(());
@@ -484,66 +493,83 @@ impl MsaAttention {
                 lse,
             );
         }
-        let (rows32, heads32, kvh) = (rows as u32, heads as u32, c.n_kv_heads as u32);
-        let (max_pages, num_pages) = (p.max_pages as u32, p.layout.num_pages as u32);
-        let page_stride = p.layout.page_stride() as u64;
-        let (k_off, v_off) = (
-            p.layout.layer_offset(0, p.layer) as u64,
-            p.layout.layer_offset(1, p.layer) as u64,
-        );
-        let (topk, parts) = (c.topk as u32, p.parts as u32);
-        // Up to `max_cluster` partitions merge inside a thread-block
-        // cluster; more write partials that the combine kernel merges (and
-        // then it writes `out` and `lse`).
+        self.launch_decode(p, q, kv_cache, lookup, d_indices, out, lse)
+    }
+
+    /// The query-major (decode) kernel, and the combine kernel when the
+    /// partitions do not merge inside a cluster. Up to `max_cluster`
+    /// partitions merge inside a thread-block cluster; more write partials
+    /// that the combine kernel merges (and then it writes `out` and `lse`).
+    #[allow(clippy::too_many_arguments)] // internal: `run`'s checked buffers, passed on
+    fn launch_decode(
+        &self,
+        p: &Plan,
+        q: &CudaSlice<bf16>,
+        kv_cache: &CudaSlice<bf16>,
+        lookup: &CudaSlice<u32>,
+        d_indices: &CudaSlice<i32>,
+        out: &mut CudaSlice<bf16>,
+        lse: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        let (gpu, c) = (&self.gpu, &self.cfg);
+        let parts = p.parts as u32;
         let clustered = parts > 1 && parts <= self.max_cluster;
-        let no_lse: Option<&mut CudaSlice<f32>> = None;
-        let mut l = self.gpu.launch(&self.k_partial, "the MSA decode kernel");
-        l.arg(q)
-            .arg(kv_cache)
-            .arg(lookup)
-            .arg(d_indices)
-            .arg(&self.row_info);
-        l.arg(&self.part_o).arg(&self.part_lse).arg(&*out);
-        l.arg(if parts == 1 || clustered {
-            &lse
-        } else {
-            &no_lse
-        });
-        l.arg(&rows32)
-            .arg(&heads32)
-            .arg(&kvh)
-            .arg(&max_pages)
-            .arg(&num_pages);
-        l.arg(&page_stride)
-            .arg(&k_off)
-            .arg(&v_off)
-            .arg(&topk)
-            .arg(&parts)
-            .arg(&c.scale)
-            .arg(&(clustered as u32));
-        if clustered {
-            l.cluster(parts);
-        }
+        let lse = lse.map(|l| &*l);
+        let params = MsaDecodeParams {
+            q: dptr(gpu, q),
+            kv: dptr(gpu, kv_cache),
+            lookup: dptr(gpu, lookup),
+            d_indices: dptr(gpu, d_indices),
+            row_info: record_ptr(gpu, &self.row_info),
+            part_o: dptr_mut(gpu, &self.part_o),
+            part_lse: dptr_mut(gpu, &self.part_lse),
+            out: dptr_mut(gpu, out),
+            lse: if parts == 1 || clustered {
+                dptr_opt(gpu, lse)
+            } else {
+                Default::default()
+            },
+            cache: Self::paged_kv(p),
+            num_rows: p.rows as u32,
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            topk: c.topk as u32,
+            parts,
+            scale: c.scale,
+            clustered: clustered as u32,
+        };
         let cfg = LaunchConfig {
-            grid_dim: (rows32 * kvh * parts, 1, 1),
+            grid_dim: (params.num_rows * params.n_kv_heads * parts, 1, 1),
             block_dim: (ATT_THREADS, 1, 1),
             shared_mem_bytes: ATT_SMEM,
         };
-        // SAFETY: the arguments match the kernel's signature; all lengths were
-        // checked against the plan; the kernel clamps page ids and skips
-        // block ids outside the sequence.
+        let mut l = gpu.launch(&self.k_partial, "the MSA decode kernel", &params);
+        if clustered {
+            l.cluster(parts);
+        }
+        // SAFETY: all lengths were checked against the plan; the kernel clamps
+        // page ids and skips block ids outside the sequence.
         unsafe { l.run(cfg) }?;
         if parts > 1 && !clustered {
-            let mut l = self.gpu.launch(&self.k_combine, "the MSA combine kernel");
-            l.arg(&self.part_o).arg(&self.part_lse).arg(&*out).arg(&lse);
-            l.arg(&rows32).arg(&heads32).arg(&parts);
+            let cp = MsaCombineParams {
+                part_o: dptr(gpu, &self.part_o),
+                part_lse: dptr(gpu, &self.part_lse),
+                out: params.out,
+                lse: dptr_opt(gpu, lse),
+                num_rows: params.num_rows,
+                n_heads: params.n_heads,
+                parts,
+            };
             let cfg = LaunchConfig {
-                grid_dim: (rows32 * heads32, 1, 1),
+                grid_dim: (cp.num_rows * cp.n_heads, 1, 1),
                 block_dim: (MSA_HEAD_DIM, 1, 1),
                 shared_mem_bytes: 0,
             };
             // SAFETY: as above; the partial buffers hold `parts` partitions.
-            unsafe { l.run(cfg) }?;
+            unsafe {
+                gpu.launch(&self.k_combine, "the MSA combine kernel", &cp)
+                    .run(cfg)
+            }?;
         }
         Ok(())
     }

@@ -21,12 +21,14 @@
 //! `-0.0` and `+0.0` tie; forced init/local blocks are selected first even if
 //! `topk` is smaller than their number (init before local, lower id first).
 
-use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
 use crate::abi::msa::*;
+use crate::abi::PagedKv;
 use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
-use crate::error::{ensure, require_head_dim, CudaContextExt, Error, Result};
+use crate::error::{ensure, expect_len, require_head_dim, CudaContextExt, Error, Result};
+use crate::launch::{dptr, dptr_mut, record_ptr, record_words, words_of, Kernel};
 use crate::Gpu;
 
 /// What the indexer computes (the upstream op's compile-time parameters).
@@ -95,10 +97,13 @@ impl MsaIndexerConfig {
 /// Which score kernel a plan uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexerPath {
-    /// Every sequence has at most one new token: the 4 warps of a CTA split
-    /// each block's keys, and long contexts are split across CTAs.
+    /// Every sequence has at most one new token and there are at most 16
+    /// index heads (`IDX_MAX_HEADS`: one 16-row tile holds a query's heads):
+    /// the 4 warps of a CTA split each block's keys, and long contexts are
+    /// split across CTAs.
     Decode,
-    /// Tiles of `128 / num_index_heads` query rows against their blocks.
+    /// Tiles of `128 / num_index_heads` query rows against their blocks
+    /// (every batch: prefill, and decode with more than 16 index heads).
     Prefill,
 }
 
@@ -120,11 +125,11 @@ struct Plan {
 pub struct MsaIndexer {
     gpu: Gpu,
     cfg: MsaIndexerConfig,
-    k_prefill: CudaFunction,
-    k_decode: CudaFunction,
-    k_topk: CudaFunction,
-    k_topk_long: CudaFunction,
-    /// Work items `[n_items, IDX_ITEM_WORDS]` (grows, never shrinks).
+    k_prefill: Kernel<IdxScoreParams>,
+    k_decode: Kernel<IdxScoreParams>,
+    k_topk: Kernel<IdxTopkParams>,
+    k_topk_long: Kernel<IdxTopkParams>,
+    /// Work items ([`IdxWorkItem`] as words; grows, never shrinks).
     items: CudaSlice<u32>,
     /// Query position of every row `[num_rows]`.
     row_qpos: CudaSlice<u32>,
@@ -168,7 +173,7 @@ impl MsaIndexer {
             k_decode: gpu.kernel("msa_indexer_scores_decode", IDX_SMEM_DECODE)?,
             k_topk: gpu.kernel("msa_indexer_topk", 0)?,
             k_topk_long: gpu.kernel("msa_indexer_topk_long", idx_smem_topk_long(LONG_CAP_MAX))?,
-            items: gpu.zeros(IDX_ITEM_WORDS)?,
+            items: gpu.zeros(words_of::<IdxWorkItem>(1))?,
             row_qpos: gpu.zeros(1)?,
             scores: gpu.zeros(1)?,
             gpu: gpu.clone(),
@@ -200,7 +205,7 @@ impl MsaIndexer {
     }
 
     /// Forces the score kernel (`None`: decode when every sequence has at
-    /// most one new token and `num_index_heads <= 16`). Both paths compute
+    /// most one new token and `num_index_heads <= 16`, else prefill). Both paths compute
     /// the same op; tests use this to compare them.
     pub fn force_path(&mut self, path: Option<IndexerPath>) {
         self.force_path = path;
@@ -219,8 +224,8 @@ impl MsaIndexer {
     }
 
     fn grow(&mut self, items: usize, rows: usize, scores: usize) -> Result<()> {
-        if self.items.len() < items * IDX_ITEM_WORDS {
-            self.items = self.gpu.zeros(items * IDX_ITEM_WORDS)?;
+        if self.items.len() < words_of::<IdxWorkItem>(items) {
+            self.items = self.gpu.zeros(words_of::<IdxWorkItem>(items))?;
         }
         if self.row_qpos.len() < rows {
             self.row_qpos = self.gpu.zeros(rows)?;
@@ -256,11 +261,11 @@ impl MsaIndexer {
             num_rows.max(1),
             h * num_rows.max(1) * w.score_stride,
         )?;
-        let flat: Vec<u32> = w.items.iter().flatten().copied().collect();
+        let flat = record_words(&w.items);
         if !flat.is_empty() {
             let stream = self.gpu.stream().clone();
             stream
-                .memcpy_htod(&flat, &mut self.items.slice_mut(..flat.len()))
+                .memcpy_htod(flat, &mut self.items.slice_mut(..flat.len()))
                 .during(|| "uploading the indexer work list".into())?;
             stream
                 .memcpy_htod(&w.row_qpos, &mut self.row_qpos.slice_mut(..num_rows))
@@ -296,18 +301,11 @@ impl MsaIndexer {
             .as_ref()
             .ok_or(Error::NotPlanned { op: "msa_indexer" })?;
         let (h, d, topk) = (self.cfg.num_index_heads, self.cfg.head_dim, self.cfg.topk);
-        let expect_len = |arg, len: usize, want: usize, what: &str| {
-            ensure(
-                len == want,
-                arg,
-                || format!("{want} elements ({what})"),
-                || format!("{len} elements"),
-            )
-        };
+        let q_want = p.num_rows * h * d;
         expect_len(
             "q",
             q.len(),
-            p.num_rows * h * d,
+            q_want,
             "num_rows * num_index_heads * head_dim",
         )?;
         expect_len(
@@ -322,86 +320,105 @@ impl MsaIndexer {
             p.batch * p.max_pages,
             "batch * max_pages",
         )?;
+        let out_want = h * p.num_rows * topk;
         expect_len(
             "out_idxs",
             out.len(),
-            h * p.num_rows * topk,
+            out_want,
             "num_index_heads * num_rows * topk",
         )?;
         if p.num_rows == 0 {
             return Ok(());
         }
+        if p.n_items > 0 {
+            self.launch_scores(p, q, k_cache, lookup)?;
+        }
+        self.launch_topk(p, out)
+    }
+
+    /// The score kernel of the plan's path: one CTA per work item.
+    fn launch_scores(
+        &self,
+        p: &Plan,
+        q: &CudaSlice<bf16>,
+        k_cache: &CudaSlice<bf16>,
+        lookup: &CudaSlice<u32>,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
         let (kernel, smem) = match p.path {
             IndexerPath::Decode => (&self.k_decode, IDX_SMEM_DECODE),
             IndexerPath::Prefill => (&self.k_prefill, IDX_SMEM_PREFILL),
         };
-        if p.n_items > 0 {
-            let (n_items, num_rows, heads) = (p.n_items as u32, p.num_rows as u32, h as u32);
-            let (batch, max_pages) = (p.batch as u32, p.max_pages as u32);
-            let num_pages = p.layout.num_pages as u32;
-            let page_stride = p.layout.page_stride() as u64;
-            let layer_offset = p.layout.layer_offset(0, p.layer) as u64;
-            let stride = p.score_stride as u32;
-            let mut l = self.gpu.launch(kernel, "the indexer score kernel");
-            l.arg(q)
-                .arg(k_cache)
-                .arg(lookup)
-                .arg(&self.items)
-                .arg(&n_items);
-            l.arg(&self.scores)
-                .arg(&num_rows)
-                .arg(&heads)
-                .arg(&batch)
-                .arg(&max_pages);
-            l.arg(&num_pages)
-                .arg(&page_stride)
-                .arg(&layer_offset)
-                .arg(&stride);
-            l.arg(&self.cfg.scale);
-            let cfg = LaunchConfig {
-                grid_dim: (n_items, 1, 1),
-                block_dim: (IDX_THREADS, 1, 1),
-                shared_mem_bytes: smem,
-            };
-            // SAFETY: argument list matches the kernel signature; every
-            // buffer length was checked above against the plan, and the
-            // kernel clamps all metadata it reads.
-            unsafe { l.run(cfg) }?;
+        let params = IdxScoreParams {
+            q: dptr(gpu, q),
+            k_cache: dptr(gpu, k_cache),
+            lookup: dptr(gpu, lookup),
+            items: record_ptr(gpu, &self.items),
+            scores: dptr_mut(gpu, &self.scores),
+            cache: PagedKv {
+                num_pages: p.layout.num_pages as u32,
+                max_pages: p.max_pages as u32,
+                page_stride: p.layout.page_stride() as u64,
+                k_off: p.layout.layer_offset(0, p.layer) as u64,
+                v_off: 0,
+            },
+            n_items: p.n_items as u32,
+            num_rows: p.num_rows as u32,
+            num_index_heads: self.cfg.num_index_heads as u32,
+            batch: p.batch as u32,
+            score_stride: p.score_stride as u32,
+            scale: self.cfg.scale,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (params.n_items, 1, 1),
+            block_dim: (IDX_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: every buffer length was checked against the plan, and the
+        // kernel clamps all metadata it reads.
+        unsafe {
+            gpu.launch(kernel, "the indexer score kernel", &params)
+                .run(cfg)
         }
-        let pairs = (h * p.num_rows) as u32;
-        let (num_rows, heads, stride) = (p.num_rows as u32, h as u32, p.score_stride as u32);
-        let (topk, init, local) = (
-            topk as u32,
-            self.cfg.init_blocks as u32,
-            self.cfg.local_blocks as u32,
-        );
-        // Long rows: one CTA per (head, row) ranks the keys above a bound;
-        // at most `cap` survive (see the kernel).
+    }
+
+    /// The top-k kernel: one warp per (head, row), or for long rows one CTA
+    /// per (head, row) that ranks the keys above a bound (at most `cap`
+    /// survive; see the kernel).
+    fn launch_topk(&self, p: &Plan, out: &mut CudaSlice<i32>) -> Result<()> {
+        let (h, topk) = (self.cfg.num_index_heads as u32, self.cfg.topk as u32);
+        let stride = p.score_stride as u32;
         let cap = topk * stride.div_ceil(IDX_TOPK_WARPS * 32);
         let long = stride > IDX_TOPK_LONG_FROM && topk <= IDX_TOPK_LONG_MAX && cap <= LONG_CAP_MAX;
-        let (kernel, cfg) = if long {
-            (&self.k_topk_long, ((pairs, 1, 1), idx_smem_topk_long(cap)))
-        } else {
-            (&self.k_topk, ((pairs.div_ceil(IDX_TOPK_WARPS), 1, 1), 0))
+        let params = IdxTopkParams {
+            scores: dptr(&self.gpu, &self.scores),
+            row_qpos: dptr(&self.gpu, &self.row_qpos),
+            out: dptr_mut(&self.gpu, out),
+            num_rows: p.num_rows as u32,
+            num_index_heads: h,
+            score_stride: stride,
+            topk,
+            init_blocks: self.cfg.init_blocks as u32,
+            local_blocks: self.cfg.local_blocks as u32,
+            cap,
         };
-        let mut l = self.gpu.launch(kernel, "the indexer top-k kernel");
-        l.arg(&self.scores)
-            .arg(&self.row_qpos)
-            .arg(out)
-            .arg(&num_rows)
-            .arg(&heads);
-        l.arg(&stride).arg(&topk).arg(&init).arg(&local);
-        if long {
-            l.arg(&cap);
-        }
+        let pairs = h * params.num_rows;
+        let (kernel, grid, smem) = if long {
+            (&self.k_topk_long, pairs, idx_smem_topk_long(cap))
+        } else {
+            (&self.k_topk, pairs.div_ceil(IDX_TOPK_WARPS), 0)
+        };
         let cfg = LaunchConfig {
-            grid_dim: cfg.0,
+            grid_dim: (grid, 1, 1),
             block_dim: (IDX_TOPK_WARPS * 32, 1, 1),
-            shared_mem_bytes: cfg.1,
+            shared_mem_bytes: smem,
         };
         // SAFETY: as above; `out` holds H * num_rows * topk elements.
-        unsafe { l.run(cfg) }?;
-        Ok(())
+        unsafe {
+            self.gpu
+                .launch(kernel, "the indexer top-k kernel", &params)
+                .run(cfg)
+        }
     }
 }
 
@@ -420,8 +437,8 @@ pub struct PlanOptions {
 #[derive(Clone, Debug)]
 pub struct WorkList {
     pub path: IndexerPath,
-    /// `[seq, row0, nrows, qpos0, blk0, blk1, 0, 0]` per CTA, longest first.
-    pub items: Vec<[u32; IDX_ITEM_WORDS]>,
+    /// One work item per CTA, longest first.
+    pub items: Vec<IdxWorkItem>,
     /// Query position of every row.
     pub row_qpos: Vec<u32>,
     /// Row stride of the score buffer: the most blocks any row sees.
@@ -463,9 +480,13 @@ pub fn plan_work(
         || "num_rows * num_index_heads below 2^31".into(),
         || format!("{num_rows} * {h}"),
     )?;
+    // Decode batches (one new token per sequence) take the decode kernel
+    // when its single m-tile holds all index heads; with more heads the
+    // prefill kernel serves them (same op, one row per tile).
+    let decode_fits = batch.max_q_len() <= 1 && h <= IDX_MAX_HEADS as usize;
     let path = match opts.force_path {
         Some(p) => p,
-        None if batch.max_q_len() <= 1 => IndexerPath::Decode,
+        None if decode_fits => IndexerPath::Decode,
         None => IndexerPath::Prefill,
     };
     if path == IndexerPath::Decode {
@@ -478,7 +499,11 @@ pub fn plan_work(
         if h > IDX_MAX_HEADS as usize {
             return Err(Error::Unsupported {
                 arg: "num_index_heads",
-                what: format!("{h} heads on the decode path (at most {IDX_MAX_HEADS})"),
+                what: format!(
+                    "{h} heads on the forced decode path: its kernel holds all heads of a query in \
+                     one 16-row tile (at most {IDX_MAX_HEADS}); the default path choice runs such \
+                     batches on the prefill kernel"
+                ),
             });
         }
     }
@@ -515,12 +540,19 @@ pub fn plan_work(
             for c0 in (0..nb).step_by(chunk) {
                 let c1 = (c0 + chunk).min(nb);
                 let qpos0 = cache_len + r0;
-                w.items
-                    .push([b, off + r0, nrows, qpos0, c0, c1, 0, 0].map(|v| v as u32));
+                w.items.push(IdxWorkItem {
+                    seq: b as u32,
+                    row0: (off + r0) as u32,
+                    nrows: nrows as u32,
+                    qpos0: qpos0 as u32,
+                    blk0: c0 as u32,
+                    blk1: c1 as u32,
+                    _pad: [0; 2],
+                });
             }
         }
     }
     // Longest items first, so the tail of the grid is short ones.
-    w.items.sort_by_key(|it| std::cmp::Reverse(it[5] - it[4]));
+    w.items.sort_by_key(|it| std::cmp::Reverse(it.blocks()));
     Ok(w)
 }

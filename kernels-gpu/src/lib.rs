@@ -25,6 +25,7 @@
 pub mod arch;
 pub mod msa_attention;
 pub mod msa_indexer;
+pub mod tile;
 pub mod msa_block_major;
 
 #[panic_handler]

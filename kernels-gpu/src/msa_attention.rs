@@ -1,9 +1,9 @@
 //! MSA block-sparse attention, query-major: decode (`q_len = 1` per
 //! sequence) and, with the per-token causal rule, prefill / speculative rows.
 //!
-//! `msa_attention_partial`: one CTA per (sequence, KV head, partition). The
-//! partition's selected 128-token blocks stream through an `ATT_STAGES`-deep
-//! `cp.async` pipeline of half-steps (the K tile of a block, then its V tile;
+//! `msa_attention_partial` ([`MsaDecodeParams`]): one CTA per (sequence, KV
+//! head, partition). The partition's selected 128-token blocks stream through
+//! an `ATT_STAGES`-deep `cp.async` ring (`tile::pipeline`) of half-steps (the K tile of a block, then its V tile;
 //! 16-byte copies, rows XOR-swizzled). All `group` query heads of the KV head share each loaded
 //! block: they are the M rows (≤ 16) of bf16 `mma.m16n8k16` tiles. Each of the
 //! 4 warps owns 32 keys of every block and keeps its own online softmax
@@ -30,14 +30,21 @@
 //!
 //! Masking: slots of `-1` and ids `>= ceil(seqlen_k / 128)` (or past the
 //! query's own block) are skipped; keys `pos > q_pos` are masked, and V rows
-//! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed.
+//! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed. A NaN
+//! score (a NaN in the query row) is masked too, so such a row attends
+//! nothing: `out = 0`, `lse = -inf`, as on the block-major path.
+
+use core::mem::{offset_of, size_of};
 
 use sparse_attn_abi::msa::*;
-use crate::arch::*;
 
-const ROW_BYTES: u32 = MSA_HEAD_DIM * 2;
-const ROW_CHUNKS: u32 = ROW_BYTES / 16;
-const K_STEPS: usize = (MSA_HEAD_DIM / 16) as usize;
+use crate::arch::*;
+use crate::tile::frag::load_row_frags;
+use crate::tile::paged::{page_of, PagedBlock};
+use crate::tile::pipeline::CpAsyncRing;
+use crate::tile::softmax::{merge_normalised, merge_weight, LseState, LN2, LOG2E};
+use crate::tile::swizzle::{Rows256, TileLayout};
+
 /// Dim n-tiles of the output (8 dims each).
 const D_TILES: usize = (MSA_HEAD_DIM / 8) as usize;
 const WARPS: u32 = ATT_THREADS / 32;
@@ -46,345 +53,364 @@ const WARP_KEYS: u32 = MSA_BLOCK / WARPS;
 const WARP_NT: usize = (WARP_KEYS / 8) as usize;
 /// Row stride (f32) of the warp-merge buffer: 8 floats of padding spread a
 /// warp's stores of 8 rows over all banks (2-way instead of 8-way conflicts).
-const OS_STRIDE: u32 = MSA_HEAD_DIM + 8;
+const OS_STRIDE: usize = MSA_HEAD_DIM as usize + 8;
 // The epilogue gives each thread one dim.
 const _: () = assert!(ATT_THREADS == MSA_HEAD_DIM);
-const LOG2E: f32 = core::f32::consts::LOG2_E;
-const LN2: f32 = core::f32::consts::LN_2;
 
-/// Partial decode attention.
-///
-/// * `q`: bf16 `[rows, n_heads, 128]`
-/// * `kv`: bf16 main cache `[num_pages, 2, layers, 128, n_kv_heads, 128]`;
-///   K of token `s` of page `p` for head `kh` at
-///   `p * page_stride + k_off + (s * n_kv_heads + kh) * 128`, V at `v_off`
-/// * `lookup`: `[batch, max_pages]`; `d_indices`: i32 `[n_kv_heads, rows, topk]`
-/// * `row_info`: `[rows, 4]`: the row's sequence (row of `lookup`), that
-///   sequence's `seqlen_k`, the row's query position (keys `pos <= q_pos`
-///   are visible; decode: `seqlen_k - 1`), and a word only `msa_prefill` reads
-/// * `part_o`: f32 `[parts, rows, n_heads, 128]`, `part_lse`: f32
-///   `[parts, rows, n_heads]` (log2 domain) — written when `parts > 1`
-/// * `out`: bf16 `[rows, n_heads, 128]`, `lse`: f32 `[rows, n_heads]` or
-///   null — written when `parts == 1` or `clustered`
-/// * `clustered` (1 or 0): the `parts` CTAs of each (row, KV head) form a
-///   thread-block cluster (`parts <= ATT_MAX_CLUSTER`, launched so) and merge their
-///   partials through distributed shared memory instead of `part_o` /
-///   `part_lse` and the combine kernel: CTA rank `r` merges heads
-///   `r, r + parts, …` in partition order (deterministic).
+/// A K or V tile of one KV head: 128 tokens of 256 bytes.
+type KvBlock = PagedBlock<MSA_BLOCK, 256>;
+/// Half-steps: the K tile of a block, then its V tile.
+type Ring = CpAsyncRing<ATT_STAGES, { ATT_STAGES - 2 }, MSA_BLOCK_BYTES>;
+
+/// A selected slot's pool page and block (`page == u32::MAX`: skipped).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct SlotPage {
+    page: u32,
+    blk: u32,
+}
+
+/// Shared memory of the main loop.
+#[repr(C)]
+struct MainSmem {
+    stages: [[u8; MSA_BLOCK_BYTES as usize]; ATT_STAGES as usize],
+    /// The partition's slots, staged once.
+    slots: [SlotPage; ATT_MAX_SLOTS as usize],
+}
+const _: () = assert!(size_of::<MainSmem>() as u32 == ATT_SMEM);
+
+/// Shared memory of the epilogue, laid over the stages once the main loop
+/// is done.
+#[repr(C)]
+struct MergeSmem {
+    /// Each warp's (max, sum) per head.
+    ml: [[[f32; 2]; 16]; WARPS as usize],
+    /// Each warp's O, rescaled to the CTA's max.
+    os: [[[f32; OS_STRIDE]; 16]; WARPS as usize],
+    /// Per head: 1 / sum and the log2-sum-exp.
+    hl: [[f32; 2]; 16],
+    /// This CTA's normalised partial for the cluster merge: O and its
+    /// log2-sum-exp per head.
+    fin_o: [[f32; MSA_HEAD_DIM as usize]; 16],
+    fin_lse: [f32; 16],
+}
+const _: () = assert!(size_of::<MergeSmem>() <= offset_of!(MainSmem, slots));
+
+/// Shared address of `MergeSmem` field `$f`.
+macro_rules! merge_at {
+    ($f:ident) => {
+        crate::smem_addr!(MergeSmem, $f)
+    };
+}
+
+/// The CTA's work: query row `t`, KV head `kh`, slots `slot0 .. slot0 +
+/// nslots` of partition `part`.
+struct DecodeCta {
+    t: u32,
+    kh: u32,
+    part: u32,
+    group: u32,
+    seq: u32,
+    sk: u32,
+    qp: u32,
+    /// Blocks the row may attend (past the query's own: none of its keys).
+    nblocks: u32,
+    slot0: u32,
+    nslots: u32,
+}
+
+impl DecodeCta {
+    /// The scheduler: CTA `(t * n_kv_heads + kh) * parts + part`; `None`
+    /// past the grid or on empty shapes.
+    #[inline(always)]
+    unsafe fn new(p: &MsaDecodeParams) -> Option<Self> {
+        let cta = block_idx_x();
+        if p.n_kv_heads == 0 || p.parts == 0 || p.cache.num_pages == 0 || cta >= p.num_rows * p.n_kv_heads * p.parts {
+            return None;
+        }
+        let (part, kh, t) = (cta % p.parts, (cta / p.parts) % p.n_kv_heads, cta / p.parts / p.n_kv_heads);
+        let info = ld_record(p.row_info.ptr().add(t as usize));
+        let sk = info.seqlen_k;
+        let qp = info.q_pos.min(sk.max(1) - 1);
+        let per = p.topk.div_ceil(p.parts);
+        let slot0 = (part * per).min(p.topk);
+        Some(DecodeCta {
+            t,
+            kh,
+            part,
+            group: (p.n_heads / p.n_kv_heads).min(16),
+            seq: info.seq,
+            sk,
+            qp,
+            nblocks: sk.div_ceil(MSA_BLOCK).min(qp / MSA_BLOCK + 1),
+            slot0,
+            nslots: ((slot0 + per).min(p.topk) - slot0).min(ATT_MAX_SLOTS),
+        })
+    }
+
+    /// First `(row, head)` of the group: `t * n_heads + kh * group`.
+    #[inline(always)]
+    fn head0(&self, p: &MsaDecodeParams) -> u32 {
+        self.t * p.n_heads + self.kh * self.group
+    }
+
+    /// Q fragments: M row `m` is query head `kh * group + m` (zero past group).
+    #[inline(always)]
+    unsafe fn load_q(&self, p: &MsaDecodeParams) -> [[u32; 4]; 8] {
+        let (g, c) = (lane_id() >> 2, lane_id() & 3);
+        let qb = p.q.ptr().add((self.head0(p) * MSA_HEAD_DIM) as usize);
+        let mut a = [[0u32; 4]; 8];
+        crate::unroll!(2, HALF => {
+            let m = g + 8 * HALF as u32;
+            if m < self.group {
+                load_row_frags(&mut a, HALF, qb.add((m * MSA_HEAD_DIM) as usize), c, 0);
+            }
+        });
+        a
+    }
+
+    /// Stages the partition's (page, block) pairs; ids outside the row's
+    /// blocks or the page table are skipped.
+    #[inline(always)]
+    unsafe fn stage_slots(&self, p: &MsaDecodeParams, slots: u32) {
+        let tid = thread_idx_x();
+        if tid < self.nslots {
+            let at = (self.kh * p.num_rows + self.t) * p.topk + self.slot0 + tid;
+            let blk = *p.d_indices.ptr().add(at as usize);
+            let ok = blk >= 0 && (blk as u32) < self.nblocks && (blk as u32) < p.cache.max_pages;
+            let sp = if ok {
+                SlotPage { page: page_of(p.lookup.ptr(), &p.cache, self.seq, blk as u32), blk: blk as u32 }
+            } else {
+                SlotPage { page: u32::MAX, blk: 0 }
+            };
+            st_shared_u32(slots + tid * 8, sp.page);
+            st_shared_u32(slots + tid * 8 + 4, sp.blk);
+        }
+        sync_threads();
+    }
+}
+
+/// Partial decode attention: scheduler, main loop, epilogue.
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn msa_attention_partial(
-    q: *const u16,
-    kv: *const u16,
-    lookup: *const u32,
-    d_indices: *const i32,
-    row_info: *const u32,
-    part_o: *mut f32,
-    part_lse: *mut f32,
-    out: *mut u16,
-    lse: *mut f32,
-    rows: u32,
-    n_heads: u32,
-    n_kv_heads: u32,
-    max_pages: u32,
-    num_pages: u32,
-    page_stride: u64,
-    k_off: u64,
-    v_off: u64,
-    topk: u32,
-    parts: u32,
-    scale: f32,
-    clustered: u32,
-) {
+pub unsafe extern "ptx-kernel" fn msa_attention_partial(p: MsaDecodeParams) {
     grid_prologue();
-    let cta = block_idx_x();
-    if n_kv_heads == 0 || parts == 0 || num_pages == 0 || cta >= rows * n_kv_heads * parts {
+    let Some(cta) = DecodeCta::new(&p) else {
         return;
+    };
+    let a = cta.load_q(&p);
+    let slots = crate::smem_addr!(MainSmem, slots);
+    cta.stage_slots(&p, slots);
+    let (st, o) = mainloop(&p, &cta, &a, slots);
+    sync_threads(); // the stages are free: the epilogue's map lies over them
+    merge_warps(st, &o);
+    write_partial(&p, &cta);
+    if p.clustered != 0 {
+        cluster_merge(&p, cta.head0(&p), cta.group);
     }
-    let part = cta % parts;
-    let kh = (cta / parts) % n_kv_heads;
-    let t = cta / parts / n_kv_heads; // query row
-    let group = (n_heads / n_kv_heads).min(16);
-    let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
-    let (g, c) = (lane >> 2, lane & 3);
-    let info = row_info.add(ATT_ROW_WORDS * t as usize);
-    let seq = ld_global_nc_u32(info);
-    let sk = ld_global_nc_u32(info.add(1));
-    let qp = ld_global_nc_u32(info.add(2)).min(sk.max(1) - 1);
-    // Blocks past the query's own see none of its keys: skipped like ids
-    // past the sequence.
-    let nblocks = sk.div_ceil(MSA_BLOCK).min(qp / MSA_BLOCK + 1);
-    let per = topk.div_ceil(parts);
-    let slot0 = (part * per).min(topk);
-    let nslots = (slot0 + per).min(topk) - slot0;
+}
 
-    // Q fragments: M row m = query head kh * group + m (zero past group).
-    let qb = q.add(((t * n_heads + kh * group) * MSA_HEAD_DIM) as usize);
-    let mut a = [[0u32; 4]; K_STEPS];
-    crate::unroll!(2, HALF => {
-        let m = g + 8 * HALF as u32;
-        if m < group {
-            let qrow = qb.add((m * MSA_HEAD_DIM) as usize);
-            crate::unroll!(8, KS => {
-                let k0 = KS * 16 + 2 * c as usize;
-                a[KS][HALF] = ld_global_nc_u32(qrow.add(k0) as *const u32);
-                a[KS][2 + HALF] = ld_global_nc_u32(qrow.add(k0 + 8) as *const u32);
-            });
-        }
-    });
-
-    // The partition's pages (u32::MAX: slot skipped), staged once.
-    let smem = dynamic_smem();
-    let pages = smem + ATT_STAGES * MSA_BLOCK_BYTES; // [ATT_MAX_SLOTS] (page, block)
-    if tid < nslots.min(ATT_MAX_SLOTS) {
-        let slot = slot0 + tid;
-        let blk = *d_indices.add(((kh * rows + t) * topk + slot) as usize);
-        let (page, blk) = if blk >= 0 && (blk as u32) < nblocks && (blk as u32) < max_pages {
-            let lk = lookup.add((seq * max_pages + blk as u32) as usize);
-            (ld_global_nc_u32(lk).min(num_pages - 1), blk as u32)
-        } else {
-            (u32::MAX, 0)
-        };
-        st_shared_u32(pages + tid * 8, page);
-        st_shared_u32(pages + tid * 8 + 4, blk);
-    }
-    sync_threads();
-    let nslots = nslots.min(ATT_MAX_SLOTS);
-
-    let tok_stride = (n_kv_heads * MSA_HEAD_DIM) as usize;
-    let head_off = (kh * MSA_HEAD_DIM) as usize;
-    // Half-step u loads K (u even) or V (u odd) of slot u / 2 into stage
-    // u % ATT_STAGES.
-    let load = |u: u32| {
-        let page = ld_shared_u32(pages + (u / 2) * 8);
-        if page == u32::MAX {
-            return;
-        }
-        let off = if u % 2 == 0 { k_off } else { v_off };
-        let src =
-            kv.add(page as usize * page_stride as usize + head_off + off as usize) as *const u8;
-        let dst = smem + (u % ATT_STAGES) * MSA_BLOCK_BYTES;
-        let mut ch = tid;
-        while ch < MSA_BLOCK_BYTES / 16 {
-            let (r, cc) = (ch / ROW_CHUNKS, ch % ROW_CHUNKS);
-            let so = (r as usize * tok_stride) * 2 + cc as usize * 16;
-            cp_async_16(dst + r * ROW_BYTES + ((cc ^ (r & 7)) << 4), src.add(so));
-            ch += ATT_THREADS;
+/// This warp's online softmax over its 32 keys of every selected block:
+/// half-step `u` loads K (u even) or V (u odd) of slot `u / 2`. Returns the
+/// rows' (max, sum) (this thread's part of the sum) and O.
+#[inline(always)]
+unsafe fn mainloop(p: &MsaDecodeParams, cta: &DecodeCta, a: &[[u32; 4]; 8], slots: u32) -> ([LseState; 2], [[f32; 4]; D_TILES]) {
+    let tid = thread_idx_x();
+    let ring = Ring { base: crate::smem_addr!(MainSmem, stages) };
+    let issue = |u: u32, dst: u32| {
+        let page = ld_shared_u32(slots + (u / 2) * 8);
+        if page != u32::MAX {
+            let plane = if u % 2 == 0 { p.cache.k_off } else { p.cache.v_off };
+            KvBlock::new(p.kv.ptr(), &p.cache, page, plane, cta.kh, p.n_kv_heads).load::<Rows256, ATT_THREADS>(dst, tid);
         }
     };
-
-    let sl2 = scale * LOG2E;
-    let mut m_run = [f32::NEG_INFINITY; 2]; // running max (log2 domain) of rows g, g+8
-    let mut l_run = [0f32; 2]; // this thread's part of the running sum
+    let sl2 = p.scale * LOG2E;
+    let mut st = [LseState::EMPTY; 2]; // rows g and g + 8
     let mut o = [[0f32; 4]; D_TILES];
-
-    // The P fragments and the row state carry from a K half-step to its V.
+    // The P fragments carry from a K half-step to its V.
     let mut pa = [[0u32; 4]; WARP_NT / 2];
-    let halves = 2 * nslots;
-    for u in 0..ATT_STAGES - 1 {
-        if u < halves {
-            load(u);
-        }
-        cp_async_commit();
-    }
-    for u in 0..halves {
-        cp_async_wait::<{ ATT_STAGES - 2 }>();
-        sync_threads();
-        if u + ATT_STAGES - 1 < halves {
-            load(u + ATT_STAGES - 1);
-        }
-        cp_async_commit();
+    ring.run(2 * cta.nslots, issue, |u, tile| {
         let i = u / 2;
-        if ld_shared_u32(pages + i * 8) == u32::MAX {
-            continue;
+        if ld_shared_u32(slots + i * 8) == u32::MAX {
+            return;
         }
-        let blk_base = ld_shared_u32(pages + i * 8 + 4) * MSA_BLOCK;
-        let tile = smem + (u % ATT_STAGES) * MSA_BLOCK_BYTES;
+        let blk_base = ld_shared_u32(slots + i * 8 + 4) * MSA_BLOCK;
         if u % 2 == 1 {
-            let vs = tile;
-            if blk_base + MSA_BLOCK > sk {
-                // The last page's unwritten tail: its P is 0, but 0 · NaN is
-                // NaN in P·V, so the V rows past seqlen_k are zeroed first.
-                let mut ch = (sk - blk_base) * ROW_CHUNKS + tid;
-                while ch < MSA_BLOCK_BYTES / 16 {
-                    st_shared_zero16(vs + ch * 16);
-                    ch += ATT_THREADS;
-                }
+            if blk_base + MSA_BLOCK > cta.sk {
+                KvBlock::zero_tail::<Rows256, ATT_THREADS>(tile, cta.sk - blk_base, tid);
                 sync_threads();
             }
-            // O += P V: V rows are keys; ldmatrix.trans gives the B fragments.
-            crate::unroll!(2, KS => {
-                crate::unroll!(8, DP => {
-                    let r = warp * WARP_KEYS + KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
-                    let cc = DP as u32 * 2 + (lane >> 4);
-                    let bv = ldmatrix_x4_trans(vs + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-                    o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
-                    o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
-                });
-            });
-            continue;
+            pv_step(&mut o, &pa, tile);
+        } else {
+            let s = qk_step(a, tile, blk_base + warp_id() * WARP_KEYS, cta.qp, sl2);
+            pa = softmax_step(&mut st, &mut o, &s);
         }
-        let kbase = blk_base + warp * WARP_KEYS;
-        let ks = tile;
+    });
+    (st, o)
+}
 
-        // S = Q Kᵀ for this warp's 32 keys.
-        let mut sacc = [[0f32; 4]; WARP_NT];
-        crate::unroll!(4, KK => {
-            let mut bf = [[0u32; 4]; WARP_NT];
-            for (j, bj) in bf.iter_mut().enumerate() {
-                let r = warp * WARP_KEYS + j as u32 * 8 + (lane & 7);
-                let cc = KK as u32 * 4 + (lane >> 3);
-                *bj = ldmatrix_x4(ks + r * ROW_BYTES + ((cc ^ (r & 7)) << 4));
-            }
-            for j in 0..WARP_NT {
-                let x = mma_bf16_16816(a[2 * KK], [bf[j][0], bf[j][1]], sacc[j]);
-                sacc[j] = mma_bf16_16816(a[2 * KK + 1], [bf[j][2], bf[j][3]], x);
-            }
-        });
-        // Mask the tail, scale into the log2 domain, block row max.
-        let mut bmax = [f32::NEG_INFINITY; 2];
-        crate::unroll!(4, J => {
-            crate::unroll!(4, E => {
-                let pos = kbase + J as u32 * 8 + 2 * c + (E as u32 & 1);
-                sacc[J][E] = if pos <= qp { sacc[J][E] * sl2 } else { f32::NEG_INFINITY };
-                bmax[E >> 1] = fmax(bmax[E >> 1], sacc[J][E]);
-            });
-        });
-        let mut corr = [1f32; 2];
-        let mut m_use = [0f32; 2];
-        for h in 0..2 {
-            let m_new = fmax(m_run[h], quad_max_f32(bmax[h]));
-            // Nothing seen yet: keep exp2 finite (every p is 0 then).
-            m_use[h] = if m_new == f32::NEG_INFINITY {
-                0.0
-            } else {
-                m_new
-            };
-            corr[h] = exp2(m_run[h] - m_use[h]);
-            m_run[h] = m_new;
-            l_run[h] *= corr[h];
+/// S = Q Kᵀ for this warp's 32 keys (from `kbase`), scaled into the log2
+/// domain; keys past `qp` and NaN scores are `-inf`.
+#[inline(always)]
+unsafe fn qk_step(a: &[[u32; 4]; 8], ks: u32, kbase: u32, qp: u32, sl2: f32) -> [[f32; 4]; WARP_NT] {
+    let (warp, lane) = (warp_id(), lane_id());
+    let c = lane & 3;
+    let mut sacc = [[0f32; 4]; WARP_NT];
+    crate::unroll!(4, KK => {
+        let mut bf = [[0u32; 4]; WARP_NT];
+        for (j, bj) in bf.iter_mut().enumerate() {
+            let r = warp * WARP_KEYS + j as u32 * 8 + (lane & 7);
+            *bj = ldmatrix_x4(ks + Rows256::at(r, KK as u32 * 4 + (lane >> 3)));
         }
-        crate::unroll!(16, D => {
-            crate::unroll!(4, E => { o[D][E] *= corr[E >> 1]; });
+        for j in 0..WARP_NT {
+            let x = mma_bf16_16816(a[2 * KK], [bf[j][0], bf[j][1]], sacc[j]);
+            sacc[j] = mma_bf16_16816(a[2 * KK + 1], [bf[j][2], bf[j][3]], x);
+        }
+    });
+    crate::unroll!(4, J => {
+        crate::unroll!(4, E => {
+            let pos = kbase + J as u32 * 8 + 2 * c + (E as u32 & 1);
+            let s = sacc[J][E] * sl2;
+            sacc[J][E] = if pos <= qp && s == s { s } else { f32::NEG_INFINITY };
         });
-        // P = exp2(S - m), packed as A fragments (two n-tiles = one k16 step).
-        crate::unroll!(4, J => {
-            let mut p = [0f32; 4];
-            crate::unroll!(4, E => { p[E] = exp2(sacc[J][E] - m_use[E >> 1]); });
-            l_run[0] += p[0] + p[1];
-            l_run[1] += p[2] + p[3];
-            pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[0], p[1]);
-            pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[2], p[3]);
-        });
-    }
-    cp_async_wait::<0>();
-    sync_threads(); // stages free: reused below
+    });
+    sacc
+}
 
-    // Merge the 4 warps through shared memory: ml [warps, 16, 2] f32 (each
-    // warp's max and sum per head), os [warps, 16, OS_STRIDE] f32 (its O,
-    // rescaled to the CTA's max), hl [16, 2] f32 (per head: 1 / sum and the
-    // log2-sum-exp).
-    let ml = smem;
-    let os = smem + WARPS * 16 * 8;
-    let hl = os + WARPS * 16 * OS_STRIDE * 4;
+/// The online softmax step for one block: rescales the state and O to the
+/// new row maxima and returns P = exp2(S - m) packed as A fragments (two
+/// n-tiles = one k16 step).
+#[inline(always)]
+fn softmax_step(st: &mut [LseState; 2], o: &mut [[f32; 4]; D_TILES], s: &[[f32; 4]; WARP_NT]) -> [[u32; 4]; WARP_NT / 2] {
+    let mut bmax = [f32::NEG_INFINITY; 2];
+    crate::unroll!(4, J => {
+        crate::unroll!(4, E => { bmax[E >> 1] = fmax(bmax[E >> 1], s[J][E]); });
+    });
+    let mut corr = [1f32; 2];
+    let mut m_use = [0f32; 2];
     for h in 0..2 {
-        let l = l_run[h] + shfl_xor_f32(l_run[h], 1);
-        l_run[h] = l + shfl_xor_f32(l, 2);
+        (corr[h], m_use[h]) = st[h].advance(quad_max_f32(bmax[h]));
+    }
+    crate::unroll!(16, D => {
+        crate::unroll!(4, E => { o[D][E] *= corr[E >> 1]; });
+    });
+    let mut pa = [[0u32; 4]; WARP_NT / 2];
+    crate::unroll!(4, J => {
+        let mut pr = [0f32; 4];
+        crate::unroll!(4, E => { pr[E] = exp2(s[J][E] - m_use[E >> 1]); });
+        st[0].l += pr[0] + pr[1];
+        st[1].l += pr[2] + pr[3];
+        pa[J / 2][2 * (J & 1)] = pack_bf16x2(pr[0], pr[1]);
+        pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(pr[2], pr[3]);
+    });
+    pa
+}
+
+/// O += P V for this warp's 32 keys: V rows are keys, `ldmatrix.trans`
+/// gives the B fragments.
+#[inline(always)]
+unsafe fn pv_step(o: &mut [[f32; 4]; D_TILES], pa: &[[u32; 4]; WARP_NT / 2], vs: u32) {
+    let (warp, lane) = (warp_id(), lane_id());
+    crate::unroll!(2, KS => {
+        crate::unroll!(8, DP => {
+            let r = warp * WARP_KEYS + KS as u32 * 16 + (lane & 7) + 8 * ((lane >> 3) & 1);
+            let bv = ldmatrix_x4_trans(vs + Rows256::at(r, DP as u32 * 2 + (lane >> 4)));
+            o[2 * DP] = mma_bf16_16816(pa[KS], [bv[0], bv[1]], o[2 * DP]);
+            o[2 * DP + 1] = mma_bf16_16816(pa[KS], [bv[2], bv[3]], o[2 * DP + 1]);
+        });
+    });
+}
+
+/// Merges the 4 warps' (max, sum, O) through shared memory ([`MergeSmem`]):
+/// each warp's O rescaled to the CTA's max in `os`, per head 1 / sum and the
+/// log2-sum-exp in `hl`.
+#[inline(always)]
+unsafe fn merge_warps(mut st: [LseState; 2], o: &[[f32; 4]; D_TILES]) {
+    let (warp, lane, tid) = (warp_id(), lane_id(), thread_idx_x());
+    let (g, c) = (lane >> 2, lane & 3);
+    let (ml, os, hl) = (merge_at!(ml), merge_at!(os), merge_at!(hl));
+    let ml_at = |w: u32, m: u32| ml + ((w * 16 + m) * 2) * 4;
+    for (h, s) in st.iter_mut().enumerate() {
+        let l = s.l + shfl_xor_f32(s.l, 1);
+        s.l = l + shfl_xor_f32(l, 2);
         if c == 0 {
-            let at = ml + ((warp * 16 + g + 8 * h as u32) * 2) * 4;
-            st_shared_f32(at, m_run[h]);
-            st_shared_f32(at + 4, l_run[h]);
+            st_shared_f32(ml_at(warp, g + 8 * h as u32), s.m);
+            st_shared_f32(ml_at(warp, g + 8 * h as u32) + 4, s.l);
         }
     }
     sync_threads();
-    crate::unroll!(2, h => {
-        let m = g + 8 * h as u32;
+    let cta_max = |m: u32| {
         let mut mx = f32::NEG_INFINITY;
         for w in 0..WARPS {
-            mx = fmax(mx, ld_shared_f32(ml + ((w * 16 + m) * 2) * 4));
+            mx = fmax(mx, ld_shared_f32(ml_at(w, m)));
         }
-        let mine = if mx == f32::NEG_INFINITY { 0.0 } else { exp2(m_run[h] - mx) };
+        mx
+    };
+    crate::unroll!(2, h => {
+        let m = g + 8 * h as u32;
+        let mine = merge_weight(st[h].m, cta_max(m));
         crate::unroll!(16, D => {
-            let col = D as u32 * 8 + 2 * c;
-            let at = os + ((warp * 16 + m) * OS_STRIDE + col) * 4;
+            let at = os + ((warp * 16 + m) * OS_STRIDE as u32 + D as u32 * 8 + 2 * c) * 4;
             st_shared_f32(at, o[D][2 * h] * mine);
             st_shared_f32(at + 4, o[D][2 * h + 1] * mine);
         });
     });
     if tid < 16 {
-        let m = tid;
-        let (mut mx, mut l) = (f32::NEG_INFINITY, 0f32);
+        let mut sum = LseState { m: cta_max(tid), l: 0.0 };
         for w in 0..WARPS {
-            mx = fmax(mx, ld_shared_f32(ml + ((w * 16 + m) * 2) * 4));
+            sum.l += ld_shared_f32(ml_at(w, tid) + 4) * merge_weight(ld_shared_f32(ml_at(w, tid)), sum.m);
         }
-        if mx != f32::NEG_INFINITY {
-            for w in 0..WARPS {
-                let at = ml + ((w * 16 + m) * 2) * 4;
-                l += ld_shared_f32(at + 4) * exp2(ld_shared_f32(at) - mx);
-            }
-        }
-        let inv = if l > 0.0 { 1.0 / l } else { 0.0 };
-        let lse2 = if l > 0.0 {
-            mx + log2(l)
-        } else {
-            f32::NEG_INFINITY
-        };
-        st_shared_f32(hl + m * 8, inv);
-        st_shared_f32(hl + m * 8 + 4, lse2);
+        let (inv, lse2) = sum.finish();
+        st_shared_f32(hl + tid * 8, inv);
+        st_shared_f32(hl + tid * 8 + 4, lse2);
     }
     sync_threads();
-    // This CTA's normalised partial, for the cluster merge: O [16, 128] f32
-    // and log2-sum-exp [16], in the last stage (free by now).
-    let fin_o = smem + 2 * MSA_BLOCK_BYTES;
-    let fin_lse = fin_o + 16 * MSA_HEAD_DIM * 4;
-    // Thread t owns dim t of every head: shared-memory reads without bank
-    // conflicts and coalesced writes.
-    let d = tid;
-    for m in 0..group {
+}
+
+/// Writes the CTA's normalised partial: thread `d` owns dim `d` of every
+/// head (shared-memory reads without bank conflicts, coalesced writes); to
+/// shared memory for the cluster merge, to `out` / `lse` with one
+/// partition, else to `part_o` / `part_lse`.
+#[inline(always)]
+unsafe fn write_partial(p: &MsaDecodeParams, cta: &DecodeCta) {
+    let (os, hl) = (merge_at!(os), merge_at!(hl));
+    let (fin_o, fin_lse) = (merge_at!(fin_o), merge_at!(fin_lse));
+    let d = thread_idx_x();
+    for m in 0..cta.group {
         let mut v = 0f32;
         for w in 0..WARPS {
-            v += ld_shared_f32(os + ((w * 16 + m) * OS_STRIDE + d) * 4);
+            v += ld_shared_f32(os + ((w * 16 + m) * OS_STRIDE as u32 + d) * 4);
         }
         v *= ld_shared_f32(hl + m * 8);
         let lse2 = ld_shared_f32(hl + m * 8 + 4);
-        let row_head = (t * n_heads + kh * group + m) as usize;
-        let part_at = part as usize * (rows * n_heads) as usize + row_head;
-        if clustered != 0 {
+        let row_head = (cta.head0(p) + m) as usize;
+        let part_at = cta.part as usize * (p.num_rows * p.n_heads) as usize + row_head;
+        if p.clustered != 0 {
             st_shared_f32(fin_o + (m * MSA_HEAD_DIM + d) * 4, v);
             if d == 0 {
                 st_shared_f32(fin_lse + m * 4, lse2);
             }
-        } else if parts == 1 {
-            *out.add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
-            if d == 0 && !lse.is_null() {
-                *lse.add(row_head) = lse2 * LN2;
+        } else if p.parts == 1 {
+            *p.out.ptr().add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
+            if d == 0 && !p.lse.is_null() {
+                *p.lse.ptr().add(row_head) = lse2 * LN2;
             }
         } else {
-            *part_o.add(part_at * MSA_HEAD_DIM as usize + d as usize) = v;
+            *p.part_o.ptr().add(part_at * MSA_HEAD_DIM as usize + d as usize) = v;
             if d == 0 {
-                *part_lse.add(part_at) = lse2;
+                *p.part_lse.ptr().add(part_at) = lse2;
             }
         }
     }
-    if clustered != 0 {
-        cluster_merge(fin_o, fin_lse, out, lse, t * n_heads + kh * group, group, parts);
-    }
 }
 
-/// The cluster's merge of [`msa_attention_partial`]: after a cluster barrier,
-/// CTA rank `r` merges heads `r, r + parts, …` of the group, thread `d` one
-/// dim, reading every partition's O and log2-sum-exp from its CTA's shared
-/// memory in rank order; a second barrier keeps every CTA's shared memory
-/// alive until all have read it. `head0`: row × n_heads + the group's first head.
+/// The cluster's merge: after a cluster barrier, CTA rank `r` merges heads
+/// `r, r + parts, …` of the group, thread `d` one dim, reading every
+/// partition's O and log2-sum-exp from its CTA's shared memory in rank
+/// order; a second barrier keeps every CTA's shared memory alive until all
+/// have read it. `head0`: row × n_heads + the group's first head.
 #[inline(always)]
-unsafe fn cluster_merge(
-    fin_o: u32,
-    fin_lse: u32,
-    out: *mut u16,
-    lse: *mut f32,
-    head0: u32,
-    group: u32,
-    parts: u32,
-) {
+unsafe fn cluster_merge(p: &MsaDecodeParams, head0: u32, group: u32) {
+    let (fin_o, fin_lse) = (merge_at!(fin_o), merge_at!(fin_lse));
     cluster_sync();
     let d = thread_idx_x();
     let mut m = cluster_ctarank();
@@ -392,84 +418,48 @@ unsafe fn cluster_merge(
         let mut pl = [f32::NEG_INFINITY; ATT_MAX_CLUSTER as usize];
         let mut po = [0f32; ATT_MAX_CLUSTER as usize];
         crate::unroll!(16, P => {
-            if (P as u32) < parts {
+            if (P as u32) < p.parts {
                 pl[P] = ld_shared_cluster_f32(map_shared_rank(fin_lse + m * 4, P as u32));
-                po[P] = ld_shared_cluster_f32(map_shared_rank(
-                    fin_o + (m * MSA_HEAD_DIM + d) * 4,
-                    P as u32,
-                ));
+                po[P] = ld_shared_cluster_f32(map_shared_rank(fin_o + (m * MSA_HEAD_DIM + d) * 4, P as u32));
             }
         });
-        write_merged(out, lse, (head0 + m) as usize, d as usize, &pl, &po, parts);
-        m += parts;
+        write_merged(p.out, p.lse, (head0 + m) as usize, d as usize, &pl, &po, p.parts);
+        m += p.parts;
     }
     cluster_sync();
 }
 
-/// Merges `parts` normalised partials of one output element, in order 0, 1, …
-/// (`pl`: their log2-sum-exp, unused entries `-inf`; `po`: their values),
-/// and writes the element of `out` (row-head `rh`, dim `d`) and, from dim 0,
-/// the natural-log sum of exponentials to `lse` unless it is null. Nothing
-/// attended: 0 and `-inf`.
+/// Writes element `d` of row-head `rh` of `out` (and from dim 0 its
+/// natural-log LSE unless `lse` is null) from `parts` normalised partials
+/// (`tile::softmax::merge_normalised`).
 #[inline(always)]
 unsafe fn write_merged<const N: usize>(
-    out: *mut u16,
-    lse: *mut f32,
+    out: sparse_attn_abi::DPtrMut<u16>,
+    lse: sparse_attn_abi::DPtrMut<f32>,
     rh: usize,
     d: usize,
     pl: &[f32; N],
     po: &[f32; N],
     parts: u32,
 ) {
-    // Unrolled to 32 (the largest N) so the arrays stay in registers; `P < N`
-    // folds away the rest.
-    const { assert!(N <= 32) };
-    let mut mx = f32::NEG_INFINITY;
-    crate::unroll!(32, P => {
-        if P < N {
-            mx = fmax(mx, pl[P.min(N - 1)]);
-        }
-    });
-    let (mut acc, mut wsum) = (0f32, 0f32);
-    if mx != f32::NEG_INFINITY {
-        crate::unroll!(32, P => {
-            if P < N && (P as u32) < parts {
-                let w = exp2(pl[P.min(N - 1)] - mx);
-                wsum += w;
-                acc += w * po[P.min(N - 1)];
-            }
-        });
-    }
-    let v = if wsum > 0.0 { acc / wsum } else { 0.0 };
-    *out.add(rh * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);
+    let (v, lse2) = merge_normalised(pl, po, parts);
+    *out.ptr().add(rh * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);
     if d == 0 && !lse.is_null() {
-        *lse.add(rh) = if wsum > 0.0 {
-            (mx + log2(wsum)) * LN2
-        } else {
-            f32::NEG_INFINITY
-        };
+        *lse.ptr().add(rh) = lse2 * LN2;
     }
 }
 
-/// Merges the partitions of [`msa_attention_partial`]: one CTA of 128 threads
-/// (one per dim) per (row, head). Every partition's log2-sum-exp and output
-/// element are loaded at once (up to `ATT_MAX_PARTS`, unrolled into
-/// registers: one memory round trip, not one per partition), then merged in
-/// order 0, 1, … so the result is the same bits on every run. `out` bf16
-/// `[rows, n_heads, 128]`, `lse` f32 `[rows, n_heads]` (natural log) or null.
+/// Merges the partitions of [`msa_attention_partial`] ([`MsaCombineParams`]):
+/// one CTA of 128 threads (one per dim) per (row, head). Every partition's
+/// log2-sum-exp and output element are loaded at once (up to
+/// `ATT_MAX_PARTS`, unrolled into registers: one memory round trip, not one
+/// per partition), then merged in order 0, 1, … so the result is the same
+/// bits on every run.
 #[no_mangle]
-pub unsafe extern "ptx-kernel" fn msa_attention_combine(
-    part_o: *const f32,
-    part_lse: *const f32,
-    out: *mut u16,
-    lse: *mut f32,
-    rows: u32,
-    n_heads: u32,
-    parts: u32,
-) {
+pub unsafe extern "ptx-kernel" fn msa_attention_combine(p: MsaCombineParams) {
     grid_prologue();
     let rh = block_idx_x();
-    let total = rows * n_heads;
+    let total = p.num_rows * p.n_heads;
     if rh >= total {
         return;
     }
@@ -477,11 +467,11 @@ pub unsafe extern "ptx-kernel" fn msa_attention_combine(
     let mut pl = [f32::NEG_INFINITY; ATT_MAX_PARTS as usize];
     let mut po = [0f32; ATT_MAX_PARTS as usize];
     crate::unroll!(32, P => {
-        if (P as u32) < parts {
+        if (P as u32) < p.parts {
             let at = (P as u32 * total + rh) as usize;
-            pl[P] = *part_lse.add(at);
-            po[P] = *part_o.add(at * MSA_HEAD_DIM as usize + d);
+            pl[P] = *p.part_lse.ptr().add(at);
+            po[P] = *p.part_o.ptr().add(at * MSA_HEAD_DIM as usize + d);
         }
     });
-    write_merged(out, lse, rh as usize, d, &pl, &po, parts);
+    write_merged(p.out, p.lse, rh as usize, d, &pl, &po, p.parts);
 }

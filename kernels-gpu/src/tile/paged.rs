@@ -1,0 +1,72 @@
+//! The paged block loader: a block of `ROWS` consecutive tokens of one head
+//! of a paged cache (MAX's layout, [`PagedKv`]) copied into a swizzled
+//! shared-memory tile with `cp.async`, parameterised by the rows, the bytes
+//! of a row (head_dim × element size: 256 for bf16 × 128, 128 for e4m3 ×
+//! 128) and the tile layout.
+//!
+//! Safety rule of every user: page ids come from [`page_of`] (clamped to
+//! the pool), so corrupt page tables cannot address outside it.
+
+use sparse_attn_abi::PagedKv;
+
+use super::swizzle::TileLayout;
+use crate::arch::{cp_async_16, ld_global_nc_u32, st_shared_zero16};
+
+/// Pool page of logical page `blk` of sequence `seq`:
+/// `lookup[seq * max_pages + blk]`, clamped below `num_pages`
+/// (`num_pages >= 1`: callers return early on an empty pool).
+#[inline(always)]
+pub unsafe fn page_of(lookup: *const u32, cache: &PagedKv, seq: u32, blk: u32) -> u32 {
+    let at = seq as usize * cache.max_pages as usize + blk as usize;
+    ld_global_nc_u32(lookup.add(at)).min(cache.num_pages - 1)
+}
+
+/// One block of one head: its first row's address and the byte stride
+/// from one token to the next.
+pub struct PagedBlock<const ROWS: u32, const ROW_BYTES: u32> {
+    src: *const u8,
+    token_stride: usize,
+}
+
+impl<const ROWS: u32, const ROW_BYTES: u32> PagedBlock<ROWS, ROW_BYTES> {
+    /// 16-byte chunks per row.
+    const CHUNKS: u32 = ROW_BYTES / 16;
+
+    /// The block in page `page` of the pool `pool` (elements of `E`), at
+    /// the plane `plane_off` (the layer's K or V, elements into the page)
+    /// and head `head` of `n_heads` (tokens are `n_heads` rows apart).
+    #[inline(always)]
+    pub unsafe fn new<E>(pool: *const E, cache: &PagedKv, page: u32, plane_off: u64, head: u32, n_heads: u32) -> Self {
+        let head_elems = (ROW_BYTES as usize) / core::mem::size_of::<E>();
+        let first = page as usize * cache.page_stride as usize + plane_off as usize + head as usize * head_elems;
+        PagedBlock {
+            src: pool.add(first) as *const u8,
+            token_stride: n_heads as usize * ROW_BYTES as usize,
+        }
+    }
+
+    /// Issues the block's `cp.async` copies into the tile at `dst` (layout
+    /// `L`): thread `tid` of `THREADS` moves chunks `tid, tid + THREADS, …`.
+    /// The caller commits and waits.
+    #[inline(always)]
+    pub unsafe fn load<L: TileLayout, const THREADS: u32>(&self, dst: u32, tid: u32) {
+        let mut ch = tid;
+        while ch < ROWS * Self::CHUNKS {
+            let (r, cc) = (ch / Self::CHUNKS, ch % Self::CHUNKS);
+            cp_async_16(dst + L::at(r, cc), self.src.add(r as usize * self.token_stride + cc as usize * 16));
+            ch += THREADS;
+        }
+    }
+
+    /// Zeroes rows `from .. ROWS` of the tile at `dst`: the unwritten tail
+    /// of a sequence's last page (its P is 0, but 0 · NaN is NaN in `P V`,
+    /// so garbage there must not reach the product). The caller syncs.
+    #[inline(always)]
+    pub unsafe fn zero_tail<L: TileLayout, const THREADS: u32>(dst: u32, from: u32, tid: u32) {
+        let mut ch = from * Self::CHUNKS + tid;
+        while ch < ROWS * Self::CHUNKS {
+            st_shared_zero16(dst + L::at(ch / Self::CHUNKS, ch % Self::CHUNKS));
+            ch += THREADS;
+        }
+    }
+}
