@@ -42,8 +42,18 @@ pub struct Gpu {
 impl Gpu {
     /// Whether the NVIDIA driver library can be loaded here (no GPU call is made).
     pub fn driver_present() -> bool {
-        // SAFETY: only tries to dlopen the driver library.
-        unsafe { cudarc::driver::sys::is_culib_present() }
+        // Not cudarc's `driver::sys::is_culib_present()`: it exists only while
+        // cudarc loads the driver at run time, and a program that also turns
+        // on cudarc's `dynamic-linking` (candle does) configures it out.
+        const NAMES: &[&str] = if cfg!(windows) {
+            &["nvcuda.dll"]
+        } else {
+            &["libcuda.so.1", "libcuda.so"]
+        };
+        // SAFETY: only tries to dlopen the driver library (and closes it).
+        NAMES
+            .iter()
+            .any(|name| unsafe { libloading::Library::new(*name) }.is_ok())
     }
 
     /// Opens device `ordinal`, loads the embedded PTX and reads the properties.

@@ -25,35 +25,29 @@ use sparse_attn::{
 };
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
+/// Benchmarks of the sparse-attn kernels on the model-shape cases (method: tests/src/bin/bench.rs).
+#[derive(clap::Parser)]
+#[command(name = "bench")]
 struct Args {
+    /// Only these cases (comma-separated names, e.g. idx-decode-b64-32k,...); all by default.
+    #[arg(long, value_delimiter = ',', value_name = "CASE,...")]
     cases: Option<Vec<String>>,
+    /// Calls back to back per timed batch.
+    #[arg(long, default_value_t = 20, value_name = "N")]
     reps: usize,
+    /// Peer results to merge (comma-separated JSON files from bench/peers).
+    #[arg(long, value_name = "A.json,B.json")]
     peers: Option<String>,
+    /// Write the records as JSON to this file.
+    #[arg(long, value_name = "FILE")]
     out: Option<String>,
+    /// Also sweep the split / chunk / window choices.
+    #[arg(long)]
     sweep_chunk: bool,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args {
-        cases: None,
-        reps: 20,
-        peers: None,
-        out: None,
-        sweep_chunk: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(k) = it.next() {
-        let mut val = || it.next().unwrap_or_else(|| panic!("{k} needs a value"));
-        match k.as_str() {
-            "--cases" => a.cases = Some(val().split(',').map(String::from).collect()),
-            "--reps" => a.reps = val().parse().expect("--reps N"),
-            "--peers" => a.peers = Some(val()),
-            "--out" => a.out = Some(val()),
-            "--sweep-chunk" => a.sweep_chunk = true,
-            _ => panic!("unknown argument {k}"),
-        }
-    }
-    a
+    clap::Parser::parse()
 }
 
 /// Time per call in milliseconds: `f(i)` is enqueued `reps` times back to

@@ -1,0 +1,42 @@
+//! The README's Rust example is `host/examples/quickstart.rs` (which `cargo
+//! test` compiles against the current API), word for word after the file's
+//! `//!` header.
+
+use std::fs;
+
+use xtask::repo_root;
+
+const README: &str = "README.md";
+const EXAMPLE: &str = "host/examples/quickstart.rs";
+
+fn read(rel: &str) -> String {
+    let path = repo_root().join(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+#[test]
+fn readme_example_is_the_compiled_example() {
+    let readme = read(README);
+    let start = readme
+        .find("```rust\n")
+        .unwrap_or_else(|| panic!("{README} has no ```rust block"))
+        + "```rust\n".len();
+    let len = readme[start..]
+        .find("```\n")
+        .unwrap_or_else(|| panic!("{README}: the ```rust block does not end"));
+    let shown = &readme[start..start + len];
+
+    let example = read(EXAMPLE);
+    let body = example
+        .lines()
+        .skip_while(|l| l.starts_with("//!"))
+        .skip_while(|l| l.is_empty())
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    assert!(
+        shown == body,
+        "the ```rust block of {README} differs from {EXAMPLE} (after its //! header): \
+         copy the example into the README (or the other way round)\n\
+         --- README ---\n{shown}--- {EXAMPLE} ---\n{body}"
+    );
+}
