@@ -90,3 +90,16 @@ pub(crate) fn require_head_dim(head_dim: usize) -> Result<()> {
         })
     }
 }
+
+/// Fails with [`Error::InvalidArgument`] naming `arg` unless a buffer holds
+/// `len == want` elements; `what` says how `want` is made
+/// (`"num_rows * n_heads * head_dim"`).
+#[allow(dead_code)] // until the ops' run-time length checks call it
+pub(crate) fn expect_len(arg: &'static str, len: usize, want: usize, what: &str) -> Result<()> {
+    ensure(
+        len == want,
+        arg,
+        || format!("{want} elements ({what})"),
+        || format!("{len} elements"),
+    )
+}
