@@ -15,7 +15,7 @@
 //! at position `cache_len[b] + i`.
 
 pub use crate::abi::batch::{KvDtype, Mask, PageTable, PagedLayout, RaggedBatch, RowPos, Rows};
-pub use crate::abi::config::{MsaAttentionConfig, MsaIndexerConfig};
+use crate::abi::config::{MsaAttentionConfig, MsaIndexerConfig};
 
 use crate::abi::msa::{ATT_MAX_GROUP, ATT_MAX_SLOTS, IDX_PREFILL_M_ROWS, MSA_BLOCK};
 use crate::error::{ensure, require_head_dim, Error, Result};
