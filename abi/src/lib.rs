@@ -24,6 +24,7 @@
 use core::marker::PhantomData;
 
 pub mod batch;
+pub mod config;
 pub mod msa;
 
 /// Bytes of a kernel's parameter space (PTX ISA: 4 KiB on sm_70+ with the

@@ -1,5 +1,12 @@
-//! Typed descriptions of what the ops take: a ragged batch of new tokens and
-//! a paged cache with its page table, with the validation every plan runs.
+//! What the ops take: a ragged batch of new tokens, a paged cache with its
+//! page table, and the op configurations, with the checks every plan runs.
+//!
+//! The descriptions themselves are the abi crate's ([`crate::abi::batch`],
+//! [`crate::abi::config`]), shared with the kernels, the reference and the
+//! tests; this module re-exports them and adds the host's validation as
+//! extension traits ([`RaggedBatchExt`], [`PagedLayoutExt`],
+//! [`PageTableExt`], [`ConfigExt`]), so a check still reads
+//! `batch.validate()?`.
 //!
 //! Conventions (`shared/spec/README.md`): sequence `b` has `q_len[b] =
 //! offsets[b+1] - offsets[b]` new tokens packed in rows `offsets[b] ..
@@ -7,52 +14,21 @@
 //! so it has `seqlen_k[b] = cache_len[b] + q_len[b]` keys and its row `i` sits
 //! at position `cache_len[b] + i`.
 
-use crate::error::{ensure, Result};
+pub use crate::abi::batch::{KvDtype, Mask, PageTable, PagedLayout, RaggedBatch, RowPos, Rows};
+use crate::abi::config::{MsaAttentionConfig, MsaIndexerConfig};
 
-/// Host copy of a ragged batch's metadata (what a plan reads and checks).
-#[derive(Clone, Copy, Debug)]
-pub struct RaggedBatch<'a> {
-    /// `input_row_offsets: u32 [batch + 1]`, non-decreasing, starting at 0.
-    pub input_row_offsets: &'a [u32],
-    /// `cache_lengths: u32 [batch]`.
-    pub cache_lengths: &'a [u32],
-}
+use crate::abi::msa::{ATT_MAX_GROUP, ATT_MAX_SLOTS, IDX_PREFILL_M_ROWS, MSA_BLOCK};
+use crate::error::{ensure, require_head_dim, Error, Result};
 
-impl<'a> RaggedBatch<'a> {
-    pub fn new(input_row_offsets: &'a [u32], cache_lengths: &'a [u32]) -> Self {
-        RaggedBatch {
-            input_row_offsets,
-            cache_lengths,
-        }
-    }
-
-    /// Number of sequences.
-    pub fn batch(&self) -> usize {
-        self.cache_lengths.len()
-    }
-
-    /// Total new tokens (`offsets[batch]`).
-    pub fn num_rows(&self) -> usize {
-        self.input_row_offsets.last().copied().unwrap_or(0) as usize
-    }
-
-    pub fn q_len(&self, b: usize) -> usize {
-        (self.input_row_offsets[b + 1] - self.input_row_offsets[b]) as usize
-    }
-
-    /// Keys of sequence `b` (cached plus new), as u64 so it cannot overflow.
-    pub fn seqlen_k(&self, b: usize) -> u64 {
-        self.cache_lengths[b] as u64 + self.q_len(b) as u64
-    }
-
-    /// Largest `q_len` in the batch.
-    pub fn max_q_len(&self) -> usize {
-        (0..self.batch()).map(|b| self.q_len(b)).max().unwrap_or(0)
-    }
-
+/// The host's check of a [`RaggedBatch`].
+pub trait RaggedBatchExt {
     /// Checks the spec's rules: `offsets` has `batch + 1` entries, starts at
     /// 0, never decreases; every `seqlen_k` fits in `u32`.
-    pub fn validate(&self) -> Result<()> {
+    fn validate(&self) -> Result<()>;
+}
+
+impl RaggedBatchExt for RaggedBatch<'_> {
+    fn validate(&self) -> Result<()> {
         let off = self.input_row_offsets;
         let batch = self.cache_lengths.len();
         ensure(
@@ -104,64 +80,41 @@ impl<'a> RaggedBatch<'a> {
     }
 }
 
-/// Shape of a paged cache in MAX's layout
-/// `blocks[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`
-/// (`kv_dim` 2 for the main K/V cache, index 0 = K; 1 for the index-K cache).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PagedLayout {
-    pub num_pages: usize,
-    pub kv_dim: usize,
-    pub num_layers: usize,
-    pub page_size: usize,
-    pub n_heads: usize,
-    pub head_dim: usize,
-}
-
-impl PagedLayout {
-    /// Index-K cache: `[num_pages, 1, num_layers, page_size, 1, head_dim]`.
-    pub fn index_k(num_pages: usize, num_layers: usize, page_size: usize, head_dim: usize) -> Self {
-        PagedLayout {
-            num_pages,
-            kv_dim: 1,
-            num_layers,
-            page_size,
-            n_heads: 1,
-            head_dim,
-        }
-    }
-
-    /// Elements of the whole pool.
-    pub fn elements(&self) -> usize {
-        self.num_pages * self.page_stride()
-    }
-
-    /// Elements from one page to the next.
-    pub fn page_stride(&self) -> usize {
-        self.kv_dim * self.num_layers * self.page_size * self.n_heads * self.head_dim
-    }
-
-    /// Element offset of `(page 0, kv, layer, slot 0, head 0, 0)`.
-    pub fn layer_offset(&self, kv: usize, layer: usize) -> usize {
-        (kv * self.num_layers + layer) * self.page_size * self.n_heads * self.head_dim
-    }
-}
-
-/// What an op expects of a paged cache; [`PagedLayout::check`] compares.
+/// What an op expects of a paged cache; [`PagedLayoutExt::check`] compares.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheExpect {
     /// Argument name used in errors (`"k_cache"`, `"kv_cache"`).
     pub name: &'static str,
     /// Human description of the expected layout, for errors.
     pub shape: &'static str,
+    /// 1 (index-K) or 2 (K and V).
     pub kv_dim: usize,
+    /// Heads per token.
     pub n_heads: usize,
+    /// Elements per head row.
     pub head_dim: usize,
+    /// Tokens per page.
     pub page_size: usize,
 }
 
-impl PagedLayout {
-    /// Checks the pool against what an op expects and that `layer` exists.
-    pub fn check(&self, want: &CacheExpect, layer: usize) -> Result<()> {
+/// The host's check of a [`PagedLayout`].
+pub trait PagedLayoutExt {
+    /// Checks the pool against what an op expects and that `layer` exists;
+    /// every op here reads bf16 pools only (`dtype`).
+    fn check(&self, want: &CacheExpect, layer: usize) -> Result<()>;
+}
+
+impl PagedLayoutExt for PagedLayout {
+    fn check(&self, want: &CacheExpect, layer: usize) -> Result<()> {
+        if self.dtype != KvDtype::Bf16 {
+            return Err(Error::Unsupported {
+                arg: "dtype",
+                what: format!(
+                    "{} of {:?} elements (only Bf16 is implemented)",
+                    want.name, self.dtype
+                ),
+            });
+        }
         ensure(
             self.kv_dim == want.kv_dim && self.n_heads == want.n_heads,
             want.name,
@@ -200,24 +153,17 @@ impl PagedLayout {
     }
 }
 
-/// Host copy of a page table `lookup: u32 [batch, max_pages]`: logical page
-/// `j` of sequence `b` is pool page `lookup[b * max_pages + j]`.
-#[derive(Clone, Copy, Debug)]
-pub struct PageTable<'a> {
-    pub lookup: &'a [u32],
-    pub max_pages: usize,
-}
-
-impl<'a> PageTable<'a> {
-    pub fn new(lookup: &'a [u32], max_pages: usize) -> Self {
-        PageTable { lookup, max_pages }
-    }
-
+/// The host's check of a [`PageTable`].
+pub trait PageTableExt {
     /// Checks the table against the batch and the pool: `batch * max_pages`
     /// entries, every row long enough for its `seqlen_k`, every page a
     /// sequence uses inside the pool. Entries past a sequence's last page are
     /// not read and not checked.
-    pub fn validate(&self, batch: &RaggedBatch, layout: &PagedLayout) -> Result<()> {
+    fn validate(&self, batch: &RaggedBatch, layout: &PagedLayout) -> Result<()>;
+}
+
+impl PageTableExt for PageTable<'_> {
+    fn validate(&self, batch: &RaggedBatch, layout: &PagedLayout) -> Result<()> {
         let n = batch.batch();
         ensure(
             self.lookup.len() == n * self.max_pages,
@@ -226,7 +172,7 @@ impl<'a> PageTable<'a> {
             || format!("{} entries", self.lookup.len()),
         )?;
         for b in 0..n {
-            let pages = batch.seqlen_k(b).div_ceil(layout.page_size as u64) as usize;
+            let pages = batch.pages(b, layout.page_size);
             ensure(
                 pages <= self.max_pages,
                 "lookup",
@@ -238,13 +184,13 @@ impl<'a> PageTable<'a> {
                 },
                 || format!("max_pages = {}", self.max_pages),
             )?;
-            let row = &self.lookup[b * self.max_pages..][..pages];
+            let row = &self.pages_of(b)[..pages];
             if let Some((j, &p)) = row
                 .iter()
                 .enumerate()
                 .find(|(_, &p)| p as usize >= layout.num_pages)
             {
-                return Err(crate::Error::invalid(
+                return Err(Error::invalid(
                     "lookup",
                     format!("page ids below num_pages = {}", layout.num_pages),
                     format!("lookup[{b}][{j}] = {p}"),
@@ -252,5 +198,90 @@ impl<'a> PageTable<'a> {
             }
         }
         Ok(())
+    }
+}
+
+/// The host's check of an op configuration against what the kernels
+/// implement.
+pub trait ConfigExt {
+    /// Checks every field; the error names the first bad one.
+    fn validate(&self) -> Result<()>;
+}
+
+impl ConfigExt for MsaIndexerConfig {
+    fn validate(&self) -> Result<()> {
+        require_head_dim(self.head_dim)?;
+        ensure(
+            self.block_size == MSA_BLOCK as usize,
+            "block_size",
+            || format!("{MSA_BLOCK}"),
+            || self.block_size.to_string(),
+        )?;
+        ensure(
+            self.topk >= 1 && self.topk <= 1 << 20,
+            "topk",
+            || "1 ..= 2^20".into(),
+            || self.topk.to_string(),
+        )?;
+        ensure(
+            (1..=IDX_PREFILL_M_ROWS as usize).contains(&self.num_index_heads),
+            "num_index_heads",
+            || format!("1 ..= {IDX_PREFILL_M_ROWS}"),
+            || self.num_index_heads.to_string(),
+        )?;
+        ensure(
+            self.init_blocks < u32::MAX as usize / 2 && self.local_blocks < u32::MAX as usize / 2,
+            "init_blocks/local_blocks",
+            || "below 2^31".into(),
+            || format!("{} / {}", self.init_blocks, self.local_blocks),
+        )?;
+        // A zero or non-finite scale makes every score equal (or NaN) and the
+        // selection meaningless; a negative one only reverses the ranking.
+        ensure(
+            self.scale.is_finite() && self.scale != 0.0,
+            "scale",
+            || "a finite, nonzero scale".into(),
+            || self.scale.to_string(),
+        )
+    }
+}
+
+impl ConfigExt for MsaAttentionConfig {
+    fn validate(&self) -> Result<()> {
+        require_head_dim(self.head_dim)?;
+        ensure(
+            self.n_kv_heads >= 1,
+            "n_kv_heads",
+            || ">= 1".into(),
+            || self.n_kv_heads.to_string(),
+        )?;
+        ensure(
+            self.n_heads % self.n_kv_heads == 0,
+            "n_heads",
+            || format!("a multiple of n_kv_heads = {}", self.n_kv_heads),
+            || self.n_heads.to_string(),
+        )?;
+        if self.group() == 0 || self.group() > ATT_MAX_GROUP as usize {
+            return Err(Error::Unsupported {
+                arg: "n_heads",
+                what: format!(
+                    "group n_heads / n_kv_heads = {} (1 ..= {ATT_MAX_GROUP} supported)",
+                    self.group()
+                ),
+            });
+        }
+        ensure(
+            (1..=ATT_MAX_SLOTS as usize).contains(&self.topk),
+            "topk",
+            || format!("1 ..= {ATT_MAX_SLOTS}"),
+            || self.topk.to_string(),
+        )?;
+        // The kernels take each block's row maximum on unscaled scores.
+        ensure(
+            self.scale.is_finite() && self.scale > 0.0,
+            "scale",
+            || "a finite scale > 0".into(),
+            || self.scale.to_string(),
+        )
     }
 }

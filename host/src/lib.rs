@@ -41,7 +41,10 @@ pub mod ptx;
 /// work records): the `sparse-attn-abi` crate, which the device build compiles too.
 pub use sparse_attn_abi as abi;
 
-pub use batch::{PageTable, PagedLayout, RaggedBatch};
+pub use batch::{
+    ConfigExt, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
+    RaggedBatchExt,
+};
 pub use context::{DeviceProps, Gpu};
 pub use cudarc::driver::CudaSlice;
 pub use error::{Error, Result};

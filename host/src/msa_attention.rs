@@ -34,76 +34,17 @@
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
+pub use crate::abi::config::MsaAttentionConfig;
 use crate::abi::msa::*;
 use crate::abi::PagedKv;
-use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
-use crate::error::{ensure, expect_len, require_head_dim, CudaContextExt, Error, Result};
+use crate::batch::{
+    CacheExpect, ConfigExt, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
+    RaggedBatchExt,
+};
+use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
 use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, words_of, Kernel};
 use crate::msa_block_major::{plan_keys, BlockMajorArgs, MsaBlockMajor};
 use crate::Gpu;
-
-/// What the attention computes.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MsaAttentionConfig {
-    /// Query heads (`n_kv_heads * group`, group 1..=16).
-    pub n_heads: usize,
-    pub n_kv_heads: usize,
-    /// 128.
-    pub head_dim: usize,
-    /// Slots of `d_indices` per (KV head, row), 1..=256.
-    pub topk: usize,
-    /// Multiplies every q·k (the softmax temperature); finite and > 0.
-    pub scale: f32,
-}
-
-impl MsaAttentionConfig {
-    /// MiniMax-M3: 64 query heads over 4 KV heads, top-16.
-    pub fn minimax_m3() -> Self {
-        MsaAttentionConfig {
-            n_heads: 64,
-            n_kv_heads: 4,
-            head_dim: 128,
-            topk: 16,
-            scale: 1.0 / (128f32).sqrt(),
-        }
-    }
-
-    pub fn group(&self) -> usize {
-        self.n_heads / self.n_kv_heads.max(1)
-    }
-
-    fn validate(&self) -> Result<()> {
-        require_head_dim(self.head_dim)?;
-        ensure(
-            self.n_kv_heads >= 1 && self.n_heads % self.n_kv_heads == 0,
-            "n_heads",
-            || format!("a multiple of n_kv_heads = {}", self.n_kv_heads),
-            || self.n_heads.to_string(),
-        )?;
-        if self.group() == 0 || self.group() > ATT_MAX_GROUP as usize {
-            return Err(Error::Unsupported {
-                arg: "n_heads",
-                what: format!(
-                    "group n_heads / n_kv_heads = {} (1 ..= {ATT_MAX_GROUP} supported)",
-                    self.group()
-                ),
-            });
-        }
-        ensure(
-            (1..=ATT_MAX_SLOTS as usize).contains(&self.topk),
-            "topk",
-            || format!("1 ..= {ATT_MAX_SLOTS}"),
-            || self.topk.to_string(),
-        )?;
-        // The kernels take each block's row maximum on unscaled scores.
-        ensure(
-            self.scale.is_finite() && self.scale > 0.0,
-            "scale",
-            || "a finite scale > 0".into(),
-            || self.scale.to_string(),
-        )
-    }
-}
 
 /// Split-K partitions for a decode batch: upstream's rule
 /// `min(clamp(SMs / (batch * n_kv_heads), 1, 32), topk)`, i.e. about one CTA

@@ -24,75 +24,16 @@
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use half::bf16;
 
+pub use crate::abi::config::MsaIndexerConfig;
 use crate::abi::msa::*;
 use crate::abi::PagedKv;
-use crate::batch::{CacheExpect, PageTable, PagedLayout, RaggedBatch};
-use crate::error::{ensure, expect_len, require_head_dim, CudaContextExt, Error, Result};
+use crate::batch::{
+    CacheExpect, ConfigExt, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
+    RaggedBatchExt,
+};
+use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
 use crate::launch::{dptr, dptr_mut, record_ptr, record_words, words_of, Kernel};
 use crate::Gpu;
-
-/// What the indexer computes (the upstream op's compile-time parameters).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct MsaIndexerConfig {
-    /// Index heads; each selects its own blocks (1..=128; M3: 4).
-    pub num_index_heads: usize,
-    /// Index head dimension (128).
-    pub head_dim: usize,
-    /// Tokens per block; must equal the cache's page size (128).
-    pub block_size: usize,
-    /// Blocks selected per (head, token), >= 1 (M3: 16).
-    pub topk: usize,
-    /// Leading blocks always kept (score forced to 1e30).
-    pub init_blocks: usize,
-    /// Trailing blocks up to the query's own always kept (score forced to 1e29).
-    pub local_blocks: usize,
-    /// Multiplies every q·k.
-    pub scale: f32,
-}
-
-impl MsaIndexerConfig {
-    /// MiniMax-M3's probable defaults on one index head group (4 heads of 128,
-    /// top-16, no init block, one local block).
-    pub fn minimax_m3() -> Self {
-        MsaIndexerConfig {
-            num_index_heads: 4,
-            head_dim: 128,
-            block_size: 128,
-            topk: 16,
-            init_blocks: 0,
-            local_blocks: 1,
-            scale: 1.0 / (128f32).sqrt(),
-        }
-    }
-
-    fn validate(&self) -> Result<()> {
-        require_head_dim(self.head_dim)?;
-        ensure(
-            self.block_size == MSA_BLOCK as usize,
-            "block_size",
-            || format!("{MSA_BLOCK}"),
-            || self.block_size.to_string(),
-        )?;
-        ensure(
-            self.topk >= 1 && self.topk <= 1 << 20,
-            "topk",
-            || "1 ..= 2^20".into(),
-            || self.topk.to_string(),
-        )?;
-        ensure(
-            (1..=IDX_PREFILL_M_ROWS as usize).contains(&self.num_index_heads),
-            "num_index_heads",
-            || format!("1 ..= {IDX_PREFILL_M_ROWS}"),
-            || self.num_index_heads.to_string(),
-        )?;
-        ensure(
-            self.init_blocks < u32::MAX as usize / 2 && self.local_blocks < u32::MAX as usize / 2,
-            "init_blocks/local_blocks",
-            || "below 2^31".into(),
-            || format!("{} / {}", self.init_blocks, self.local_blocks),
-        )
-    }
-}
 
 /// Which score kernel a plan uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

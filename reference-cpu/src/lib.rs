@@ -13,7 +13,8 @@
 //! panicking; invalid shapes are rejected with a panic that says what is wrong.
 //!
 //! Modules:
-//! - [`paged`]: host description of a MAX-layout paged cache.
+//! - [`paged`]: the borrowed bf16 view of a MAX-layout paged cache (its
+//!   layout and page table are [`abi::batch`]'s).
 //! - [`msa_indexer`]: MSA top-k block selection (`spec/msa-indexer.md`).
 //! - [`msa_attention`]: MSA block-sparse attention, decode and prefill
 //!   (`spec/msa-attention.md`).
@@ -25,3 +26,6 @@ pub mod msa_indexer;
 pub mod paged;
 
 pub use half::bf16;
+/// The shared descriptions (ragged batch, paged layout, page table, op
+/// configs) the reference takes, as the host API does.
+pub use sparse_attn_abi as abi;

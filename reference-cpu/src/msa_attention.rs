@@ -3,10 +3,10 @@
 //!
 //! Inputs:
 //! - `q: bf16 [num_rows, n_heads, head_dim]`, rows packed by sequence;
-//! - `offsets: u32 [batch + 1]` (`input_row_offsets`), `offsets[0] = 0`,
-//!   non-decreasing, `offsets[batch] = num_rows`;
-//! - `cache_lengths: u32 [batch]`: tokens cached *before* this step (the new
-//!   tokens' K/V are already in the cache);
+//! - the ragged batch ([`RaggedBatch`]): `offsets: u32 [batch + 1]`
+//!   (`input_row_offsets`), `offsets[0] = 0`, non-decreasing,
+//!   `offsets[batch] = num_rows`, and `cache_lengths: u32 [batch]`: tokens
+//!   cached *before* this step (the new tokens' K/V are already in the cache);
 //! - the main KV paged cache (`[num_pages, 2, num_layers, 128, n_kv_heads,
 //!   head_dim]`, `kv = 0` is K, `kv = 1` is V) and `layer`;
 //! - `d_indices: i32 [n_kv_heads, num_rows, topk]`: block ids (logical page
@@ -37,32 +37,16 @@
 //! result. Unlike the GPU API (head_dim 128, bounded `group`), the reference
 //! accepts any `head_dim`, `group` and `topk` (including 0).
 
-use crate::msa_indexer::{self, IndexerParams, BLOCK};
+use crate::msa_indexer::{self, MsaIndexerConfig, BLOCK};
 use crate::paged::PagedCache;
 use half::bf16;
 use rayon::prelude::*;
+use sparse_attn_abi::batch::{Mask, RaggedBatch, RowPos};
 
-/// Parameters of the attention op.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AttentionParams {
-    /// Query heads; a positive multiple of `n_kv_heads`.
-    pub n_heads: usize,
-    /// KV heads (= heads of the cache = index heads of `d_indices`).
-    pub n_kv_heads: usize,
-    /// Head dimension of q, K and V (128 for the GPU op).
-    pub head_dim: usize,
-    /// Slots per (KV head, row) of `d_indices`.
-    pub topk: usize,
-    /// Multiplies every dot product before the softmax.
-    pub scale: f32,
-}
-
-impl AttentionParams {
-    /// Query heads per KV head (`n_heads / n_kv_heads`, 0 if `n_kv_heads` is 0).
-    pub fn group(&self) -> usize {
-        self.n_heads.checked_div(self.n_kv_heads).unwrap_or(0)
-    }
-}
+/// The op's parameters: the host API's configuration. The reference accepts
+/// any `head_dim`, `topk` (0 included) and `scale`; `n_heads` must be a
+/// positive multiple of `n_kv_heads >= 1`.
+pub use sparse_attn_abi::config::MsaAttentionConfig;
 
 /// Result of [`msa_attention`].
 #[derive(Clone, Debug, PartialEq)]
@@ -88,12 +72,11 @@ pub const LSE_TOL: f64 = 1e-3;
 /// `head_dim`, `group` and `topk` are accepted).
 pub fn validate(
     q: &[bf16],
-    offsets: &[u32],
-    cache_lengths: &[u32],
+    batch: &RaggedBatch,
     cache: &PagedCache,
     layer: usize,
     d_indices: &[i32],
-    p: &AttentionParams,
+    p: &MsaAttentionConfig,
 ) -> Result<usize, String> {
     if p.n_kv_heads == 0 {
         return Err("n_kv_heads must be >= 1".into());
@@ -118,15 +101,16 @@ pub fn validate(
     }
     // The ragged batch, q, page size, head_dim, layer and page table are
     // checked as for the indexer (q has n_heads heads here).
-    let ip = IndexerParams {
+    let ip = MsaIndexerConfig {
         num_index_heads: p.n_heads,
         head_dim: p.head_dim,
+        block_size: BLOCK,
         topk: p.topk.max(1),
         init_blocks: 0,
         local_blocks: 0,
         scale: p.scale,
     };
-    let rows = msa_indexer::validate(q, offsets, cache_lengths, cache, layer, &ip)?;
+    let rows = msa_indexer::validate(q, batch, cache, layer, &ip)?;
     let want = p.n_kv_heads * rows * p.topk;
     if d_indices.len() != want {
         return Err(format!(
@@ -139,30 +123,19 @@ pub fn validate(
     Ok(rows)
 }
 
-/// `(sequence, q_pos, seqlen_k)` of every packed row.
-fn row_positions(offsets: &[u32], cache_lengths: &[u32]) -> Vec<(usize, usize, usize)> {
-    let mut pos = Vec::with_capacity(msa_indexer::num_rows(offsets));
-    for b in 0..cache_lengths.len() {
-        let q_len = (offsets[b + 1] - offsets[b]) as usize;
-        let c = cache_lengths[b] as usize;
-        for i in 0..q_len {
-            pos.push((b, c + i, c + q_len));
-        }
-    }
-    pos
-}
-
 /// The attended key positions of one (KV head, row), with multiplicity, in
-/// slot order: the spec's key multiset for the slots `ids`.
+/// slot order: the spec's key multiset for the slots `ids` (the causal
+/// [`Mask`] within the selected blocks).
 pub fn attended_keys(ids: &[i32], q_pos: usize, seqlen_k: usize) -> Vec<usize> {
     let num_blocks = seqlen_k.div_ceil(BLOCK);
+    let visible = Mask::Causal.key_range(q_pos, seqlen_k);
     let mut keys = Vec::new();
     for &blk in ids {
         if blk < 0 || blk as usize >= num_blocks {
             continue;
         }
         let start = blk as usize * BLOCK;
-        let end = (start + BLOCK).min(seqlen_k).min(q_pos + 1);
+        let end = (start + BLOCK).min(visible.end);
         keys.extend(start..end);
     }
     keys
@@ -187,24 +160,22 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// The full op in `f64`. Parallel over rows.
 ///
 /// Panics with a description if [`validate`] rejects the inputs.
-#[allow(clippy::too_many_arguments)]
 pub fn msa_attention(
     q: &[bf16],
-    offsets: &[u32],
-    cache_lengths: &[u32],
+    batch: &RaggedBatch,
     cache: &PagedCache,
     layer: usize,
     d_indices: &[i32],
-    p: &AttentionParams,
+    p: &MsaAttentionConfig,
 ) -> AttentionOutput {
-    let rows = match validate(q, offsets, cache_lengths, cache, layer, d_indices, p) {
+    let rows = match validate(q, batch, cache, layer, d_indices, p) {
         Ok(r) => r,
         Err(e) => panic!("msa_attention: invalid input: {e}"),
     };
     let (nh, nkv, d, topk) = (p.n_heads, p.n_kv_heads, p.head_dim, p.topk);
     let group = p.group();
     let scale = p.scale as f64;
-    let pos = row_positions(offsets, cache_lengths);
+    let pos: Vec<RowPos> = batch.rows().collect();
     let mut out = vec![0.0f64; rows * nh * d];
     let mut lse = vec![f64::NEG_INFINITY; rows * nh];
     if nh * d > 0 {
@@ -212,7 +183,8 @@ pub fn msa_attention(
             .zip(lse.par_chunks_mut(nh))
             .enumerate()
             .for_each(|(row, (o_row, l_row))| {
-                let (b, q_pos, seqlen_k) = pos[row];
+                let RowPos { seq: b, q_pos } = pos[row];
+                let seqlen_k = batch.seqlen_k(b) as usize;
                 let qf: Vec<f64> = q[row * nh * d..(row + 1) * nh * d]
                     .iter()
                     .map(|x| x.to_f64())
@@ -286,7 +258,7 @@ pub fn check_attention(
     gpu_out: &[bf16],
     gpu_lse: Option<&[f32]>,
     reference: &AttentionOutput,
-    p: &AttentionParams,
+    p: &MsaAttentionConfig,
 ) -> Result<(), String> {
     let (nh, d) = (p.n_heads, p.head_dim);
     if reference.out.len() != reference.lse.len() * d || reference.lse.len() % nh.max(1) != 0 {
@@ -389,8 +361,8 @@ mod tests {
     use crate::paged::testing::{bf, Pool};
     use crate::paged::PagedLayout;
 
-    fn params(nh: usize, nkv: usize, d: usize, topk: usize, scale: f32) -> AttentionParams {
-        AttentionParams {
+    fn params(nh: usize, nkv: usize, d: usize, topk: usize, scale: f32) -> MsaAttentionConfig {
+        MsaAttentionConfig {
             n_heads: nh,
             n_kv_heads: nkv,
             head_dim: d,
@@ -440,7 +412,14 @@ mod tests {
         let q = bf(&[1.0, 0.0, 0.0, 2.0, 1.0, 0.0, 0.0, 2.0]);
         let p = params(2, 1, 2, 2, 0.5);
         let d_idx = [0, -1, -1, 0];
-        let r = msa_attention(&q, &[0, 2], &[2], &pool.cache(), 1, &d_idx, &p);
+        let r = msa_attention(
+            &q,
+            &RaggedBatch::new(&[0, 2], &[2]),
+            &pool.cache(),
+            1,
+            &d_idx,
+            &p,
+        );
         let e = std::f64::consts::E;
         // Row 0 (q_pos 2): keys 0, 1, 2; head 0 scores 0, 0.5, 1.
         let w = [1.0, e.sqrt(), e];
@@ -469,7 +448,7 @@ mod tests {
         let q = bf(&[1.0; 3 * 4 * 4]);
         let c = pool.cache();
         let ones = vec![-1; 2 * 3 * 3];
-        let r = msa_attention(&q, &offsets, &lens, &c, 1, &ones, &p);
+        let r = msa_attention(&q, &RaggedBatch::new(&offsets, &lens), &c, 1, &ones, &p);
         assert!(r.out.iter().all(|&x| x == 0.0));
         assert!(r.lse.iter().all(|&x| x == f64::NEG_INFINITY));
         // Stale ids (>= ceil(seqlen_k / 128)) and other negatives are skipped too:
@@ -494,13 +473,13 @@ mod tests {
             1,
             1,
         ];
-        let r2 = msa_attention(&q, &offsets, &lens, &c, 1, &stale, &p);
+        let r2 = msa_attention(&q, &RaggedBatch::new(&offsets, &lens), &c, 1, &stale, &p);
         assert_eq!(r2, r);
         // topk 0 and empty batches are valid.
-        let p0 = AttentionParams { topk: 0, ..p };
-        let r3 = msa_attention(&q, &offsets, &lens, &c, 1, &[], &p0);
+        let p0 = MsaAttentionConfig { topk: 0, ..p };
+        let r3 = msa_attention(&q, &RaggedBatch::new(&offsets, &lens), &c, 1, &[], &p0);
         assert_eq!(r3, r);
-        let r4 = msa_attention(&[], &[0, 0, 0], &lens, &c, 0, &[], &p);
+        let r4 = msa_attention(&[], &RaggedBatch::new(&[0, 0, 0], &lens), &c, 0, &[], &p);
         assert!(r4.out.is_empty() && r4.lse.is_empty());
         let gpu = vec![bf16::ZERO; r.out.len()];
         let gl = vec![f32::NEG_INFINITY; r.lse.len()];
@@ -524,7 +503,14 @@ mod tests {
         let q = bf(&[1.0, 1.0, 1.0]);
         let p = params(1, 1, 1, 2, 0.25);
         let d_idx = [1, -1, 1, 0, -1, 1];
-        let r = msa_attention(&q, &[0, 3], &[128], &pool.cache(), 1, &d_idx, &p);
+        let r = msa_attention(
+            &q,
+            &RaggedBatch::new(&[0, 3], &[128]),
+            &pool.cache(),
+            1,
+            &d_idx,
+            &p,
+        );
         assert!(r.out.iter().chain(&r.lse).all(|x| x.is_finite()), "{r:?}");
         let key = |s: usize| (0.25 * (s % 3) as f64, vec![s as f64]);
         let want: Vec<(Vec<f64>, f64)> = vec![
@@ -558,7 +544,16 @@ mod tests {
             let sc = 0.5 * (0.75 * k[0].to_f64() - 1.5 * k[1].to_f64());
             (sc, v.iter().map(|x| x.to_f64()).collect::<Vec<_>>())
         };
-        let run = |ids: [i32; 3]| msa_attention(&q, &[0, 1], &[255], &pool.cache(), 1, &ids, &p);
+        let run = |ids: [i32; 3]| {
+            msa_attention(
+                &q,
+                &RaggedBatch::new(&[0, 1], &[255]),
+                &pool.cache(),
+                1,
+                &ids,
+                &p,
+            )
+        };
         let r = run([0, 1, 0]);
         let pairs: Vec<_> = (0..128).chain(0..256).map(key).collect();
         let (o, l) = manual(&pairs);
@@ -588,7 +583,14 @@ mod tests {
         });
         let q = bf(&[0.0, 0.0, 0.0, 0.0]);
         let p = params(4, 2, 1, 1, 1.0);
-        let r = msa_attention(&q, &[0, 1], &[199], &pool.cache(), 1, &[0, 1], &p);
+        let r = msa_attention(
+            &q,
+            &RaggedBatch::new(&[0, 1], &[199]),
+            &pool.cache(),
+            1,
+            &[0, 1],
+            &p,
+        );
         // Uniform weights: block 0 mean 63.5, block 1 (keys 128..200) -163.5.
         assert_close(&r.out, &[63.5, 63.5, -163.5, -163.5]);
         let l = [128f64.ln(), 128f64.ln(), 72f64.ln(), 72f64.ln()];
@@ -607,7 +609,14 @@ mod tests {
             .map(|i| bf16::from_f32(((i * 5 % 7) as f32 - 3.0) / 2.0))
             .collect();
         let d_idx = [0, 2, 2, -1, 1, 0, 3, 1, -1, 2, 0, 1];
-        let r = msa_attention(&q, &[0, 3], &[397], &pool.cache(), 1, &d_idx, &p);
+        let r = msa_attention(
+            &q,
+            &RaggedBatch::new(&[0, 3], &[397]),
+            &pool.cache(),
+            1,
+            &d_idx,
+            &p,
+        );
         let gpu: Vec<bf16> = r.out.iter().map(|&x| bf16::from_f64(x)).collect();
         let gl: Vec<f32> = r.lse.iter().map(|&x| x as f32).collect();
         check_attention(&gpu, Some(&gl), &r, &p).unwrap();
@@ -646,28 +655,64 @@ mod tests {
         let q = bf(&[1.0; 2 * 4 * 2]);
         let p = params(4, 2, 2, 3, 1.0);
         let idx = vec![0i32; 2 * 2 * 3];
-        assert_eq!(validate(&q, &[0, 2], &[128], &c, 1, &idx, &p), Ok(2));
-        assert!(validate(&q, &[0, 2], &[128], &c, 1, &idx[1..], &p).is_err());
-        assert!(validate(&q, &[0, 1], &[128], &c, 1, &idx, &p).is_err());
-        assert!(validate(&q, &[0, 2], &[300], &c, 1, &idx, &p).is_err());
-        assert!(validate(&q, &[0, 2], &[128], &c, 2, &idx, &p).is_err());
-        assert!(validate(&q, &[0, 2], &[128], &c, 1, &idx, &params(3, 2, 2, 3, 1.0)).is_err());
-        assert!(validate(&q, &[0, 2], &[128], &c, 1, &idx, &params(4, 0, 2, 3, 1.0)).is_err());
-        assert!(validate(&q, &[0, 2], &[128], &c, 1, &idx, &params(2, 4, 4, 3, 1.0)).is_err());
-        assert!(validate(&q, &[0, 2], &[128], &c, 1, &idx, &params(4, 4, 2, 3, 1.0)).is_err());
+        assert_eq!(
+            validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 1, &idx, &p),
+            Ok(2)
+        );
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 1, &idx[1..], &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[0, 1], &[128]), &c, 1, &idx, &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[300]), &c, 1, &idx, &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 2, &idx, &p).is_err());
+        assert!(validate(
+            &q,
+            &RaggedBatch::new(&[0, 2], &[128]),
+            &c,
+            1,
+            &idx,
+            &params(3, 2, 2, 3, 1.0)
+        )
+        .is_err());
+        assert!(validate(
+            &q,
+            &RaggedBatch::new(&[0, 2], &[128]),
+            &c,
+            1,
+            &idx,
+            &params(4, 0, 2, 3, 1.0)
+        )
+        .is_err());
+        assert!(validate(
+            &q,
+            &RaggedBatch::new(&[0, 2], &[128]),
+            &c,
+            1,
+            &idx,
+            &params(2, 4, 4, 3, 1.0)
+        )
+        .is_err());
+        assert!(validate(
+            &q,
+            &RaggedBatch::new(&[0, 2], &[128]),
+            &c,
+            1,
+            &idx,
+            &params(4, 4, 2, 3, 1.0)
+        )
+        .is_err());
         let l1 = PagedLayout {
             kv_dim: 1,
             ..pool.layout
         };
-        let half = &pool.data[..l1.len()];
+        let half = &pool.data[..l1.elements()];
         let c1 = PagedCache {
             layout: l1,
             data: half,
             ..c
         };
-        assert!(validate(&q, &[0, 2], &[128], &c1, 1, &idx, &p).is_err());
-        let r =
-            std::panic::catch_unwind(|| msa_attention(&q, &[0, 2], &[128], &c, 1, &idx[1..], &p));
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c1, 1, &idx, &p).is_err());
+        let r = std::panic::catch_unwind(|| {
+            msa_attention(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 1, &idx[1..], &p)
+        });
         assert!(r.is_err());
     }
 }

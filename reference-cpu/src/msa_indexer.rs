@@ -3,9 +3,10 @@
 //!
 //! Inputs:
 //! - `q: bf16 [num_rows, num_index_heads, head_dim]`, rows packed by sequence;
-//! - `offsets: u32 [batch + 1]` (`input_row_offsets`), `offsets[0] = 0`,
-//!   non-decreasing, `offsets[batch] = num_rows`;
-//! - `cache_lengths: u32 [batch]`: index-K tokens cached *before* this step;
+//! - the ragged batch ([`RaggedBatch`]): `offsets: u32 [batch + 1]`
+//!   (`input_row_offsets`), `offsets[0] = 0`, non-decreasing,
+//!   `offsets[batch] = num_rows`, and `cache_lengths: u32 [batch]`: index-K
+//!   tokens cached *before* this step;
 //! - the index-K paged cache (`kv = 0`, `head = 0` of a
 //!   `[num_pages, 1, num_layers, 128, 1, head_dim]` pool) and `layer`.
 //!
@@ -34,24 +35,15 @@
 use crate::paged::PagedCache;
 use half::bf16;
 use rayon::prelude::*;
+use sparse_attn_abi::batch::{RaggedBatch, RowPos};
 use std::cmp::Ordering;
 
-/// Parameters of the indexer.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct IndexerParams {
-    /// Index heads `H` (each head selects its own blocks).
-    pub num_index_heads: usize,
-    /// Index head dimension `D` (128; 64 also works).
-    pub head_dim: usize,
-    /// Output slots per (head, row); must be at least 1 for the op.
-    pub topk: usize,
-    /// Blocks `j < init_blocks` are forced with score [`FORCED_INIT`].
-    pub init_blocks: usize,
-    /// Blocks `j >= num_blocks - local_blocks` are forced with [`FORCED_LOCAL`].
-    pub local_blocks: usize,
-    /// Multiplies every dot product.
-    pub scale: f32,
-}
+/// The op's parameters: the host API's configuration. The reference accepts
+/// any `num_index_heads`, `head_dim` (128; 64 also works) and `scale`;
+/// `topk` must be at least 1 and `block_size` must be [`BLOCK`]. Blocks
+/// `j < init_blocks` are forced with score [`FORCED_INIT`], blocks
+/// `j >= num_blocks - local_blocks` with [`FORCED_LOCAL`].
+pub use sparse_attn_abi::config::MsaIndexerConfig;
 
 /// Tokens per block (= page size of the index-K cache).
 pub const BLOCK: usize = 128;
@@ -150,38 +142,33 @@ pub fn select_blocks(
     out
 }
 
-/// Number of packed rows (`offsets[batch]`, 0 for empty `offsets`).
-pub fn num_rows(offsets: &[u32]) -> usize {
-    offsets.last().map_or(0, |&x| x as usize)
-}
-
 /// Checks the inputs of the op; returns `num_rows` or a description of the
 /// first problem (the host API's bad-input cases).
 pub fn validate(
     q: &[bf16],
-    offsets: &[u32],
-    cache_lengths: &[u32],
+    batch: &RaggedBatch,
     cache: &PagedCache,
     layer: usize,
-    p: &IndexerParams,
+    p: &MsaIndexerConfig,
 ) -> Result<usize, String> {
+    let (offsets, cache_lengths) = (batch.input_row_offsets, batch.cache_lengths);
     if offsets.is_empty() {
         return Err("input_row_offsets must have batch + 1 >= 1 entries".into());
     }
-    let batch = offsets.len() - 1;
-    if cache_lengths.len() != batch {
+    let n = offsets.len() - 1;
+    if cache_lengths.len() != n {
         return Err(format!(
-            "cache_lengths has {} entries, batch is {batch}",
+            "cache_lengths has {} entries, batch is {n}",
             cache_lengths.len()
         ));
     }
     if offsets[0] != 0 {
         return Err(format!("input_row_offsets[0] = {} != 0", offsets[0]));
     }
-    if let Some(b) = (0..batch).find(|&b| offsets[b + 1] < offsets[b]) {
+    if let Some(b) = (0..n).find(|&b| offsets[b + 1] < offsets[b]) {
         return Err(format!("input_row_offsets decreases at {b}"));
     }
-    let rows = num_rows(offsets);
+    let rows = batch.num_rows();
     let (h, d) = (p.num_index_heads, p.head_dim);
     if q.len() != rows * h * d {
         return Err(format!(
@@ -191,6 +178,9 @@ pub fn validate(
     }
     if p.topk == 0 {
         return Err("topk must be >= 1".into());
+    }
+    if p.block_size != BLOCK {
+        return Err(format!("block_size {} != {BLOCK}", p.block_size));
     }
     let l = &cache.layout;
     if l.page_size != BLOCK {
@@ -205,31 +195,32 @@ pub fn validate(
     if layer >= l.num_layers {
         return Err(format!("layer {layer} out of {} layers", l.num_layers));
     }
-    if cache.data.len() != l.len() {
+    if cache.data.len() != l.elements() {
         return Err(format!(
             "cache data has {} elements, layout needs {}",
             cache.data.len(),
-            l.len()
+            l.elements()
         ));
     }
-    if cache.lookup.len() < batch * cache.max_pages {
+    let table = &cache.pages;
+    if table.lookup.len() < n * table.max_pages {
         return Err(format!(
-            "lookup has {} entries, batch {batch} * max_pages {} needed",
-            cache.lookup.len(),
-            cache.max_pages
+            "lookup has {} entries, batch {n} * max_pages {} needed",
+            table.lookup.len(),
+            table.max_pages
         ));
     }
-    for b in 0..batch {
-        let seqlen_k = cache_lengths[b] as usize + (offsets[b + 1] - offsets[b]) as usize;
-        let pages = seqlen_k.div_ceil(BLOCK);
-        if pages > cache.max_pages {
+    for b in 0..n {
+        let seqlen_k = batch.seqlen_k(b);
+        let pages = batch.pages(b, BLOCK);
+        if pages > table.max_pages {
             return Err(format!(
                 "sequence {b} has {seqlen_k} keys ({pages} pages), lookup rows hold {}",
-                cache.max_pages
+                table.max_pages
             ));
         }
         for c in 0..pages {
-            let page = cache.lookup[b * cache.max_pages + c];
+            let page = table.pages_of(b)[c];
             if page as usize >= l.num_pages {
                 return Err(format!(
                     "lookup[{b}, {c}] = {page} out of the pool of {} pages",
@@ -239,17 +230,6 @@ pub fn validate(
         }
     }
     Ok(rows)
-}
-
-/// `(sequence, q_pos)` of every packed row.
-fn row_positions(offsets: &[u32], cache_lengths: &[u32]) -> Vec<(usize, usize)> {
-    let mut pos = Vec::with_capacity(num_rows(offsets));
-    for b in 0..cache_lengths.len() {
-        for i in 0..(offsets[b + 1] - offsets[b]) as usize {
-            pos.push((b, cache_lengths[b] as usize + i));
-        }
-    }
-    pos
 }
 
 /// `(sum_d a_d b_d, sum_d |a_d b_d|)` in f64 (four partial sums).
@@ -281,27 +261,26 @@ fn dot_abs(a: &[f64], b: &[f64]) -> (f64, f64) {
 /// `topk = 0` rule aside: scores do not depend on `topk`).
 pub fn block_scores(
     q: &[bf16],
-    offsets: &[u32],
-    cache_lengths: &[u32],
+    batch: &RaggedBatch,
     cache: &PagedCache,
     layer: usize,
-    p: &IndexerParams,
+    p: &MsaIndexerConfig,
 ) -> Vec<RowScores> {
-    let pv = IndexerParams {
+    let pv = MsaIndexerConfig {
         topk: p.topk.max(1),
         ..*p
     };
-    let rows = match validate(q, offsets, cache_lengths, cache, layer, &pv) {
+    let rows = match validate(q, batch, cache, layer, &pv) {
         Ok(r) => r,
         Err(e) => panic!("msa_indexer: invalid input: {e}"),
     };
     let (nh, d) = (p.num_index_heads, p.head_dim);
     let scale = p.scale as f64;
-    let pos = row_positions(offsets, cache_lengths);
+    let pos: Vec<RowPos> = batch.rows().collect();
     let per_row: Vec<Vec<RowScores>> = (0..rows)
         .into_par_iter()
         .map(|row| {
-            let (b, q_pos) = pos[row];
+            let RowPos { seq: b, q_pos } = pos[row];
             let num_keys = q_pos + 1;
             let nb = num_keys.div_ceil(BLOCK);
             let qf: Vec<f64> = q[row * nh * d..(row + 1) * nh * d]
@@ -349,7 +328,7 @@ pub fn block_scores(
 
 /// Selection of every (head, row) from precomputed scores:
 /// `i32 [num_index_heads, num_rows, topk]` (same order as `scores`).
-pub fn select_all(scores: &[RowScores], p: &IndexerParams) -> Vec<i32> {
+pub fn select_all(scores: &[RowScores], p: &MsaIndexerConfig) -> Vec<i32> {
     scores
         .par_iter()
         .flat_map_iter(|rs| select_blocks(&rs.raw, p.init_blocks, p.local_blocks, p.topk))
@@ -360,16 +339,15 @@ pub fn select_all(scores: &[RowScores], p: &IndexerParams) -> Vec<i32> {
 /// Parallel over rows (scores) and (head, row) (selection).
 pub fn msa_indexer(
     q: &[bf16],
-    offsets: &[u32],
-    cache_lengths: &[u32],
+    batch: &RaggedBatch,
     cache: &PagedCache,
     layer: usize,
-    p: &IndexerParams,
+    p: &MsaIndexerConfig,
 ) -> Vec<i32> {
-    select_all(&block_scores(q, offsets, cache_lengths, cache, layer, p), p)
+    select_all(&block_scores(q, batch, cache, layer, p), p)
 }
 
-fn fmt_blocks(rs: &RowScores, ids: &[i32], p: &IndexerParams) -> String {
+fn fmt_blocks(rs: &RowScores, ids: &[i32], p: &MsaIndexerConfig) -> String {
     ids.iter()
         .filter(|&&j| j >= 0 && (j as usize) < rs.num_blocks)
         .map(|&j| {
@@ -401,7 +379,7 @@ fn may_precede(ea: f64, ja: usize, ta: f64, eu: f64, ju: usize, tu: f64) -> bool
 }
 
 /// Checks one (head, row) of a GPU output (`topk` ids) against its scores.
-pub fn check_row(gpu_row: &[i32], rs: &RowScores, p: &IndexerParams) -> Result<(), String> {
+pub fn check_row(gpu_row: &[i32], rs: &RowScores, p: &MsaIndexerConfig) -> Result<(), String> {
     let nb = rs.num_blocks;
     let n = p.topk.min(nb);
     let ctx = |slot: usize, what: String| {
@@ -493,7 +471,7 @@ pub fn check_row(gpu_row: &[i32], rs: &RowScores, p: &IndexerParams) -> Result<(
     Ok(())
 }
 
-fn check_shape(gpu: &[i32], scores: &[RowScores], p: &IndexerParams) -> Result<(), String> {
+fn check_shape(gpu: &[i32], scores: &[RowScores], p: &MsaIndexerConfig) -> Result<(), String> {
     if gpu.len() != scores.len() * p.topk {
         return Err(format!(
             "output has {} ids, expected {} (head, row) pairs * topk {}",
@@ -519,7 +497,7 @@ fn check_shape(gpu: &[i32], scores: &[RowScores], p: &IndexerParams) -> Result<(
 pub fn check_selection(
     gpu: &[i32],
     reference_scores: &[RowScores],
-    p: &IndexerParams,
+    p: &MsaIndexerConfig,
 ) -> Result<(), String> {
     check_shape(gpu, reference_scores, p)?;
     if p.topk == 0 {
@@ -540,7 +518,7 @@ pub fn check_selection(
 pub fn check_exact(
     gpu: &[i32],
     reference_scores: &[RowScores],
-    p: &IndexerParams,
+    p: &MsaIndexerConfig,
 ) -> Result<(), String> {
     check_shape(gpu, reference_scores, p)?;
     if p.topk == 0 {
@@ -573,10 +551,11 @@ mod tests {
     use super::*;
     use crate::paged::testing::{bf, Pool};
 
-    fn params(h: usize, d: usize, topk: usize, init: usize, local: usize) -> IndexerParams {
-        IndexerParams {
+    fn params(h: usize, d: usize, topk: usize, init: usize, local: usize) -> MsaIndexerConfig {
+        MsaIndexerConfig {
             num_index_heads: h,
             head_dim: d,
+            block_size: BLOCK,
             topk,
             init_blocks: init,
             local_blocks: local,
@@ -593,7 +572,7 @@ mod tests {
         // q [2 rows, 2 heads, 2]
         let q = bf(&[1.0, 0.0, -1.0, 2.0, 1.0, 0.0, -1.0, 2.0]);
         let p = params(2, 2, 2, 0, 0);
-        let sc = block_scores(&q, &[0, 2], &[3], &pool.cache(), 1, &p);
+        let sc = block_scores(&q, &RaggedBatch::new(&[0, 2], &[3]), &pool.cache(), 1, &p);
         assert_eq!(sc.len(), 4);
         let t = |x: f64| x * 0.5 / 65536.0;
         // head 0 row 0: max_{s<=3} s = 3 (key 4 is not visible), head 0 row 1: 4.
@@ -606,7 +585,7 @@ mod tests {
         assert_eq!(sc[2].raw, vec![1.0]);
         assert_eq!(sc[2].tol, vec![t(5.0)]);
         assert_eq!(sc[3].tol, vec![t(6.0)]);
-        let out = msa_indexer(&q, &[0, 2], &[3], &pool.cache(), 1, &p);
+        let out = msa_indexer(&q, &RaggedBatch::new(&[0, 2], &[3]), &pool.cache(), 1, &p);
         assert_eq!(out, vec![0, -1, 0, -1, 0, -1, 0, -1]);
         check_selection(&out, &sc, &p).unwrap();
         check_exact(&out, &sc, &p).unwrap();
@@ -634,14 +613,14 @@ mod tests {
         p.scale = 1.0;
         let offsets = [0, 0, 2, 2];
         let lens = [300, 130, 7];
-        let sc = block_scores(&q, &offsets, &lens, &pool.cache(), 1, &p);
+        let sc = block_scores(&q, &RaggedBatch::new(&offsets, &lens), &pool.cache(), 1, &p);
         assert_eq!(sc.len(), 2);
         assert_eq!(sc[0].raw, vec![2.0, 3.0]);
         assert_eq!(sc[1].raw, vec![2.0, 100.0]);
-        let out = msa_indexer(&q, &offsets, &lens, &pool.cache(), 1, &p);
+        let out = msa_indexer(&q, &RaggedBatch::new(&offsets, &lens), &pool.cache(), 1, &p);
         assert_eq!(out, vec![1, 0, -1, 1, 0, -1]);
         // No rows at all.
-        let none = msa_indexer(&[], &[0, 0], &[5], &pool.cache(), 0, &p);
+        let none = msa_indexer(&[], &RaggedBatch::new(&[0, 0], &[5]), &pool.cache(), 0, &p);
         assert!(none.is_empty());
     }
 
@@ -697,14 +676,14 @@ mod tests {
         );
         let q = bf(&[2.0]);
         let p = params(1, 1, 2, 0, 0);
-        let sc = block_scores(&q, &[0, 1], &[199], &pool.cache(), 1, &p);
+        let sc = block_scores(&q, &RaggedBatch::new(&[0, 1], &[199]), &pool.cache(), 1, &p);
         assert_eq!(sc[0].raw[0], 1.0);
         assert!(sc[0].raw[1].is_nan());
-        let out = msa_indexer(&q, &[0, 1], &[199], &pool.cache(), 1, &p);
+        let out = msa_indexer(&q, &RaggedBatch::new(&[0, 1], &[199]), &pool.cache(), 1, &p);
         assert_eq!(out, vec![0, 1]);
     }
 
-    fn sample() -> (RowScores, IndexerParams) {
+    fn sample() -> (RowScores, MsaIndexerConfig) {
         // 8 blocks; init 1, local 1 -> forced {0, 7}; topk 4.
         let raw = vec![0.0, 7.0, 3.0, 6.0, 6.00005, 1.0, 5.0, -2.0];
         let tol = vec![0.0001; 8];
@@ -749,7 +728,7 @@ mod tests {
         // Blocks 3 and 4 are within tolerance: either order is accepted by
         // the tolerant check, the exact check wants the reference order.
         let within = vec![0, 7, 1, 3, 4];
-        let p6 = IndexerParams { topk: 6, ..p };
+        let p6 = MsaIndexerConfig { topk: 6, ..p };
         let mut ok6 = select_blocks(&rs.raw, 1, 1, 6);
         ok6.swap(3, 4);
         assert_eq!(ok6, vec![0, 7, 1, 3, 4, 6]);
@@ -764,7 +743,7 @@ mod tests {
         check_selection(&within, &sc2, &p).unwrap();
         // Block 3 selected instead of 4 (within tolerance) is accepted,
         // block 6 (lower by far more than the tolerance) is not.
-        let p4 = IndexerParams { topk: 4, ..p };
+        let p4 = MsaIndexerConfig { topk: 4, ..p };
         check_selection(&[0, 7, 1, 4], &scores, &p4).unwrap();
         check_selection(&[0, 7, 1, 3], &scores, &p4).unwrap();
         assert!(check_exact(&[0, 7, 1, 3], &scores, &p4).is_err());
@@ -789,7 +768,7 @@ mod tests {
         assert!(check_selection(&[1, 2, 0, 0, -1], &s, &p).is_err());
         assert!(check_selection(&[1, 2, 0, -1, 2], &s, &p).is_err());
         // NaN must not win over a number.
-        let p2 = IndexerParams { topk: 2, ..p };
+        let p2 = MsaIndexerConfig { topk: 2, ..p };
         check_selection(&[1, 2], &s, &p2).unwrap();
         assert!(check_selection(&[1, 0], &s, &p2).is_err());
         assert!(check_selection(&[2, 1], &s, &p2).is_err());
@@ -818,19 +797,27 @@ mod tests {
         let q = bf(&[1.0; 4]);
         let p = params(1, 2, 2, 0, 0);
         let c = pool.cache();
-        assert_eq!(validate(&q, &[0, 2], &[128], &c, 1, &p), Ok(2));
-        assert!(validate(&q, &[0, 1], &[128], &c, 1, &p).is_err());
-        assert!(validate(&q, &[1, 2], &[128], &c, 1, &p).is_err());
-        assert!(validate(&q, &[0, 2], &[128, 0], &c, 1, &p).is_err());
-        assert!(validate(&q, &[0, 2], &[300], &c, 1, &p).is_err());
-        assert!(validate(&q, &[0, 2], &[128], &c, 2, &p).is_err());
-        let p0 = IndexerParams { topk: 0, ..p };
-        assert!(validate(&q, &[0, 2], &[128], &c, 1, &p0).is_err());
+        assert_eq!(
+            validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 1, &p),
+            Ok(2)
+        );
+        assert!(validate(&q, &RaggedBatch::new(&[0, 1], &[128]), &c, 1, &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[1, 2], &[128]), &c, 1, &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128, 0]), &c, 1, &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[300]), &c, 1, &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 2, &p).is_err());
+        let p0 = MsaIndexerConfig { topk: 0, ..p };
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 1, &p0).is_err());
+        let p64 = MsaIndexerConfig {
+            block_size: 64,
+            ..p
+        };
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 1, &p64).is_err());
         let bad_lookup = vec![99u32; pool.lookup.len()];
         let c2 = PagedCache {
-            lookup: &bad_lookup,
+            pages: crate::paged::PageTable::new(&bad_lookup, c.pages.max_pages),
             ..c
         };
-        assert!(validate(&q, &[0, 2], &[128], &c2, 1, &p).is_err());
+        assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c2, 1, &p).is_err());
     }
 }

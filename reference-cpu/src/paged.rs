@@ -1,6 +1,8 @@
-//! Host description of a paged KV cache in MAX's layout.
+//! A borrowed bf16 paged KV cache in MAX's layout, as the reference reads it.
 //!
-//! The pool is one bf16 tensor
+//! The shape ([`PagedLayout`]) and the page table ([`PageTable`]) are the
+//! abi crate's (`sparse_attn_abi::batch`, re-exported here), the same types
+//! the host API takes. The pool is one bf16 tensor
 //! `blocks[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`
 //! (row-major, `head_dim` contiguous):
 //! - main KV cache: `kv_dim = 2` (index 0 = K, 1 = V), `n_heads = n_kv_heads`;
@@ -14,67 +16,23 @@
 
 use half::bf16;
 
-/// Shape of a paged pool `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PagedLayout {
-    /// Pages in the pool.
-    pub num_pages: usize,
-    /// 2 for the main KV cache (0 = K, 1 = V), 1 for the index-K cache.
-    pub kv_dim: usize,
-    /// Layers stored in the pool.
-    pub num_layers: usize,
-    /// Tokens per page (128 for the MSA ops).
-    pub page_size: usize,
-    /// KV heads per token (1 for the index-K cache).
-    pub n_heads: usize,
-    /// Elements per head row.
-    pub head_dim: usize,
-}
-
-impl PagedLayout {
-    /// Total number of elements of the pool tensor.
-    pub fn len(&self) -> usize {
-        self.num_pages * self.page_elems()
-    }
-
-    /// True when the pool holds no element.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Elements of one page (`kv_dim * num_layers * page_size * n_heads * head_dim`).
-    pub fn page_elems(&self) -> usize {
-        self.kv_dim * self.num_layers * self.page_size * self.n_heads * self.head_dim
-    }
-
-    /// Element offset of `(page, kv, layer, slot, head, 0)`.
-    ///
-    /// Indices are not range-checked here; [`PagedCache::row`] checks them.
-    pub fn offset(&self, page: usize, kv: usize, layer: usize, slot: usize, head: usize) -> usize {
-        ((((page * self.kv_dim + kv) * self.num_layers + layer) * self.page_size + slot)
-            * self.n_heads
-            + head)
-            * self.head_dim
-    }
-}
+pub use sparse_attn_abi::batch::{KvDtype, PageTable, PagedLayout};
 
 /// Borrowed view of a paged pool plus its page table.
 #[derive(Clone, Copy, Debug)]
 pub struct PagedCache<'a> {
-    /// Shape of `data`.
+    /// Shape of `data` (its dtype must be [`KvDtype::Bf16`]).
     pub layout: PagedLayout,
-    /// The pool, `layout.len()` bf16 values in the layout above.
+    /// The pool, `layout.elements()` bf16 values in the layout above.
     pub data: &'a [bf16],
     /// Page table `u32 [batch, max_pages]`, row-major.
-    pub lookup: &'a [u32],
-    /// Row stride of `lookup` (pages per sequence it can address).
-    pub max_pages: usize,
+    pub pages: PageTable<'a>,
 }
 
 impl PagedCache<'_> {
     /// Number of sequences the page table describes (`lookup.len() / max_pages`).
     pub fn batch(&self) -> usize {
-        self.lookup.len().checked_div(self.max_pages).unwrap_or(0)
+        self.pages.batch()
     }
 
     /// The `head_dim`-long row of logical token `t` of sequence `b`
@@ -100,6 +58,12 @@ impl PagedCache<'_> {
         t: usize,
     ) -> Result<&[bf16], String> {
         let l = &self.layout;
+        if l.dtype != KvDtype::Bf16 {
+            return Err(format!(
+                "the pool holds bf16 values, layout says {:?}",
+                l.dtype
+            ));
+        }
         if l.page_size == 0 {
             return Err("page_size is 0".into());
         }
@@ -108,23 +72,23 @@ impl PagedCache<'_> {
                 "kv {kv} / layer {layer} / head {head} out of range for {l:?}"
             ));
         }
-        if self.data.len() != l.len() {
+        if self.data.len() != l.elements() {
             return Err(format!(
                 "data has {} elements, layout {l:?} needs {}",
                 self.data.len(),
-                l.len()
+                l.elements()
             ));
         }
         let col = t / l.page_size;
-        if col >= self.max_pages {
+        if col >= self.pages.max_pages {
             return Err(format!(
                 "token {t} of sequence {b} needs page column {col}, lookup has max_pages {}",
-                self.max_pages
+                self.pages.max_pages
             ));
         }
-        let page = *self
-            .lookup
-            .get(b * self.max_pages + col)
+        let page = self
+            .pages
+            .page(b, col)
             .ok_or_else(|| format!("sequence {b} out of range of the page table"))?
             as usize;
         if page >= l.num_pages {
@@ -151,14 +115,15 @@ mod tests {
             page_size: 4,
             n_heads: 2,
             head_dim: 5,
+            dtype: KvDtype::Bf16,
         };
-        assert_eq!(l.len(), 3 * 2 * 2 * 4 * 2 * 5);
+        assert_eq!(l.elements(), 3 * 2 * 2 * 4 * 2 * 5);
         assert_eq!(l.offset(0, 0, 0, 0, 1), 5);
         assert_eq!(l.offset(0, 0, 0, 1, 0), 10);
         assert_eq!(l.offset(0, 0, 1, 0, 0), 40);
         assert_eq!(l.offset(0, 1, 0, 0, 0), 80);
         assert_eq!(l.offset(1, 0, 0, 0, 0), 160);
-        assert_eq!(l.offset(2, 1, 1, 3, 1) + 5, l.len());
+        assert_eq!(l.offset(2, 1, 1, 3, 1) + 5, l.elements());
     }
 
     #[test]
@@ -170,6 +135,7 @@ mod tests {
             page_size: 2,
             n_heads: 1,
             head_dim: 1,
+            dtype: KvDtype::Bf16,
         };
         let data: Vec<bf16> = (0..6).map(|x| bf16::from_f32(x as f32)).collect();
         // sequence 0 -> pages [2, 0], sequence 1 -> pages [1, stale]
@@ -177,8 +143,7 @@ mod tests {
         let c = PagedCache {
             layout: l,
             data: &data,
-            lookup: &lookup,
-            max_pages: 2,
+            pages: PageTable::new(&lookup, 2),
         };
         let v = |b, t| c.row(b, 0, 0, 0, t)[0].to_f32();
         assert_eq!([v(0, 0), v(0, 1), v(0, 2), v(0, 3)], [4.0, 5.0, 0.0, 1.0]);
@@ -186,16 +151,27 @@ mod tests {
         assert!(c.try_row(0, 0, 0, 0, 4).is_err());
         assert!(c.try_row(0, 1, 0, 0, 0).is_err());
         let bad = [7u32, 0, 1, 2];
-        let c2 = PagedCache { lookup: &bad, ..c };
+        let c2 = PagedCache {
+            pages: PageTable::new(&bad, 2),
+            ..c
+        };
         assert!(c2.try_row(0, 0, 0, 0, 0).is_err());
         assert_eq!(c.batch(), 2);
+        let c3 = PagedCache {
+            layout: PagedLayout {
+                dtype: KvDtype::Fp8E4m3,
+                ..l
+            },
+            ..c
+        };
+        assert!(c3.try_row(0, 0, 0, 0, 0).is_err());
     }
 }
 
 /// Hand-made pools for the reference's own unit tests.
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::{PagedCache, PagedLayout};
+    use super::{PageTable, PagedCache, PagedLayout};
     use half::bf16;
 
     /// A 2-layer pool (data in layer 1) whose pages are handed to the
@@ -230,8 +206,9 @@ pub(crate) mod testing {
                 page_size: BLOCK,
                 n_heads,
                 head_dim,
+                dtype: super::KvDtype::Bf16,
             };
-            let mut data = vec![fill; layout.len()];
+            let mut data = vec![fill; layout.elements()];
             let mut lookup = vec![0u32; seqlen_k.len() * max_pages];
             let mut next = total;
             for (b, &n) in seqlen_k.iter().enumerate() {
@@ -263,8 +240,7 @@ pub(crate) mod testing {
             PagedCache {
                 layout: self.layout,
                 data: &self.data,
-                lookup: &self.lookup,
-                max_pages: self.max_pages,
+                pages: PageTable::new(&self.lookup, self.max_pages),
             }
         }
     }

@@ -6,8 +6,8 @@
 //! the values depend only on the seed (never on the thread count).
 //!
 //! Paged pools use MAX's layout
-//! `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]` (see
-//! [`sparse_attn_reference::paged`]); pages are handed to sequences in a
+//! `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]` (abi's
+//! [`PagedLayout`], the type the host and the reference take); pages are handed to sequences in a
 //! shuffled order, the pool has unused pages, stale lookup entries hold valid
 //! but unrelated page ids, and every slot that holds no token of a sequence
 //! contains garbage (±1e4..3e4, NaN, ±Inf), never zeros, so a kernel that
@@ -18,7 +18,8 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 pub use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use sparse_attn_reference::paged::{PagedCache, PagedLayout};
+use sparse_attn_abi::batch::{KvDtype, PageTable, PagedLayout, RaggedBatch, RowPos};
+use sparse_attn_reference::paged::PagedCache;
 
 /// Environment variable that fixes the seed of [`seeded`] (decimal or `0x` hex).
 pub const SEED_ENV: &str = "SPARSE_ATTN_SEED";
@@ -63,9 +64,11 @@ fn clock_seed() -> u64 {
     z ^ (z >> 31)
 }
 
-/// A ragged batch: `offsets: u32 [batch + 1]` (`input_row_offsets`, rows of
-/// sequence `b` are `offsets[b] .. offsets[b + 1]`) and
-/// `cache_lengths: u32 [batch]` (tokens cached before this step).
+/// An owned ragged batch: `offsets: u32 [batch + 1]` (`input_row_offsets`,
+/// rows of sequence `b` are `offsets[b] .. offsets[b + 1]`) and
+/// `cache_lengths: u32 [batch]` (tokens cached before this step), with the
+/// generators of the tests. Its arithmetic is abi's [`RaggedBatch`]'s
+/// ([`RaggedSpec::as_batch`]); the accessors here only forward to it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RaggedSpec {
     /// `u32 [batch + 1]`, `offsets[0] = 0`, non-decreasing.
@@ -75,32 +78,34 @@ pub struct RaggedSpec {
 }
 
 impl RaggedSpec {
+    /// The borrowed batch the host API and the reference take.
+    pub fn as_batch(&self) -> RaggedBatch<'_> {
+        RaggedBatch::new(&self.offsets, &self.cache_lengths)
+    }
+
     /// Number of sequences.
     pub fn batch(&self) -> usize {
-        self.cache_lengths.len()
+        self.as_batch().batch()
     }
 
     /// Total new tokens (`offsets[batch]`).
     pub fn num_rows(&self) -> usize {
-        self.offsets.last().map_or(0, |&x| x as usize)
+        self.as_batch().num_rows()
     }
 
     /// New tokens of sequence `b`.
     pub fn q_len(&self, b: usize) -> usize {
-        (self.offsets[b + 1] - self.offsets[b]) as usize
+        self.as_batch().q_len(b)
     }
 
     /// Keys of sequence `b` after this step: `cache_len[b] + q_len[b]`.
     pub fn seqlen_k(&self, b: usize) -> usize {
-        self.cache_lengths[b] as usize + self.q_len(b)
+        self.as_batch().seqlen_k(b) as usize
     }
 
     /// Largest `seqlen_k` of the batch (0 for an empty batch).
     pub fn max_seqlen_k(&self) -> usize {
-        (0..self.batch())
-            .map(|b| self.seqlen_k(b))
-            .max()
-            .unwrap_or(0)
+        self.as_batch().max_seqlen_k() as usize
     }
 
     /// Decode step: one new token per sequence.
@@ -219,9 +224,9 @@ pub fn tensor(rng: &mut impl Rng, len: usize, fill: Fill) -> Vec<bf16> {
 /// A random paged pool and page table for a ragged batch.
 #[derive(Clone, Debug)]
 pub struct PagedPool {
-    /// `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`.
+    /// `[num_pages, kv_dim, num_layers, page_size, n_heads, head_dim]`, bf16.
     pub layout: PagedLayout,
-    /// The pool, `layout.len()` values.
+    /// The pool, `layout.elements()` values.
     pub data: Vec<bf16>,
     /// Page table `u32 [batch, max_pages]`.
     pub lookup: Vec<u32>,
@@ -230,13 +235,17 @@ pub struct PagedPool {
 }
 
 impl PagedPool {
+    /// The page table, as the host API and the reference take it.
+    pub fn table(&self) -> PageTable<'_> {
+        PageTable::new(&self.lookup, self.max_pages)
+    }
+
     /// Borrowed view for the reference.
     pub fn cache(&self) -> PagedCache<'_> {
         PagedCache {
             layout: self.layout,
             data: &self.data,
-            lookup: &self.lookup,
-            max_pages: self.max_pages,
+            pages: self.table(),
         }
     }
 
@@ -262,8 +271,8 @@ impl PagedPool {
     /// Pages used by sequence `b` (`ceil(seqlen_k / page_size)` leading
     /// entries of its lookup row).
     pub fn pages_of(&self, spec: &RaggedSpec, b: usize) -> &[u32] {
-        let n = spec.seqlen_k(b).div_ceil(self.layout.page_size);
-        &self.lookup[b * self.max_pages..b * self.max_pages + n]
+        let n = spec.as_batch().pages(b, self.layout.page_size);
+        &self.table().pages_of(b)[..n]
     }
 }
 
@@ -298,7 +307,7 @@ pub fn paged_pool(
     );
     let batch = spec.batch();
     let pages: Vec<usize> = (0..batch)
-        .map(|b| spec.seqlen_k(b).div_ceil(page_size))
+        .map(|b| spec.as_batch().pages(b, page_size))
         .collect();
     let num_pages = (pages.iter().sum::<usize>() + extra_pages).max(1);
     let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
@@ -328,11 +337,12 @@ pub fn paged_pool(
         page_size,
         n_heads,
         head_dim,
+        dtype: KvDtype::Bf16,
     };
     let base: u64 = rng.gen();
     let row = n_heads * head_dim; // elements of one slot
-    let mut data = vec![bf16::ZERO; layout.len()];
-    data.par_chunks_mut(layout.page_elems())
+    let mut data = vec![bf16::ZERO; layout.elements()];
+    data.par_chunks_mut(layout.page_stride())
         .enumerate()
         .for_each(|(page, chunk)| {
             let mut r = stream_rng(base, page as u64);
@@ -404,14 +414,11 @@ pub fn block_selection(
     );
     const BLOCK: usize = 128;
     // (causal blocks, sequence blocks) of every packed row
-    let mut rows = Vec::with_capacity(spec.num_rows());
-    for b in 0..spec.batch() {
-        let seq_blocks = spec.seqlen_k(b).div_ceil(BLOCK);
-        for i in 0..spec.q_len(b) {
-            let q_pos = spec.cache_lengths[b] as usize + i;
-            rows.push(((q_pos + 1).div_ceil(BLOCK), seq_blocks));
-        }
-    }
+    let batch = spec.as_batch();
+    let rows: Vec<(usize, usize)> = batch
+        .rows()
+        .map(|RowPos { seq, q_pos }| ((q_pos + 1).div_ceil(BLOCK), batch.pages(seq, BLOCK)))
+        .collect();
     fn stale_id(rng: &mut impl Rng, seq_blocks: usize) -> i32 {
         if rng.gen_ratio(1, 8) {
             i32::MAX

@@ -1,17 +1,17 @@
-//! Glue between the host API and the reference shared by the GPU tests, the
-//! benchmark and the demo: opening the GPU (or saying why not), the
-//! reference's parameter types built from the host configs, and the attention
-//! tests' common runs (poisoned outputs, a step captured in a CUDA graph).
+//! What the GPU tests, the benchmark and the demo share besides the data:
+//! opening the GPU (or saying why not) and the attention tests' common runs
+//! (poisoned outputs, a step captured in a CUDA graph). The host API and the
+//! reference take the same batch, layout and config types (the abi crate's),
+//! so no conversion sits here.
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{
     AttentionPath, CudaSlice, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexerConfig, MsaStep,
-    PageTable, PagedLayout, RaggedBatch, StepInputs,
+    StepInputs,
 };
-use sparse_attn_reference::msa_attention::{self as reference, AttentionParams};
-use sparse_attn_reference::msa_indexer::IndexerParams;
+use sparse_attn_reference::msa_attention as reference;
 
 use crate::data::{block_selection, paged_pool, tensor, Fill, PagedPool, RaggedSpec};
 
@@ -25,31 +25,6 @@ pub fn gpu_or_skip() -> Option<Gpu> {
     Some(Gpu::new(0).expect("the driver is present but device 0 could not be opened"))
 }
 
-/// The host API's description of a generated pool.
-pub fn layout_of(pool: &PagedPool) -> PagedLayout {
-    let l = pool.layout;
-    PagedLayout {
-        num_pages: l.num_pages,
-        kv_dim: l.kv_dim,
-        num_layers: l.num_layers,
-        page_size: l.page_size,
-        n_heads: l.n_heads,
-        head_dim: l.head_dim,
-    }
-}
-
-/// Reference parameters of an indexer config.
-pub fn indexer_params(cfg: &MsaIndexerConfig) -> IndexerParams {
-    IndexerParams {
-        num_index_heads: cfg.num_index_heads,
-        head_dim: cfg.head_dim,
-        topk: cfg.topk,
-        init_blocks: cfg.init_blocks,
-        local_blocks: cfg.local_blocks,
-        scale: cfg.scale,
-    }
-}
-
 /// MiniMax-M3's attention config with other head counts and `topk`.
 pub fn attention_config(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAttentionConfig {
     MsaAttentionConfig {
@@ -57,17 +32,6 @@ pub fn attention_config(n_heads: usize, n_kv_heads: usize, topk: usize) -> MsaAt
         n_kv_heads,
         topk,
         ..MsaAttentionConfig::minimax_m3()
-    }
-}
-
-/// Reference parameters of an attention config.
-pub fn attention_params(c: &MsaAttentionConfig) -> AttentionParams {
-    AttentionParams {
-        n_heads: c.n_heads,
-        n_kv_heads: c.n_kv_heads,
-        head_dim: c.head_dim,
-        topk: c.topk,
-        scale: c.scale,
     }
 }
 
@@ -103,12 +67,11 @@ impl AttentionInputs {
     pub fn reference(&self, c: &MsaAttentionConfig) -> reference::AttentionOutput {
         reference::msa_attention(
             &self.q,
-            &self.spec.offsets,
-            &self.spec.cache_lengths,
+            &self.spec.as_batch(),
             &self.pool.cache(),
             1,
             &self.d_indices,
-            &attention_params(c),
+            c,
         )
     }
 }
@@ -126,14 +89,8 @@ pub fn run_attention(
     let mut att = MsaAttention::new(gpu, *c, inp.spec.num_rows()).unwrap();
     att.force_partitions(parts);
     att.force_path(path);
-    let batch = RaggedBatch::new(&inp.spec.offsets, &inp.spec.cache_lengths);
-    att.plan(
-        &batch,
-        &PageTable::new(&inp.pool.lookup, inp.pool.max_pages),
-        &layout_of(&inp.pool),
-        1,
-    )
-    .unwrap();
+    att.plan(&inp.spec.as_batch(), &inp.pool.table(), &inp.pool.layout, 1)
+        .unwrap();
     let n = inp.spec.num_rows() * c.n_heads;
     let mut out = gpu.upload(&vec![bf16::from_bits(0x7fc1); n * 128]).unwrap(); // NaN poison
     let mut lse = gpu.upload(&vec![f32::from_bits(0x7fc0_0001); n]).unwrap();
@@ -226,13 +183,12 @@ impl StepData {
             MsaIndexerConfig::minimax_m3(),
         );
         let mut step = MsaStep::new(gpu, idx, att, spec.num_rows())?;
-        let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
         step.plan(
-            &batch,
-            &PageTable::new(&self.ik.lookup, self.ik.max_pages),
-            &layout_of(&self.ik),
-            &PageTable::new(&self.kv.lookup, self.kv.max_pages),
-            &layout_of(&self.kv),
+            &spec.as_batch(),
+            &self.ik.table(),
+            &self.ik.layout,
+            &self.kv.table(),
+            &self.kv.layout,
             0,
         )?;
         let buffers = StepBuffers {
@@ -277,17 +233,8 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
     let sel = gpu.download(step.d_indices()).unwrap();
 
     // The attention on the step's own selections, against the reference.
-    let p = attention_params(&att);
-    let want = reference::msa_attention(
-        q,
-        &spec.offsets,
-        &spec.cache_lengths,
-        &kv.cache(),
-        0,
-        &sel,
-        &p,
-    );
-    reference::check_attention(&eager, None, &want, &p).unwrap();
+    let want = reference::msa_attention(q, &spec.as_batch(), &kv.cache(), 0, &sel, &att);
+    reference::check_attention(&eager, None, &want, &att).unwrap();
 
     let mut out2 = gpu
         .upload(&vec![bf16::from_bits(0x7fc1); rows * att.n_heads * 128])

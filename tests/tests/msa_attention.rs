@@ -13,13 +13,13 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::msa_attention::validate_attention;
 use sparse_attn::{
-    AttentionPath, Error, Gpu, MsaAttentionConfig, PageTable, PagedLayout, RaggedBatch,
+    AttentionPath, Error, Gpu, KvDtype, MsaAttentionConfig, PageTable, PagedLayout, RaggedBatch,
 };
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
-    assert_same_bits, attention_config as cfg, attention_params as params, check_step_graph_replay,
-    gpu_or_skip as gpu, run_attention, AttentionInputs,
+    assert_same_bits, attention_config as cfg, check_step_graph_replay, gpu_or_skip as gpu,
+    run_attention, AttentionInputs,
 };
 
 /// Decode batch of `n` sequences with `lo..hi` cached tokens each.
@@ -46,7 +46,6 @@ fn check_spec(
     minus_one: f64,
 ) {
     let inp = AttentionInputs::random(rng, spec, &c, minus_one);
-    let p = params(&c);
     let want = inp.reference(&c);
     let max_parts = c.topk.min(32);
     let runs = [
@@ -57,7 +56,7 @@ fn check_spec(
     ];
     for (parts, path) in runs {
         let (out, lse) = run_attention(gpu, &c, &inp, parts, path);
-        if let Err(e) = reference::check_attention(&out, Some(&lse), &want, &p) {
+        if let Err(e) = reference::check_attention(&out, Some(&lse), &want, &c) {
             panic!("{name} (partitions {parts:?}, path {path:?}): GPU differs from the reference:\n{e}");
         }
     }
@@ -154,14 +153,7 @@ fn bad_input_is_a_clear_error() {
     let m3 = MsaAttentionConfig::minimax_m3();
     let (off, cl) = (vec![0u32, 1, 2], vec![200u32, 5]);
     let lookup = vec![3u32, 4, 1, 0];
-    let layout = PagedLayout {
-        num_pages: 8,
-        kv_dim: 2,
-        num_layers: 2,
-        page_size: 128,
-        n_heads: 4,
-        head_dim: 128,
-    };
+    let layout = PagedLayout::kv(8, 2, 128, 4, 128);
     let b = RaggedBatch::new(&off, &cl);
     let t = PageTable::new(&lookup, 2);
     validate_attention(&m3, &b, &t, &layout, 1).expect("valid input");
@@ -187,6 +179,11 @@ fn bad_input_is_a_clear_error() {
         validate_attention(&cfg(60, 8, 16), &b, &t, &layout, 1),
         "n_heads",
         "multiple of n_kv_heads = 8",
+    );
+    err(
+        validate_attention(&cfg(64, 0, 16), &b, &t, &layout, 1),
+        "n_kv_heads",
+        ">= 1",
     );
     err(
         validate_attention(&cfg(64, 2, 16), &b, &t, &layout, 1),
@@ -263,6 +260,20 @@ fn bad_input_is_a_clear_error() {
         ),
         "kv_cache",
         "8 heads",
+    );
+    err(
+        validate_attention(
+            &m3,
+            &b,
+            &t,
+            &PagedLayout {
+                dtype: KvDtype::Fp8E4m3,
+                ..layout
+            },
+            1,
+        ),
+        "dtype",
+        "Fp8E4m3",
     );
     err(
         validate_attention(&m3, &b, &t, &layout, 2),

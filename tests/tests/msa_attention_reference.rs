@@ -10,7 +10,7 @@
 use half::bf16;
 use rand::Rng;
 use sparse_attn_reference::msa_attention::{
-    check_attention, msa_attention, AttentionOutput, AttentionParams,
+    check_attention, msa_attention, AttentionOutput, MsaAttentionConfig,
 };
 use sparse_attn_tests::data::{
     block_selection, paged_pool, seeded, tensor, ChaCha8Rng, Fill, PagedPool, RaggedSpec,
@@ -62,7 +62,7 @@ struct Case {
     q: Vec<bf16>,
     layer: usize,
     d_indices: Vec<i32>,
-    p: AttentionParams,
+    p: MsaAttentionConfig,
 }
 
 impl Case {
@@ -194,8 +194,7 @@ impl Case {
     fn reference(&self) -> AttentionOutput {
         msa_attention(
             &self.q,
-            &self.spec.offsets,
-            &self.spec.cache_lengths,
+            &self.spec.as_batch(),
             &self.pool.cache(),
             self.layer,
             &self.d_indices,
@@ -209,7 +208,7 @@ impl Case {
 fn make_case(
     rng: &mut ChaCha8Rng,
     spec: RaggedSpec,
-    p: AttentionParams,
+    p: MsaAttentionConfig,
     minus_one: f64,
     stale: bool,
     wild: bool,
@@ -255,7 +254,7 @@ fn make_case(
     }
 }
 
-fn random_params(rng: &mut ChaCha8Rng) -> AttentionParams {
+fn random_params(rng: &mut ChaCha8Rng) -> MsaAttentionConfig {
     let n_kv_heads = rng.gen_range(1..=4);
     let group = if rng.gen_ratio(1, 2) {
         [1, 2, 4, 8, 16][rng.gen_range(0..5)]
@@ -268,7 +267,7 @@ fn random_params(rng: &mut ChaCha8Rng) -> AttentionParams {
     } else {
         [8, 16, 32][rng.gen_range(0..3)]
     };
-    AttentionParams {
+    MsaAttentionConfig {
         n_heads: n_kv_heads * group,
         n_kv_heads,
         head_dim,
@@ -356,7 +355,7 @@ fn reference_matches_naive() {
 fn long_context_and_large_topk() {
     let (mut rng, seed) = seeded(None);
     let spec = RaggedSpec::prefill(&[1, 3, 0, 1], &[9_000, 4_000, 17, 0]);
-    let p = AttentionParams {
+    let p = MsaAttentionConfig {
         n_heads: 8,
         n_kv_heads: 2,
         head_dim: 128,

@@ -18,18 +18,17 @@ use sparse_attn::{AttentionPath, Gpu, MsaAttentionConfig, RaggedBatch};
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
-    assert_same_bits, attention_config as cfg, attention_params as params, check_step_graph_replay,
-    gpu_or_skip as gpu, run_attention, AttentionInputs,
+    assert_same_bits, attention_config as cfg, check_step_graph_replay, gpu_or_skip as gpu,
+    run_attention, AttentionInputs,
 };
 
 /// Both paths against the reference; the planned one must be block-major.
 fn check_inputs(gpu: &Gpu, name: &str, inp: &AttentionInputs, c: MsaAttentionConfig) {
-    let p = params(&c);
     let want = inp.reference(&c);
     // The planned path (block-major), then query-major.
     for path in [None, Some(AttentionPath::QueryMajor)] {
         let (out, lse) = run_attention(gpu, &c, inp, None, path);
-        if let Err(e) = reference::check_attention(&out, Some(&lse), &want, &p) {
+        if let Err(e) = reference::check_attention(&out, Some(&lse), &want, &c) {
             panic!("{name} (path {path:?}): GPU differs from the reference:\n{e}");
         }
     }
@@ -144,18 +143,14 @@ fn gpu_prefill_skewed_selections() {
         *v = (i % c.topk) as i32; // blocks 0..topk (past a row's own: skipped)
     }
     check_inputs(&gpu, "every row the same blocks", &inp, c);
-    let mut t = 0;
-    for b in 0..inp.spec.batch() {
-        for i in 0..inp.spec.q_len(b) {
-            let own = (inp.spec.cache_lengths[b] as usize + i) / 128;
-            for kh in 0..c.n_kv_heads {
-                let row = &mut inp.d_indices[(kh * rows + t) * c.topk..][..c.topk];
-                for (s, v) in row.iter_mut().enumerate() {
-                    // Slot s of row t: a block chosen by rows t, t ± own+1, …
-                    *v = ((t * c.topk + s + kh) % (own + 1)) as i32;
-                }
+    for (t, r) in inp.spec.as_batch().rows().enumerate() {
+        let own = r.q_pos / 128;
+        for kh in 0..c.n_kv_heads {
+            let row = &mut inp.d_indices[(kh * rows + t) * c.topk..][..c.topk];
+            for (s, v) in row.iter_mut().enumerate() {
+                // Slot s of row t: a block chosen by rows t, t ± own+1, …
+                *v = ((t * c.topk + s + kh) % (own + 1)) as i32;
             }
-            t += 1;
         }
     }
     check_inputs(&gpu, "rows spread over all blocks", &inp, c);
@@ -171,12 +166,11 @@ fn gpu_prefill_q_len_1_equals_decode() {
     let c = MsaAttentionConfig::minimax_m3();
     let spec = RaggedSpec::decode(lengths(&mut rng, 16, 1, 40_000));
     let inp = AttentionInputs::random(&mut rng, spec, &c, 0.1);
-    let p = params(&c);
     let want = inp.reference(&c);
     let (dec, dec_lse) = run_attention(&gpu, &c, &inp, None, Some(AttentionPath::QueryMajor));
     let (pf, pf_lse) = run_attention(&gpu, &c, &inp, None, Some(AttentionPath::BlockMajor));
-    reference::check_attention(&dec, Some(&dec_lse), &want, &p).unwrap();
-    reference::check_attention(&pf, Some(&pf_lse), &want, &p).unwrap();
+    reference::check_attention(&dec, Some(&dec_lse), &want, &c).unwrap();
+    reference::check_attention(&pf, Some(&pf_lse), &want, &c).unwrap();
     // Two bf16 roundings apart at most (the partials are bf16 too).
     for (i, (a, b)) in dec.iter().zip(&pf).enumerate() {
         let (a, b) = (a.to_f32(), b.to_f32());
@@ -244,10 +238,13 @@ fn plan_keys_cover_each_windows_causal_blocks() {
     assert_eq!(base[w as usize - 1], 0);
     assert_eq!(base[w as usize], k0);
     assert_eq!(base[q0 as usize], k0 + k1);
-    let key = |k: u32| &info[4 * k as usize..][..4];
-    assert_eq!(key(k0 - 1), [0, k0 - 1, 100 + q0, 0]);
-    assert_eq!(key(k0), [0, 0, 100 + q0, 0]);
-    assert_eq!(key(k0 + k1 + 7), [1, 7, 1_003, 0]);
+    let key = |k: u32| {
+        let r = info[k as usize];
+        [r.seq, r.block, r.seqlen_k]
+    };
+    assert_eq!(key(k0 - 1), [0, k0 - 1, 100 + q0]);
+    assert_eq!(key(k0), [0, 0, 100 + q0]);
+    assert_eq!(key(k0 + k1 + 7), [1, 7, 1_003]);
 }
 
 /// Empty sequences get no keys; one window holding several sequences gives
@@ -261,7 +258,7 @@ fn plan_keys_skip_empty_sequences_and_share_windows() {
     // Sequence 0's last row sits at 302: blocks 0..=2; sequence 2: block 0.
     assert_eq!(n, 3 + 1);
     assert_eq!(base, vec![0, 0, 0, 3, 3]);
-    let key = |k: usize| &info[4 * k..][..4];
-    assert_eq!(key(2), [0, 2, 303, 0]);
-    assert_eq!(key(3), [2, 0, 2, 0]);
+    let key = |k: usize| [info[k].seq, info[k].block, info[k].seqlen_k];
+    assert_eq!(key(2), [0, 2, 303]);
+    assert_eq!(key(3), [2, 0, 2]);
 }

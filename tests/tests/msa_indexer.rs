@@ -12,15 +12,15 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use sparse_attn::abi::msa::IdxWorkItem;
 use sparse_attn::msa_indexer::{plan_work, PlanOptions};
 use sparse_attn::{
-    Error, Gpu, IndexerPath, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch,
+    Error, Gpu, IndexerPath, KvDtype, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout,
+    RaggedBatch,
 };
 use sparse_attn_reference::msa_indexer as reference;
 use sparse_attn_tests::data::{paged_pool, seeded, tensor, Fill, PagedPool, RaggedSpec};
-use sparse_attn_tests::harness::{
-    gpu_or_skip as gpu, indexer_params as params, layout_of as host_layout,
-};
+use sparse_attn_tests::harness::gpu_or_skip as gpu;
 
 /// Written to `out_idxs` before every launch; must not survive.
 const POISON: i32 = 0x7ead_beef;
@@ -90,10 +90,13 @@ fn run_gpu(gpu: &Gpu, c: &Case, inp: &Inputs) -> Vec<i32> {
     let mut idx = MsaIndexer::new(gpu, c.cfg).unwrap();
     idx.force_path(c.path);
     idx.set_decode_chunk(c.decode_chunk);
-    let batch = RaggedBatch::new(&c.spec.offsets, &c.spec.cache_lengths);
-    let table = PageTable::new(&inp.pool.lookup, inp.pool.max_pages);
-    idx.plan(&batch, &table, &host_layout(&inp.pool), c.layer)
-        .unwrap();
+    idx.plan(
+        &c.spec.as_batch(),
+        &inp.pool.table(),
+        &inp.pool.layout,
+        c.layer,
+    )
+    .unwrap();
     let n = c.cfg.num_index_heads * c.spec.num_rows() * c.cfg.topk;
     let mut out = gpu.upload(&vec![POISON; n]).unwrap();
     let q = gpu.upload(&inp.q).unwrap();
@@ -111,15 +114,9 @@ fn run_gpu(gpu: &Gpu, c: &Case, inp: &Inputs) -> Vec<i32> {
 fn check_case(gpu: &Gpu, rng: &mut ChaCha8Rng, c: &Case) {
     let inp = make_inputs(rng, c);
     let got = run_gpu(gpu, c, &inp);
-    let p = params(&c.cfg);
-    let scores = reference::block_scores(
-        &inp.q,
-        &c.spec.offsets,
-        &c.spec.cache_lengths,
-        &inp.pool.cache(),
-        c.layer,
-        &p,
-    );
+    let p = c.cfg;
+    let scores =
+        reference::block_scores(&inp.q, &c.spec.as_batch(), &inp.pool.cache(), c.layer, &p);
     let verdict = match c.fill {
         Fill::SmallInts => reference::check_exact(&got, &scores, &p),
         _ => reference::check_selection(&got, &scores, &p),
@@ -545,6 +542,37 @@ fn bad_input_is_a_clear_error() {
         "num_index_heads",
         "got 0",
     );
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0] {
+        expect_err(
+            plan_work(
+                &MsaIndexerConfig { scale: bad, ..m3 },
+                &b,
+                &t,
+                &layout,
+                0,
+                &o,
+            ),
+            "scale",
+            "finite, nonzero",
+        );
+    }
+    let negative = MsaIndexerConfig { scale: -0.5, ..m3 };
+    plan_work(&negative, &b, &t, &layout, 0, &o).expect("a negative scale is legal");
+    expect_err(
+        plan_work(
+            &m3,
+            &b,
+            &t,
+            &PagedLayout {
+                dtype: KvDtype::Fp8E4m3,
+                ..layout
+            },
+            0,
+            &o,
+        ),
+        "dtype",
+        "k_cache",
+    );
     let forced = PlanOptions {
         force_path: Some(IndexerPath::Decode),
         ..o.clone()
@@ -577,7 +605,7 @@ fn plan_covers_every_row_block_once() {
         let c = random_lengths(&mut rng, n, 5_000);
         let spec = RaggedSpec::prefill(&q, &c);
         let pages: usize = (0..n)
-            .map(|b| spec.seqlen_k(b).div_ceil(128))
+            .map(|b| spec.as_batch().pages(b, 128))
             .max()
             .unwrap_or(1)
             .max(1);
@@ -590,7 +618,7 @@ fn plan_covers_every_row_block_once() {
         };
         let w = plan_work(
             &cfg,
-            &RaggedBatch::new(&spec.offsets, &spec.cache_lengths),
+            &spec.as_batch(),
             &PageTable::new(&lookup, pages),
             &PagedLayout::index_k(1, 1, 128, 128),
             0,
@@ -603,7 +631,15 @@ fn plan_covers_every_row_block_once() {
         );
         let mut seen = std::collections::HashMap::new();
         for it in &w.items {
-            let [seq, row0, nrows, qpos0, b0, b1, ..] = *it;
+            let IdxWorkItem {
+                seq,
+                row0,
+                nrows,
+                qpos0,
+                blk0: b0,
+                blk1: b1,
+                ..
+            } = *it;
             assert!(nrows >= 1 && b0 < b1, "empty item {it:?}");
             for r in row0..row0 + nrows {
                 assert_eq!(
@@ -617,6 +653,11 @@ fn plan_covers_every_row_block_once() {
                 }
             }
         }
+        assert!(spec
+            .as_batch()
+            .rows()
+            .map(|r| r.q_pos as u32)
+            .eq(w.row_qpos.iter().copied()));
         for r in 0..spec.num_rows() {
             let nb = w.row_qpos[r] as usize / 128 + 1;
             assert!(nb <= w.score_stride);

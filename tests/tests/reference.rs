@@ -10,7 +10,7 @@ use half::bf16;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use sparse_attn_reference::msa_indexer::{
-    block_scores, check_exact, check_selection, msa_indexer, select_blocks, IndexerParams,
+    block_scores, check_exact, check_selection, msa_indexer, select_blocks, MsaIndexerConfig,
     RowScores,
 };
 use sparse_attn_tests::data::{
@@ -48,7 +48,7 @@ fn naive_scores(
     spec: &RaggedSpec,
     pool: &PagedPool,
     layer: usize,
-    p: &IndexerParams,
+    p: &MsaIndexerConfig,
     f32_math: bool,
 ) -> Vec<Vec<f64>> {
     let rows = rows_of(spec);
@@ -84,7 +84,7 @@ fn naive_scores(
 }
 
 /// Sort-based selection written from the spec's words.
-fn naive_select(scores: &[f64], p: &IndexerParams) -> Vec<i32> {
+fn naive_select(scores: &[f64], p: &MsaIndexerConfig) -> Vec<i32> {
     let nb = scores.len();
     let mut v: Vec<(f64, usize)> = (0..nb)
         .map(|j| {
@@ -109,7 +109,7 @@ fn naive_select(scores: &[f64], p: &IndexerParams) -> Vec<i32> {
     out
 }
 
-fn naive_op(scores: &[Vec<f64>], p: &IndexerParams) -> Vec<i32> {
+fn naive_op(scores: &[Vec<f64>], p: &MsaIndexerConfig) -> Vec<i32> {
     scores.iter().flat_map(|s| naive_select(s, p)).collect()
 }
 
@@ -119,15 +119,14 @@ struct Case {
     pool: PagedPool,
     q: Vec<bf16>,
     layer: usize,
-    p: IndexerParams,
+    p: MsaIndexerConfig,
 }
 
 impl Case {
     fn scores(&self) -> Vec<RowScores> {
         block_scores(
             &self.q,
-            &self.spec.offsets,
-            &self.spec.cache_lengths,
+            &self.spec.as_batch(),
             &self.pool.cache(),
             self.layer,
             &self.p,
@@ -137,8 +136,7 @@ impl Case {
     fn op(&self) -> Vec<i32> {
         msa_indexer(
             &self.q,
-            &self.spec.offsets,
-            &self.spec.cache_lengths,
+            &self.spec.as_batch(),
             &self.pool.cache(),
             self.layer,
             &self.p,
@@ -146,7 +144,7 @@ impl Case {
     }
 }
 
-fn make_case(rng: &mut ChaCha8Rng, spec: RaggedSpec, p: IndexerParams, fill: Fill) -> Case {
+fn make_case(rng: &mut ChaCha8Rng, spec: RaggedSpec, p: MsaIndexerConfig, fill: Fill) -> Case {
     let num_layers = rng.gen_range(1..=2);
     let layer = rng.gen_range(0..num_layers);
     let extra = rng.gen_range(0..3);
@@ -193,8 +191,8 @@ proptest! {
     ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let spec = RaggedSpec::random(&mut rng, batch, max_q, max_cache);
-        let p = IndexerParams {
-            num_index_heads: heads, head_dim, topk, init_blocks: init,
+        let p = MsaIndexerConfig {
+            num_index_heads: heads, head_dim, block_size: 128, topk, init_blocks: init,
             local_blocks: local, scale: SCALES[scale_i],
         };
         let c = make_case(&mut rng, spec, p, Fill::SmallInts);
@@ -233,8 +231,8 @@ proptest! {
     ) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let spec = RaggedSpec::random(&mut rng, batch, max_q, max_cache);
-        let p = IndexerParams {
-            num_index_heads: heads, head_dim, topk, init_blocks: init,
+        let p = MsaIndexerConfig {
+            num_index_heads: heads, head_dim, block_size: 128, topk, init_blocks: init,
             local_blocks: local, scale: SCALES[scale_i] * 0.088,
         };
         let c = make_case(&mut rng, spec, p, Fill::Normal);
@@ -269,8 +267,8 @@ proptest! {
         init in 0usize..=6,
         local in 0usize..=6,
     ) {
-        let p = IndexerParams {
-            num_index_heads: 1, head_dim: 1, topk, init_blocks: init,
+        let p = MsaIndexerConfig {
+            num_index_heads: 1, head_dim: 1, block_size: 128, topk, init_blocks: init,
             local_blocks: local, scale: 1.0,
         };
         prop_assert_eq!(select_blocks(&scores, init, local, topk), naive_select(&scores, &p));
@@ -285,9 +283,10 @@ fn mutations_are_rejected() {
     // Long enough that every row has unselected non-forced blocks.
     let cache: Vec<u32> = (0..5).map(|_| rng.gen_range(900..3000)).collect();
     let spec = RaggedSpec::prefill(&[1, 0, 7, 3, 2], &cache);
-    let p = IndexerParams {
+    let p = MsaIndexerConfig {
         num_index_heads: 2,
         head_dim: 32,
+        block_size: 128,
         topk: 4,
         init_blocks: 1,
         local_blocks: 1,
@@ -356,9 +355,10 @@ fn mutations_are_rejected() {
 fn long_context_and_chunked_prefill() {
     let (mut rng, seed) = seeded(None);
     let spec = RaggedSpec::prefill(&[1, 1, 40, 0], &[131_071, 5_000, 1_000, 9]);
-    let p = IndexerParams {
+    let p = MsaIndexerConfig {
         num_index_heads: 2,
         head_dim: 128,
+        block_size: 128,
         topk: 16,
         init_blocks: 1,
         local_blocks: 2,
@@ -372,7 +372,7 @@ fn long_context_and_chunked_prefill() {
         panic!("seed {seed}: {e}");
     }
     // Integer version: exact, order included.
-    let pi = IndexerParams { scale: 0.5, ..p };
+    let pi = MsaIndexerConfig { scale: 0.5, ..p };
     let c = make_case(&mut rng, spec, pi, Fill::SmallInts);
     let sc = c.scores();
     let n32 = naive_scores(&c.q, &c.spec, &c.pool, c.layer, &pi, true);
@@ -402,7 +402,7 @@ fn paged_pool_properties() {
             Fill::SmallInts,
         );
         let l = pool.layout;
-        assert_eq!(pool.data.len(), l.len());
+        assert_eq!(pool.data.len(), l.elements());
         let needed: usize = (0..spec.batch())
             .map(|b| spec.seqlen_k(b).div_ceil(page_size))
             .sum();
@@ -420,7 +420,7 @@ fn paged_pool_properties() {
         // Token slots hold fill values, every other slot garbage.
         let is_garbage = |x: bf16| !x.is_finite() || x.to_f32().abs() >= 1e4;
         let cache = pool.cache();
-        let mut token = vec![false; l.len()];
+        let mut token = vec![false; l.elements()];
         for b in 0..spec.batch() {
             for t in 0..spec.seqlen_k(b) {
                 for kv in 0..2 {

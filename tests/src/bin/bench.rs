@@ -284,14 +284,7 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64, l2: usize
     let cfg = c.cfg;
     let (n_kv, topk) = (cfg.n_kv_heads, cfg.topk);
     let nblocks = c.ctx.div_ceil(128);
-    let layout = PagedLayout {
-        num_pages: c.batch * nblocks,
-        kv_dim: 2,
-        num_layers: 1,
-        page_size: 128,
-        n_heads: n_kv,
-        head_dim: 128,
-    };
+    let layout = PagedLayout::kv(c.batch * nblocks, 1, 128, n_kv, 128);
     let mut perm: Vec<u32> = (0..layout.num_pages as u32).collect();
     for i in (1..perm.len()).rev() {
         perm.swap(i, rng.gen_range(0..=i));
@@ -450,14 +443,7 @@ fn bench_prefill_attention(gpu: &Gpu, name: &'static str, len: usize, args: &Arg
     let cfg = MsaAttentionConfig::minimax_m3();
     let (n_kv, topk, group) = (cfg.n_kv_heads, cfg.topk, cfg.group());
     let nblocks = len.div_ceil(128);
-    let layout = PagedLayout {
-        num_pages: nblocks,
-        kv_dim: 2,
-        num_layers: 1,
-        page_size: 128,
-        n_heads: n_kv,
-        head_dim: 128,
-    };
+    let layout = PagedLayout::kv(nblocks, 1, 128, n_kv, 128);
     let mut perm: Vec<u32> = (0..nblocks as u32).collect();
     for i in (1..perm.len()).rev() {
         perm.swap(i, rng.gen_range(0..=i));
@@ -567,7 +553,7 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
     let (mut rng, seed) = seeded(None);
     let spec = &c.spec;
     let pages_per_seq: Vec<usize> = (0..spec.batch())
-        .map(|b| spec.seqlen_k(b).div_ceil(128))
+        .map(|b| spec.as_batch().pages(b, 128))
         .collect();
     let pages: usize = pages_per_seq.iter().sum();
     let max_pages = *pages_per_seq.iter().max().unwrap();
@@ -597,9 +583,9 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
     let kc = gpu.upload(&pool).unwrap();
     let d_lookups: Vec<_> = lookups.iter().map(|t| gpu.upload(t).unwrap()).collect();
     let mut out = gpu.zeros::<i32>(h * spec.num_rows() * cfg.topk).unwrap();
-    let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
+    let batch = spec.as_batch();
     let mut idx = MsaIndexer::new(gpu, cfg).unwrap();
-    let decode = (0..spec.batch()).all(|b| spec.q_len(b) <= 1);
+    let decode = batch.max_q_len() <= 1;
     let chunks: Vec<Option<usize>> = if decode && args.sweep_chunk {
         [
             None,

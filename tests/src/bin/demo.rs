@@ -21,15 +21,13 @@ use std::time::Instant;
 use cudarc::driver::sys::CUevent_flags;
 use half::bf16;
 use rand::Rng;
-use sparse_attn::{
-    Gpu, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch,
-};
+use sparse_attn::{Gpu, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, PagedLayout};
 use sparse_attn_reference::msa_attention as attention_reference;
 use sparse_attn_reference::msa_indexer as reference;
 use sparse_attn_tests::data::{
     paged_pool, seeded, tensor, ChaCha8Rng, Fill, PagedPool, RaggedSpec, SEED_ENV,
 };
-use sparse_attn_tests::harness::{attention_params, indexer_params, layout_of, StepData};
+use sparse_attn_tests::harness::StepData;
 
 /// Timed launches per step (the median is reported).
 const REPS: usize = 20;
@@ -53,7 +51,7 @@ impl Step {
         spec: RaggedSpec,
     ) -> Step {
         let pages: usize = (0..spec.batch())
-            .map(|b| spec.seqlen_k(b).div_ceil(128))
+            .map(|b| spec.as_batch().pages(b, 128))
             .sum();
         // ~3% of the pool unused, as in a serving engine's shared pool.
         let pool = paged_pool(
@@ -81,7 +79,7 @@ impl Step {
     }
 
     fn layout(&self) -> PagedLayout {
-        layout_of(&self.pool)
+        self.pool.layout
     }
 
     /// Index-K bytes the op must read: every visible key once.
@@ -127,11 +125,8 @@ impl Step {
 
     /// Sequence and position of packed row `t`.
     fn row_pos(&self, t: usize) -> (usize, usize) {
-        let s = &self.spec;
-        let b = (0..s.batch())
-            .find(|&b| (t as u32) < s.offsets[b + 1])
-            .expect("row in range");
-        (b, s.cache_lengths[b] as usize + t - s.offsets[b] as usize)
+        let r = self.spec.as_batch().rows().nth(t).expect("row in range");
+        (r.seq, r.q_pos)
     }
 }
 
@@ -177,8 +172,8 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
     };
     let mut indexer = MsaIndexer::new(gpu, *cfg).map_err(e("creating the indexer"))?;
     let spec = &step.spec;
-    let batch = RaggedBatch::new(&spec.offsets, &spec.cache_lengths);
-    let table = PageTable::new(&step.pool.lookup, step.pool.max_pages);
+    let batch = spec.as_batch();
+    let table = step.pool.table();
     let t0 = Instant::now();
     indexer
         .plan(&batch, &table, &step.layout(), 0)
@@ -241,16 +236,9 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
     );
 
     // Every (head, row) against the CPU reference (the spec's tolerance rule).
-    let p = indexer_params(cfg);
+    let p = *cfg;
     let t0 = Instant::now();
-    let scores = reference::block_scores(
-        &step.q,
-        &spec.offsets,
-        &spec.cache_lengths,
-        &step.pool.cache(),
-        0,
-        &p,
-    );
+    let scores = reference::block_scores(&step.q, &batch, &step.pool.cache(), 0, &p);
     let ref_s = t0.elapsed().as_secs_f64();
     let verdict = reference::check_selection(&got, &scores, &p);
     match &verdict {
@@ -265,17 +253,9 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
 }
 
 fn run_cpu_step(cfg: &MsaIndexerConfig, step: &Step) {
-    let p = indexer_params(cfg);
-    let spec = &step.spec;
+    let p = *cfg;
     let t0 = Instant::now();
-    let scores = reference::block_scores(
-        &step.q,
-        &spec.offsets,
-        &spec.cache_lengths,
-        &step.pool.cache(),
-        0,
-        &p,
-    );
+    let scores = reference::block_scores(&step.q, &step.spec.as_batch(), &step.pool.cache(), 0, &p);
     let t1 = Instant::now();
     let out = reference::select_all(&scores, &p);
     let t2 = Instant::now();
@@ -315,26 +295,11 @@ fn msa_step(
         (0..spec.batch()).map(|b| spec.seqlen_k(b)).min().unwrap(),
         (0..spec.batch()).map(|b| spec.seqlen_k(b)).max().unwrap()
     );
-    let p = attention_params(&acfg);
+    let p = acfg;
     let Some(gpu) = gpu else {
         let t0 = Instant::now();
-        let sel = reference::msa_indexer(
-            qi,
-            &spec.offsets,
-            &spec.cache_lengths,
-            &ik.cache(),
-            0,
-            &indexer_params(&icfg),
-        );
-        let out = attention_reference::msa_attention(
-            q,
-            &spec.offsets,
-            &spec.cache_lengths,
-            &kv.cache(),
-            0,
-            &sel,
-            &p,
-        );
+        let sel = reference::msa_indexer(qi, &spec.as_batch(), &ik.cache(), 0, &icfg);
+        let out = attention_reference::msa_attention(q, &spec.as_batch(), &kv.cache(), 0, &sel, &p);
         println!(
             "  CPU reference: {:.2} s; lse of sequence 0, heads 0..4: {:?}",
             t0.elapsed().as_secs_f64(),
@@ -369,15 +334,7 @@ fn msa_step(
         gpu.download(&lse).map_err(e("download"))?,
     );
     let sel = gpu.download(step.d_indices()).map_err(e("download"))?;
-    let want = attention_reference::msa_attention(
-        q,
-        &spec.offsets,
-        &spec.cache_lengths,
-        &kv.cache(),
-        0,
-        &sel,
-        &p,
-    );
+    let want = attention_reference::msa_attention(q, &spec.as_batch(), &kv.cache(), 0, &sel, &p);
     println!(
         "  GPU: {us:.1} us per step ({REPS} back-to-back steps, host clock; attention path {:?})",
         step.attention.path().expect("planned")
