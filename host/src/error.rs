@@ -45,6 +45,36 @@ impl Error {
     }
 }
 
+impl Error {
+    /// The same error with the argument names in `names` (`(inner, outer)`
+    /// pairs) replaced: an op run inside a composite one reports its inputs
+    /// under the names the composite's caller gave them.
+    pub(crate) fn rename_args(self, names: &[(&'static str, &'static str)]) -> Self {
+        let rename = |arg: &'static str| {
+            names
+                .iter()
+                .find(|(inner, _)| *inner == arg)
+                .map_or(arg, |(_, outer)| outer)
+        };
+        match self {
+            Error::InvalidArgument {
+                arg,
+                expected,
+                actual,
+            } => Error::InvalidArgument {
+                arg: rename(arg),
+                expected,
+                actual,
+            },
+            Error::Unsupported { arg, what } => Error::Unsupported {
+                arg: rename(arg),
+                what,
+            },
+            other => other,
+        }
+    }
+}
+
 /// Attaches a description of the step to a driver error.
 pub(crate) trait CudaContextExt<T> {
     fn during(self, context: impl FnOnce() -> String) -> Result<T>;

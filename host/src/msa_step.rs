@@ -14,6 +14,24 @@ use crate::msa_attention::{MsaAttention, MsaAttentionConfig};
 use crate::msa_indexer::{MsaIndexer, MsaIndexerConfig};
 use crate::Gpu;
 
+/// The indexer's argument names as [`StepInputs`] and [`MsaStep::plan`]
+/// call them.
+const INDEX_NAMES: &[(&str, &str)] = &[
+    ("q", "q_index"),
+    ("k_cache", "k_index"),
+    ("lookup", "index_lookup"),
+    ("page_size", "index page_size"),
+    ("num_pages", "index num_pages"),
+    ("layer", "layer"),
+];
+/// The attention's argument names as [`StepInputs`] and [`MsaStep::plan`]
+/// call them.
+const KV_NAMES: &[(&str, &str)] = &[
+    ("lookup", "kv_lookup"),
+    ("page_size", "kv page_size"),
+    ("num_pages", "kv num_pages"),
+];
+
 /// Indexer + attention (decode or prefill, as planned) with their workspaces
 /// and the `d_indices`
 /// buffer between them.
@@ -83,8 +101,12 @@ impl MsaStep {
             || "at least one new token".into(),
             || "an empty batch".into(),
         )?;
-        self.attention.plan(batch, kv_pages, kv_layout, layer)?;
-        self.indexer.plan(batch, index_pages, index_layout, layer)?;
+        self.attention
+            .plan(batch, kv_pages, kv_layout, layer)
+            .map_err(|e| e.rename_args(KV_NAMES))?;
+        self.indexer
+            .plan(batch, index_pages, index_layout, layer)
+            .map_err(|e| e.rename_args(INDEX_NAMES))?;
         let c = self.attention.config();
         let len = c.n_kv_heads * batch.num_rows() * c.topk;
         if self.d_indices.len() != len {
@@ -100,20 +122,24 @@ impl MsaStep {
         out: &mut CudaSlice<bf16>,
         lse: Option<&mut CudaSlice<f32>>,
     ) -> Result<()> {
-        self.indexer.run(
-            inp.q_index,
-            inp.k_index,
-            inp.index_lookup,
-            &mut self.d_indices,
-        )?;
-        self.attention.run(
-            inp.q,
-            inp.kv_cache,
-            inp.kv_lookup,
-            &self.d_indices,
-            out,
-            lse,
-        )
+        self.indexer
+            .run(
+                inp.q_index,
+                inp.k_index,
+                inp.index_lookup,
+                &mut self.d_indices,
+            )
+            .map_err(|e| e.rename_args(INDEX_NAMES))?;
+        self.attention
+            .run(
+                inp.q,
+                inp.kv_cache,
+                inp.kv_lookup,
+                &self.d_indices,
+                out,
+                lse,
+            )
+            .map_err(|e| e.rename_args(KV_NAMES))
     }
 
     /// The block ids the last `run` selected, `[n_kv_heads, num_rows, topk]`.

@@ -300,3 +300,31 @@ fn bad_input_is_a_clear_error() {
         "64",
     );
 }
+
+/// Inside `MsaStep`, an error names which input is wrong: the index ones
+/// (`q_index`, `index_lookup`) or the main ones (`q`, `kv_lookup`).
+#[test]
+fn gpu_step_errors_name_index_and_main_inputs() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let spec = RaggedSpec::decode(vec![500, 40]);
+    let data = sparse_attn_tests::harness::StepData::random(&mut rng, &spec, 1);
+    let (mut step, buffers) = data.plan_and_upload(&gpu, &spec).unwrap();
+    let short_bf16 = gpu.zeros::<half::bf16>(1).unwrap();
+    let short_u32 = gpu.zeros::<u32>(1).unwrap();
+    let mut out = gpu.zeros::<half::bf16>(spec.num_rows() * 64 * 128).unwrap();
+    for name in ["q_index", "index_lookup", "q", "kv_lookup"] {
+        let mut inp = buffers.inputs();
+        match name {
+            "q_index" => inp.q_index = &short_bf16,
+            "index_lookup" => inp.index_lookup = &short_u32,
+            "q" => inp.q = &short_bf16,
+            _ => inp.kv_lookup = &short_u32,
+        }
+        match step.run(&inp, &mut out, None) {
+            Err(Error::InvalidArgument { arg, .. }) => assert_eq!(arg, name),
+            other => panic!("a short `{name}`: expected an error naming it, got {other:?}"),
+        }
+    }
+}

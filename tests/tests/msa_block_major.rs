@@ -262,3 +262,29 @@ fn plan_keys_skip_empty_sequences_and_share_windows() {
     assert_eq!(key(2), [0, 2, 303]);
     assert_eq!(key(3), [2, 0, 2]);
 }
+
+/// One rule for a NaN in a query row on both paths: the row-head attends
+/// nothing (`out = 0`, `lse = -inf`); a NaN never reaches the other rows.
+#[test]
+fn gpu_nan_query_row_attends_nothing_on_both_paths() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let c = cfg(16, 2, 8);
+    let spec = RaggedSpec::prefill(&[200, 1, 70], &[300, 900, 0]);
+    let mut inp = AttentionInputs::random(&mut rng, spec, &c, 0.1);
+    let mut want = inp.reference(&c);
+    // Row 5 of sequence 0 (head 3) and the decode row of sequence 1 (head 9).
+    for (row, head) in [(5usize, 3usize), (200, 9)] {
+        let rh = row * c.n_heads + head;
+        inp.q[rh * 128 + 17] = half::bf16::NAN;
+        want.out[rh * 128..][..128].fill(0.0);
+        want.lse[rh] = f64::NEG_INFINITY;
+    }
+    for path in [None, Some(AttentionPath::QueryMajor)] {
+        let (out, lse) = run_attention(&gpu, &c, &inp, None, path);
+        if let Err(e) = reference::check_attention(&out, Some(&lse), &want, &c) {
+            panic!("NaN query rows (path {path:?}, seed {seed}): {e}");
+        }
+    }
+}

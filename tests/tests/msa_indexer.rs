@@ -678,3 +678,35 @@ fn plan_covers_every_row_block_once() {
         }
     }
 }
+
+/// Decode batches take the decode kernel up to 16 index heads and the
+/// prefill kernel above (which accepts up to 128); forcing the decode
+/// kernel with more heads is an error that says why.
+#[test]
+fn decode_batches_with_many_heads_take_the_prefill_kernel() {
+    let (off, cl) = (vec![0u32, 1, 2], vec![200u32, 0]);
+    let lookup = vec![5u32, 2, 7, 0];
+    let layout = PagedLayout::index_k(8, 2, 128, 128);
+    let (b, t) = (RaggedBatch::new(&off, &cl), PageTable::new(&lookup, 2));
+    let o = PlanOptions {
+        sm_count: 132,
+        ..Default::default()
+    };
+    for (h, path) in [
+        (16, IndexerPath::Decode),
+        (32, IndexerPath::Prefill),
+        (128, IndexerPath::Prefill),
+    ] {
+        let w = plan_work(&cfg(h, 8, 0, 1), &b, &t, &layout, 0, &o).expect("valid input");
+        assert_eq!(w.path, path, "{h} heads");
+    }
+    let forced = PlanOptions {
+        force_path: Some(IndexerPath::Decode),
+        ..o
+    };
+    expect_err(
+        plan_work(&cfg(32, 8, 0, 1), &b, &t, &layout, 0, &forced),
+        "num_index_heads",
+        "one 16-row tile",
+    );
+}
