@@ -30,9 +30,12 @@
 //!
 //! Masking: slots of `-1` and ids `>= ceil(seqlen_k / 128)` (or past the
 //! query's own block) are skipped; keys `pos > q_pos` are masked, and V rows
-//! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed. A NaN
-//! score (a NaN in the query row) is masked too, so such a row attends
-//! nothing: `out = 0`, `lse = -inf`, as on the block-major path.
+//! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed. A
+//! warp's partial whose sum is NaN (a NaN score: a NaN in the query row) is
+//! dropped in the warp merge, so such a row attends nothing: `out = 0`,
+//! `lse = -inf`, as on the block-major path. (Checked there, once per CTA,
+//! rather than per score in the main loop: a NaN test per score cost 12% on
+//! the compute-bound query-major prefill, H200, 2026-12-02.)
 
 use core::mem::{offset_of, size_of};
 
@@ -249,7 +252,7 @@ unsafe fn mainloop(p: &MsaDecodeParams, cta: &DecodeCta, a: &[[u32; 4]; 8], slot
 }
 
 /// S = Q Kᵀ for this warp's 32 keys (from `kbase`), scaled into the log2
-/// domain; keys past `qp` and NaN scores are `-inf`.
+/// domain; keys past `qp` are `-inf`.
 #[inline(always)]
 unsafe fn qk_step(a: &[[u32; 4]; 8], ks: u32, kbase: u32, qp: u32, sl2: f32) -> [[f32; 4]; WARP_NT] {
     let (warp, lane) = (warp_id(), lane_id());
@@ -269,8 +272,7 @@ unsafe fn qk_step(a: &[[u32; 4]; 8], ks: u32, kbase: u32, qp: u32, sl2: f32) -> 
     crate::unroll!(4, J => {
         crate::unroll!(4, E => {
             let pos = kbase + J as u32 * 8 + 2 * c + (E as u32 & 1);
-            let s = sacc[J][E] * sl2;
-            sacc[J][E] = if pos <= qp && s == s { s } else { f32::NEG_INFINITY };
+            sacc[J][E] = if pos <= qp { sacc[J][E] * sl2 } else { f32::NEG_INFINITY };
         });
     });
     sacc
@@ -329,9 +331,14 @@ unsafe fn merge_warps(mut st: [LseState; 2], o: &[[f32; 4]; D_TILES]) {
     let (g, c) = (lane >> 2, lane & 3);
     let (ml, os, hl) = (merge_at!(ml), merge_at!(os), merge_at!(hl));
     let ml_at = |w: u32, m: u32| ml + ((w * 16 + m) * 2) * 4;
+    // A NaN sum (a NaN score) drops the warp's partial of that row.
+    let mut dropped = [false; 2];
     for (h, s) in st.iter_mut().enumerate() {
         let l = s.l + shfl_xor_f32(s.l, 1);
         s.l = l + shfl_xor_f32(l, 2);
+        if s.l != s.l {
+            (*s, dropped[h]) = (LseState::EMPTY, true);
+        }
         if c == 0 {
             st_shared_f32(ml_at(warp, g + 8 * h as u32), s.m);
             st_shared_f32(ml_at(warp, g + 8 * h as u32) + 4, s.l);
@@ -350,14 +357,17 @@ unsafe fn merge_warps(mut st: [LseState; 2], o: &[[f32; 4]; D_TILES]) {
         let mine = merge_weight(st[h].m, cta_max(m));
         crate::unroll!(16, D => {
             let at = os + ((warp * 16 + m) * OS_STRIDE as u32 + D as u32 * 8 + 2 * c) * 4;
-            st_shared_f32(at, o[D][2 * h] * mine);
-            st_shared_f32(at + 4, o[D][2 * h + 1] * mine);
+            let (o0, o1) = if dropped[h] { (0.0, 0.0) } else { (o[D][2 * h] * mine, o[D][2 * h + 1] * mine) };
+            st_shared_f32(at, o0);
+            st_shared_f32(at + 4, o1);
         });
     });
     if tid < 16 {
         let mut sum = LseState { m: cta_max(tid), l: 0.0 };
-        for w in 0..WARPS {
-            sum.l += ld_shared_f32(ml_at(w, tid) + 4) * merge_weight(ld_shared_f32(ml_at(w, tid)), sum.m);
+        if sum.m != f32::NEG_INFINITY {
+            for w in 0..WARPS {
+                sum.l += ld_shared_f32(ml_at(w, tid) + 4) * exp2(ld_shared_f32(ml_at(w, tid)) - sum.m);
+            }
         }
         let (inv, lse2) = sum.finish();
         st_shared_f32(hl + tid * 8, inv);

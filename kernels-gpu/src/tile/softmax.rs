@@ -98,13 +98,15 @@ pub fn merge_normalised<const N: usize>(lse2: &[f32; N], o: &[f32; N], parts: u3
     });
     let mut st = LseState { m: mx, l: 0.0 };
     let mut acc = 0f32;
-    crate::unroll!(32, P => {
-        if P < N && (P as u32) < parts {
-            let w = merge_weight(lse2[P.min(N - 1)], mx);
-            st.l += w;
-            acc += w * o[P.min(N - 1)];
-        }
-    });
+    if mx != f32::NEG_INFINITY {
+        crate::unroll!(32, P => {
+            if P < N && (P as u32) < parts {
+                let w = exp2(lse2[P.min(N - 1)] - mx);
+                st.l += w;
+                acc += w * o[P.min(N - 1)];
+            }
+        });
+    }
     let (inv, lse) = st.finish();
     (acc * inv, lse)
 }
