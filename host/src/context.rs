@@ -14,13 +14,17 @@ use crate::launch::{Kernel, Launch};
 /// What the kernels' launch decisions need to know about the device.
 #[derive(Clone, Debug)]
 pub struct DeviceProps {
+    /// The device's name as the driver reports it.
     pub name: String,
     /// Compute capability (major, minor); the kernels need 9.0 (sm_90a).
     pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors (sizes the split-K and work-item rules).
     pub sm_count: u32,
     /// Largest dynamic shared memory a block may opt into, in bytes.
     pub max_smem_per_block_optin: u32,
+    /// Shared memory of one SM, in bytes.
     pub smem_per_sm: u32,
+    /// L2 cache size, in bytes.
     pub l2_bytes: u32,
 }
 
@@ -110,6 +114,7 @@ impl Gpu {
         })
     }
 
+    /// The device's properties, read once at [`Gpu::new`].
     pub fn props(&self) -> &DeviceProps {
         &self.props
     }
@@ -119,6 +124,7 @@ impl Gpu {
         &self.stream
     }
 
+    /// The CUDA context every buffer and launch of this handle uses.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
@@ -131,6 +137,8 @@ impl Gpu {
         self.pdl.store(on, Ordering::Relaxed);
     }
 
+    /// Whether launches use programmatic dependent launch (see
+    /// [`Gpu::set_programmatic_launch`]).
     pub fn programmatic_launch(&self) -> bool {
         self.pdl.load(Ordering::Relaxed)
     }

@@ -12,23 +12,36 @@ pub enum Error {
     /// An argument has the wrong shape, length or value.
     #[error("invalid argument `{arg}`: expected {expected}, got {actual}")]
     InvalidArgument {
+        /// The argument's name, as the op's docs call it.
         arg: &'static str,
+        /// What the op accepts there.
         expected: String,
+        /// What it was given.
         actual: String,
     },
     /// A valid request this library does not implement (for example head_dim 64).
     #[error("unsupported `{arg}`: {what}")]
-    Unsupported { arg: &'static str, what: String },
+    Unsupported {
+        /// The argument's name.
+        arg: &'static str,
+        /// What is not implemented, and what is.
+        what: String,
+    },
     /// No NVIDIA driver library could be loaded on this machine.
     #[error("no CUDA driver: {0}")]
     NoDriver(String),
     /// `run` was called before a successful `plan`.
     #[error("{op}: run called without a plan")]
-    NotPlanned { op: &'static str },
+    NotPlanned {
+        /// The op (`msa_indexer`, `msa_attention`).
+        op: &'static str,
+    },
     /// A CUDA driver call failed.
     #[error("CUDA error while {context}: {source}")]
     Cuda {
+        /// The step that failed.
         context: String,
+        /// The driver's error.
         #[source]
         source: DriverError,
     },

@@ -199,6 +199,7 @@ impl MsaAttention {
         })
     }
 
+    /// The configuration the op was created with.
     pub fn config(&self) -> &MsaAttentionConfig {
         &self.cfg
     }

@@ -125,6 +125,7 @@ impl MsaIndexer {
         })
     }
 
+    /// The configuration the op was created with.
     pub fn config(&self) -> &MsaIndexerConfig {
         &self.cfg
     }
@@ -377,6 +378,7 @@ pub struct PlanOptions {
 /// The host half of a plan: what the kernels will be given.
 #[derive(Clone, Debug)]
 pub struct WorkList {
+    /// The score kernel the plan uses.
     pub path: IndexerPath,
     /// One work item per CTA, longest first.
     pub items: Vec<IdxWorkItem>,

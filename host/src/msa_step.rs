@@ -36,7 +36,9 @@ const KV_NAMES: &[(&str, &str)] = &[
 /// and the `d_indices`
 /// buffer between them.
 pub struct MsaStep {
+    /// The step's indexer (its overrides are reachable for tests and benchmarks).
     pub indexer: MsaIndexer,
+    /// The step's attention.
     pub attention: MsaAttention,
     /// `[n_kv_heads, num_rows, topk]` block ids of the planned batch.
     d_indices: CudaSlice<i32>,
@@ -45,13 +47,17 @@ pub struct MsaStep {
 
 /// The device inputs of one step.
 pub struct StepInputs<'a> {
-    /// Index queries `[num_rows, n_kv_heads, 128]` and the index-K pool.
+    /// Index queries `[num_rows, n_kv_heads, 128]`.
     pub q_index: &'a CudaSlice<bf16>,
+    /// The index-K pool.
     pub k_index: &'a CudaSlice<bf16>,
+    /// The index-K pool's page table `[batch, max_pages]`.
     pub index_lookup: &'a CudaSlice<u32>,
-    /// Attention queries `[num_rows, n_heads, 128]` and the main K/V pool.
+    /// Attention queries `[num_rows, n_heads, 128]`.
     pub q: &'a CudaSlice<bf16>,
+    /// The main K/V pool.
     pub kv_cache: &'a CudaSlice<bf16>,
+    /// The main pool's page table `[batch, max_pages]`.
     pub kv_lookup: &'a CudaSlice<u32>,
 }
 

@@ -31,11 +31,11 @@
 //! Masking: slots of `-1` and ids `>= ceil(seqlen_k / 128)` (or past the
 //! query's own block) are skipped; keys `pos > q_pos` are masked, and V rows
 //! `pos >= seqlen_k` (the unwritten tail of the last page) are zeroed. A
-//! warp's partial whose sum is NaN (a NaN score: a NaN in the query row) is
-//! dropped in the warp merge, so such a row attends nothing: `out = 0`,
-//! `lse = -inf`, as on the block-major path. (Checked there, once per CTA,
-//! rather than per score in the main loop: a NaN test per score cost 12% on
-//! the compute-bound query-major prefill, H200, 2026-12-02.)
+//! row-head whose softmax sum is NaN (a NaN score: a NaN in the query row)
+//! attends nothing: `out = 0`, `lse = -inf`, as on the block-major path.
+//! (Checked once per row-head in the epilogue, not per score in the main
+//! loop: a NaN test per score cost 12% on the compute-bound query-major
+//! prefill, H200, 2026-12-02.)
 
 use core::mem::{offset_of, size_of};
 
@@ -331,14 +331,9 @@ unsafe fn merge_warps(mut st: [LseState; 2], o: &[[f32; 4]; D_TILES]) {
     let (g, c) = (lane >> 2, lane & 3);
     let (ml, os, hl) = (merge_at!(ml), merge_at!(os), merge_at!(hl));
     let ml_at = |w: u32, m: u32| ml + ((w * 16 + m) * 2) * 4;
-    // A NaN sum (a NaN score) drops the warp's partial of that row.
-    let mut dropped = [false; 2];
     for (h, s) in st.iter_mut().enumerate() {
         let l = s.l + shfl_xor_f32(s.l, 1);
         s.l = l + shfl_xor_f32(l, 2);
-        if s.l != s.l {
-            (*s, dropped[h]) = (LseState::EMPTY, true);
-        }
         if c == 0 {
             st_shared_f32(ml_at(warp, g + 8 * h as u32), s.m);
             st_shared_f32(ml_at(warp, g + 8 * h as u32) + 4, s.l);
@@ -357,9 +352,8 @@ unsafe fn merge_warps(mut st: [LseState; 2], o: &[[f32; 4]; D_TILES]) {
         let mine = merge_weight(st[h].m, cta_max(m));
         crate::unroll!(16, D => {
             let at = os + ((warp * 16 + m) * OS_STRIDE as u32 + D as u32 * 8 + 2 * c) * 4;
-            let (o0, o1) = if dropped[h] { (0.0, 0.0) } else { (o[D][2 * h] * mine, o[D][2 * h + 1] * mine) };
-            st_shared_f32(at, o0);
-            st_shared_f32(at + 4, o1);
+            st_shared_f32(at, o[D][2 * h] * mine);
+            st_shared_f32(at + 4, o[D][2 * h + 1] * mine);
         });
     });
     if tid < 16 {
@@ -390,7 +384,10 @@ unsafe fn write_partial(p: &MsaDecodeParams, cta: &DecodeCta) {
         for w in 0..WARPS {
             v += ld_shared_f32(os + ((w * 16 + m) * OS_STRIDE as u32 + d) * 4);
         }
-        v *= ld_shared_f32(hl + m * 8);
+        // inv = 0: nothing attended, or a NaN sum (a NaN score), whose O is
+        // NaN: 0 either way.
+        let inv = ld_shared_f32(hl + m * 8);
+        v = if inv == 0.0 { 0.0 } else { v * inv };
         let lse2 = ld_shared_f32(hl + m * 8 + 4);
         let row_head = (cta.head0(p) + m) as usize;
         let part_at = cta.part as usize * (p.num_rows * p.n_heads) as usize + row_head;
