@@ -179,7 +179,7 @@ impl DecodeCta {
         let tid = thread_idx_x();
         if tid < self.nslots {
             let at = (self.kh * p.num_rows + self.t) * p.topk + self.slot0 + tid;
-            let blk = *p.d_indices.ptr().add(at as usize);
+            let blk = ld_global_nc(p.d_indices.ptr().add(at as usize));
             let ok = blk >= 0 && (blk as u32) < self.nblocks && (blk as u32) < p.cache.max_pages;
             let sp = if ok {
                 SlotPage { page: page_of(p.lookup.ptr(), &p.cache, self.seq, blk as u32), blk: blk as u32 }
@@ -397,14 +397,14 @@ unsafe fn write_partial(p: &MsaDecodeParams, cta: &DecodeCta) {
                 st_shared_f32(fin_lse + m * 4, lse2);
             }
         } else if p.parts == 1 {
-            *p.out.ptr().add(row_head * MSA_HEAD_DIM as usize + d as usize) = f32_to_bf16(v);
+            st_global(p.out.ptr().add(row_head * MSA_HEAD_DIM as usize + d as usize), f32_to_bf16(v));
             if d == 0 && !p.lse.is_null() {
-                *p.lse.ptr().add(row_head) = lse2 * LN2;
+                st_global(p.lse.ptr().add(row_head), lse2 * LN2);
             }
         } else {
-            *p.part_o.ptr().add(part_at * MSA_HEAD_DIM as usize + d as usize) = v;
+            st_global(p.part_o.ptr().add(part_at * MSA_HEAD_DIM as usize + d as usize), v);
             if d == 0 {
-                *p.part_lse.ptr().add(part_at) = lse2;
+                st_global(p.part_lse.ptr().add(part_at), lse2);
             }
         }
     }
@@ -450,9 +450,9 @@ unsafe fn write_merged<const N: usize>(
     parts: u32,
 ) {
     let (v, lse2) = merge_normalised(pl, po, parts);
-    *out.ptr().add(rh * MSA_HEAD_DIM as usize + d) = f32_to_bf16(v);
+    st_global(out.ptr().add(rh * MSA_HEAD_DIM as usize + d), f32_to_bf16(v));
     if d == 0 && !lse.is_null() {
-        *lse.ptr().add(rh) = lse2 * LN2;
+        st_global(lse.ptr().add(rh), lse2 * LN2);
     }
 }
 
@@ -476,8 +476,8 @@ pub unsafe extern "ptx-kernel" fn msa_attention_combine(p: MsaCombineParams) {
     crate::unroll!(32, P => {
         if (P as u32) < p.parts {
             let at = (P as u32 * total + rh) as usize;
-            pl[P] = *p.part_lse.ptr().add(at);
-            po[P] = *p.part_o.ptr().add(at * MSA_HEAD_DIM as usize + d);
+            pl[P] = ld_global_nc(p.part_lse.ptr().add(at));
+            po[P] = ld_global_nc(p.part_o.ptr().add(at * MSA_HEAD_DIM as usize + d));
         }
     });
     write_merged(p.out, p.lse, rh as usize, d, &pl, &po, p.parts);

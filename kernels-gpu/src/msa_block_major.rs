@@ -124,7 +124,7 @@ unsafe fn edge_key(p: &BlockMajorEdgeParams) -> Option<(u32, u32, PlanEdge)> {
 pub unsafe extern "ptx-kernel" fn msa_block_major_count(p: BlockMajorEdgeParams) {
     grid_prologue();
     if let Some((e, key, _)) = edge_key(&p) {
-        *p.ranks.ptr().add(e as usize) = atomic_add_global_u32(p.counts.ptr().add(key as usize), 1);
+        st_global(p.ranks.ptr().add(e as usize), atomic_add_global_u32(p.counts.ptr().add(key as usize), 1));
     }
 }
 
@@ -143,16 +143,16 @@ pub unsafe extern "ptx-kernel" fn msa_block_major_scan(p: BlockMajorScanParams) 
     // (items << 32) | edges of this thread's keys; both stay below 2^32.
     let mut own = 0u64;
     for k in k0..k1 {
-        let c = *counts.add(k as usize);
+        let c = ld_global(counts.add(k as usize));
         own += c as u64 | ((c.div_ceil(p.item_edges) as u64) << 32);
     }
     let incl = block_inclusive_scan(own);
     let excl = incl - own;
     let (mut eo, mut io) = (excl as u32, (excl >> 32) as u32);
     for k in k0..k1 {
-        let c = *counts.add(k as usize);
-        *counts.add(k as usize) = 0;
-        *p.offsets.ptr().add(k as usize) = eo;
+        let c = ld_global(counts.add(k as usize));
+        st_global(counts.add(k as usize), 0);
+        st_global(p.offsets.ptr().add(k as usize), eo);
         // The key's page, so that a run CTA can start its K/V copies after one
         // load (the item) instead of three dependent ones.
         let mut page = 0;
@@ -164,14 +164,14 @@ pub unsafe extern "ptx-kernel" fn msa_block_major_scan(p: BlockMajorScanParams) 
         let mut e = 0;
         while e < c {
             let n = (c - e).min(p.item_edges);
-            *p.items.ptr().add(io as usize) = BlockMajorItem { key: k, edge0: eo + e, edge1: eo + e + n, page };
+            st_record(p.items.ptr().add(io as usize), BlockMajorItem { key: k, edge0: eo + e, edge1: eo + e + n, page });
             io += 1;
             e += n;
         }
         eo += c;
     }
     if tid == BM_SCAN_THREADS - 1 {
-        *p.n_items.ptr() = (incl >> 32) as u32;
+        st_global(p.n_items.ptr(), (incl >> 32) as u32);
     }
 }
 
@@ -201,7 +201,7 @@ pub unsafe extern "ptx-kernel" fn msa_block_major_scatter(p: BlockMajorEdgeParam
     grid_prologue();
     if let Some((e, key, edge)) = edge_key(&p) {
         let at = ld_global_nc_u32(p.offsets.ptr().add(key as usize)) + ld_global_nc_u32(p.ranks.ptr().add(e as usize));
-        *p.edges.ptr().add(at as usize) = edge;
+        st_record(p.edges.ptr().add(at as usize), edge);
     }
 }
 
@@ -540,8 +540,8 @@ unsafe fn store_tile(p: &BlockMajorRunParams, cta: &RunCta, buf: u32, t: &TileOu
     sync_warp();
     let write_ml = |at: usize, h: usize| {
         let ml = p.part_ml.ptr().add(2 * at);
-        *ml = t.m[h];
-        *ml.add(1) = t.l[h];
+        st_global(ml, t.m[h]);
+        st_global(ml.add(1), t.l[h]);
     };
     if cta.whole {
         let edge = cta.edge(t.j);
@@ -637,9 +637,9 @@ pub unsafe extern "ptx-kernel" fn msa_block_major_combine(p: BlockMajorCombinePa
     let (inv, lse2) = st.finish();
     let norm = |x: f32| if inv == 0.0 { 0.0 } else { x * inv };
     let o = p.out.ptr().add(w as usize * MSA_HEAD_DIM as usize + 4 * lane as usize) as *mut u32;
-    *o = pack_bf16x2(norm(acc[0]), norm(acc[1]));
-    *o.add(1) = pack_bf16x2(norm(acc[2]), norm(acc[3]));
+    st_global(o, pack_bf16x2(norm(acc[0]), norm(acc[1])));
+    st_global(o.add(1), pack_bf16x2(norm(acc[2]), norm(acc[3])));
     if lane == 0 && !p.lse.is_null() {
-        *p.lse.ptr().add(w as usize) = lse2 * LN2;
+        st_global(p.lse.ptr().add(w as usize), lse2 * LN2);
     }
 }

@@ -178,7 +178,7 @@ unsafe fn scores<const MT: usize, const WN: u32>(p: &IdxScoreParams) {
                 let v = quad_max_f32(rmax[mt][half]);
                 if WN == 1 {
                     if c == 0 && q.out_off[mt][half] != usize::MAX {
-                        *p.scores.ptr().add(q.out_off[mt][half] + (it.blk0 + i) as usize) = v;
+                        st_global(p.scores.ptr().add(q.out_off[mt][half] + (it.blk0 + i) as usize), v);
                     }
                 } else if c == 0 {
                     let m = g + 8 * half as u32;
@@ -252,7 +252,7 @@ unsafe fn merge_warp_maxima(p: &IdxScoreParams, it: &Item, red: u32) {
             }
             let (h, row) = (m % p.num_index_heads, it.row0 + m / p.num_index_heads);
             let off = (h as usize * p.num_rows as usize + row as usize) * p.score_stride as usize;
-            *p.scores.ptr().add(off + (it.blk0 + i) as usize) = v;
+            st_global(p.scores.ptr().add(off + (it.blk0 + i) as usize), v);
         }
         idx += IDX_THREADS;
     }
@@ -318,7 +318,7 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk(p: IdxTopkParams) {
     let o = p.out.ptr().add(pair as usize * p.topk as usize);
     let emit = |slot: u32, k: u64| {
         if lane_id() == 0 {
-            *o.add(slot as usize) = key_index(k) as i32;
+            st_global(o.add(slot as usize), key_index(k) as i32);
         }
     };
     let nb = keys.len();
@@ -331,7 +331,7 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk(p: IdxTopkParams) {
     };
     let mut s = n + lane_id();
     while s < p.topk {
-        *o.add(s as usize) = -1;
+        st_global(o.add(s as usize), -1);
         s += 32;
     }
 }
@@ -353,11 +353,11 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk_long(p: IdxTopkParams) {
     let keys = BlockKeys::new(&p, pair);
     let o = p.out.ptr().add(pair as usize * p.topk as usize);
     cta_threshold_select::<T>(&keys, p.topk, p.cap, dynamic_smem(), |slot, k| {
-        *o.add(slot as usize) = key_index(k) as i32;
+        st_global(o.add(slot as usize), key_index(k) as i32);
     });
     let mut s = keys.len().min(p.topk) + thread_idx_x();
     while s < p.topk {
-        *o.add(s as usize) = -1;
+        st_global(o.add(s as usize), -1);
         s += T;
     }
 }
