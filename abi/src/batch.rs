@@ -142,9 +142,9 @@ pub enum KvDtype {
     /// the scales are a second tensor
     /// `scales: f32 [num_pages, kv_dim, num_layers, page_size, n_heads]`
     /// (the pool's layout without `head_dim`, so a page of data and its
-    /// scales are found with the same page id; see
-    /// [`PagedLayout::scale_offset`]). Keeping the scales apart keeps every
-    /// data row 16-byte aligned for the tensor copies.
+    /// scales are found with the same page id: the scale of a row is entry
+    /// `offset(page, kv, layer, slot, head) / head_dim`). Keeping the scales
+    /// apart keeps every data row 16-byte aligned for the tensor copies.
     Fp8E4m3,
 }
 
@@ -264,22 +264,6 @@ impl PagedLayout {
         } else {
             0
         }
-    }
-
-    /// Index of the scale of `(page, kv, layer, slot, head)` in the scale
-    /// tensor `[num_pages, kv_dim, num_layers, page_size, n_heads]`
-    /// (meaningful for a dtype with scales).
-    pub const fn scale_offset(
-        &self,
-        page: usize,
-        kv: usize,
-        layer: usize,
-        slot: usize,
-        head: usize,
-    ) -> usize {
-        (((page * self.kv_dim + kv) * self.num_layers + layer) * self.page_size + slot)
-            * self.n_heads
-            + head
     }
 
     /// The kernels' view of one layer of this pool ([`crate::PagedKv`]);
@@ -447,7 +431,6 @@ mod tests {
             ..l
         };
         assert_eq!(f.scale_elements() * f.head_dim, f.elements());
-        assert_eq!(f.scale_offset(2, 1, 1, 3, 1) * 5, f.offset(2, 1, 1, 3, 1));
         let p = l.paged_kv(1, 7);
         assert_eq!((p.num_pages, p.max_pages, p.page_stride), (3, 7, 160));
         assert_eq!((p.k_off, p.v_off), (40, 120));

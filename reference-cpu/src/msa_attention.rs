@@ -663,42 +663,15 @@ mod tests {
         assert!(validate(&q, &RaggedBatch::new(&[0, 1], &[128]), &c, 1, &idx, &p).is_err());
         assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[300]), &c, 1, &idx, &p).is_err());
         assert!(validate(&q, &RaggedBatch::new(&[0, 2], &[128]), &c, 2, &idx, &p).is_err());
-        assert!(validate(
-            &q,
-            &RaggedBatch::new(&[0, 2], &[128]),
-            &c,
-            1,
-            &idx,
-            &params(3, 2, 2, 3, 1.0)
-        )
-        .is_err());
-        assert!(validate(
-            &q,
-            &RaggedBatch::new(&[0, 2], &[128]),
-            &c,
-            1,
-            &idx,
-            &params(4, 0, 2, 3, 1.0)
-        )
-        .is_err());
-        assert!(validate(
-            &q,
-            &RaggedBatch::new(&[0, 2], &[128]),
-            &c,
-            1,
-            &idx,
-            &params(2, 4, 4, 3, 1.0)
-        )
-        .is_err());
-        assert!(validate(
-            &q,
-            &RaggedBatch::new(&[0, 2], &[128]),
-            &c,
-            1,
-            &idx,
-            &params(4, 4, 2, 3, 1.0)
-        )
-        .is_err());
+        let batch = RaggedBatch::new(&[0, 2], &[128]);
+        for bad in [
+            params(3, 2, 2, 3, 1.0),
+            params(4, 0, 2, 3, 1.0),
+            params(2, 4, 4, 3, 1.0),
+            params(4, 4, 2, 3, 1.0),
+        ] {
+            assert!(validate(&q, &batch, &c, 1, &idx, &bad).is_err(), "{bad:?}");
+        }
         let l1 = PagedLayout {
             kv_dim: 1,
             ..pool.layout

@@ -499,6 +499,17 @@ pub fn check_selection(
     reference_scores: &[RowScores],
     p: &MsaIndexerConfig,
 ) -> Result<(), String> {
+    first_bad_row(gpu, reference_scores, p, |rs, g| check_row(g, rs, p).err())
+}
+
+/// The shape check, then `bad(row scores, gpu ids)` on every (head, row) in
+/// parallel: the first error in output order, if any.
+fn first_bad_row(
+    gpu: &[i32],
+    reference_scores: &[RowScores],
+    p: &MsaIndexerConfig,
+    bad: impl Fn(&RowScores, &[i32]) -> Option<String> + Sync,
+) -> Result<(), String> {
     check_shape(gpu, reference_scores, p)?;
     if p.topk == 0 {
         return Ok(());
@@ -506,7 +517,7 @@ pub fn check_selection(
     match reference_scores
         .par_iter()
         .zip(gpu.par_chunks(p.topk))
-        .find_map_first(|(rs, g)| check_row(g, rs, p).err())
+        .find_map_first(|(rs, g)| bad(rs, g))
     {
         Some(e) => Err(e),
         None => Ok(()),
@@ -520,30 +531,20 @@ pub fn check_exact(
     reference_scores: &[RowScores],
     p: &MsaIndexerConfig,
 ) -> Result<(), String> {
-    check_shape(gpu, reference_scores, p)?;
-    if p.topk == 0 {
-        return Ok(());
-    }
-    match reference_scores
-        .par_iter()
-        .zip(gpu.par_chunks(p.topk))
-        .find_map_first(|(rs, g)| {
-            let expected = select_blocks(&rs.raw, p.init_blocks, p.local_blocks, p.topk);
-            let slot = expected.iter().zip(g).position(|(e, g)| e != g)?;
-            Some(format!(
-                "head {} row {} slot {slot}: gpu id {} != reference id {}\n  num_blocks {}, {p:?}\n  gpu ids {g:?}\n  ref ids {expected:?}\n  gpu scores [{}]\n  ref scores [{}]",
-                rs.head,
-                rs.row,
-                g[slot],
-                expected[slot],
-                rs.num_blocks,
-                fmt_blocks(rs, g, p),
-                fmt_blocks(rs, &expected, p)
-            ))
-        }) {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    first_bad_row(gpu, reference_scores, p, |rs, g| {
+        let expected = select_blocks(&rs.raw, p.init_blocks, p.local_blocks, p.topk);
+        let slot = expected.iter().zip(g).position(|(e, g)| e != g)?;
+        Some(format!(
+            "head {} row {} slot {slot}: gpu id {} != reference id {}\n  num_blocks {}, {p:?}\n  gpu ids {g:?}\n  ref ids {expected:?}\n  gpu scores [{}]\n  ref scores [{}]",
+            rs.head,
+            rs.row,
+            g[slot],
+            expected[slot],
+            rs.num_blocks,
+            fmt_blocks(rs, g, p),
+            fmt_blocks(rs, &expected, p)
+        ))
+    })
 }
 
 #[cfg(test)]

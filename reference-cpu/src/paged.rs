@@ -107,26 +107,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn offsets_are_row_major() {
-        let l = PagedLayout {
-            num_pages: 3,
-            kv_dim: 2,
-            num_layers: 2,
-            page_size: 4,
-            n_heads: 2,
-            head_dim: 5,
-            dtype: KvDtype::Bf16,
-        };
-        assert_eq!(l.elements(), 3 * 2 * 2 * 4 * 2 * 5);
-        assert_eq!(l.offset(0, 0, 0, 0, 1), 5);
-        assert_eq!(l.offset(0, 0, 0, 1, 0), 10);
-        assert_eq!(l.offset(0, 0, 1, 0, 0), 40);
-        assert_eq!(l.offset(0, 1, 0, 0, 0), 80);
-        assert_eq!(l.offset(1, 0, 0, 0, 0), 160);
-        assert_eq!(l.offset(2, 1, 1, 3, 1) + 5, l.elements());
-    }
-
-    #[test]
     fn row_follows_the_page_table() {
         let l = PagedLayout {
             num_pages: 3,

@@ -43,6 +43,13 @@ pub const KERNEL_SOURCE_CRATES: [&str; 2] = [ABI_CRATE_DIR, KERNEL_CRATE_DIR];
 /// Directory of the abi crate (relative to the repository root).
 pub const ABI_CRATE_DIR: &str = "abi";
 
+/// A file of the repository (`rel` from its root) as text; panics with the
+/// path (for tests).
+pub fn read_repo_file(rel: &str) -> String {
+    let path = repo_root().join(rel);
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
 /// The files that make up the kernel sources: for each of
 /// [`KERNEL_SOURCE_CRATES`] its `Cargo.toml` and every file under its `src`,
 /// as (relative path with '/' separators, absolute path), sorted by the

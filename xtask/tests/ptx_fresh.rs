@@ -11,10 +11,7 @@ use xtask::{kernel_source_hash, repo_root, KERNEL_CRATE_DIR, PTX_HASH_PATH, PTX_
 
 const FIX: &str = "run `cargo xtask build-ptx` and commit host/ptx";
 
-fn read(rel: &str) -> String {
-    let path = repo_root().join(rel);
-    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
+use xtask::read_repo_file as read;
 
 #[test]
 fn ptx_source_hash_matches_kernel_sources() {

@@ -2,17 +2,10 @@
 //! test` compiles against the current API), word for word after the file's
 //! `//!` header.
 
-use std::fs;
-
-use xtask::repo_root;
-
 const README: &str = "README.md";
 const EXAMPLE: &str = "host/examples/quickstart.rs";
 
-fn read(rel: &str) -> String {
-    let path = repo_root().join(rel);
-    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-}
+use xtask::read_repo_file as read;
 
 #[test]
 fn readme_example_is_the_compiled_example() {

@@ -2,29 +2,34 @@
 
 use core::arch::asm;
 
-/// `ldmatrix.sync.aligned.m8n8.x4.shared.b16`: four 8×8 b16 matrices; lane `l`
-/// gives the row address for matrix `l / 8`, row `l % 8`; register `i` of
-/// every lane receives its fragment of matrix `i`.
-#[inline(always)]
-pub unsafe fn ldmatrix_x4(addr: u32) -> [u32; 4] {
-    let (a, b, c, d): (u32, u32, u32, u32);
-    asm!("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
-         a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
-         p = in(reg32) addr, options(nostack)); // warp-synchronous: not movable
-    [a, b, c, d]
+/// The two `ldmatrix.x4` forms, from one template (`$trans`: `""` or
+/// `".trans"`). Warp-synchronous: side-effecting asm, never moved.
+macro_rules! ldmatrix_x4 {
+    ($(#[$doc:meta])* $name:ident, $trans:literal) => {
+        $(#[$doc])*
+        #[inline(always)]
+        pub unsafe fn $name(addr: u32) -> [u32; 4] {
+            let (a, b, c, d): (u32, u32, u32, u32);
+            asm!(concat!("ldmatrix.sync.aligned.m8n8.x4", $trans, ".shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];"),
+                 a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
+                 p = in(reg32) addr, options(nostack));
+            [a, b, c, d]
+        }
+    };
 }
 
-/// `ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16`: as [`ldmatrix_x4`], each
-/// matrix transposed (rows of the shared tile become fragment columns: the B
-/// operand of `P·V` from a row-major `[key][dim]` V tile).
-#[inline(always)]
-pub unsafe fn ldmatrix_x4_trans(addr: u32) -> [u32; 4] {
-    let (a, b, c, d): (u32, u32, u32, u32);
-    asm!("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{a}, {b}, {c}, {d}}}, [{p}];",
-         a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
-         p = in(reg32) addr, options(nostack)); // warp-synchronous: not movable
-    [a, b, c, d]
-}
+ldmatrix_x4!(
+    /// `ldmatrix.sync.aligned.m8n8.x4.shared.b16`: four 8×8 b16 matrices; lane
+    /// `l` gives the row address for matrix `l / 8`, row `l % 8`; register `i`
+    /// of every lane receives its fragment of matrix `i`.
+    ldmatrix_x4, ""
+);
+ldmatrix_x4!(
+    /// `ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16`: as [`ldmatrix_x4`],
+    /// each matrix transposed (rows of the shared tile become fragment
+    /// columns: the B operand of `P·V` from a row-major `[key][dim]` V tile).
+    ldmatrix_x4_trans, ".trans"
+);
 
 /// `mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32`: `d = a·b + c` for a
 /// 16×16 bf16 A fragment (row-major), a 16×8 bf16 B fragment (column-major)

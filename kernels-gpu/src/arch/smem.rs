@@ -15,25 +15,33 @@ pub fn dynamic_smem() -> u32 {
     p
 }
 
-/// `st.shared.f32`
-#[inline(always)]
-pub unsafe fn st_shared_f32(addr: u32, v: f32) {
-    asm!("st.shared.f32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack));
-}
+/// Typed scalar loads and stores on shared addresses, one pair per type:
+/// `st_shared_T(addr, v)` (`st.shared.T`) and `ld_shared_T(addr)`
+/// (`ld.shared.T`, a read: free to move across other reads, never across a
+/// barrier or a store).
+macro_rules! shared_scalars {
+    ($($t:ty: $st:ident, $ld:ident, $ty:literal, $reg:ident;)+) => {$(
+        #[doc = concat!("`st.shared.", $ty, "`")]
+        #[inline(always)]
+        pub unsafe fn $st(addr: u32, v: $t) {
+            asm!(concat!("st.shared.", $ty, " [{a}], {v};"), a = in(reg32) addr, v = in($reg) v,
+                 options(nostack));
+        }
 
-/// `st.shared.u32`
-#[inline(always)]
-pub unsafe fn st_shared_u32(addr: u32, v: u32) {
-    asm!("st.shared.u32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack));
+        #[doc = concat!("`ld.shared.", $ty, "`")]
+        #[inline(always)]
+        pub unsafe fn $ld(addr: u32) -> $t {
+            let r: $t;
+            asm!(concat!("ld.shared.", $ty, " {r}, [{a}];"), r = out($reg) r, a = in(reg32) addr,
+                 options(readonly, nostack));
+            r
+        }
+    )+};
 }
-
-/// `ld.shared.u32`
-#[inline(always)]
-pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
-    let r: u32;
-    asm!("ld.shared.u32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
-         options(readonly, nostack));
-    r
+shared_scalars! {
+    f32: st_shared_f32, ld_shared_f32, "f32", reg32;
+    u32: st_shared_u32, ld_shared_u32, "u32", reg32;
+    u64: st_shared_u64, ld_shared_u64, "u64", reg64;
 }
 
 /// `atom.shared.add.u32`: adds `v` at `addr`, returns the old value.
@@ -59,30 +67,6 @@ pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
 #[inline(always)]
 pub unsafe fn st_shared_zero16(addr: u32) {
     asm!("st.shared.v4.u32 [{a}], {{0, 0, 0, 0}};", a = in(reg32) addr, options(nostack));
-}
-
-/// `st.shared.u64`
-#[inline(always)]
-pub unsafe fn st_shared_u64(addr: u32, v: u64) {
-    asm!("st.shared.u64 [{a}], {v};", a = in(reg32) addr, v = in(reg64) v, options(nostack));
-}
-
-/// `ld.shared.u64`
-#[inline(always)]
-pub unsafe fn ld_shared_u64(addr: u32) -> u64 {
-    let r: u64;
-    asm!("ld.shared.u64 {r}, [{a}];", r = out(reg64) r, a = in(reg32) addr,
-         options(readonly, nostack));
-    r
-}
-
-/// `ld.shared.f32`
-#[inline(always)]
-pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
-    let r: f32;
-    asm!("ld.shared.f32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
-         options(readonly, nostack));
-    r
 }
 
 /// Shared address of field `$f` (a path such as `stages` or `merge.os`) of
