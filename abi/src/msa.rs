@@ -500,3 +500,35 @@ kernel_params! {
     BlockMajorRunParams => ["msa_block_major_run"],
     BlockMajorCombineParams => ["msa_block_major_combine"],
 }
+
+/// Launch bounds of every kernel: `(entry, threads per CTA, CTAs per SM
+/// to keep resident or 0)`. The PTX build step (`cargo xtask build-ptx`)
+/// writes them as the entry's `.maxntid` and `.minnctapersm` (rustc writes
+/// none), and the host refuses a launch with more threads. Without bounds,
+/// ptxas allocates registers as if any block size could come: measured
+/// (H200, 2026-12-02), the decode kernel got 168 registers without and 220
+/// with `.maxntid 128` + `.minnctapersm 2` (its shared memory holds 2 CTAs
+/// per SM anyway), and the query-major prefill case ran 10% slower
+/// without. `.maxntid` alone left every kernel's registers as they were; the
+/// others keep ptxas' choice until measured otherwise.
+pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
+    ("msa_indexer_scores_prefill", IDX_THREADS, 0),
+    ("msa_indexer_scores_decode", IDX_THREADS, 0),
+    ("msa_indexer_topk", IDX_TOPK_WARPS * 32, 0),
+    ("msa_indexer_topk_long", IDX_TOPK_WARPS * 32, 0),
+    ("msa_attention_partial", ATT_THREADS, 2),
+    ("msa_attention_combine", MSA_HEAD_DIM, 0),
+    ("msa_block_major_count", BM_EDGE_THREADS, 0),
+    ("msa_block_major_scan", BM_SCAN_THREADS, 0),
+    ("msa_block_major_scatter", BM_EDGE_THREADS, 0),
+    ("msa_block_major_run", BM_THREADS, 0),
+    ("msa_block_major_combine", BM_COMBINE_WARPS * 32, 0),
+];
+
+/// The threads per CTA [`KERNEL_BOUNDS`] gives `kernel`.
+pub fn kernel_threads(kernel: &str) -> Option<u32> {
+    KERNEL_BOUNDS
+        .iter()
+        .find(|(k, _, _)| *k == kernel)
+        .map(|&(_, t, _)| t)
+}

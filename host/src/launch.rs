@@ -48,6 +48,9 @@ use crate::error::{CudaContextExt, Error, Result};
 /// A loaded entry point of the module that takes the parameter struct `P`.
 pub(crate) struct Kernel<P: KernelParams> {
     func: CudaFunction,
+    name: &'static str,
+    /// Its `.maxntid` (`sparse_attn_abi::msa::KERNEL_BOUNDS`).
+    max_threads: u32,
     _params: PhantomData<fn(P)>,
 }
 
@@ -65,8 +68,14 @@ impl<P: KernelParams> Kernel<P> {
                 ),
             });
         }
+        let max_threads = sparse_attn_abi::msa::kernel_threads(name).ok_or(Error::Unsupported {
+            arg: "kernel",
+            what: format!("`{name}` has no launch bounds in KERNEL_BOUNDS"),
+        })?;
         Ok(Kernel {
             func,
+            name,
+            max_threads,
             _params: PhantomData,
         })
     }
@@ -148,7 +157,7 @@ pub(crate) const fn words_of<R>(n: usize) -> usize {
 /// One launch being assembled: `gpu.launch(&kernel, "what", &params)…run(cfg)`.
 pub(crate) struct Launch<'a, P: KernelParams> {
     gpu: &'a Gpu,
-    func: &'a CudaFunction,
+    kernel: &'a Kernel<P>,
     what: &'static str,
     params: &'a P,
     /// CTAs per thread-block cluster along x (1: no clusters).
@@ -164,7 +173,7 @@ impl<'a, P: KernelParams> Launch<'a, P> {
     ) -> Self {
         Launch {
             gpu,
-            func: &kernel.func,
+            kernel,
             what,
             params,
             cluster: 1,
@@ -230,9 +239,11 @@ impl<'a, P: KernelParams> Launch<'a, P> {
             .during(|| format!("binding the context for {what}"))?;
         let mut n: std::ffi::c_int = 0;
         // SAFETY: `config` and `attrs` outlive the call; `n` is written.
-        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, self.func.cu_function(), &config) }
-            .result()
-            .during(|| format!("asking how many clusters of {cluster} of {what} fit"))?;
+        unsafe {
+            sys::cuOccupancyMaxActiveClusters(&mut n, self.kernel.func.cu_function(), &config)
+        }
+        .result()
+        .during(|| format!("asking how many clusters of {cluster} of {what} fit"))?;
         Ok(n.max(0) as u32)
     }
 
@@ -244,6 +255,18 @@ impl<'a, P: KernelParams> Launch<'a, P> {
     /// itself is typed: `P` is the kernel's struct).
     pub(crate) unsafe fn run(&mut self, cfg: LaunchConfig) -> Result<()> {
         let what = self.what;
+        let (x, y, z) = cfg.block_dim;
+        if x * y * z > self.kernel.max_threads {
+            return Err(Error::Unsupported {
+                arg: "block_dim",
+                what: format!(
+                    "{what}: {} threads per CTA, `{}` is built for at most {}",
+                    x * y * z,
+                    self.kernel.name,
+                    self.kernel.max_threads
+                ),
+            });
+        }
         // The kernel's one parameter: the struct, read by the driver from
         // this address during the call.
         let mut params = [self.params as *const P as *mut c_void];
@@ -260,7 +283,7 @@ impl<'a, P: KernelParams> Launch<'a, P> {
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,
-                self.func.cu_function(),
+                self.kernel.func.cu_function(),
                 params.as_mut_ptr(),
                 std::ptr::null_mut(),
             )

@@ -43,6 +43,48 @@ pub const KERNEL_SOURCE_CRATES: [&str; 2] = [ABI_CRATE_DIR, KERNEL_CRATE_DIR];
 /// Directory of the abi crate (relative to the repository root).
 pub const ABI_CRATE_DIR: &str = "abi";
 
+/// Writes `.maxntid T, 1, 1` (and `.minnctapersm N` where `N > 0`) after
+/// the parameter list of every `.entry` named in `bounds` (rustc writes no
+/// launch bounds; see `sparse_attn_abi::msa::KERNEL_BOUNDS`). Every entry
+/// of the PTX must be in the table, and every table row must name an entry.
+pub fn add_launch_bounds(ptx: &str, bounds: &[(&str, u32, u32)]) -> Result<String, String> {
+    let mut out = String::with_capacity(ptx.len() + 64 * bounds.len());
+    let mut rest = ptx;
+    let mut seen = Vec::new();
+    while let Some(at) = rest.find(".entry ") {
+        let name_start = at + ".entry ".len();
+        let name_len = rest[name_start..]
+            .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+            .unwrap_or(0);
+        let name = &rest[name_start..name_start + name_len];
+        let (threads, ctas) = bounds
+            .iter()
+            .find(|(k, _, _)| *k == name)
+            .map(|&(_, t, c)| (t, c))
+            .ok_or_else(|| format!("kernel `{name}` has no row in KERNEL_BOUNDS"))?;
+        // The parameter list ends at the first ")" followed by the body's "{".
+        let close = rest[name_start..]
+            .find(")\n{")
+            .ok_or_else(|| format!("kernel `{name}`: no end of its parameter list"))?
+            + name_start
+            + 1;
+        out.push_str(&rest[..close]);
+        out.push_str(&format!("\n.maxntid {threads}, 1, 1"));
+        if ctas > 0 {
+            out.push_str(&format!("\n.minnctapersm {ctas}"));
+        }
+        rest = &rest[close..];
+        seen.push(name.to_string());
+    }
+    out.push_str(rest);
+    if let Some((k, _, _)) = bounds.iter().find(|(k, _, _)| !seen.iter().any(|s| s == k)) {
+        return Err(format!(
+            "KERNEL_BOUNDS names `{k}`, which the PTX does not define"
+        ));
+    }
+    Ok(out)
+}
+
 /// A file of the repository (`rel` from its root) as text; panics with the
 /// path (for tests).
 pub fn read_repo_file(rel: &str) -> String {
@@ -745,6 +787,26 @@ ptxas info    : Function properties for helper
         ] {
             assert!(!is_cargo_build_var(v), "{v}");
         }
+    }
+
+    #[test]
+    fn launch_bounds_follow_each_parameter_list() {
+        let ptx = ".visible .entry a(\n\t.param .u32 a_param_0\n)\n{\n\tret;\n}\n\
+                   .visible .entry b_2(\n\n)\n{\n}\n";
+        let out = add_launch_bounds(ptx, &[("a", 128, 2), ("b_2", 1024, 0)]).unwrap();
+        assert!(
+            out.contains("a_param_0\n)\n.maxntid 128, 1, 1\n.minnctapersm 2\n{"),
+            "{out}"
+        );
+        assert!(out.contains("b_2(\n\n)\n.maxntid 1024, 1, 1\n{"), "{out}");
+        assert!(add_launch_bounds(ptx, &[("a", 128, 0)])
+            .unwrap_err()
+            .contains("b_2"));
+        assert!(
+            add_launch_bounds(ptx, &[("a", 1, 0), ("b_2", 1, 0), ("c", 1, 0)])
+                .unwrap_err()
+                .contains("`c`")
+        );
     }
 
     #[test]

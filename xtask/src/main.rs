@@ -262,7 +262,15 @@ fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Resu
             );
         }
     }
-    let ptx = fs::read(&ptx_built).with_context(|| format!("reading {}", ptx_built.display()))?;
+    let raw = fs::read_to_string(&ptx_built)
+        .with_context(|| format!("reading {}", ptx_built.display()))?;
+    // rustc writes no launch bounds: add each kernel's `.maxntid` (the
+    // abi's table), and give ptxas the result.
+    let ptx = xtask::add_launch_bounds(&raw, sparse_attn_abi::msa::KERNEL_BOUNDS)
+        .map_err(|e| anyhow::anyhow!("adding launch bounds: {e}"))?
+        .into_bytes();
+    let ptx_built = ptx_built.with_extension("bounded.ptx");
+    fs::write(&ptx_built, &ptx).with_context(|| format!("writing {}", ptx_built.display()))?;
     let hash_after = kernel_source_hash(&root).context("hashing the kernel sources")?;
     if hash_before != hash_after {
         bail!("the kernel sources changed during the build; run it again");
