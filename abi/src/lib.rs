@@ -60,12 +60,11 @@ pub(crate) use kernel_params;
 /// A device address of `T` data the kernel reads (64-bit). Null means
 /// "absent" where a field's docs say so.
 ///
-/// Held as a raw pointer, not an integer: LLVM's NVPTX backend then knows
-/// that a pointer loaded from a kernel's parameter struct points to global
-/// memory (as it does for pointer parameters), and emits `ld.global` /
-/// `st.global` instead of generic accesses. Measured with an integer field
-/// (H200, 2026-12-02): the decode kernel on the query-major prefill case 7%
-/// slower than with positional pointer parameters.
+/// Held as a raw pointer (8 bytes, as the driver's `CUdeviceptr`). Unlike a
+/// pointer *parameter*, a pointer read from a parameter struct is not known
+/// to point to global memory in LLVM's NVPTX backend: plain Rust loads and
+/// stores through it become generic `ld` / `st`, so the kernels use the
+/// explicit `.global` accessors of `arch::gmem` instead.
 #[repr(transparent)]
 pub struct DPtr<T> {
     addr: *const T,

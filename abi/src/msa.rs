@@ -504,13 +504,12 @@ kernel_params! {
 /// Launch bounds of every kernel: `(entry, threads per CTA, CTAs per SM
 /// to keep resident or 0)`. The PTX build step (`cargo xtask build-ptx`)
 /// writes them as the entry's `.maxntid` and `.minnctapersm` (rustc writes
-/// none), and the host refuses a launch with more threads. Without bounds,
-/// ptxas allocates registers as if any block size could come: measured
-/// (H200, 2026-12-02), the decode kernel got 168 registers without and 220
-/// with `.maxntid 128` + `.minnctapersm 2` (its shared memory holds 2 CTAs
-/// per SM anyway), and the query-major prefill case ran 10% slower
-/// without. `.maxntid` alone left every kernel's registers as they were; the
-/// others keep ptxas' choice until measured otherwise.
+/// none; warp-specialized kernels need them for `setmaxnreg`), and the host
+/// refuses a launch with more threads. `.maxntid` alone left every kernel's
+/// registers as they were. The decode kernel's `.minnctapersm 2` (its
+/// shared memory holds 2 CTAs per SM anyway) took it from 168 to 220
+/// registers; measured neutral (H200, 2026-12-02, the same cases before and
+/// after, msa-decode-* within 1%). The others keep ptxas' choice.
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("msa_indexer_scores_prefill", IDX_THREADS, 0),
     ("msa_indexer_scores_decode", IDX_THREADS, 0),

@@ -34,8 +34,8 @@
 //! row-head whose softmax sum is NaN (a NaN score: a NaN in the query row)
 //! attends nothing: `out = 0`, `lse = -inf`, as on the block-major path.
 //! (Checked once per row-head in the epilogue, not per score in the main
-//! loop: a NaN test per score cost 12% on the compute-bound query-major
-//! prefill, H200, 2026-12-02.)
+//! loop: a NaN test per score cost about 4% on the compute-bound
+//! query-major prefill case, 4015 against 3845 µs; H200, 2026-12-02.)
 
 use core::mem::{offset_of, size_of};
 

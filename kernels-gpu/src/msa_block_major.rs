@@ -631,9 +631,9 @@ pub unsafe extern "ptx-kernel" fn msa_block_major_combine(p: BlockMajorCombinePa
     }
     // A NaN sum (a NaN score) attends nothing: finish() gives (0, -inf),
     // and the NaN accumulators are replaced by 0. (Checked once here, not
-    // per slot: per-slot selects cost 1.2% on msa-prefill-8k, and a branch
-    // per slot let the compiler sink the chunk's loads into it, +29%; H200,
-    // 2026-12-02.)
+    // per slot: per-slot selects cost about 1.5% on msa-prefill-8k, and a
+    // branch per slot let the compiler sink the chunk's loads into it,
+    // +29%; H200, 2026-12-02.)
     let (inv, lse2) = st.finish();
     let norm = |x: f32| if inv == 0.0 { 0.0 } else { x * inv };
     let o = p.out.ptr().add(w as usize * MSA_HEAD_DIM as usize + 4 * lane as usize) as *mut u32;

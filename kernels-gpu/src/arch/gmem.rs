@@ -78,11 +78,10 @@ pub unsafe fn ld_record<T: Copy>(p: *const T) -> T {
 ///
 /// Pitfall: a plain Rust store through a pointer read from a parameter
 /// struct is a *generic* `st` in PTX (the backend cannot tell it points to
-/// global memory), and ptxas must then order it against every shared-memory
-/// access it might alias, which serialises epilogues that interleave
-/// shared-memory reads with output stores. Measured (H200, 2026-12-02): the
-/// decode kernel on the query-major prefill case 7% slower with generic
-/// stores than with `st.global`.
+/// global memory, as it can for pointer parameters), which ptxas must treat
+/// as possibly aliasing shared memory. The explicit forms say what the
+/// positional pointer parameters used to say. (Measured on the decode
+/// kernel, H200, 2026-12-02: no difference in time either way.)
 pub trait GlobalScalar: Copy {
     /// `st.global` of one value.
     unsafe fn st(p: *mut Self, v: Self);
