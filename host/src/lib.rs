@@ -6,6 +6,12 @@
 //! build-ptx`; that PTX is embedded here ([`ptx::PTX`]), so using this crate
 //! needs only stable Rust and the NVIDIA driver (loaded at run time).
 //!
+//! Every op is `new` (configuration checked, kernels loaded, the workspace
+//! its bounds fix allocated), `plan` (the batch's host metadata validated,
+//! errors naming the argument; the workspace grown when needed, the plan
+//! uploaded) and `run` (launches only: no allocation, no host
+//! synchronisation, CUDA-graph capturable while the plan holds).
+//!
 //! ```no_run
 //! use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
 //! # fn main() -> sparse_attn::Result<()> {
@@ -38,6 +44,7 @@ pub mod msa_block_major;
 pub mod msa_indexer;
 pub mod msa_step;
 pub mod ptx;
+mod workspace;
 
 /// What the kernels and this crate share (tile shapes, parameter structs,
 /// work records): the `sparse-attn-abi` crate, which the device build compiles too.

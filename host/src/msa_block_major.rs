@@ -31,6 +31,7 @@ use crate::error::{ensure, CudaContextExt, Result};
 use crate::launch::{
     dptr, dptr_mut, dptr_opt, record_ptr, record_ptr_mut, record_words, words_of, Kernel,
 };
+use crate::workspace::grow;
 use crate::Gpu;
 
 /// Plan keys of a ragged batch (host only, from lengths).
@@ -173,25 +174,25 @@ impl MsaBlockMajor {
         )?;
         let max_items = (n_kv_heads * rows * topk).div_ceil(item_edges(group)) + nk;
         if self.counts.len() < nk.max(1) {
-            self.counts = gpu.zeros(nk.max(1))?;
-            self.offsets = gpu.zeros(nk.max(1))?;
+            grow(gpu, &mut self.counts, nk)?;
         } else {
             gpu.stream()
                 .memset_zeros(&mut self.counts)
                 .during(|| "zeroing the block-major plan counts".into())?;
         }
+        grow(gpu, &mut self.offsets, nk)?;
         let words = record_words(keys);
-        if self.keys.len() < words.len().max(1) {
-            self.keys = gpu.zeros(words.len().max(1))?;
-        }
+        grow(gpu, &mut self.keys, words.len())?;
         if !words.is_empty() {
             gpu.stream()
                 .memcpy_htod(words, &mut self.keys.slice_mut(..words.len()))
                 .during(|| "uploading the block-major plan keys".into())?;
         }
-        if self.items.len() < words_of::<BlockMajorItem>(max_items.max(1)) {
-            self.items = gpu.zeros(words_of::<BlockMajorItem>(max_items.max(1)))?;
-        }
+        grow(
+            gpu,
+            &mut self.items,
+            words_of::<BlockMajorItem>(max_items.max(1)),
+        )?;
         self.n_keys = keys.len();
         self.max_items = max_items;
         Ok(())

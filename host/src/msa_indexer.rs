@@ -33,6 +33,7 @@ use crate::batch::{
 };
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
 use crate::launch::{dptr, dptr_mut, record_ptr, record_words, words_of, Kernel};
+use crate::workspace::grow;
 use crate::Gpu;
 
 /// Which score kernel a plan uses.
@@ -166,16 +167,9 @@ impl MsaIndexer {
     }
 
     fn grow(&mut self, items: usize, rows: usize, scores: usize) -> Result<()> {
-        if self.items.len() < words_of::<IdxWorkItem>(items) {
-            self.items = self.gpu.zeros(words_of::<IdxWorkItem>(items))?;
-        }
-        if self.row_qpos.len() < rows {
-            self.row_qpos = self.gpu.zeros(rows)?;
-        }
-        if self.scores.len() < scores {
-            self.scores = self.gpu.zeros(scores)?;
-        }
-        Ok(())
+        grow(&self.gpu, &mut self.items, words_of::<IdxWorkItem>(items))?;
+        grow(&self.gpu, &mut self.row_qpos, rows)?;
+        grow(&self.gpu, &mut self.scores, scores)
     }
 
     /// Validates the batch, the page table and the cache shape, builds the
