@@ -233,48 +233,35 @@ fn bad_input_is_a_clear_error() {
         "input_row_offsets",
         "offsets[2] = 2 < offsets[1] = 3",
     );
-    err(
-        validate_attention(
-            &m3,
-            &b,
-            &t,
-            &PagedLayout {
+    let bad_layouts = [
+        (
+            PagedLayout {
                 kv_dim: 1,
                 ..layout
             },
-            1,
+            "kv_cache",
+            "kv_dim 1",
         ),
-        "kv_cache",
-        "kv_dim 1",
-    );
-    err(
-        validate_attention(
-            &m3,
-            &b,
-            &t,
-            &PagedLayout {
+        (
+            PagedLayout {
                 n_heads: 8,
                 ..layout
             },
-            1,
+            "kv_cache",
+            "8 heads",
         ),
-        "kv_cache",
-        "8 heads",
-    );
-    err(
-        validate_attention(
-            &m3,
-            &b,
-            &t,
-            &PagedLayout {
+        (
+            PagedLayout {
                 dtype: KvDtype::Fp8E4m3,
                 ..layout
             },
-            1,
+            "dtype",
+            "Fp8E4m3",
         ),
-        "dtype",
-        "Fp8E4m3",
-    );
+    ];
+    for (bad, arg, needle) in bad_layouts {
+        err(validate_attention(&m3, &b, &t, &bad, 1), arg, needle);
+    }
     err(
         validate_attention(&m3, &b, &t, &layout, 2),
         "layer",

@@ -465,21 +465,27 @@ fn bad_input_is_a_clear_error() {
         "block_size",
         "64",
     );
-    expect_err(
-        plan_work(
-            &m3,
-            &b,
-            &t,
-            &PagedLayout {
+    let bad_layouts = [
+        (
+            PagedLayout {
                 page_size: 64,
                 ..layout
             },
-            0,
-            &o,
+            "page_size",
+            "64",
         ),
-        "page_size",
-        "64",
-    );
+        (
+            PagedLayout {
+                dtype: KvDtype::Fp8E4m3,
+                ..layout
+            },
+            "dtype",
+            "k_cache",
+        ),
+    ];
+    for (bad, arg, needle) in bad_layouts {
+        expect_err(plan_work(&m3, &b, &t, &bad, 0, &o), arg, needle);
+    }
     expect_err(
         plan_work(
             &MsaIndexerConfig { head_dim: 64, ..m3 },
@@ -558,21 +564,6 @@ fn bad_input_is_a_clear_error() {
     }
     let negative = MsaIndexerConfig { scale: -0.5, ..m3 };
     plan_work(&negative, &b, &t, &layout, 0, &o).expect("a negative scale is legal");
-    expect_err(
-        plan_work(
-            &m3,
-            &b,
-            &t,
-            &PagedLayout {
-                dtype: KvDtype::Fp8E4m3,
-                ..layout
-            },
-            0,
-            &o,
-        ),
-        "dtype",
-        "k_cache",
-    );
     let forced = PlanOptions {
         force_path: Some(IndexerPath::Decode),
         ..o.clone()
