@@ -256,7 +256,7 @@ impl ConfigExt for MsaAttentionConfig {
             || self.n_kv_heads.to_string(),
         )?;
         ensure(
-            self.n_heads % self.n_kv_heads == 0,
+            self.n_heads.is_multiple_of(self.n_kv_heads),
             "n_heads",
             || format!("a multiple of n_kv_heads = {}", self.n_kv_heads),
             || self.n_heads.to_string(),

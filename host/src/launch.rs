@@ -140,7 +140,7 @@ pub(crate) fn record_ptr_mut<R>(gpu: &Gpu, s: &CudaSlice<u32>) -> DPtrMut<R> {
 /// Words of a slice of abi work records (plain `#[repr(C)]` structs of
 /// `u32` fields), for uploading into a `CudaSlice<u32>`.
 pub(crate) fn record_words<R: Copy>(recs: &[R]) -> &[u32] {
-    const { assert!(std::mem::size_of::<R>() % 4 == 0 && std::mem::align_of::<R>() >= 4) };
+    const { assert!(std::mem::size_of::<R>().is_multiple_of(4) && std::mem::align_of::<R>() >= 4) };
     // SAFETY: the records are plain data of 4-byte words (checked above: no
     // padding smaller than a word, alignment at least a word's), so their
     // bytes are valid `u32`s; the length covers exactly the records.

@@ -81,7 +81,7 @@ pub fn validate(
     if p.n_kv_heads == 0 {
         return Err("n_kv_heads must be >= 1".into());
     }
-    if p.n_heads == 0 || p.n_heads % p.n_kv_heads != 0 {
+    if p.n_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
         return Err(format!(
             "n_heads {} is not a positive multiple of n_kv_heads {}",
             p.n_heads, p.n_kv_heads
@@ -261,7 +261,9 @@ pub fn check_attention(
     p: &MsaAttentionConfig,
 ) -> Result<(), String> {
     let (nh, d) = (p.n_heads, p.head_dim);
-    if reference.out.len() != reference.lse.len() * d || reference.lse.len() % nh.max(1) != 0 {
+    if reference.out.len() != reference.lse.len() * d
+        || !reference.lse.len().is_multiple_of(nh.max(1))
+    {
         return Err(format!(
             "reference has {} out / {} lse values, inconsistent with {p:?}",
             reference.out.len(),
