@@ -531,3 +531,58 @@ pub fn kernel_threads(kernel: &str) -> Option<u32> {
         .find(|(k, _, _)| *k == kernel)
         .map(|&(_, t, _)| t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    /// The records' sizes and alignments are what the kernels load them
+    /// with (`ld_record`: one or two 16-byte loads, one 8-byte load).
+    #[test]
+    fn records_have_their_load_sizes() {
+        assert_eq!(
+            (size_of::<IdxWorkItem>(), align_of::<IdxWorkItem>()),
+            (32, 16)
+        );
+        assert_eq!((size_of::<RowInfo>(), align_of::<RowInfo>()), (16, 16));
+        assert_eq!((size_of::<PlanKey>(), align_of::<PlanKey>()), (16, 16));
+        assert_eq!(
+            (size_of::<BlockMajorItem>(), align_of::<BlockMajorItem>()),
+            (16, 16)
+        );
+        assert_eq!((size_of::<PlanEdge>(), align_of::<PlanEdge>()), (8, 8));
+    }
+
+    #[test]
+    fn plan_edges_pack_row_and_slot() {
+        let e = PlanEdge::new(123_456, 255, 7);
+        assert_eq!((e.row(), e.slot(), e.q_pos), (123_456, 255, 7));
+        assert_eq!(PlanEdge::new(1, 0, 0).row_slot, 256);
+    }
+
+    /// Every launch bound names a kernel of a parameter struct, once.
+    #[test]
+    fn launch_bounds_cover_the_parameter_structs() {
+        let kernels: &[&[&str]] = &[
+            <IdxScoreParams as crate::KernelParams>::KERNELS,
+            <IdxTopkParams as crate::KernelParams>::KERNELS,
+            <MsaDecodeParams as crate::KernelParams>::KERNELS,
+            <MsaCombineParams as crate::KernelParams>::KERNELS,
+            <BlockMajorEdgeParams as crate::KernelParams>::KERNELS,
+            <BlockMajorScanParams as crate::KernelParams>::KERNELS,
+            <BlockMajorRunParams as crate::KernelParams>::KERNELS,
+            <BlockMajorCombineParams as crate::KernelParams>::KERNELS,
+        ];
+        let all: usize = kernels.iter().map(|k| k.len()).sum();
+        assert_eq!(all, KERNEL_BOUNDS.len());
+        for k in kernels.iter().flat_map(|k| k.iter()) {
+            assert_eq!(
+                KERNEL_BOUNDS.iter().filter(|(n, _, _)| n == k).count(),
+                1,
+                "{k}"
+            );
+            assert!(kernel_threads(k).is_some_and(|t| t > 0 && t <= 1024), "{k}");
+        }
+    }
+}
