@@ -509,10 +509,12 @@ kernel_params! {
 /// registers as they were. The decode kernel's `.minnctapersm 2` (its
 /// shared memory holds 2 CTAs per SM anyway) took it from 168 to 220
 /// registers; measured neutral (H200, 2026-12-02, the same cases before and
-/// after, msa-decode-* within 1%). The others keep ptxas' choice.
+/// after, msa-decode-* within 1%). The indexer's score kernels need their
+/// `2`: with the paged loader's row-stepped copies ptxas otherwise spilled
+/// the prefill kernel. The others keep ptxas' choice.
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
-    ("msa_indexer_scores_prefill", IDX_THREADS, 0),
-    ("msa_indexer_scores_decode", IDX_THREADS, 0),
+    ("msa_indexer_scores_prefill", IDX_THREADS, 2),
+    ("msa_indexer_scores_decode", IDX_THREADS, 2),
     ("msa_indexer_topk", IDX_TOPK_WARPS * 32, 0),
     ("msa_indexer_topk_long", IDX_TOPK_WARPS * 32, 0),
     ("msa_attention_partial", ATT_THREADS, 2),

@@ -46,20 +46,25 @@ impl<const ROWS: u32, const ROW_BYTES: u32> PagedBlock<ROWS, ROW_BYTES> {
     }
 
     /// Issues the block's `cp.async` copies into the tile at `dst` (layout
-    /// `L`): thread `tid < THREADS` moves chunks `tid, tid + THREADS, …`.
-    /// The caller commits and waits.
+    /// `L`): thread `tid < THREADS` moves chunk `tid % CHUNKS` of rows
+    /// `tid / CHUNKS`, then every `THREADS / CHUNKS` rows after it. The
+    /// caller commits and waits.
     ///
-    /// A constant trip count (`THREADS` divides the chunks), so the copies
-    /// unroll: written as `while ch < chunks`, LLVM kept the decode kernel's
-    /// copy loops rolled (27 `LDGSTS` in its SASS, 48 unrolled), and the
-    /// compute-bound query-major prefill case ran 11% slower than before the
-    /// tile layer; unrolled, 5% faster (H200, 2026-12-02).
+    /// A constant trip count, so the copies unroll: written as
+    /// `while ch < chunks`, LLVM kept the decode kernel's copy loops rolled
+    /// (27 `LDGSTS` in its SASS, 48 unrolled), and the compute-bound
+    /// query-major prefill case ran 11% slower than before the tile layer.
+    /// Rows stepped explicitly (not `ch / CHUNKS` per copy): the decode
+    /// kernel computed all 16 swizzled addresses of a block before its first
+    /// barrier (SASS `BAR` at instruction 411, 214 before the tile layer),
+    /// and `msa-decode-b1-128k` ran 2.3% slower; stepped, the `BAR` is at 295.
     #[inline(always)]
     pub unsafe fn load<L: TileLayout, const THREADS: u32>(&self, dst: u32, tid: u32) {
-        const { assert!((ROWS * (ROW_BYTES / 16)) % THREADS == 0) };
-        for i in 0..ROWS * Self::CHUNKS / THREADS {
-            let ch = tid + i * THREADS;
-            let (r, cc) = (ch / Self::CHUNKS, ch % Self::CHUNKS);
+        const { assert!(THREADS % Self::CHUNKS == 0 && ROWS % (THREADS / Self::CHUNKS) == 0) };
+        let step = THREADS / Self::CHUNKS;
+        let (r0, cc) = (tid / Self::CHUNKS, tid % Self::CHUNKS);
+        for i in 0..ROWS / step {
+            let r = r0 + i * step;
             cp_async_16(dst + L::at(r, cc), self.src.add(r as usize * self.token_stride + cc as usize * 16));
         }
     }
