@@ -1,4 +1,4 @@
-//! What the MSA ops compute: their configurations, plain data shared by the
+//! What the ops compute: their configurations, plain data shared by the
 //! host API (`sparse_attn::{MsaIndexerConfig, MsaAttentionConfig}`, which
 //! adds the checks against what the kernels implement) and the f64 reference
 //! (which accepts any head size, group and `topk`).
@@ -68,6 +68,54 @@ impl MsaAttentionConfig {
             head_dim: 128,
             topk: 16,
             scale: INV_SQRT_128,
+        }
+    }
+
+    /// Query heads per KV head (`n_heads / n_kv_heads`, 0 if `n_kv_heads` is 0).
+    pub const fn group(&self) -> usize {
+        match self.n_heads.checked_div(self.n_kv_heads) {
+            Some(g) => g,
+            None => 0,
+        }
+    }
+}
+
+/// What the dense prefill computes (`shared/spec/dense-prefill.md`): for
+/// query row `i` of sequence `b` at `q_pos = cache_len[b] + i` and key `s`
+/// of its `num_keys[b]` keys, `x_s = scale · q·k_s` over the keys `mask`
+/// shows (`Mask::key_range(q_pos, num_keys[b])`), `out = Σ e^{x_s} V_s / D`
+/// with `D = Σ e^{x_s}` (+ `e^{sink[h]}` with sinks); `lse = ln D` (the
+/// sink included; `-inf` when `D = 0`); a row that sees no key gives 0.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DensePrefillConfig {
+    /// Query heads, a positive multiple of `n_kv_heads`.
+    pub n_heads: usize,
+    /// KV heads.
+    pub n_kv_heads: usize,
+    /// Head dimension of q, K and V (GPU: 128).
+    pub head_dim: usize,
+    /// Multiplies every q·k (the softmax temperature); GPU: finite and > 0,
+    /// as for the MSA attention (the kernel takes each row's maximum of the
+    /// raw scores and scales it).
+    pub scale: f32,
+    /// Which keys a query sees, by position.
+    pub mask: crate::batch::Mask,
+    /// Whether a sink logit per query head (`sink: f32 [n_heads]`) adds
+    /// `e^{sink[h]}` to every row's denominator.
+    pub sinks: bool,
+}
+
+impl DensePrefillConfig {
+    /// Llama-style GQA prefill: 32 query heads over 8 KV heads of 128,
+    /// `scale = 1/sqrt(128)`, causal, no sinks.
+    pub const fn llama_gqa() -> Self {
+        DensePrefillConfig {
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            scale: INV_SQRT_128,
+            mask: crate::batch::Mask::Causal,
+            sinks: false,
         }
     }
 

@@ -7,7 +7,7 @@
 //!   records and one `#[repr(C)]` parameter struct per kernel;
 //! - [`batch`]: the ragged batch, the paged cache (dtype, scales, page
 //!   table) and the mask, as every layer describes them;
-//! - [`config`]: the ops' configurations (`MsaIndexerConfig`,
+//! - [`config`]: the ops' configurations (`DensePrefillConfig`, `MsaIndexerConfig`,
 //!   `MsaAttentionConfig`);
 //! - [`DPtr`] / [`DPtrMut`] and [`PagedKv`]: typed device addresses and a
 //!   cache layer as the kernels see it, the fields of the parameter structs.
