@@ -3,8 +3,10 @@
 //! What the device code (`kernels-gpu`, compiled to PTX), the host crate
 //! (`sparse-attn`), the CPU reference and the tests share, defined once:
 //!
-//! - [`msa`]: the MSA kernels' tile shapes, shared-memory sizes, work
-//!   records and one `#[repr(C)]` parameter struct per kernel;
+//! - [`msa`] and [`dense`]: the MSA kernels' and the dense prefill's tile
+//!   shapes, shared-memory sizes, work records and one `#[repr(C)]`
+//!   parameter struct per kernel; [`KERNEL_BOUNDS`]: every kernel's launch
+//!   bounds;
 //! - [`batch`]: the ragged batch, the paged cache (dtype, scales, page
 //!   table) and the mask, as every layer describes them;
 //! - [`config`]: the ops' configurations (`DensePrefillConfig`, `MsaIndexerConfig`,
@@ -27,6 +29,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod dense;
 pub mod msa;
 
 /// Bytes of a kernel's parameter space (PTX ISA: 4 KiB on sm_70+ with the
@@ -169,4 +172,70 @@ pub struct PagedKv {
     pub k_off: u64,
     /// Element offset of the layer's V in a page (unused for index-K).
     pub v_off: u64,
+}
+
+/// Launch bounds of every kernel: `(entry, threads per CTA, CTAs per SM
+/// to keep resident or 0)`. The PTX build step (`cargo xtask build-ptx`)
+/// writes them as the entry's `.maxntid` and `.minnctapersm` (rustc writes
+/// none; warp-specialized kernels need them for `setmaxnreg`), and the host
+/// refuses a launch with more threads. `.maxntid` alone left every kernel's
+/// registers as they were. The decode kernel's `.minnctapersm 2` (its
+/// shared memory holds 2 CTAs per SM anyway) took it from 168 to 220
+/// registers; measured neutral (H200, 2026-12-02, the same cases before and
+/// after, msa-decode-* within 1%). The dense prefill's `1` gives ptxas
+/// the register count at entry that `setmaxnreg` needs. The indexer's score kernels need their
+/// `2`: with the paged loader's row-stepped copies ptxas otherwise spilled
+/// the prefill kernel. The others keep ptxas' choice.
+pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
+    ("dense_prefill", dense::DP_THREADS, 1),
+    ("msa_indexer_scores_prefill", msa::IDX_THREADS, 2),
+    ("msa_indexer_scores_decode", msa::IDX_THREADS, 2),
+    ("msa_indexer_topk", msa::IDX_TOPK_WARPS * 32, 0),
+    ("msa_indexer_topk_long", msa::IDX_TOPK_WARPS * 32, 0),
+    ("msa_attention_partial", msa::ATT_THREADS, 2),
+    ("msa_attention_combine", msa::MSA_HEAD_DIM, 0),
+    ("msa_block_major_count", msa::BM_EDGE_THREADS, 0),
+    ("msa_block_major_scan", msa::BM_SCAN_THREADS, 0),
+    ("msa_block_major_scatter", msa::BM_EDGE_THREADS, 0),
+    ("msa_block_major_run", msa::BM_THREADS, 0),
+    ("msa_block_major_combine", msa::BM_COMBINE_WARPS * 32, 0),
+];
+
+/// The threads per CTA [`KERNEL_BOUNDS`] gives `kernel`.
+pub fn kernel_threads(kernel: &str) -> Option<u32> {
+    KERNEL_BOUNDS
+        .iter()
+        .find(|(k, _, _)| *k == kernel)
+        .map(|&(_, t, _)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every launch bound names a kernel of a parameter struct, once.
+    #[test]
+    fn launch_bounds_cover_the_parameter_structs() {
+        let kernels: &[&[&str]] = &[
+            <dense::DensePrefillParams as crate::KernelParams>::KERNELS,
+            <msa::IdxScoreParams as crate::KernelParams>::KERNELS,
+            <msa::IdxTopkParams as crate::KernelParams>::KERNELS,
+            <msa::MsaDecodeParams as crate::KernelParams>::KERNELS,
+            <msa::MsaCombineParams as crate::KernelParams>::KERNELS,
+            <msa::BlockMajorEdgeParams as crate::KernelParams>::KERNELS,
+            <msa::BlockMajorScanParams as crate::KernelParams>::KERNELS,
+            <msa::BlockMajorRunParams as crate::KernelParams>::KERNELS,
+            <msa::BlockMajorCombineParams as crate::KernelParams>::KERNELS,
+        ];
+        let all: usize = kernels.iter().map(|k| k.len()).sum();
+        assert_eq!(all, KERNEL_BOUNDS.len());
+        for k in kernels.iter().flat_map(|k| k.iter()) {
+            assert_eq!(
+                KERNEL_BOUNDS.iter().filter(|(n, _, _)| n == k).count(),
+                1,
+                "{k}"
+            );
+            assert!(kernel_threads(k).is_some_and(|t| t > 0 && t <= 1024), "{k}");
+        }
+    }
 }

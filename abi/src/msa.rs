@@ -501,39 +501,6 @@ kernel_params! {
     BlockMajorCombineParams => ["msa_block_major_combine"],
 }
 
-/// Launch bounds of every kernel: `(entry, threads per CTA, CTAs per SM
-/// to keep resident or 0)`. The PTX build step (`cargo xtask build-ptx`)
-/// writes them as the entry's `.maxntid` and `.minnctapersm` (rustc writes
-/// none; warp-specialized kernels need them for `setmaxnreg`), and the host
-/// refuses a launch with more threads. `.maxntid` alone left every kernel's
-/// registers as they were. The decode kernel's `.minnctapersm 2` (its
-/// shared memory holds 2 CTAs per SM anyway) took it from 168 to 220
-/// registers; measured neutral (H200, 2026-12-02, the same cases before and
-/// after, msa-decode-* within 1%). The indexer's score kernels need their
-/// `2`: with the paged loader's row-stepped copies ptxas otherwise spilled
-/// the prefill kernel. The others keep ptxas' choice.
-pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
-    ("msa_indexer_scores_prefill", IDX_THREADS, 2),
-    ("msa_indexer_scores_decode", IDX_THREADS, 2),
-    ("msa_indexer_topk", IDX_TOPK_WARPS * 32, 0),
-    ("msa_indexer_topk_long", IDX_TOPK_WARPS * 32, 0),
-    ("msa_attention_partial", ATT_THREADS, 2),
-    ("msa_attention_combine", MSA_HEAD_DIM, 0),
-    ("msa_block_major_count", BM_EDGE_THREADS, 0),
-    ("msa_block_major_scan", BM_SCAN_THREADS, 0),
-    ("msa_block_major_scatter", BM_EDGE_THREADS, 0),
-    ("msa_block_major_run", BM_THREADS, 0),
-    ("msa_block_major_combine", BM_COMBINE_WARPS * 32, 0),
-];
-
-/// The threads per CTA [`KERNEL_BOUNDS`] gives `kernel`.
-pub fn kernel_threads(kernel: &str) -> Option<u32> {
-    KERNEL_BOUNDS
-        .iter()
-        .find(|(k, _, _)| *k == kernel)
-        .map(|&(_, t, _)| t)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -561,30 +528,5 @@ mod tests {
         let e = PlanEdge::new(123_456, 255, 7);
         assert_eq!((e.row(), e.slot(), e.q_pos), (123_456, 255, 7));
         assert_eq!(PlanEdge::new(1, 0, 0).row_slot, 256);
-    }
-
-    /// Every launch bound names a kernel of a parameter struct, once.
-    #[test]
-    fn launch_bounds_cover_the_parameter_structs() {
-        let kernels: &[&[&str]] = &[
-            <IdxScoreParams as crate::KernelParams>::KERNELS,
-            <IdxTopkParams as crate::KernelParams>::KERNELS,
-            <MsaDecodeParams as crate::KernelParams>::KERNELS,
-            <MsaCombineParams as crate::KernelParams>::KERNELS,
-            <BlockMajorEdgeParams as crate::KernelParams>::KERNELS,
-            <BlockMajorScanParams as crate::KernelParams>::KERNELS,
-            <BlockMajorRunParams as crate::KernelParams>::KERNELS,
-            <BlockMajorCombineParams as crate::KernelParams>::KERNELS,
-        ];
-        let all: usize = kernels.iter().map(|k| k.len()).sum();
-        assert_eq!(all, KERNEL_BOUNDS.len());
-        for k in kernels.iter().flat_map(|k| k.iter()) {
-            assert_eq!(
-                KERNEL_BOUNDS.iter().filter(|(n, _, _)| n == k).count(),
-                1,
-                "{k}"
-            );
-            assert!(kernel_threads(k).is_some_and(|t| t > 0 && t <= 1024), "{k}");
-        }
     }
 }

@@ -49,7 +49,7 @@ use crate::error::{CudaContextExt, Error, Result};
 pub(crate) struct Kernel<P: KernelParams> {
     func: CudaFunction,
     name: &'static str,
-    /// Its `.maxntid` (`sparse_attn_abi::msa::KERNEL_BOUNDS`).
+    /// Its `.maxntid` (`sparse_attn_abi::KERNEL_BOUNDS`).
     max_threads: u32,
     _params: PhantomData<fn(P)>,
 }
@@ -68,7 +68,7 @@ impl<P: KernelParams> Kernel<P> {
                 ),
             });
         }
-        let max_threads = sparse_attn_abi::msa::kernel_threads(name).ok_or(Error::Unsupported {
+        let max_threads = sparse_attn_abi::kernel_threads(name).ok_or(Error::Unsupported {
             arg: "kernel",
             what: format!("`{name}` has no launch bounds in KERNEL_BOUNDS"),
         })?;
@@ -100,7 +100,7 @@ impl DeviceElem for bf16 {
 macro_rules! same_on_device {
     ($($t:ty),*) => {$(impl DeviceElem for $t { type Dev = $t; })*};
 }
-same_on_device!(u32, i32, f32);
+same_on_device!(u8, u32, i32, f32);
 
 fn address<T>(gpu: &Gpu, s: &CudaSlice<T>) -> u64 {
     // The context does no event tracking (see `Gpu::new`), so the returned

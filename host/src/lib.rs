@@ -37,6 +37,7 @@
 
 pub mod batch;
 pub mod context;
+pub mod dense_prefill;
 pub mod error;
 mod launch;
 pub mod msa_attention;
@@ -56,6 +57,7 @@ pub use batch::{
 };
 pub use context::{DeviceProps, Gpu};
 pub use cudarc::driver::CudaSlice;
+pub use dense_prefill::{DensePrefill, DensePrefillConfig, KvBuffers, KvLayout};
 pub use error::{Error, Result};
 pub use half::bf16;
 pub use msa_attention::{AttentionPath, MsaAttention, MsaAttentionConfig};

@@ -9,8 +9,8 @@
 //! - `tile`: what more than one kernel family uses (swizzled tiles and their
 //!   `wgmma` descriptors, the paged block loader, the pipeline ring, the
 //!   online softmax and LSE merge, the top-k selectors);
-//! - one file per op family (`msa_indexer`, `msa_attention`,
-//!   `msa_block_major`), named as in the host crate.
+//! - one file per op family (`dense_prefill`, `msa_indexer`,
+//!   `msa_attention`, `msa_block_major`), named as in the host crate.
 //!
 //! Tile shapes, work records and one parameter struct per kernel come from
 //! the `sparse-attn-abi` crate, which the host compiles too.
@@ -23,6 +23,7 @@
 )]
 
 pub mod arch;
+pub mod dense_prefill;
 pub mod msa_attention;
 pub mod msa_indexer;
 pub mod tile;

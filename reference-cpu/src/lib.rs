@@ -13,6 +13,8 @@
 //! panicking; invalid shapes are rejected with a panic that says what is wrong.
 //!
 //! Modules:
+//! - [`dense_prefill`]: dense flash prefill, paged or ragged (cross-attention)
+//!   K/V, masks and sinks (`spec/dense-prefill.md`).
 //! - [`paged`]: the borrowed bf16 view of a MAX-layout paged cache (its
 //!   layout and page table are [`abi::batch`]'s).
 //! - [`msa_indexer`]: MSA top-k block selection (`spec/msa-indexer.md`).
@@ -21,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod dense_prefill;
 pub mod msa_attention;
 pub mod msa_indexer;
 pub mod paged;

@@ -457,3 +457,63 @@ pub fn block_selection(
     }
     out
 }
+
+/// Contiguous ragged K and V for cross-attention: `kv_lens[b]` rows each, bf16 [sum kv_lens, n_kv_heads, head_dim].
+#[derive(Clone, Debug, PartialEq)]
+pub struct RaggedKv {
+    /// `u32 [batch + 1]`: sequence `b` owns rows
+    /// `kv_row_offsets[b] .. kv_row_offsets[b + 1]` of `k` and `v`.
+    pub kv_row_offsets: Vec<u32>,
+    /// `bf16 [total_kv_rows, n_kv_heads, head_dim]`.
+    pub k: Vec<bf16>,
+    /// `bf16 [total_kv_rows, n_kv_heads, head_dim]`.
+    pub v: Vec<bf16>,
+}
+
+impl RaggedKv {
+    /// The borrowed K/V source the dense prefill's reference takes.
+    pub fn as_dense_kv(&self) -> sparse_attn_reference::dense_prefill::DenseKv<'_> {
+        sparse_attn_reference::dense_prefill::DenseKv::Ragged {
+            k: &self.k,
+            v: &self.v,
+            kv_row_offsets: &self.kv_row_offsets,
+        }
+    }
+
+    /// Total rows (`kv_row_offsets[batch]`).
+    pub fn total_rows(&self) -> usize {
+        self.kv_row_offsets.last().copied().unwrap_or(0) as usize
+    }
+}
+
+/// Random contiguous ragged K and V (each [`tensor`] of `fill`, K drawn
+/// first) with `kv_row_offsets` the prefix sums of `kv_lens` (zero lengths
+/// allowed). Every element is a token's value: there is no padding.
+///
+/// Panics if the total row count overflows `u32`.
+pub fn ragged_kv(
+    rng: &mut impl Rng,
+    kv_lens: &[u32],
+    n_kv_heads: usize,
+    head_dim: usize,
+    fill: Fill,
+) -> RaggedKv {
+    let mut kv_row_offsets = Vec::with_capacity(kv_lens.len() + 1);
+    kv_row_offsets.push(0u32);
+    for &n in kv_lens {
+        let last = kv_row_offsets[kv_row_offsets.len() - 1];
+        let next = last
+            .checked_add(n)
+            .expect("ragged_kv: total rows overflow u32");
+        kv_row_offsets.push(next);
+    }
+    let total = kv_row_offsets[kv_lens.len()] as usize;
+    let len = total * n_kv_heads * head_dim;
+    let k = tensor(rng, len, fill);
+    let v = tensor(rng, len, fill);
+    RaggedKv {
+        kv_row_offsets,
+        k,
+        v,
+    }
+}

@@ -45,7 +45,7 @@ pub const ABI_CRATE_DIR: &str = "abi";
 
 /// Writes `.maxntid T, 1, 1` (and `.minnctapersm N` where `N > 0`) after
 /// the parameter list of every `.entry` named in `bounds` (rustc writes no
-/// launch bounds; see `sparse_attn_abi::msa::KERNEL_BOUNDS`). Every entry
+/// launch bounds; see `sparse_attn_abi::KERNEL_BOUNDS`). Every entry
 /// of the PTX must be in the table, and every table row must name an entry.
 pub fn add_launch_bounds(ptx: &str, bounds: &[(&str, u32, u32)]) -> Result<String, String> {
     let mut out = String::with_capacity(ptx.len() + 64 * bounds.len());

@@ -266,7 +266,7 @@ fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Resu
         .with_context(|| format!("reading {}", ptx_built.display()))?;
     // rustc writes no launch bounds: add each kernel's `.maxntid` (the
     // abi's table), and give ptxas the result.
-    let ptx = xtask::add_launch_bounds(&raw, sparse_attn_abi::msa::KERNEL_BOUNDS)
+    let ptx = xtask::add_launch_bounds(&raw, sparse_attn_abi::KERNEL_BOUNDS)
         .map_err(|e| anyhow::anyhow!("adding launch bounds: {e}"))?
         .into_bytes();
     let ptx_built = ptx_built.with_extension("bounded.ptx");

@@ -4,6 +4,8 @@
 //! - [`swizzle`]: the 128-byte swizzled tile layouts and their `wgmma`
 //!   descriptors (a layout and its descriptor live together);
 //! - [`frag`]: `mma` A fragments straight from global memory;
+//! - [`mask`]: key masks by position (causal, sliding window, sequence
+//!   end) as one visible range per row, applied to accumulator fragments;
 //! - [`paged`]: the paged block loader (page ids, a block of one head into a
 //!   swizzled tile, the unwritten tail zeroed);
 //! - [`pipeline`]: the ring of shared-memory stages (`cp.async` today; the
@@ -14,6 +16,7 @@
 //! - [`topk`]: top-k selectors behind a key-source interface.
 
 pub mod frag;
+pub mod mask;
 pub mod paged;
 pub mod pipeline;
 pub mod softmax;

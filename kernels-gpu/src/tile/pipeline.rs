@@ -4,12 +4,15 @@
 //! `body(i, stage)` consumes it once it has landed, with `STAGES - 1` tiles
 //! in flight ahead of the one being consumed. [`CpAsyncRing`] implements it
 //! with `cp.async` groups and a CTA barrier per tile (every thread both
-//! copies and computes); the warp-specialized kernels' ring (a producer
-//! warp issuing TMA copies, consumers waiting on full mbarriers and
-//! releasing stages through empty ones, stage and phase advancing together)
-//! takes the same `issue` / `body` pair.
+//! copies and computes). [`MbarRing`] is the warp-specialized kernels'
+//! ring: a producer warp acquires a stage and issues TMA copies into it,
+//! consumers wait on its full mbarrier and release it through its empty
+//! one, stage and phase advancing together (the dense prefill; the MSA
+//! block-major run and the lightning indexer can take it next).
 
-use crate::arch::{cp_async_commit, cp_async_wait, sync_threads};
+use crate::arch::{
+    cp_async_commit, cp_async_wait, mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, sync_threads,
+};
 
 /// `STAGES` stages of `STAGE_BYTES` at `base`; `WAIT` must be `STAGES - 2`
 /// (a separate parameter: const generics cannot compute it).
@@ -52,5 +55,70 @@ impl<const STAGES: u32, const WAIT: u32, const STAGE_BYTES: u32> CpAsyncRing<STA
             body(i, self.stage(i));
         }
         cp_async_wait::<0>();
+    }
+}
+
+/// The warp-specialized ring: `STAGES` stages, each with a *full* mbarrier
+/// (the producer posts the stage's bytes, the TMA engine counts them in)
+/// and an *empty* one (every consumer warp arrives once it has read the
+/// stage). Use `i` counts tiles from 0; the stage is `i % STAGES` and the
+/// phase parity flips each time the ring wraps.
+///
+/// The producer's first pass over the ring waits for parity 1 of fresh
+/// empty barriers, which counts as complete (the phase "before" phase 0),
+/// so it does not block.
+pub struct MbarRing<const STAGES: u32> {
+    /// Shared address of `full: [u64; STAGES]`.
+    pub full: u32,
+    /// Shared address of `empty: [u64; STAGES]`.
+    pub empty: u32,
+}
+
+impl<const STAGES: u32> MbarRing<STAGES> {
+    /// Initialises the barriers (one thread; a CTA barrier or
+    /// `fence_mbarrier_init` follows): full with one arrival (the
+    /// producer's), empty with `consumers` arrivals.
+    #[inline(always)]
+    pub unsafe fn init(&self, consumers: u32) {
+        for s in 0..STAGES {
+            mbarrier_init(self.full + 8 * s, 1);
+            mbarrier_init(self.empty + 8 * s, consumers);
+        }
+    }
+
+    /// Stage and phase parity of use `i`.
+    #[inline(always)]
+    pub fn slot(i: u32) -> (u32, u32) {
+        (i % STAGES, (i / STAGES) & 1)
+    }
+
+    /// Producer: waits until use `i`'s stage is free, then posts `bytes`
+    /// to its full barrier; the caller issues the TMA copies on
+    /// [`MbarRing::full_bar`] next.
+    #[inline(always)]
+    pub unsafe fn acquire(&self, i: u32, bytes: u32) {
+        let (s, ph) = Self::slot(i);
+        mbarrier_wait(self.empty + 8 * s, ph ^ 1);
+        mbarrier_arrive_expect_tx(self.full + 8 * s, bytes);
+    }
+
+    /// The full barrier of use `i` (the copies' completion target).
+    #[inline(always)]
+    pub fn full_bar(&self, i: u32) -> u32 {
+        self.full + 8 * (i % STAGES)
+    }
+
+    /// Consumer: waits until use `i`'s bytes have landed.
+    #[inline(always)]
+    pub unsafe fn wait(&self, i: u32) {
+        let (s, ph) = Self::slot(i);
+        mbarrier_wait(self.full + 8 * s, ph);
+    }
+
+    /// Consumer: one arrival on use `i`'s empty barrier (once per consumer
+    /// counted at [`MbarRing::init`]).
+    #[inline(always)]
+    pub unsafe fn release(&self, i: u32) {
+        mbarrier_arrive(self.empty + 8 * (i % STAGES));
     }
 }

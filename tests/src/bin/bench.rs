@@ -20,8 +20,9 @@ use cudarc::driver::sys::CUevent_flags;
 use rand::Rng;
 use serde_json::{json, Value};
 use sparse_attn::{
-    AttentionPath, CudaSlice, Gpu, MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig,
-    MsaStep, PageTable, PagedLayout, RaggedBatch, StepInputs,
+    AttentionPath, CudaSlice, DensePrefill, DensePrefillConfig, Gpu, KvBuffers, KvLayout, Mask,
+    MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable,
+    PagedLayout, RaggedBatch, StepInputs,
 };
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
@@ -536,6 +537,157 @@ fn bench_prefill_attention(gpu: &Gpu, name: &'static str, len: usize, args: &Arg
     recs
 }
 
+/// A dense prefill case: 32 query heads over 8 KV heads of 128, one
+/// sequence of 16K or 8 of 2K; K/V contiguous or from a shuffled paged cache.
+struct DenseCase {
+    name: &'static str,
+    q_lens: &'static [u32],
+    mask: Mask,
+    page_size: Option<usize>,
+    sinks: bool,
+}
+
+fn dense_cases() -> Vec<DenseCase> {
+    const K16: &[u32] = &[16384];
+    const K2X8: &[u32] = &[2048; 8];
+    let c = |name, q_lens, mask, page_size, sinks| DenseCase {
+        name,
+        q_lens,
+        mask,
+        page_size,
+        sinks,
+    };
+    vec![
+        c("dense-prefill-16k", K16, Mask::None, None, false),
+        c("dense-prefill-16k-causal", K16, Mask::Causal, None, false),
+        c("dense-prefill-8x2k", K2X8, Mask::Causal, None, false),
+        c(
+            "dense-prefill-16k-paged128",
+            K16,
+            Mask::Causal,
+            Some(128),
+            false,
+        ),
+        c(
+            "dense-prefill-16k-paged16",
+            K16,
+            Mask::Causal,
+            Some(16),
+            false,
+        ),
+        c(
+            "dense-prefill-16k-sw4096",
+            K16,
+            Mask::SlidingWindow { window: 4096 },
+            None,
+            false,
+        ),
+        c("dense-prefill-16k-sinks", K16, Mask::Causal, None, true),
+    ]
+}
+
+/// Visible (query, key) pairs of a self-attention batch under `mask`.
+fn visible_pairs(spec: &RaggedSpec, mask: Mask) -> f64 {
+    (0..spec.batch())
+        .map(|b| {
+            let (c, n) = (spec.cache_lengths[b] as usize, spec.seqlen_k(b));
+            (0..spec.q_len(b))
+                .map(|i| mask.key_range(c + i, n).len() as f64)
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
+    let (mut rng, seed) = seeded(None);
+    let cfg = DensePrefillConfig {
+        mask: c.mask,
+        sinks: c.sinks,
+        ..DensePrefillConfig::llama_gqa()
+    };
+    let spec = RaggedSpec::prefill(c.q_lens, &vec![0; c.q_lens.len()]);
+    let rows = spec.num_rows();
+    let kv_row = cfg.n_kv_heads * 128;
+    let q = random_pool(gpu, &mut rng, rows * cfg.n_heads * 128);
+    let mut out = gpu.zeros::<half::bf16>(rows * cfg.n_heads * 128).unwrap();
+    let sinks = c.sinks.then(|| {
+        gpu.upload(
+            &(0..cfg.n_heads)
+                .map(|_| rng.gen_range(-2.0f32..2.0))
+                .collect::<Vec<_>>(),
+        )
+        .unwrap()
+    });
+    let mut op = DensePrefill::new(gpu, cfg).unwrap();
+    let (a, b, lookup, perm, layout);
+    match c.page_size {
+        Some(ps) => {
+            let pages = (0..spec.batch())
+                .map(|s| spec.seqlen_k(s).div_ceil(ps))
+                .sum::<usize>();
+            layout = PagedLayout::kv(pages, 1, ps, cfg.n_kv_heads, 128);
+            let mut p: Vec<u32> = (0..pages as u32).collect();
+            for i in (1..p.len()).rev() {
+                p.swap(i, rng.gen_range(0..=i));
+            }
+            perm = p;
+            a = random_pool(gpu, &mut rng, layout.elements());
+            b = gpu.zeros::<half::bf16>(1).unwrap();
+            lookup = gpu.upload(&perm).unwrap();
+            let max_pages = pages / spec.batch();
+            op.plan(
+                &spec.as_batch(),
+                &KvLayout::Paged {
+                    layout,
+                    pages: PageTable::new(&perm, max_pages),
+                    layer: 0,
+                },
+            )
+            .unwrap();
+        }
+        None => {
+            a = random_pool(gpu, &mut rng, rows * kv_row);
+            b = random_pool(gpu, &mut rng, rows * kv_row);
+            lookup = gpu.zeros::<u32>(1).unwrap();
+            op.plan(
+                &spec.as_batch(),
+                &KvLayout::Ragged {
+                    kv_row_offsets: &spec.offsets,
+                },
+            )
+            .unwrap();
+        }
+    }
+    let kv = if c.page_size.is_some() {
+        KvBuffers::Paged {
+            kv_cache: &a,
+            lookup: &lookup,
+        }
+    } else {
+        KvBuffers::Ragged { k: &a, v: &b }
+    };
+    let reps = args.reps.min(10);
+    let ms = time_ms(gpu, reps, |_| {
+        op.run(&q, kv, sinks.as_ref(), &mut out, None).unwrap()
+    });
+    let graph_ms = time_graph_ms(gpu, reps, |_| {
+        op.run(&q, kv, sinks.as_ref(), &mut out, None).unwrap()
+    });
+    let flops = 4.0 * (cfg.n_heads * 128) as f64 * visible_pairs(&spec, c.mask);
+    let tf = flops / (ms * 1e-3) / 1e12;
+    eprintln!(
+        "{:<28} {:>9.1} us  {tf:>6.1} TFLOP/s (graph replay {:.1} us; seed {seed})",
+        c.name,
+        ms * 1e3,
+        graph_ms * 1e3
+    );
+    vec![json!({
+        "case": c.name, "op": "dense_prefill", "our_us": ms * 1e3, "our_us_graph_replay": graph_ms * 1e3,
+        "achieved": tf, "unit": "TFLOP/s", "fraction_of_limit": Value::Null, "flops": flops,
+        "note": "32 / 8 heads of 128, bf16; TFLOP/s = 4 * n_heads * 128 * visible pairs / time",
+    })]
+}
+
 /// Causally visible (query, key) pairs of a batch.
 fn causal_pairs(spec: &RaggedSpec) -> f64 {
     (0..spec.batch())
@@ -698,6 +850,9 @@ fn main() {
             copy_gbs,
             props.l2_bytes as usize,
         ));
+    }
+    for c in dense_cases().iter().filter(|c| want(c.name)) {
+        all.extend(bench_dense_prefill(&gpu, c, &args));
     }
     for (name, len) in [("msa-prefill-8k", 8 * 1024), ("msa-prefill-32k", 32 * 1024)] {
         if want(name) {

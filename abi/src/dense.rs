@@ -1,0 +1,140 @@
+//! The dense flash prefill (`shared/spec/dense-prefill.md`): tile shapes,
+//! shared-memory sizes, its work record and parameter struct.
+//!
+//! One CTA computes one [`DenseTile`] (up to [`DP_BLOCK_M`] query rows of
+//! one sequence) for one query head: a producer warp brings Q once and K/V
+//! tiles of [`DP_BLOCK_N`] keys through a ring of [`DP_STAGES`] stages with
+//! TMA, and [`DP_CONSUMERS`] consumer warpgroups of 64 rows each run the
+//! online softmax with `wgmma`.
+
+use crate::{kernel_params, Bf16Bits, DPtr, DPtrMut};
+
+/// Head dimension the kernel implements.
+pub const DP_HEAD_DIM: u32 = 128;
+/// Consumer warpgroups per CTA, 64 query rows each.
+pub const DP_CONSUMERS: u32 = 2;
+/// Query rows per CTA (and per work tile).
+pub const DP_BLOCK_M: u32 = 64 * DP_CONSUMERS;
+/// Keys per K/V tile (one `wgmma` N of 128 for S = Q Kᵀ).
+pub const DP_BLOCK_N: u32 = 128;
+/// K/V stages of the ring: 2 × (32 KiB K + 32 KiB V) plus 32 KiB of Q is
+/// 160 KiB, one CTA per SM.
+pub const DP_STAGES: u32 = 2;
+/// Threads per CTA: one producer warpgroup (one warp issues the copies)
+/// and the consumers.
+pub const DP_THREADS: u32 = 128 * (1 + DP_CONSUMERS);
+/// Registers per thread the producer warpgroup keeps (`setmaxnreg.dec`).
+pub const DP_PRODUCER_REGS: u32 = 24;
+/// Registers per thread of a consumer warpgroup (`setmaxnreg.inc`):
+/// `24 · 128 + 2 · 240 · 128 = 64 512 <= 65 536`.
+pub const DP_CONSUMER_REGS: u32 = 240;
+/// Bytes of one 128-row × 128-dim bf16 tile (Q, a K or a V stage).
+pub const DP_TILE_BYTES: u32 = 128 * DP_HEAD_DIM * 2;
+/// Bytes of a `CUtensorMap` (the driver's opaque TMA descriptor).
+pub const DP_TMAP_BYTES: usize = 128;
+/// Tensor maps of one launch, in this order in the `tmaps` buffer: Q, K, V
+/// (paged: K and V are the same map of the pool).
+pub const DP_TMAPS: usize = 3;
+/// Dynamic shared memory: Q, the K and V stages, the barriers (and the
+/// 1 KiB alignment of the swizzled tiles, which the window's `.align 1024`
+/// gives).
+pub const DP_SMEM: u32 = DP_TILE_BYTES * (1 + 2 * DP_STAGES) + 128;
+
+/// One CTA's work (for every query head): rows `row0 .. row0 + rows`
+/// (`rows <= DP_BLOCK_M`) of sequence `seq`, its first row at position
+/// `q_pos0`, over the sequence's `num_keys` keys (contiguous K/V: rows
+/// `kv_row0 ..` of the K/V tensors). `key_tiles` (the tiles its mask
+/// leaves, the host's cost estimate) orders the tiles longest first.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DenseTile {
+    /// Sequence (row of the page table).
+    pub seq: u32,
+    /// First query row (packed index into q / out).
+    pub row0: u32,
+    /// Rows of the tile, `1 ..= DP_BLOCK_M`.
+    pub rows: u32,
+    /// Position of row `row0`: `cache_len[seq] + row0 - offsets[seq]`.
+    pub q_pos0: u32,
+    /// Keys of the sequence.
+    pub num_keys: u32,
+    /// Contiguous K/V: the sequence's first row; paged: 0.
+    pub kv_row0: u32,
+    /// K/V tiles the tile visits.
+    pub key_tiles: u32,
+    /// Padding to 32 bytes (two 16-byte loads).
+    pub _pad: u32,
+}
+
+/// The mask as the kernel reads it: `causal` (0 / 1) and `window`
+/// (`u32::MAX`: none). `Mask::None` is (0, MAX), `Causal` (1, MAX),
+/// `SlidingWindow { w }` (1, w).
+pub const DP_NO_WINDOW: u32 = u32::MAX;
+
+/// Parameters of `dense_prefill`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DensePrefillParams {
+    /// `DP_TMAPS` tensor maps, 128 bytes each, 64-byte aligned: Q
+    /// `[num_rows, n_heads, 128]`; K and V (contiguous `[kv_rows,
+    /// n_kv_heads, 128]`, or the paged pool as `[pages · 2 · layers ·
+    /// page_size, n_kv_heads, 128]` rows of tokens), boxes of 64 dims × 1
+    /// head × `box_rows` rows, 128-byte swizzled.
+    pub tmaps: DPtr<u8>,
+    /// `tiles: [num_tiles]`, longest first.
+    pub tiles: DPtr<DenseTile>,
+    /// Paged: the page table `u32 [batch, max_pages]`; contiguous: null.
+    pub lookup: DPtr<u32>,
+    /// Attention sinks `f32 [n_heads]` or null.
+    pub sinks: DPtr<f32>,
+    /// `bf16 [num_rows, n_heads, 128]`.
+    pub out: DPtrMut<Bf16Bits>,
+    /// `f32 [num_rows, n_heads]` (natural log, the sink included) or null.
+    pub lse: DPtrMut<f32>,
+    /// Work tiles.
+    pub num_tiles: u32,
+    /// Query rows (`out` rows past it are never written).
+    pub num_rows: u32,
+    /// Query heads.
+    pub n_heads: u32,
+    /// KV heads.
+    pub n_kv_heads: u32,
+    /// `scale · log2 e` (scale > 0).
+    pub scale_log2: f32,
+    /// 1: keys after the query's position are hidden.
+    pub causal: u32,
+    /// Keys visible up to the query, itself included; [`DP_NO_WINDOW`]: no window.
+    pub window: u32,
+    /// Rows of one K/V TMA box: `DP_BLOCK_N` contiguous, `min(page_size,
+    /// DP_BLOCK_N)` paged.
+    pub box_rows: u32,
+    /// Paged: tokens per page (a power of two); contiguous: 0.
+    pub page_size: u32,
+    /// Paged: pages of the pool (page ids are clamped below it).
+    pub num_pages: u32,
+    /// Paged: row stride of the page table.
+    pub max_pages: u32,
+    /// Paged: token rows from one page to the next (`2 · layers · page_size`).
+    pub page_rows: u32,
+    /// Paged: token row of the layer's K plane in a page (`layer · page_size`).
+    pub k_row_off: u32,
+    /// Paged: token row of the layer's V plane (`(layers + layer) · page_size`).
+    pub v_row_off: u32,
+}
+
+kernel_params! {
+    DensePrefillParams => ["dense_prefill"],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_fit_the_sm() {
+        assert_eq!(core::mem::size_of::<DenseTile>(), 32);
+        assert!(DP_SMEM <= 227 * 1024);
+        assert!(DP_PRODUCER_REGS * 128 + DP_CONSUMERS * DP_CONSUMER_REGS * 128 <= 65536);
+        assert_eq!(DP_BLOCK_M, 128);
+    }
+}

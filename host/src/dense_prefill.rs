@@ -1,0 +1,548 @@
+//! The dense flash prefill (`shared/spec/dense-prefill.md`; kernel:
+//! `kernels-gpu/src/dense_prefill.rs`): ragged queries, GQA, K/V from the
+//! paged main cache or from contiguous ragged tensors (cross-attention),
+//! no mask / causal / sliding window by absolute position, attention sinks,
+//! optional lse; bf16 in, f32 accumulation, bf16 out.
+//!
+//! Choices where the spec is silent (what FlashAttention / FlashInfer users
+//! expect):
+//! - contiguous K/V: row `i` of sequence `b` is still at `q_pos =
+//!   cache_lengths[b] + i`; pass zeros for plain cross-attention, or
+//!   `num_keys - q_len` for FlashAttention's bottom-right causal alignment;
+//! - `lse` is the natural log of the denominator the output was divided
+//!   by, the sink included (`-inf` for a row that sees nothing and has no
+//!   sink); with sinks such a row has `lse = sink[h]`;
+//! - `scale` must be finite and > 0, as for the MSA attention.
+//!
+//! `plan` cuts the batch into tiles of `DP_BLOCK_M` rows, orders them
+//! longest first and uploads them. `run` encodes the three TMA tensor maps
+//! (Q, K, V) for the buffers it is given and uploads them only when they
+//! differ from the last call's (384 bytes): a run on the buffers of the
+//! previous run only launches, so it can be captured in a CUDA graph and
+//! replayed.
+
+use cudarc::driver::{sys, CudaSlice, DevicePtr, LaunchConfig};
+use half::bf16;
+
+use crate::abi::dense::*;
+use crate::batch::{
+    CacheExpect, ConfigExt, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
+    RaggedBatch, RaggedBatchExt,
+};
+use crate::error::{ensure, expect_len, require_head_dim, CudaContextExt, Error, Result};
+use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, Kernel};
+use crate::workspace::grow;
+use crate::Gpu;
+
+pub use crate::abi::config::DensePrefillConfig;
+
+/// Where `plan` finds the keys of each sequence.
+#[derive(Clone, Copy, Debug)]
+pub enum KvLayout<'a> {
+    /// The paged main cache (`[num_pages, 2, num_layers, page_size,
+    /// n_kv_heads, 128]`, bf16, page size a power of two from 16 to 256) of
+    /// layer `layer`: sequence `b` has `cache_len + q_len` keys.
+    Paged {
+        /// Shape of the pool.
+        layout: PagedLayout,
+        /// The page table.
+        pages: PageTable<'a>,
+        /// Layer read.
+        layer: usize,
+    },
+    /// Contiguous ragged K and V, each `[kv_rows, n_kv_heads, 128]`:
+    /// sequence `b` owns rows `kv_row_offsets[b] .. kv_row_offsets[b + 1]`.
+    Ragged {
+        /// `u32 [batch + 1]`, from 0, non-decreasing.
+        kv_row_offsets: &'a [u32],
+    },
+}
+
+/// The device buffers `run` reads K/V from, matching the planned [`KvLayout`].
+#[derive(Clone, Copy)]
+pub enum KvBuffers<'a> {
+    /// The pool (`layout.elements()` values) and the page table.
+    Paged {
+        /// `bf16 [num_pages, 2, num_layers, page_size, n_kv_heads, 128]`.
+        kv_cache: &'a CudaSlice<bf16>,
+        /// `u32 [batch, max_pages]`.
+        lookup: &'a CudaSlice<u32>,
+    },
+    /// `bf16 [kv_rows, n_kv_heads, 128]` each.
+    Ragged {
+        /// Keys.
+        k: &'a CudaSlice<bf16>,
+        /// Values.
+        v: &'a CudaSlice<bf16>,
+    },
+}
+
+/// What a plan fixed.
+#[derive(Clone, Debug)]
+struct Plan {
+    rows: usize,
+    batch: usize,
+    num_tiles: usize,
+    /// Paged: pool shape and layer; contiguous: `kv_rows`.
+    paged: Option<(PagedLayout, usize, usize)>,
+    kv_rows: usize,
+}
+
+/// The dense flash prefill. `new` checks the configuration; `plan` takes
+/// a batch's shape; `run` launches.
+pub struct DensePrefill {
+    gpu: Gpu,
+    cfg: DensePrefillConfig,
+    kernel: Kernel<DensePrefillParams>,
+    /// [`DenseTile`]s as words, longest first.
+    tiles: CudaSlice<u32>,
+    /// `DP_TMAPS` tensor maps (64-byte aligned: the allocation is).
+    tmaps: CudaSlice<u8>,
+    /// The maps last uploaded (none yet: empty).
+    tmaps_host: Vec<u8>,
+    plan: Option<Plan>,
+}
+
+impl ConfigExt for DensePrefillConfig {
+    fn validate(&self) -> Result<()> {
+        require_head_dim(self.head_dim)?;
+        ensure(
+            self.n_kv_heads > 0,
+            "n_kv_heads",
+            || "> 0".into(),
+            || "0".into(),
+        )?;
+        ensure(
+            self.n_heads > 0 && self.n_heads.is_multiple_of(self.n_kv_heads),
+            "n_heads",
+            || format!("a positive multiple of n_kv_heads = {}", self.n_kv_heads),
+            || self.n_heads.to_string(),
+        )?;
+        ensure(
+            self.n_heads < 1 << 16,
+            "n_heads",
+            || "fewer than 65536".into(),
+            || self.n_heads.to_string(),
+        )?;
+        ensure(
+            self.scale.is_finite() && self.scale > 0.0,
+            "scale",
+            || "a finite scale > 0".into(),
+            || self.scale.to_string(),
+        )?;
+        if let Mask::SlidingWindow { window } = self.mask {
+            ensure(
+                window >= 1 && window < u32::MAX as usize,
+                "window",
+                || "1 ..= 2^32 - 2 keys".into(),
+                || window.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl DensePrefill {
+    /// The op for `cfg` (checked: head_dim 128, `n_heads % n_kv_heads ==
+    /// 0`, a finite scale > 0, a window of at least 1).
+    pub fn new(gpu: &Gpu, cfg: DensePrefillConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(DensePrefill {
+            gpu: gpu.clone(),
+            cfg,
+            kernel: gpu.kernel("dense_prefill", DP_SMEM)?,
+            tiles: gpu.zeros(1)?,
+            tmaps: gpu.zeros(DP_TMAPS * DP_TMAP_BYTES)?,
+            tmaps_host: Vec::new(),
+            plan: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &DensePrefillConfig {
+        &self.cfg
+    }
+
+    /// Validates the batch and the K/V layout, cuts the batch into tiles
+    /// (longest first) and uploads them.
+    pub fn plan(&mut self, batch: &RaggedBatch, kv: &KvLayout) -> Result<()> {
+        self.plan = None;
+        batch.validate()?;
+        let rows = batch.num_rows();
+        ensure(
+            rows < 1 << 31,
+            "input_row_offsets",
+            || "fewer than 2^31 rows".into(),
+            || rows.to_string(),
+        )?;
+        let (keys, kv_row0, paged, kv_rows) = self.check_kv(batch, kv)?;
+        let tiles = plan_tiles(batch, &keys, &kv_row0, &self.cfg);
+        let words = record_words(&tiles);
+        grow(&self.gpu, &mut self.tiles, words.len())?;
+        if !words.is_empty() {
+            self.gpu
+                .stream()
+                .memcpy_htod(words, &mut self.tiles.slice_mut(..words.len()))
+                .during(|| "uploading the dense prefill tiles".into())?;
+        }
+        self.plan = Some(Plan {
+            rows,
+            batch: batch.batch(),
+            num_tiles: tiles.len(),
+            paged,
+            kv_rows,
+        });
+        Ok(())
+    }
+
+    /// Keys and first K/V row of every sequence, the paged shape, the K/V rows.
+    #[allow(clippy::type_complexity)]
+    fn check_kv(
+        &self,
+        batch: &RaggedBatch,
+        kv: &KvLayout,
+    ) -> Result<(
+        Vec<u32>,
+        Vec<u32>,
+        Option<(PagedLayout, usize, usize)>,
+        usize,
+    )> {
+        let n = batch.batch();
+        match *kv {
+            KvLayout::Paged {
+                layout,
+                pages,
+                layer,
+            } => {
+                let ps = layout.page_size;
+                ensure(
+                    ps.is_power_of_two() && (16..=256).contains(&ps),
+                    "page_size",
+                    || "a power of two from 16 to 256".into(),
+                    || ps.to_string(),
+                )?;
+                let want = CacheExpect {
+                    name: "kv_cache",
+                    shape: "[num_pages, 2, num_layers, page_size, n_kv_heads, 128]",
+                    kv_dim: 2,
+                    n_heads: self.cfg.n_kv_heads,
+                    head_dim: DP_HEAD_DIM as usize,
+                    page_size: ps,
+                };
+                layout.check(&want, layer)?;
+                pages.validate(batch, &layout)?;
+                let token_rows = layout.num_pages * 2 * layout.num_layers * ps;
+                ensure(
+                    token_rows < 1 << 31 && pages.max_pages < 1 << 31,
+                    "kv_cache",
+                    || "fewer than 2^31 token rows (num_pages * 2 * num_layers * page_size)".into(),
+                    || token_rows.to_string(),
+                )?;
+                let keys = (0..n).map(|b| batch.seqlen_k(b) as u32).collect();
+                Ok((keys, vec![0; n], Some((layout, layer, pages.max_pages)), 0))
+            }
+            KvLayout::Ragged {
+                kv_row_offsets: off,
+            } => {
+                let kvb = RaggedBatch::new(off, batch.cache_lengths);
+                kvb.validate()
+                    .map_err(|e| e.rename_args(&[("input_row_offsets", "kv_row_offsets")]))?;
+                let kv_rows = kvb.num_rows();
+                ensure(
+                    kv_rows < 1 << 31,
+                    "kv_row_offsets",
+                    || "fewer than 2^31 rows".into(),
+                    || kv_rows.to_string(),
+                )?;
+                let keys = (0..n).map(|b| off[b + 1] - off[b]).collect();
+                Ok((keys, off[..n].to_vec(), None, kv_rows))
+            }
+        }
+    }
+
+    /// Computes the planned batch: `q` and `out` `[num_rows, n_heads,
+    /// 128]`, `sinks: f32 [n_heads]` exactly when the configuration has
+    /// sinks, `lse: f32 [num_rows, n_heads]` optional. Launch only (see the
+    /// module docs for the tensor maps).
+    pub fn run(
+        &mut self,
+        q: &CudaSlice<bf16>,
+        kv: KvBuffers,
+        sinks: Option<&CudaSlice<f32>>,
+        out: &mut CudaSlice<bf16>,
+        lse: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        let p = self.plan.clone().ok_or(Error::NotPlanned {
+            op: "dense_prefill",
+        })?;
+        let c = self.cfg;
+        let d = DP_HEAD_DIM as usize;
+        expect_len(
+            "q",
+            q.len(),
+            p.rows * c.n_heads * d,
+            "num_rows * n_heads * 128",
+        )?;
+        expect_len(
+            "out",
+            out.len(),
+            p.rows * c.n_heads * d,
+            "num_rows * n_heads * 128",
+        )?;
+        if let Some(l) = lse.as_deref() {
+            expect_len("lse", l.len(), p.rows * c.n_heads, "num_rows * n_heads")?;
+        }
+        ensure(
+            sinks.is_some() == c.sinks,
+            "sinks",
+            || {
+                format!(
+                    "{} (config.sinks = {})",
+                    if c.sinks { "a buffer" } else { "none" },
+                    c.sinks
+                )
+            },
+            || {
+                if sinks.is_some() {
+                    "a buffer".into()
+                } else {
+                    "none".to_string()
+                }
+            },
+        )?;
+        if let Some(s) = sinks {
+            expect_len("sinks", s.len(), c.n_heads, "n_heads")?;
+        }
+        let lookup = self.check_buffers(&p, &kv)?;
+        if p.rows == 0 || p.num_tiles == 0 {
+            return Ok(());
+        }
+        self.bind_tmaps(&p, q, &kv)?;
+        let params = self.params(&p, lookup, sinks, out, lse.as_deref());
+        let cfg = LaunchConfig {
+            grid_dim: ((p.num_tiles * c.n_heads) as u32, 1, 1),
+            block_dim: (DP_THREADS, 1, 1),
+            shared_mem_bytes: DP_SMEM,
+        };
+        // SAFETY: every buffer's length was checked against the plan; the
+        // kernel clamps page ids and tile rows, and TMA zero-fills reads
+        // past a tensor.
+        unsafe {
+            self.gpu
+                .launch(&self.kernel, "the dense prefill kernel", &params)
+                .run(cfg)
+        }
+    }
+
+    /// Checks the K/V buffers against the plan; the page table, if paged.
+    fn check_buffers<'b>(
+        &self,
+        p: &Plan,
+        kv: &KvBuffers<'b>,
+    ) -> Result<Option<&'b CudaSlice<u32>>> {
+        let per_row = self.cfg.n_kv_heads * DP_HEAD_DIM as usize;
+        match (*kv, p.paged) {
+            (KvBuffers::Paged { kv_cache, lookup }, Some((layout, _, max_pages))) => {
+                expect_len(
+                    "kv_cache",
+                    kv_cache.len(),
+                    layout.elements(),
+                    "the planned layout",
+                )?;
+                expect_len(
+                    "lookup",
+                    lookup.len(),
+                    p.batch * max_pages,
+                    "batch * max_pages",
+                )?;
+                Ok(Some(lookup))
+            }
+            (KvBuffers::Ragged { k, v }, None) => {
+                expect_len(
+                    "k",
+                    k.len(),
+                    p.kv_rows * per_row,
+                    "kv_rows * n_kv_heads * 128",
+                )?;
+                expect_len(
+                    "v",
+                    v.len(),
+                    p.kv_rows * per_row,
+                    "kv_rows * n_kv_heads * 128",
+                )?;
+                Ok(None)
+            }
+            (KvBuffers::Paged { .. }, None) => Err(Error::invalid(
+                "kv",
+                "contiguous k and v (the plan's layout)",
+                "a paged cache",
+            )),
+            (KvBuffers::Ragged { .. }, Some(_)) => Err(Error::invalid(
+                "kv",
+                "a paged cache (the plan's layout)",
+                "contiguous k and v",
+            )),
+        }
+    }
+
+    /// Encodes the tensor maps of these buffers and uploads them when they
+    /// differ from the last upload.
+    fn bind_tmaps(&mut self, p: &Plan, q: &CudaSlice<bf16>, kv: &KvBuffers) -> Result<()> {
+        let c = self.cfg;
+        let stream = self.gpu.stream();
+        let addr = |s: &CudaSlice<bf16>| s.device_ptr(stream).0;
+        let mut maps = Vec::with_capacity(DP_TMAPS * DP_TMAP_BYTES);
+        maps.extend(encode_tmap(addr(q), c.n_heads, p.rows, DP_BLOCK_M)?);
+        match (*kv, p.paged) {
+            (KvBuffers::Paged { kv_cache, .. }, Some((l, _, _))) => {
+                let (rows, box_rows) = (
+                    l.num_pages * 2 * l.num_layers * l.page_size,
+                    l.page_size.min(DP_BLOCK_N as usize),
+                );
+                let m = encode_tmap(addr(kv_cache), c.n_kv_heads, rows, box_rows as u32)?;
+                maps.extend(m);
+                maps.extend(m);
+            }
+            (KvBuffers::Ragged { k, v }, _) => {
+                maps.extend(encode_tmap(addr(k), c.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
+                maps.extend(encode_tmap(addr(v), c.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
+            }
+            _ => unreachable!("check_buffers matched the layout"),
+        }
+        if maps != self.tmaps_host {
+            self.gpu
+                .stream()
+                .memcpy_htod(&maps, &mut self.tmaps)
+                .during(|| "uploading the dense prefill tensor maps".into())?;
+            self.tmaps_host = maps;
+        }
+        Ok(())
+    }
+
+    /// The kernel's parameters for the planned batch.
+    fn params(
+        &self,
+        p: &Plan,
+        lookup: Option<&CudaSlice<u32>>,
+        sinks: Option<&CudaSlice<f32>>,
+        out: &CudaSlice<bf16>,
+        lse: Option<&CudaSlice<f32>>,
+    ) -> DensePrefillParams {
+        let (gpu, c) = (&self.gpu, &self.cfg);
+        let (causal, window) = match c.mask {
+            Mask::None => (0, DP_NO_WINDOW),
+            Mask::Causal => (1, DP_NO_WINDOW),
+            Mask::SlidingWindow { window } => (1, window as u32),
+        };
+        let mut params = DensePrefillParams {
+            tmaps: dptr(gpu, &self.tmaps),
+            tiles: record_ptr(gpu, &self.tiles),
+            lookup: lookup.map_or(Default::default(), |l| dptr(gpu, l)),
+            sinks: sinks.map_or(Default::default(), |s| dptr(gpu, s)),
+            out: dptr_mut(gpu, out),
+            lse: dptr_opt(gpu, lse),
+            num_tiles: p.num_tiles as u32,
+            num_rows: p.rows as u32,
+            n_heads: c.n_heads as u32,
+            n_kv_heads: c.n_kv_heads as u32,
+            scale_log2: c.scale * std::f32::consts::LOG2_E,
+            causal,
+            window,
+            box_rows: DP_BLOCK_N,
+            ..Default::default()
+        };
+        if let Some((l, layer, max_pages)) = p.paged {
+            let ps = l.page_size as u32;
+            params.box_rows = ps.min(DP_BLOCK_N);
+            params.page_size = ps;
+            params.num_pages = l.num_pages as u32;
+            params.max_pages = max_pages as u32;
+            params.page_rows = 2 * l.num_layers as u32 * ps;
+            params.k_row_off = layer as u32 * ps;
+            params.v_row_off = (l.num_layers + layer) as u32 * ps;
+        }
+        params
+    }
+}
+
+/// The work tiles of a batch, longest first (a stable sort: equal tiles
+/// keep batch order): `DP_BLOCK_M` rows each, the last of a sequence
+/// shorter; `keys[b]` and `kv_row0[b]` per sequence.
+pub fn plan_tiles(
+    batch: &RaggedBatch,
+    keys: &[u32],
+    kv_row0: &[u32],
+    cfg: &DensePrefillConfig,
+) -> Vec<DenseTile> {
+    let m = DP_BLOCK_M as usize;
+    let mut tiles = Vec::new();
+    for b in 0..batch.batch() {
+        let (r0, q_len) = (batch.input_row_offsets[b] as usize, batch.q_len(b));
+        let cache = batch.cache_lengths[b] as usize;
+        for i in (0..q_len).step_by(m) {
+            let rows = m.min(q_len - i);
+            let n = keys[b] as usize;
+            let (first, last) = (
+                cfg.mask.key_range(cache + i, n),
+                cfg.mask.key_range(cache + i + rows - 1, n),
+            );
+            let bn = DP_BLOCK_N as usize;
+            let key_tiles = last.end.div_ceil(bn).saturating_sub(first.start / bn);
+            tiles.push(DenseTile {
+                seq: b as u32,
+                row0: (r0 + i) as u32,
+                rows: rows as u32,
+                q_pos0: (cache + i) as u32,
+                num_keys: keys[b],
+                kv_row0: kv_row0[b],
+                key_tiles: key_tiles as u32,
+                _pad: 0,
+            });
+        }
+    }
+    tiles.sort_by_key(|t| std::cmp::Reverse(t.key_tiles));
+    tiles
+}
+
+/// A TMA map of a bf16 tensor `[rows, heads, 128]` at `addr`: boxes of 64
+/// dims × 1 head × `box_rows` rows, 128-byte swizzled (the kernel's
+/// `Slabs128` tiles), rows past the tensor zero-filled.
+fn encode_tmap(addr: u64, heads: usize, rows: usize, box_rows: u32) -> Result<[u8; DP_TMAP_BYTES]> {
+    use sys::{
+        CUtensorMapDataType as T, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I,
+        CUtensorMapL2promotion as L, CUtensorMapSwizzle as S,
+    };
+    let row_bytes = 2 * DP_HEAD_DIM as u64;
+    let dims = [DP_HEAD_DIM as u64, heads as u64, rows.max(1) as u64];
+    let strides = [row_bytes, heads as u64 * row_bytes];
+    let boxes = [64u32, 1, box_rows];
+    let elem_strides = [1u32; 3];
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: the arrays have the rank's lengths; the driver only writes `map`.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            3,
+            addr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            S::CU_TENSOR_MAP_SWIZZLE_128B,
+            L::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .during(|| format!("encoding a tensor map of [{rows}, {heads}, 128] bf16"))?;
+    // SAFETY: initialised by the driver (or zeroed); plain bytes.
+    let map = unsafe { map.assume_init() };
+    let mut bytes = [0u8; DP_TMAP_BYTES];
+    // SAFETY: `CUtensorMap` is 128 bytes of plain data.
+    bytes.copy_from_slice(unsafe {
+        std::slice::from_raw_parts(&map as *const _ as *const u8, DP_TMAP_BYTES)
+    });
+    Ok(bytes)
+}

@@ -1,0 +1,351 @@
+//! The dense flash prefill (`shared/spec/dense-prefill.md`), warp-specialized
+//! for Hopper.
+//!
+//! One CTA per (work tile, query head), tiles longest first (the host sorts
+//! them), the heads of a tile adjacent so that the heads sharing a KV head
+//! run together and read its K/V from L2:
+//!
+//! - **scheduler** ([`schedule`]): the tile's rows, KV head and the range
+//!   of key tiles its mask leaves;
+//! - **producer** (warpgroup 0, one elected thread, 24 registers): Q once,
+//!   then K and V of every key tile into a ring of [`DP_STAGES`] stages
+//!   with TMA (`cp.async.bulk.tensor`, 128-byte swizzle), each stage guarded
+//!   by full / empty mbarriers ([`MbarRing`]); paged K/V take one box per
+//!   page (or one per 128 keys for pages of 128 and more), page ids from
+//!   the page table, clamped;
+//! - **consumers** (warpgroups 1 and 2, 240 registers, 64 query rows each):
+//!   S = Q Kᵀ with `wgmma` (both operands from shared memory), the mask
+//!   only on the tiles that need it, the online softmax in f32 registers,
+//!   O += P V with `wgmma` (P from registers);
+//! - **epilogue**: the sink (one more partial), normalise, bf16 out, lse.
+//!
+//! Keys past a sequence's end inside its last tile are masked, and their V
+//! rows zeroed in shared memory before P V (the unwritten tail of a page may
+//! hold NaN, and 0 · NaN is NaN). Rows of Q or K/V past a tensor's end are
+//! zero-filled by TMA: corrupt offsets cannot read out of bounds.
+//!
+//! A NaN or infinity in a visible q, K or V value gives NaN in the rows
+//! that see it, as in FlashAttention and cuDNN.
+
+use core::mem::size_of;
+
+use sparse_attn_abi::dense::*;
+
+use crate::arch::*;
+use crate::tile::mask::{mask_fragment, KeyRange};
+use crate::tile::paged::PagedBlock;
+use crate::tile::pipeline::MbarRing;
+use crate::tile::softmax::{LseState, LN2, LOG2E};
+use crate::tile::swizzle::Slabs128;
+
+/// A Q, K or V tile: 128 rows of 128 bf16 as two 64-dim slabs.
+type Tile = Slabs128<128>;
+/// The ring of K (or V) stages.
+type Ring = MbarRing<DP_STAGES>;
+/// Bytes of one 64-dim slab of a tile.
+const SLAB: u32 = Tile::SLAB_BYTES;
+/// Threads of one consumer warpgroup.
+const WG: u32 = 128;
+/// Consumer warps: each arrives once on a stage's empty barrier.
+const CONSUMER_WARPS: u32 = DP_CONSUMERS * 4;
+/// No A fragments: `wgmma_fence` / `wait` of a shared-memory-A product.
+const NO_A: [[u32; 4]; 8] = [[0; 4]; 8];
+
+/// Shared memory of the kernel.
+#[repr(C)]
+struct Smem {
+    q: [u8; DP_TILE_BYTES as usize],
+    k: [[u8; DP_TILE_BYTES as usize]; DP_STAGES as usize],
+    v: [[u8; DP_TILE_BYTES as usize]; DP_STAGES as usize],
+    q_full: u64,
+    k_full: [u64; DP_STAGES as usize],
+    k_empty: [u64; DP_STAGES as usize],
+    v_full: [u64; DP_STAGES as usize],
+    v_empty: [u64; DP_STAGES as usize],
+}
+const _: () = assert!(size_of::<Smem>() as u32 <= DP_SMEM);
+
+/// A CTA's work.
+struct Work {
+    t: DenseTile,
+    h: u32,
+    kh: u32,
+    /// Key tiles `n0 .. n1`.
+    n0: u32,
+    n1: u32,
+    /// Keys of the first row and of the last row.
+    first: KeyRange,
+    last: KeyRange,
+}
+
+impl Work {
+    /// Whether key tile `j` needs the mask: some row of the CTA does not
+    /// see all of it (the last row has the highest window start, the first
+    /// row the lowest end).
+    #[inline(always)]
+    fn masked(&self, j: u32) -> bool {
+        let kb = j * DP_BLOCK_N;
+        !(kb >= self.last.lo && kb + DP_BLOCK_N <= self.first.hi)
+    }
+}
+
+/// The K and V rings.
+#[inline(always)]
+fn rings() -> (Ring, Ring) {
+    let k = Ring { full: crate::smem_addr!(Smem, k_full), empty: crate::smem_addr!(Smem, k_empty) };
+    let v = Ring { full: crate::smem_addr!(Smem, v_full), empty: crate::smem_addr!(Smem, v_empty) };
+    (k, v)
+}
+
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
+    grid_prologue();
+    let Some(w) = schedule(&p) else {
+        return;
+    };
+    let (kr, vr) = rings();
+    if thread_idx_x() == 0 {
+        mbarrier_init(crate::smem_addr!(Smem, q_full), 1);
+        kr.init(CONSUMER_WARPS);
+        vr.init(CONSUMER_WARPS);
+        fence_mbarrier_init();
+    }
+    sync_threads();
+    let wg = warp_id() / 4;
+    if wg == 0 {
+        setmaxnreg_dec::<DP_PRODUCER_REGS>();
+        if warp_id() == 0 && elect_one() {
+            produce(&p, &w);
+        }
+        return;
+    }
+    setmaxnreg_inc::<DP_CONSUMER_REGS>();
+    consume(&p, &w, wg - 1);
+}
+
+/// The CTA's tile, head and key tiles; `None` past the last tile.
+#[inline(always)]
+unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
+    let nh = p.n_heads.max(1);
+    let (ti, h) = (block_idx_x() / nh, block_idx_x() % nh);
+    if ti >= p.num_tiles || p.n_kv_heads == 0 {
+        return None;
+    }
+    let mut t = ld_record(p.tiles.ptr().add(ti as usize));
+    t.rows = t.rows.clamp(1, DP_BLOCK_M);
+    let kh = (h / (nh / p.n_kv_heads).max(1)).min(p.n_kv_heads - 1);
+    let causal = p.causal != 0;
+    let first = KeyRange::of(t.q_pos0, t.num_keys, causal, p.window);
+    let last = KeyRange::of(t.q_pos0.saturating_add(t.rows - 1), t.num_keys, causal, p.window);
+    let n0 = first.lo / DP_BLOCK_N;
+    let n1 = last.hi.div_ceil(DP_BLOCK_N).max(n0);
+    Some(Work { t, h, kh, n0, n1, first, last })
+}
+
+// ------------------------------------------------------------------ producer
+
+/// The producer thread: Q, then K and V of every key tile, each stage once
+/// the consumers have released it.
+#[inline(always)]
+unsafe fn produce(p: &DensePrefillParams, w: &Work) {
+    let maps = p.tmaps.ptr();
+    let (qmap, kmap, vmap) = (maps, maps.add(DP_TMAP_BYTES), maps.add(2 * DP_TMAP_BYTES));
+    let (kr, vr) = rings();
+    let q_full = crate::smem_addr!(Smem, q_full);
+    mbarrier_arrive_expect_tx(q_full, DP_TILE_BYTES);
+    for slab in 0..2 {
+        let at = [64 * slab as i32, w.h as i32, w.t.row0 as i32];
+        tma_load_3d(crate::smem_addr!(Smem, q) + slab * SLAB, qmap, q_full, at);
+    }
+    let (ks, vs) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, v));
+    for j in w.n0..w.n1 {
+        let i = j - w.n0;
+        let stage = (i % DP_STAGES) * DP_TILE_BYTES;
+        kr.acquire(i, DP_TILE_BYTES);
+        load_kv(p, w, kmap, ks + stage, kr.full_bar(i), j, p.k_row_off);
+        vr.acquire(i, DP_TILE_BYTES);
+        load_kv(p, w, vmap, vs + stage, vr.full_bar(i), j, p.v_row_off);
+    }
+}
+
+/// TMA copies of key tile `j` of K or V (tensor map `map`, paged plane
+/// `plane_row`) into the stage at `dst`: one box of `DP_BLOCK_N` rows per
+/// slab (contiguous), or one box per `box_rows` tokens (paged: a page, or
+/// 128 keys of a larger page).
+#[inline(always)]
+unsafe fn load_kv(p: &DensePrefillParams, w: &Work, map: *const u8, dst: u32, bar: u32, j: u32, plane_row: u32) {
+    let kb = j * DP_BLOCK_N;
+    if p.page_size == 0 {
+        for slab in 0..2 {
+            let at = [64 * slab as i32, w.kh as i32, (w.t.kv_row0 + kb) as i32];
+            tma_load_3d(dst + slab * SLAB, map, bar, at);
+        }
+        return;
+    }
+    let rows = p.box_rows.clamp(1, DP_BLOCK_N);
+    let mut b = 0;
+    while b < DP_BLOCK_N {
+        let tok = kb + b;
+        let page = page_id(p, w.t.seq, tok / p.page_size);
+        let row = page * p.page_rows + plane_row + tok % p.page_size;
+        for slab in 0..2 {
+            tma_load_3d(dst + slab * SLAB + b * 128, map, bar, [64 * slab as i32, w.kh as i32, row as i32]);
+        }
+        b += rows;
+    }
+}
+
+/// Pool page of logical page `blk` of sequence `seq`, both clamped (a
+/// corrupt table or tile addresses a valid page, never outside the pool).
+#[inline(always)]
+unsafe fn page_id(p: &DensePrefillParams, seq: u32, blk: u32) -> u32 {
+    let at = seq as usize * p.max_pages as usize + blk.min(p.max_pages.max(1) - 1) as usize;
+    ld_global_nc_u32(p.lookup.ptr().add(at)).min(p.num_pages.max(1) - 1)
+}
+
+// ------------------------------------------------------------------ consumers
+
+/// This thread's two rows (`g` and `g + 8` of its warp's 16) in the tile.
+#[inline(always)]
+fn my_rows(c: u32) -> [u32; 2] {
+    let r = c * 64 + (warp_id() % 4) * 16 + lane_id() / 4;
+    [r, r + 8]
+}
+
+/// Consumer warpgroup `c`: the online softmax of its 64 rows over the key
+/// tiles, then the epilogue.
+#[inline(always)]
+unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
+    let (kr, vr) = rings();
+    let rows = my_rows(c);
+    let causal = p.causal != 0;
+    let lim = rows.map(|r| KeyRange::of(w.t.q_pos0.saturating_add(r), w.t.num_keys, causal, p.window));
+    let qa = crate::smem_addr!(Smem, q) + c * 64 * 128;
+    let (ks, vs) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, v));
+    let mut st = [LseState::EMPTY; 2];
+    let mut o = [[0f32; 4]; 16];
+    mbarrier_wait(crate::smem_addr!(Smem, q_full), 0);
+    for j in w.n0..w.n1 {
+        let i = j - w.n0;
+        let stage = (i % DP_STAGES) * DP_TILE_BYTES;
+        kr.wait(i);
+        let mut s = scores(qa, ks + stage);
+        if lane_id() == 0 {
+            kr.release(i);
+        }
+        if w.masked(j) {
+            mask_fragment(&mut s, j * DP_BLOCK_N, lim);
+        }
+        let pa = softmax_step(&mut st, &mut o, &s, p.scale_log2);
+        vr.wait(i);
+        let kb = j * DP_BLOCK_N;
+        if kb + DP_BLOCK_N > w.t.num_keys {
+            zero_v_tail(vs + stage, w.t.num_keys.max(kb) - kb, c);
+        }
+        pv(&mut o, &pa, vs + stage);
+        if lane_id() == 0 {
+            vr.release(i);
+        }
+    }
+    epilogue(p, w, rows, st, &o);
+}
+
+/// S = Q Kᵀ for the warpgroup's 64 rows (`qa`) and the 128 keys of the
+/// stage `ks`, both operands K-major in shared memory.
+#[inline(always)]
+fn scores(qa: u32, ks: u32) -> [[f32; 4]; 16] {
+    let mut s = [[0f32; 4]; 16];
+    wgmma_fence(&mut s, &NO_A);
+    crate::unroll!(8, KS => {
+        let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
+        wgmma_m64n128k16_bf16_ss::<0, 0>(&mut s, a, b, KS > 0);
+    });
+    wgmma_commit();
+    wgmma_wait0(&mut s, &NO_A);
+    s
+}
+
+/// One online-softmax step for rows g and g + 8: the running maxima move
+/// to the tile's, O and the (per-thread partial) sums are rescaled, and P =
+/// 2^(S · scale · log2 e - m) comes back as `wgmma` A fragments. The row
+/// maximum is taken over the raw scores (`scale > 0`).
+#[inline(always)]
+fn softmax_step(st: &mut [LseState; 2], o: &mut [[f32; 4]; 16], s: &[[f32; 4]; 16], sl2: f32) -> [[u32; 4]; 8] {
+    let mut mx = [f32::NEG_INFINITY; 2];
+    crate::unroll!(16, J => {
+        crate::unroll!(2, H => { mx[H] = fmax(mx[H], fmax(s[J][2 * H], s[J][2 * H + 1])); });
+    });
+    let mut m_use = [0f32; 2];
+    crate::unroll!(2, H => {
+        let (corr, m) = st[H].advance(quad_max_f32(mx[H]) * sl2);
+        m_use[H] = -m;
+        crate::unroll!(16, D => {
+            o[D][2 * H] *= corr;
+            o[D][2 * H + 1] *= corr;
+        });
+    });
+    let mut pa = [[0u32; 4]; 8];
+    crate::unroll!(16, J => {
+        let mut pr = [0f32; 4];
+        crate::unroll!(4, E => { pr[E] = exp2(fma(s[J][E], sl2, m_use[E >> 1])); });
+        st[0].l += pr[0] + pr[1];
+        st[1].l += pr[2] + pr[3];
+        pa[J / 2][2 * (J & 1)] = pack_bf16x2(pr[0], pr[1]);
+        pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(pr[2], pr[3]);
+    });
+    pa
+}
+
+/// Zeroes V rows `from ..` of the stage at `vs` (keys past the sequence's
+/// end) for consumer warpgroup `c`. Both warpgroups write the same zeros
+/// before their own P V, so neither can see the other's garbage.
+#[inline(always)]
+unsafe fn zero_v_tail(vs: u32, from: u32, c: u32) {
+    PagedBlock::<DP_BLOCK_N, 256>::zero_tail::<Tile, WG>(vs, from, thread_idx_x() % WG);
+    fence_proxy_async_shared();
+    named_barrier_sync(1 + c, WG);
+}
+
+/// O += P V (B: the V stage, N-major, 16 keys per k-step).
+#[inline(always)]
+fn pv(o: &mut [[f32; 4]; 16], pa: &[[u32; 4]; 8], vs: u32) {
+    wgmma_fence(o, pa);
+    crate::unroll!(8, KS => {
+        wgmma_m64n128k16_bf16::<1>(o, pa[KS], Tile::mn_major_desc(vs, KS as u32), true);
+    });
+    wgmma_commit();
+    wgmma_wait0(o, pa);
+}
+
+// ------------------------------------------------------------------ epilogue
+
+/// Sums each row's partial sums over its quad, adds the sink, normalises
+/// and writes the rows of the tile (bf16 pairs) and their lse.
+#[inline(always)]
+unsafe fn epilogue(p: &DensePrefillParams, w: &Work, rows: [u32; 2], mut st: [LseState; 2], o: &[[f32; 4]; 16]) {
+    let sink = if p.sinks.is_null() { f32::NEG_INFINITY } else { ld_global_nc(p.sinks.ptr().add(w.h as usize)) * LOG2E };
+    let c2 = 2 * (lane_id() & 3) as usize;
+    crate::unroll!(2, H => {
+        let l = st[H].l + shfl_xor_f32(st[H].l, 1);
+        st[H].l = l + shfl_xor_f32(l, 2);
+        let mut corr = 1.0;
+        if sink != f32::NEG_INFINITY {
+            let (cr, m) = st[H].advance(sink);
+            st[H].l += exp2(sink - m);
+            corr = cr;
+        }
+        let (inv, lse2) = st[H].finish();
+        let f = inv * corr;
+        let (r, row) = (rows[H], w.t.row0 + rows[H]);
+        if r < w.t.rows && row < p.num_rows {
+            let at = (row * p.n_heads + w.h) as usize;
+            let dst = p.out.ptr().add(at * DP_HEAD_DIM as usize + c2) as *mut u32;
+            crate::unroll!(16, D => {
+                st_global(dst.add(4 * D), pack_bf16x2(o[D][2 * H] * f, o[D][2 * H + 1] * f));
+            });
+            if c2 == 0 && !p.lse.is_null() {
+                st_global(p.lse.ptr().add(at), lse2 * LN2);
+            }
+        }
+    });
+}
