@@ -17,16 +17,23 @@ pub const DP_CONSUMERS: u32 = 2;
 pub const DP_BLOCK_M: u32 = 64 * DP_CONSUMERS;
 /// Keys per K/V tile (one `wgmma` N of 128 for S = Q Kᵀ).
 pub const DP_BLOCK_N: u32 = 128;
-/// K/V stages of the ring: 2 × (32 KiB K + 32 KiB V) plus 32 KiB of Q is
-/// 160 KiB, one CTA per SM.
+/// K/V stages of the ring: 3 × (32 KiB K + 32 KiB V) plus 32 KiB of Q is
+/// 224 KiB, one CTA per SM.
 pub const DP_STAGES: u32 = 2;
 /// Threads per CTA: one producer warpgroup (one warp issues the copies)
 /// and the consumers.
 pub const DP_THREADS: u32 = 128 * (1 + DP_CONSUMERS);
+/// Registers per thread ptxas gives every thread at entry: the register
+/// file over [`DP_THREADS`], rounded down to 8 (`.maxntid 384`,
+/// `.minnctapersm 1`). The CTA's pool is this times the threads, and the
+/// `setmaxnreg` budgets below must fit in it: a `setmaxnreg.inc` that
+/// asks for more than the others gave back waits forever (measured: 32 +
+/// 2 · 240 hung the kernel).
+pub const DP_ENTRY_REGS: u32 = 65536 / DP_THREADS / 8 * 8;
 /// Registers per thread the producer warpgroup keeps (`setmaxnreg.dec`).
 pub const DP_PRODUCER_REGS: u32 = 24;
 /// Registers per thread of a consumer warpgroup (`setmaxnreg.inc`):
-/// `24 · 128 + 2 · 240 · 128 = 64 512 <= 65 536`.
+/// `(24 + 2 · 240) · 128 = 168 · 384`, the whole pool.
 pub const DP_CONSUMER_REGS: u32 = 240;
 /// Bytes of one 128-row × 128-dim bf16 tile (Q, a K or a V stage).
 pub const DP_TILE_BYTES: u32 = 128 * DP_HEAD_DIM * 2;
@@ -126,15 +133,12 @@ kernel_params! {
     DensePrefillParams => ["dense_prefill"],
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shapes_fit_the_sm() {
-        assert_eq!(core::mem::size_of::<DenseTile>(), 32);
-        assert!(DP_SMEM <= 227 * 1024);
-        assert!(DP_PRODUCER_REGS * 128 + DP_CONSUMERS * DP_CONSUMER_REGS * 128 <= 65536);
-        assert_eq!(DP_BLOCK_M, 128);
-    }
-}
+// What fits on one SM: the shared memory, and the `setmaxnreg` budgets in
+// the pool the CTA is launched with.
+const _: () = assert!(core::mem::size_of::<DenseTile>() == 32);
+const _: () = assert!(DP_SMEM <= 227 * 1024);
+const _: () = assert!(DP_ENTRY_REGS == 168);
+const _: () = assert!(
+    DP_PRODUCER_REGS + DP_CONSUMERS * DP_CONSUMER_REGS <= (1 + DP_CONSUMERS) * DP_ENTRY_REGS
+);
+const _: () = assert!(DP_BLOCK_M == 128);

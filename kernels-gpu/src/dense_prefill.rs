@@ -7,16 +7,18 @@
 //!
 //! - **scheduler** ([`schedule`]): the tile's rows, KV head and the range
 //!   of key tiles its mask leaves;
-//! - **producer** (warpgroup 0, one elected thread, 24 registers): Q once,
+//! - **producer** (warpgroup 0; warp 0 issues, 24 registers): Q once,
 //!   then K and V of every key tile into a ring of [`DP_STAGES`] stages
 //!   with TMA (`cp.async.bulk.tensor`, 128-byte swizzle), each stage guarded
 //!   by full / empty mbarriers ([`MbarRing`]); paged K/V take one box per
-//!   page (or one per 128 keys for pages of 128 and more), page ids from
-//!   the page table, clamped;
+//!   page (or one per 128 keys for pages of 128 and more), one lane per
+//!   box, page ids from the page table, clamped;
 //! - **consumers** (warpgroups 1 and 2, 240 registers, 64 query rows each):
 //!   S = Q Kᵀ with `wgmma` (both operands from shared memory), the mask
 //!   only on the tiles that need it, the online softmax in f32 registers,
-//!   O += P V with `wgmma` (P from registers);
+//!   O += P V with `wgmma` (P from registers); tile `i`'s S and tile
+//!   `i - 1`'s P V in flight together, and the two warpgroups taking turns
+//!   to issue ([`PingPong`]);
 //! - **epilogue**: the sink (one more partial), normalise, bf16 out, lse.
 //!
 //! Keys past a sequence's end inside its last tile are masked, and their V
@@ -114,7 +116,7 @@ pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
     let wg = warp_id() / 4;
     if wg == 0 {
         setmaxnreg_dec::<DP_PRODUCER_REGS>();
-        if warp_id() == 0 && elect_one() {
+        if warp_id() == 0 {
             produce(&p, &w);
         }
         return;
@@ -144,54 +146,55 @@ unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
 
 // ------------------------------------------------------------------ producer
 
-/// The producer thread: Q, then K and V of every key tile, each stage once
-/// the consumers have released it.
+/// The producer warp: Q, then K and V of every key tile, each stage once
+/// the consumers have released it. Lane 0 waits for the stage and posts
+/// its bytes; for paged K/V, lane `b` looks up and copies the tile's box
+/// `b` (a page, or 128 keys of a larger one), the page looked up once for
+/// K and V and before the wait. (One thread doing the 8 lookups and 32
+/// copies of a tile of 16-token pages one after another: `-paged16` 455
+/// TFLOP/s; a lane per page: 497–514, H200, 2026-12-02.)
 #[inline(always)]
 unsafe fn produce(p: &DensePrefillParams, w: &Work) {
     let maps = p.tmaps.ptr();
     let (qmap, kmap, vmap) = (maps, maps.add(DP_TMAP_BYTES), maps.add(2 * DP_TMAP_BYTES));
     let (kr, vr) = rings();
-    let q_full = crate::smem_addr!(Smem, q_full);
-    mbarrier_arrive_expect_tx(q_full, DP_TILE_BYTES);
-    for slab in 0..2 {
-        let at = [64 * slab as i32, w.h as i32, w.t.row0 as i32];
-        tma_load_3d(crate::smem_addr!(Smem, q) + slab * SLAB, qmap, q_full, at);
+    let lane = lane_id();
+    if lane == 0 {
+        let q_full = crate::smem_addr!(Smem, q_full);
+        mbarrier_arrive_expect_tx(q_full, DP_TILE_BYTES);
+        for slab in 0..2 {
+            let at = [64 * slab as i32, w.h as i32, w.t.row0 as i32];
+            tma_load_3d(crate::smem_addr!(Smem, q) + slab * SLAB, qmap, q_full, at);
+        }
     }
     let (ks, vs) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, v));
+    let box_rows = if p.page_size == 0 { DP_BLOCK_N } else { p.box_rows.clamp(1, DP_BLOCK_N) };
+    let mine = lane < DP_BLOCK_N / box_rows;
+    let plane = |paged_off: u32| if p.page_size == 0 { 0 } else { paged_off };
     for j in w.n0..w.n1 {
         let i = j - w.n0;
         let stage = (i % DP_STAGES) * DP_TILE_BYTES;
-        kr.acquire(i, DP_TILE_BYTES);
-        load_kv(p, w, kmap, ks + stage, kr.full_bar(i), j, p.k_row_off);
-        vr.acquire(i, DP_TILE_BYTES);
-        load_kv(p, w, vmap, vs + stage, vr.full_bar(i), j, p.v_row_off);
-    }
-}
-
-/// TMA copies of key tile `j` of K or V (tensor map `map`, paged plane
-/// `plane_row`) into the stage at `dst`: one box of `DP_BLOCK_N` rows per
-/// slab (contiguous), or one box per `box_rows` tokens (paged: a page, or
-/// 128 keys of a larger page).
-#[inline(always)]
-unsafe fn load_kv(p: &DensePrefillParams, w: &Work, map: *const u8, dst: u32, bar: u32, j: u32, plane_row: u32) {
-    let kb = j * DP_BLOCK_N;
-    if p.page_size == 0 {
-        for slab in 0..2 {
-            let at = [64 * slab as i32, w.kh as i32, (w.t.kv_row0 + kb) as i32];
-            tma_load_3d(dst + slab * SLAB, map, bar, at);
+        let tok = j * DP_BLOCK_N + lane * box_rows;
+        let row = if !mine {
+            0
+        } else if p.page_size == 0 {
+            w.t.kv_row0 + tok
+        } else {
+            page_id(p, w.t.seq, tok / p.page_size) * p.page_rows + tok % p.page_size
+        };
+        for (ring, map, dst, off) in [(&kr, kmap, ks, plane(p.k_row_off)), (&vr, vmap, vs, plane(p.v_row_off))] {
+            if lane == 0 {
+                ring.acquire(i, DP_TILE_BYTES);
+            }
+            sync_warp();
+            if mine {
+                let dst = dst + stage + lane * box_rows * 128;
+                for slab in 0..2 {
+                    let at = [64 * slab as i32, w.kh as i32, (row + off) as i32];
+                    tma_load_3d(dst + slab * SLAB, map, ring.full_bar(i), at);
+                }
+            }
         }
-        return;
-    }
-    let rows = p.box_rows.clamp(1, DP_BLOCK_N);
-    let mut b = 0;
-    while b < DP_BLOCK_N {
-        let tok = kb + b;
-        let page = page_id(p, w.t.seq, tok / p.page_size);
-        let row = page * p.page_rows + plane_row + tok % p.page_size;
-        for slab in 0..2 {
-            tma_load_3d(dst + slab * SLAB + b * 128, map, bar, [64 * slab as i32, w.kh as i32, row as i32]);
-        }
-        b += rows;
     }
 }
 
@@ -214,6 +217,12 @@ fn my_rows(c: u32) -> [u32; 2] {
 
 /// Consumer warpgroup `c`: the online softmax of its 64 rows over the key
 /// tiles, then the epilogue.
+///
+/// FA3's two overlaps: inside the warpgroup, tile `i`'s S = Q Kᵀ and tile
+/// `i - 1`'s O += P V are issued together and tile `i`'s softmax runs while
+/// P V is in flight (O is rescaled after it lands); between the two
+/// warpgroups, [`PingPong`] lets one issue its products while the other
+/// runs its softmax.
 #[inline(always)]
 unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
     let (kr, vr) = rings();
@@ -222,76 +231,160 @@ unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
     let lim = rows.map(|r| KeyRange::of(w.t.q_pos0.saturating_add(r), w.t.num_keys, causal, p.window));
     let qa = crate::smem_addr!(Smem, q) + c * 64 * 128;
     let (ks, vs) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, v));
+    let stage = |i: u32| (i % DP_STAGES) * DP_TILE_BYTES;
     let mut st = [LseState::EMPTY; 2];
     let mut o = [[0f32; 4]; 16];
+    let n = w.n1 - w.n0;
     mbarrier_wait(crate::smem_addr!(Smem, q_full), 0);
-    for j in w.n0..w.n1 {
-        let i = j - w.n0;
-        let stage = (i % DP_STAGES) * DP_TILE_BYTES;
+    if n == 0 {
+        return epilogue(p, w, rows, st, &o);
+    }
+    // Tile 0: S alone.
+    let turn = PingPong::start(c);
+    turn.wait();
+    kr.wait(0);
+    let mut s = [[0f32; 4]; 16];
+    scores_issue(&mut s, qa, ks);
+    turn.pass(false);
+    wgmma_wait0(&mut s, &NO_A);
+    release(&kr, 0);
+    if w.masked(w.n0) {
+        mask_fragment(&mut s, w.n0 * DP_BLOCK_N, lim);
+    }
+    softmax_step(&mut st, &mut s, p.scale_log2);
+    let mut pa = pack_p(&s);
+    // Tile i's S with tile i - 1's P V, tile i's softmax while P V runs.
+    for i in 1..n {
+        let j = w.n0 + i;
+        wgmma_fence(&mut o, &pa); // O's rescale and P are written before the S product starts
+        turn.wait();
         kr.wait(i);
-        let mut s = scores(qa, ks + stage);
-        if lane_id() == 0 {
-            kr.release(i);
-        }
+        scores_issue(&mut s, qa, ks + stage(i));
+        vr.wait(i - 1);
+        pv_issue(&mut o, &pa, vs + stage(i - 1));
+        turn.pass(false);
+        wgmma_wait1(&mut s, &NO_A);
+        release(&kr, i);
         if w.masked(j) {
             mask_fragment(&mut s, j * DP_BLOCK_N, lim);
         }
-        let pa = softmax_step(&mut st, &mut o, &s, p.scale_log2);
-        vr.wait(i);
-        let kb = j * DP_BLOCK_N;
-        if kb + DP_BLOCK_N > w.t.num_keys {
-            zero_v_tail(vs + stage, w.t.num_keys.max(kb) - kb, c);
-        }
-        pv(&mut o, &pa, vs + stage);
-        if lane_id() == 0 {
-            vr.release(i);
-        }
+        let corr = softmax_step(&mut st, &mut s, p.scale_log2);
+        wgmma_wait0(&mut o, &pa);
+        release(&vr, i - 1);
+        // P goes to bf16 once P V has landed: packed while it runs, the new
+        // P took registers of the P that P V reads and ptxas serialized
+        // every wgmma (C7513).
+        pa = pack_p(&s);
+        rescale(&mut o, corr);
     }
+    // The last tile's P V, its keys past the sequence's end zeroed first.
+    wgmma_fence(&mut o, &pa);
+    turn.wait();
+    vr.wait(n - 1);
+    let kb = (w.n1 - 1) * DP_BLOCK_N;
+    if kb + DP_BLOCK_N > w.t.num_keys {
+        zero_v_tail(vs + stage(n - 1), w.t.num_keys.max(kb) - kb, c);
+    }
+    pv_issue(&mut o, &pa, vs + stage(n - 1));
+    turn.pass(true);
+    wgmma_wait0(&mut o, &pa);
+    release(&vr, n - 1);
     epilogue(p, w, rows, st, &o);
 }
 
-/// S = Q Kᵀ for the warpgroup's 64 rows (`qa`) and the 128 keys of the
-/// stage `ks`, both operands K-major in shared memory.
+/// One arrival per consumer warp on use `i`'s empty barrier.
 #[inline(always)]
-fn scores(qa: u32, ks: u32) -> [[f32; 4]; 16] {
-    let mut s = [[0f32; 4]; 16];
-    wgmma_fence(&mut s, &NO_A);
+unsafe fn release(r: &Ring, i: u32) {
+    if lane_id() == 0 {
+        r.release(i);
+    }
+}
+
+/// The two consumer warpgroups take turns issuing their `wgmma`s (named
+/// barriers 3 and 4, one per warpgroup, 256 threads each): warpgroup `c`
+/// waits for its turn, issues, then passes the turn to the other, and
+/// while the other's products run it does its softmax. Warpgroup 1 passes
+/// first (so 0 starts) and does not pass after its last turn (every
+/// arrival is matched).
+struct PingPong {
+    c: u32,
+}
+
+impl PingPong {
+    #[inline(always)]
+    fn start(c: u32) -> Self {
+        if c == 1 {
+            named_barrier_arrive(3, 2 * WG);
+        }
+        PingPong { c }
+    }
+
+    #[inline(always)]
+    fn wait(&self) {
+        named_barrier_sync(3 + self.c, 2 * WG);
+    }
+
+    #[inline(always)]
+    fn pass(&self, last: bool) {
+        if !(last && self.c == 1) {
+            named_barrier_arrive(3 + (1 - self.c), 2 * WG);
+        }
+    }
+}
+
+/// O rows g and g + 8 times their softmax corrections.
+#[inline(always)]
+fn rescale(o: &mut [[f32; 4]; 16], corr: [f32; 2]) {
+    crate::unroll!(16, D => {
+        crate::unroll!(4, E => { o[D][E] *= corr[E >> 1]; });
+    });
+}
+
+/// Issues S = Q Kᵀ for the warpgroup's 64 rows (`qa`) and the 128 keys of
+/// the stage `ks`, both operands K-major in shared memory (committed, not
+/// waited for).
+#[inline(always)]
+fn scores_issue(s: &mut [[f32; 4]; 16], qa: u32, ks: u32) {
+    wgmma_fence(s, &NO_A);
     crate::unroll!(8, KS => {
         let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
-        wgmma_m64n128k16_bf16_ss::<0, 0>(&mut s, a, b, KS > 0);
+        wgmma_m64n128k16_bf16_ss::<0, 0>(s, a, b, KS > 0);
     });
     wgmma_commit();
-    wgmma_wait0(&mut s, &NO_A);
-    s
 }
 
 /// One online-softmax step for rows g and g + 8: the running maxima move
-/// to the tile's, O and the (per-thread partial) sums are rescaled, and P =
-/// 2^(S · scale · log2 e - m) comes back as `wgmma` A fragments. The row
-/// maximum is taken over the raw scores (`scale > 0`).
+/// to the tile's, the (per-thread partial) sums are rescaled, and S is
+/// replaced by P = 2^(S · scale · log2 e - m) (f32). Returns the factors O
+/// must be rescaled by. The row maximum is taken over the raw scores
+/// (`scale > 0`).
 #[inline(always)]
-fn softmax_step(st: &mut [LseState; 2], o: &mut [[f32; 4]; 16], s: &[[f32; 4]; 16], sl2: f32) -> [[u32; 4]; 8] {
+fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: f32) -> [f32; 2] {
     let mut mx = [f32::NEG_INFINITY; 2];
     crate::unroll!(16, J => {
         crate::unroll!(2, H => { mx[H] = fmax(mx[H], fmax(s[J][2 * H], s[J][2 * H + 1])); });
     });
-    let mut m_use = [0f32; 2];
+    let (mut m_use, mut corr) = ([0f32; 2], [1f32; 2]);
     crate::unroll!(2, H => {
-        let (corr, m) = st[H].advance(quad_max_f32(mx[H]) * sl2);
-        m_use[H] = -m;
-        crate::unroll!(16, D => {
-            o[D][2 * H] *= corr;
-            o[D][2 * H + 1] *= corr;
-        });
+        let (cr, m) = st[H].advance(quad_max_f32(mx[H]) * sl2);
+        (m_use[H], corr[H]) = (-m, cr);
     });
+    crate::unroll!(16, J => {
+        crate::unroll!(4, E => { s[J][E] = exp2(fma(s[J][E], sl2, m_use[E >> 1])); });
+        st[0].l += s[J][0] + s[J][1];
+        st[1].l += s[J][2] + s[J][3];
+    });
+    corr
+}
+
+/// P (f32, the accumulator layout) as `wgmma` A fragments: two n-tiles of
+/// 8 keys are one k16 step.
+#[inline(always)]
+fn pack_p(p: &[[f32; 4]; 16]) -> [[u32; 4]; 8] {
     let mut pa = [[0u32; 4]; 8];
     crate::unroll!(16, J => {
-        let mut pr = [0f32; 4];
-        crate::unroll!(4, E => { pr[E] = exp2(fma(s[J][E], sl2, m_use[E >> 1])); });
-        st[0].l += pr[0] + pr[1];
-        st[1].l += pr[2] + pr[3];
-        pa[J / 2][2 * (J & 1)] = pack_bf16x2(pr[0], pr[1]);
-        pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(pr[2], pr[3]);
+        pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[J][0], p[J][1]);
+        pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[J][2], p[J][3]);
     });
     pa
 }
@@ -306,15 +399,15 @@ unsafe fn zero_v_tail(vs: u32, from: u32, c: u32) {
     named_barrier_sync(1 + c, WG);
 }
 
-/// O += P V (B: the V stage, N-major, 16 keys per k-step).
+/// Issues O += P V (B: the V stage, N-major, 16 keys per k-step;
+/// committed, not waited for).
 #[inline(always)]
-fn pv(o: &mut [[f32; 4]; 16], pa: &[[u32; 4]; 8], vs: u32) {
+fn pv_issue(o: &mut [[f32; 4]; 16], pa: &[[u32; 4]; 8], vs: u32) {
     wgmma_fence(o, pa);
     crate::unroll!(8, KS => {
         wgmma_m64n128k16_bf16::<1>(o, pa[KS], Tile::mn_major_desc(vs, KS as u32), true);
     });
     wgmma_commit();
-    wgmma_wait0(o, pa);
 }
 
 // ------------------------------------------------------------------ epilogue

@@ -541,3 +541,39 @@ fn gpu_dense_prefill_names_bad_input() {
     );
     op.run(&d.q, d.kv(&c), None, &mut out, None).unwrap();
 }
+
+/// The host's tiles (no GPU): every row exactly once, at most
+/// `DP_BLOCK_M` rows of one sequence each, positions and key counts from
+/// the batch, longest first.
+#[test]
+fn plan_tiles_cover_every_row_longest_first() {
+    use sparse_attn::abi::dense::DP_BLOCK_M;
+    use sparse_attn::dense_prefill::plan_tiles;
+    let spec = RaggedSpec::prefill(&[300, 0, 1, 129, 128], &[5, 0, 1000, 0, 7]);
+    for mask in MASKS {
+        let cfg = config(4, 2, mask, false);
+        let keys: Vec<u32> = (0..spec.batch()).map(|b| spec.seqlen_k(b) as u32).collect();
+        let tiles = plan_tiles(&spec.as_batch(), &keys, &vec![0; spec.batch()], &cfg);
+        let mut seen = vec![0u32; spec.num_rows()];
+        for t in &tiles {
+            assert!(t.rows >= 1 && t.rows <= DP_BLOCK_M, "{t:?}");
+            let b = t.seq as usize;
+            let r0 = spec.offsets[b];
+            assert!(
+                t.row0 >= r0 && t.row0 + t.rows <= spec.offsets[b + 1],
+                "{t:?}"
+            );
+            assert_eq!(t.q_pos0, spec.cache_lengths[b] + t.row0 - r0);
+            assert_eq!(t.num_keys, keys[b]);
+            (t.row0..t.row0 + t.rows).for_each(|r| seen[r as usize] += 1);
+        }
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "{mask:?}: rows covered {seen:?}"
+        );
+        assert!(
+            tiles.windows(2).all(|w| w[0].key_tiles >= w[1].key_tiles),
+            "{mask:?}: not longest first"
+        );
+    }
+}

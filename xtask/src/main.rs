@@ -36,7 +36,8 @@ enum Cmd {
         /// what the current kernel sources build to.
         #[arg(long)]
         check: bool,
-        /// Fail if any kernel has a stack frame or register spills.
+        /// Fail if any kernel has a stack frame, register spills or a ptxas
+        /// performance-loss note (`setmaxnreg` dropped, `wgmma` serialized).
         #[arg(long)]
         deny_spills: bool,
     },
@@ -68,7 +69,8 @@ enum Cmd {
         ptx: Option<PathBuf>,
         #[arg(long, default_value = DEFAULT_ARCH)]
         arch: String,
-        /// Fail if any kernel has a stack frame or register spills.
+        /// Fail if any kernel has a stack frame, register spills or a ptxas
+        /// performance-loss note (`setmaxnreg` dropped, `wgmma` serialized).
         #[arg(long)]
         deny_spills: bool,
     },
@@ -497,6 +499,25 @@ fn run_ptxas(ptx: &Path, arch: &str, deny_spills: bool) -> Result<()> {
     }
     if kernels == 0 {
         println!("WARNING: ptxas reported no kernels");
+    }
+    // ptxas' performance notes: `setmaxnreg` dropped (C7508), `wgmma`s
+    // serialized (C7513, e.g. registers of an in-flight `wgmma` rewritten):
+    // correct code, but the warp-specialized pipeline is gone.
+    let losses: Vec<&str> = report
+        .lines()
+        .filter(|l| l.contains("Potential Performance Loss"))
+        .collect();
+    for l in &losses {
+        println!(
+            "WARNING: {}",
+            l.trim().trim_start_matches("ptxas info    : ")
+        );
+    }
+    if !losses.is_empty() && deny_spills {
+        bail!(
+            "{} ptxas performance loss note(s) (--deny-spills)",
+            losses.len()
+        );
     }
     if !bad.is_empty() && deny_spills {
         bail!(

@@ -135,3 +135,14 @@ pub fn wgmma_wait0(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
 pub fn fence_proxy_async_shared() {
     unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) };
 }
+
+/// `wgmma.wait_group.sync.aligned 1`: waits until at most the newest
+/// committed group is still in flight (groups complete in commit order).
+/// `d` and `a` are the *older* group's operands, tied to the wait as in
+/// [`wgmma_wait0`]; the newest group's registers must stay untouched until
+/// a later [`wgmma_wait0`] (ptxas serializes the `wgmma`s, with a warning,
+/// where code touches them earlier).
+#[inline(always)]
+pub fn wgmma_wait1(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
+    unsafe { with_regs!(tie_regs!("wgmma.wait_group.sync.aligned 1;", d, a,)) }
+}
