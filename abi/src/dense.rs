@@ -17,8 +17,10 @@ pub const DP_CONSUMERS: u32 = 2;
 pub const DP_BLOCK_M: u32 = 64 * DP_CONSUMERS;
 /// Keys per K/V tile (one `wgmma` N of 128 for S = Q Kᵀ).
 pub const DP_BLOCK_N: u32 = 128;
-/// K/V stages of the ring: 3 × (32 KiB K + 32 KiB V) plus 32 KiB of Q is
-/// 224 KiB, one CTA per SM.
+/// K/V stages of the ring: 2 × (32 KiB K + 32 KiB V) plus 32 KiB of Q is
+/// 160 KiB, one CTA per SM. 3 stages (224 KiB) measured 1–5% slower on
+/// every case (H200, 2026-12-02, the two builds back to back:
+/// `dense-prefill-16k` 587–594 TFLOP/s against 598 with 2).
 pub const DP_STAGES: u32 = 2;
 /// Threads per CTA: one producer warpgroup (one warp issues the copies)
 /// and the consumers.

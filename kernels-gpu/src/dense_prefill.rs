@@ -151,8 +151,8 @@ unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
 /// its bytes; for paged K/V, lane `b` looks up and copies the tile's box
 /// `b` (a page, or 128 keys of a larger one), the page looked up once for
 /// K and V and before the wait. (One thread doing the 8 lookups and 32
-/// copies of a tile of 16-token pages one after another: `-paged16` 455
-/// TFLOP/s; a lane per page: 497–514, H200, 2026-12-02.)
+/// copies of a tile of 16-token pages one after another: `-paged16`
+/// 454–459 TFLOP/s; a lane per page: 493–514, H200, 2026-12-02.)
 #[inline(always)]
 unsafe fn produce(p: &DensePrefillParams, w: &Work) {
     let maps = p.tmaps.ptr();
