@@ -18,7 +18,7 @@ pub use crate::abi::batch::{KvDtype, Mask, PageTable, PagedLayout, RaggedBatch, 
 use crate::abi::config::{MsaAttentionConfig, MsaIndexerConfig};
 
 use crate::abi::msa::{ATT_MAX_GROUP, ATT_MAX_SLOTS, IDX_PREFILL_M_ROWS, MSA_BLOCK};
-use crate::error::{ensure, require_head_dim, Error, Result};
+use crate::error::{ensure, require_head_dim, require_positive_scale, Error, Result};
 
 /// The host's check of a [`RaggedBatch`].
 pub trait RaggedBatchExt {
@@ -276,12 +276,6 @@ impl ConfigExt for MsaAttentionConfig {
             || format!("1 ..= {ATT_MAX_SLOTS}"),
             || self.topk.to_string(),
         )?;
-        // The kernels take each block's row maximum on unscaled scores.
-        ensure(
-            self.scale.is_finite() && self.scale > 0.0,
-            "scale",
-            || "a finite scale > 0".into(),
-            || self.scale.to_string(),
-        )
+        require_positive_scale(self.scale)
     }
 }

@@ -29,7 +29,9 @@ use crate::batch::{
     CacheExpect, ConfigExt, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
     RaggedBatch, RaggedBatchExt,
 };
-use crate::error::{ensure, expect_len, require_head_dim, CudaContextExt, Error, Result};
+use crate::error::{
+    ensure, expect_len, require_head_dim, require_positive_scale, CudaContextExt, Error, Result,
+};
 use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, Kernel};
 use crate::workspace::grow;
 use crate::Gpu;
@@ -124,12 +126,7 @@ impl ConfigExt for DensePrefillConfig {
             || "fewer than 65536".into(),
             || self.n_heads.to_string(),
         )?;
-        ensure(
-            self.scale.is_finite() && self.scale > 0.0,
-            "scale",
-            || "a finite scale > 0".into(),
-            || self.scale.to_string(),
-        )?;
+        require_positive_scale(self.scale)?;
         if let Mask::SlidingWindow { window } = self.mask {
             ensure(
                 window >= 1 && window < u32::MAX as usize,

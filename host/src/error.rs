@@ -122,6 +122,17 @@ pub(crate) fn ensure(
 
 /// Fails with [`Error::Unsupported`] unless `head_dim` is the one the MSA
 /// kernels implement.
+/// `scale` must be finite and > 0: the attention kernels take each row's
+/// maximum of the raw scores and scale it.
+pub(crate) fn require_positive_scale(scale: f32) -> Result<()> {
+    ensure(
+        scale.is_finite() && scale > 0.0,
+        "scale",
+        || "a finite scale > 0".into(),
+        || scale.to_string(),
+    )
+}
+
 pub(crate) fn require_head_dim(head_dim: usize) -> Result<()> {
     let want = crate::abi::msa::MSA_HEAD_DIM as usize;
     if head_dim == want {

@@ -51,7 +51,7 @@
 //! and the sink max-subtracted); GPU results are checked with
 //! [`check_dense_prefill`], the MSA attention's [`check_attention`] rules.
 
-use crate::msa_attention::{check_attention, AttentionOutput, MsaAttentionConfig};
+use crate::msa_attention::{check_attention, dot, AttentionOutput, MsaAttentionConfig};
 use crate::paged::{KvDtype, PagedCache};
 use half::bf16;
 use rayon::prelude::*;
@@ -291,22 +291,6 @@ pub fn validate(
         }
     }
     Ok(rows)
-}
-
-fn dot(a: &[f64], b: &[f64]) -> f64 {
-    let mut s = [0.0f64; 4];
-    let ca = a.chunks_exact(4);
-    let cb = b.chunks_exact(4);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for k in 0..4 {
-            s[k] += x[k] * y[k];
-        }
-    }
-    for (x, y) in ra.iter().zip(rb) {
-        s[0] += x * y;
-    }
-    (s[0] + s[1]) + (s[2] + s[3])
 }
 
 /// The full op in `f64`. Parallel over rows.

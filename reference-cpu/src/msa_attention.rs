@@ -141,7 +141,8 @@ pub fn attended_keys(ids: &[i32], q_pos: usize, seqlen_k: usize) -> Vec<usize> {
     keys
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// `a · b` in four interleaved f64 chains (the dense prefill's too).
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut s = [0.0f64; 4];
     let ca = a.chunks_exact(4);
     let cb = b.chunks_exact(4);

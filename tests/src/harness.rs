@@ -239,17 +239,7 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
     let mut out2 = gpu
         .upload(&vec![bf16::from_bits(0x7fc1); rows * att.n_heads * 128])
         .unwrap();
-    let stream = gpu.stream();
-    stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
-    step.run(&inp, &mut out2, None).unwrap();
-    let graph = stream
-        .end_capture(CUgraphInstantiate_flags(0))
-        .unwrap()
-        .expect("the capture recorded no work");
-    graph.launch().unwrap();
-    graph.launch().unwrap();
+    capture_and_replay(gpu, || step.run(&inp, &mut out2, None).unwrap());
     let replay = gpu.download(&out2).unwrap();
     assert!(
         eager
@@ -259,4 +249,20 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
         "graph replay differs from the eager run"
     );
     step.attention.path().expect("planned")
+}
+
+/// Captures what `run` enqueues on the GPU's stream into a CUDA graph and
+/// launches the graph twice (the caller compares the results).
+pub fn capture_and_replay(gpu: &Gpu, run: impl FnOnce()) {
+    let stream = gpu.stream();
+    stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    run();
+    let graph = stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("the capture recorded no work");
+    graph.launch().unwrap();
+    graph.launch().unwrap();
 }

@@ -14,7 +14,6 @@
 //! spec's (`check_dense_prefill`): bf16 output of an f32 accumulation whose
 //! P is rounded to bf16 for the P V product.
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::{
@@ -26,7 +25,7 @@ use sparse_attn_reference::dense_prefill::{
 use sparse_attn_tests::data::{
     paged_pool, ragged_kv, seeded, tensor, Fill, PagedPool, RaggedKv, RaggedSpec,
 };
-use sparse_attn_tests::harness::gpu_or_skip as gpu;
+use sparse_attn_tests::harness::{capture_and_replay, gpu_or_skip as gpu};
 
 /// K/V of a case.
 enum Kv {
@@ -358,18 +357,10 @@ fn gpu_dense_prefill_is_deterministic_and_replays_in_a_graph() {
     let mut out2 = gpu
         .upload(&vec![bf16::from_bits(POISON_OUT); n * 128])
         .unwrap();
-    let stream = gpu.stream();
-    stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
-    op.run(&d.q, d.kv(&c), d.sinks.as_ref(), &mut out2, None)
-        .unwrap();
-    let graph = stream
-        .end_capture(CUgraphInstantiate_flags(0))
-        .unwrap()
-        .expect("the capture recorded no work");
-    graph.launch().unwrap();
-    graph.launch().unwrap();
+    capture_and_replay(&gpu, || {
+        op.run(&d.q, d.kv(&c), d.sinks.as_ref(), &mut out2, None)
+            .unwrap()
+    });
     let replay = gpu.download(&out2).unwrap();
     assert!(
         a.0.iter()
@@ -432,54 +423,23 @@ fn gpu_dense_prefill_names_bad_input() {
     };
     let batch = c.spec.as_batch();
     let bad_offsets = [0u32, 20, 10];
+    let paged = |page_size, pages, layer| KvLayout::Paged {
+        layout: sparse_attn::PagedLayout {
+            page_size,
+            ..pool.layout
+        },
+        pages,
+        layer,
+    };
+    let (ps, table) = (pool.layout.page_size, pool.table());
+    let short_table = sparse_attn::PageTable::new(&pool.lookup[..1], 1);
+    let bad_batch = sparse_attn::RaggedBatch::new(&bad_offsets, &[0, 0]);
     let cases: Vec<(KvLayout, sparse_attn::RaggedBatch, &str)> = vec![
-        (
-            KvLayout::Paged {
-                layout: sparse_attn::PagedLayout {
-                    page_size: 48,
-                    ..pool.layout
-                },
-                pages: pool.table(),
-                layer: LAYER,
-            },
-            batch,
-            "page_size",
-        ),
-        (
-            KvLayout::Paged {
-                layout: sparse_attn::PagedLayout {
-                    page_size: 512,
-                    ..pool.layout
-                },
-                pages: pool.table(),
-                layer: LAYER,
-            },
-            batch,
-            "page_size",
-        ),
-        (
-            KvLayout::Paged {
-                layout: pool.layout,
-                pages: sparse_attn::PageTable::new(&pool.lookup[..1], 1),
-                layer: LAYER,
-            },
-            batch,
-            "lookup",
-        ),
-        (
-            KvLayout::Paged {
-                layout: pool.layout,
-                pages: pool.table(),
-                layer: LAYERS,
-            },
-            batch,
-            "layer",
-        ),
-        (
-            c.layout(),
-            sparse_attn::RaggedBatch::new(&bad_offsets, &[0, 0]),
-            "input_row_offsets",
-        ),
+        (paged(48, table, LAYER), batch, "page_size"),
+        (paged(512, table, LAYER), batch, "page_size"),
+        (paged(ps, short_table, LAYER), batch, "lookup"),
+        (paged(ps, table, LAYERS), batch, "layer"),
+        (c.layout(), bad_batch, "input_row_offsets"),
         (
             KvLayout::Ragged {
                 kv_row_offsets: &[0, 5],
