@@ -85,8 +85,26 @@ struct Plan {
     rows: usize,
     batch: usize,
     num_tiles: usize,
-    /// Paged: pool shape and layer; contiguous: `kv_rows`.
-    paged: Option<(PagedLayout, usize, usize)>,
+    /// The paged pool, or `None` for contiguous K/V.
+    paged: Option<PagedPlan>,
+    /// Contiguous K/V: rows of `k` and `v`.
+    kv_rows: usize,
+}
+
+/// The planned paged pool.
+#[derive(Clone, Copy, Debug)]
+struct PagedPlan {
+    layout: PagedLayout,
+    layer: usize,
+    max_pages: usize,
+}
+
+/// What `check_kv` finds: per sequence its keys and first contiguous K/V
+/// row, and the pool or the K/V rows.
+struct KvPlan {
+    keys: Vec<u32>,
+    kv_row0: Vec<u32>,
+    paged: Option<PagedPlan>,
     kv_rows: usize,
 }
 
@@ -172,8 +190,8 @@ impl DensePrefill {
             || "fewer than 2^31 rows".into(),
             || rows.to_string(),
         )?;
-        let (keys, kv_row0, paged, kv_rows) = self.check_kv(batch, kv)?;
-        let tiles = plan_tiles(batch, &keys, &kv_row0, &self.cfg);
+        let kvp = self.check_kv(batch, kv)?;
+        let tiles = plan_tiles(batch, &kvp.keys, &kvp.kv_row0, &self.cfg);
         let words = record_words(&tiles);
         grow(&self.gpu, &mut self.tiles, words.len())?;
         if !words.is_empty() {
@@ -186,24 +204,14 @@ impl DensePrefill {
             rows,
             batch: batch.batch(),
             num_tiles: tiles.len(),
-            paged,
-            kv_rows,
+            paged: kvp.paged,
+            kv_rows: kvp.kv_rows,
         });
         Ok(())
     }
 
-    /// Keys and first K/V row of every sequence, the paged shape, the K/V rows.
-    #[allow(clippy::type_complexity)]
-    fn check_kv(
-        &self,
-        batch: &RaggedBatch,
-        kv: &KvLayout,
-    ) -> Result<(
-        Vec<u32>,
-        Vec<u32>,
-        Option<(PagedLayout, usize, usize)>,
-        usize,
-    )> {
+    /// Checks the K/V layout against the batch.
+    fn check_kv(&self, batch: &RaggedBatch, kv: &KvLayout) -> Result<KvPlan> {
         let n = batch.batch();
         match *kv {
             KvLayout::Paged {
@@ -236,7 +244,17 @@ impl DensePrefill {
                     || token_rows.to_string(),
                 )?;
                 let keys = (0..n).map(|b| batch.seqlen_k(b) as u32).collect();
-                Ok((keys, vec![0; n], Some((layout, layer, pages.max_pages)), 0))
+                let paged = PagedPlan {
+                    layout,
+                    layer,
+                    max_pages: pages.max_pages,
+                };
+                Ok(KvPlan {
+                    keys,
+                    kv_row0: vec![0; n],
+                    paged: Some(paged),
+                    kv_rows: 0,
+                })
             }
             KvLayout::Ragged {
                 kv_row_offsets: off,
@@ -252,7 +270,12 @@ impl DensePrefill {
                     || kv_rows.to_string(),
                 )?;
                 let keys = (0..n).map(|b| off[b + 1] - off[b]).collect();
-                Ok((keys, off[..n].to_vec(), None, kv_rows))
+                Ok(KvPlan {
+                    keys,
+                    kv_row0: off[..n].to_vec(),
+                    paged: None,
+                    kv_rows,
+                })
             }
         }
     }
@@ -344,7 +367,12 @@ impl DensePrefill {
     ) -> Result<Option<&'b CudaSlice<u32>>> {
         let per_row = self.cfg.n_kv_heads * DP_HEAD_DIM as usize;
         match (*kv, p.paged) {
-            (KvBuffers::Paged { kv_cache, lookup }, Some((layout, _, max_pages))) => {
+            (
+                KvBuffers::Paged { kv_cache, lookup },
+                Some(PagedPlan {
+                    layout, max_pages, ..
+                }),
+            ) => {
                 expect_len(
                     "kv_cache",
                     kv_cache.len(),
@@ -396,7 +424,7 @@ impl DensePrefill {
         let mut maps = Vec::with_capacity(DP_TMAPS * DP_TMAP_BYTES);
         maps.extend(encode_tmap(addr(q), c.n_heads, p.rows, DP_BLOCK_M)?);
         match (*kv, p.paged) {
-            (KvBuffers::Paged { kv_cache, .. }, Some((l, _, _))) => {
+            (KvBuffers::Paged { kv_cache, .. }, Some(PagedPlan { layout: l, .. })) => {
                 let (rows, box_rows) = (
                     l.num_pages * 2 * l.num_layers * l.page_size,
                     l.page_size.min(DP_BLOCK_N as usize),
@@ -453,7 +481,12 @@ impl DensePrefill {
             box_rows: DP_BLOCK_N,
             ..Default::default()
         };
-        if let Some((l, layer, max_pages)) = p.paged {
+        if let Some(PagedPlan {
+            layout: l,
+            layer,
+            max_pages,
+        }) = p.paged
+        {
             let ps = l.page_size as u32;
             params.box_rows = ps.min(DP_BLOCK_N);
             params.page_size = ps;

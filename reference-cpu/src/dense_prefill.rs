@@ -51,7 +51,7 @@
 //! and the sink max-subtracted); GPU results are checked with
 //! [`check_dense_prefill`], the MSA attention's [`check_attention`] rules.
 
-use crate::msa_attention::{check_attention, dot, AttentionOutput, MsaAttentionConfig};
+use crate::msa_attention::{check_attention, group_scores, AttentionOutput, MsaAttentionConfig};
 use crate::paged::{KvDtype, PagedCache};
 use half::bf16;
 use rayon::prelude::*;
@@ -136,13 +136,7 @@ fn check_offsets(name: &str, offsets: &[u32], batch: usize) -> Result<(), String
             offsets.len()
         ));
     }
-    if offsets[0] != 0 {
-        return Err(format!("{name}[0] = {} != 0", offsets[0]));
-    }
-    if let Some(b) = (0..batch).find(|&b| offsets[b + 1] < offsets[b]) {
-        return Err(format!("{name} decreases at {b}"));
-    }
-    Ok(())
+    crate::check_offsets_order(name, offsets)
 }
 
 fn validate_paged(
@@ -155,17 +149,7 @@ fn validate_paged(
     if l.dtype != KvDtype::Bf16 {
         return Err(format!("the pool must hold bf16, layout {l:?}"));
     }
-    if l.kv_dim != 2 {
-        return Err(format!(
-            "main KV cache must have kv_dim 2 (K, V), layout {l:?}"
-        ));
-    }
-    if l.n_heads != cfg.n_kv_heads {
-        return Err(format!(
-            "cache has {} heads, n_kv_heads is {}",
-            l.n_heads, cfg.n_kv_heads
-        ));
-    }
+    crate::paged::check_main_kv(l, cfg.n_kv_heads)?;
     if l.head_dim != cfg.head_dim {
         return Err(format!(
             "cache head_dim {} != head_dim {}",
@@ -187,13 +171,7 @@ fn validate_paged(
     }
     let n = batch.batch();
     let table = &cache.pages;
-    if table.lookup.len() < n * table.max_pages {
-        return Err(format!(
-            "lookup has {} entries, batch {n} * max_pages {} needed",
-            table.lookup.len(),
-            table.max_pages
-        ));
-    }
+    crate::paged::check_lookup_len(table, n)?;
     for b in 0..n {
         let pages = batch.pages(b, l.page_size);
         if pages > table.max_pages {
@@ -324,16 +302,9 @@ pub fn dense_prefill(
         let mut kf = vec![0.0f64; d];
         for kh in 0..nkv {
             // scores[g][j] = scale * q[h] . K[keys.start + j], h = kh * group + g
-            let mut scores = vec![vec![0.0f64; keys.len()]; group];
-            for (j, s) in keys.clone().enumerate() {
-                for (dst, k) in kf.iter_mut().zip(kv.row(b, 0, kh, s, cfg)) {
-                    *dst = k.to_f64();
-                }
-                for (g, sc) in scores.iter_mut().enumerate() {
-                    let h = kh * group + g;
-                    sc[j] = scale * dot(&qf[h * d..(h + 1) * d], &kf);
-                }
-            }
+            let mut scores = group_scores(&qf, d, kh, group, scale, keys.clone(), |s| {
+                kv.row(b, 0, kh, s, cfg)
+            });
             // Weights e^{x - m} with m the max over the scores and the sink,
             // the denominator D / e^m, and lse = ln D.
             let mut sums = vec![0.0f64; group];

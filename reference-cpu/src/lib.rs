@@ -32,3 +32,15 @@ pub use half::bf16;
 /// The shared descriptions (ragged batch, paged layout, page table, op
 /// configs) the reference takes, as the host API does.
 pub use sparse_attn_abi as abi;
+
+/// `offsets[0] == 0` and `offsets` never decreases (`name` in the error).
+/// The caller checks the length (`batch + 1`, at least 1).
+pub(crate) fn check_offsets_order(name: &str, offsets: &[u32]) -> Result<(), String> {
+    if offsets[0] != 0 {
+        return Err(format!("{name}[0] = {} != 0", offsets[0]));
+    }
+    if let Some(b) = offsets.windows(2).position(|w| w[1] < w[0]) {
+        return Err(format!("{name} decreases at {b}"));
+    }
+    Ok(())
+}

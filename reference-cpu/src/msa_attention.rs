@@ -88,17 +88,7 @@ pub fn validate(
         ));
     }
     let l = &cache.layout;
-    if l.kv_dim != 2 {
-        return Err(format!(
-            "main KV cache must have kv_dim 2 (K, V), layout {l:?}"
-        ));
-    }
-    if l.n_heads != p.n_kv_heads {
-        return Err(format!(
-            "cache has {} heads, n_kv_heads is {}",
-            l.n_heads, p.n_kv_heads
-        ));
-    }
+    crate::paged::check_main_kv(l, p.n_kv_heads)?;
     // The ragged batch, q, page size, head_dim, layer and page table are
     // checked as for the indexer (q has n_heads heads here).
     let ip = MsaIndexerConfig {
@@ -141,8 +131,35 @@ pub fn attended_keys(ids: &[i32], q_pos: usize, seqlen_k: usize) -> Vec<usize> {
     keys
 }
 
-/// `a · b` in four interleaved f64 chains (the dense prefill's too).
-pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// The scores of one KV head's query heads over `keys`: `scores[g][j] =
+/// scale · q[h] · K[keys[j]]`, `h = kh · group + g`, with `qf` the row's
+/// `[n_heads, d]` query in f64 and `k_row(s)` key `s`'s row (the dense
+/// prefill's too).
+pub(crate) fn group_scores<'a>(
+    qf: &[f64],
+    d: usize,
+    kh: usize,
+    group: usize,
+    scale: f64,
+    keys: impl ExactSizeIterator<Item = usize>,
+    k_row: impl Fn(usize) -> &'a [bf16],
+) -> Vec<Vec<f64>> {
+    let mut kf = vec![0.0f64; d];
+    let mut scores = vec![vec![0.0f64; keys.len()]; group];
+    for (j, s) in keys.enumerate() {
+        for (dst, k) in kf.iter_mut().zip(k_row(s)) {
+            *dst = k.to_f64();
+        }
+        for (g, sc) in scores.iter_mut().enumerate() {
+            let h = kh * group + g;
+            sc[j] = scale * dot(&qf[h * d..(h + 1) * d], &kf);
+        }
+    }
+    scores
+}
+
+/// `a · b` in four interleaved f64 chains.
+fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut s = [0.0f64; 4];
     let ca = a.chunks_exact(4);
     let cb = b.chunks_exact(4);
@@ -197,17 +214,10 @@ pub fn msa_attention(
                     if keys.is_empty() {
                         continue; // out stays 0, lse -inf
                     }
-                    // scores[g][j] = scale * q[h] . K[keys[j]], h = kh * group + g
-                    let mut scores = vec![vec![0.0f64; keys.len()]; group];
-                    for (j, &s) in keys.iter().enumerate() {
-                        for (dst, k) in kf.iter_mut().zip(cache.row(b, 0, layer, kh, s)) {
-                            *dst = k.to_f64();
-                        }
-                        for (g, sc) in scores.iter_mut().enumerate() {
-                            let h = kh * group + g;
-                            sc[j] = scale * dot(&qf[h * d..(h + 1) * d], &kf);
-                        }
-                    }
+                    let mut scores =
+                        group_scores(&qf, d, kh, group, scale, keys.iter().copied(), |s| {
+                            cache.row(b, 0, layer, kh, s)
+                        });
                     // Softmax weights (max subtracted) and log-sum-exp.
                     let mut sums = vec![0.0f64; group];
                     for (g, sc) in scores.iter_mut().enumerate() {

@@ -162,12 +162,7 @@ pub fn validate(
             cache_lengths.len()
         ));
     }
-    if offsets[0] != 0 {
-        return Err(format!("input_row_offsets[0] = {} != 0", offsets[0]));
-    }
-    if let Some(b) = (0..n).find(|&b| offsets[b + 1] < offsets[b]) {
-        return Err(format!("input_row_offsets decreases at {b}"));
-    }
+    crate::check_offsets_order("input_row_offsets", offsets)?;
     let rows = batch.num_rows();
     let (h, d) = (p.num_index_heads, p.head_dim);
     if q.len() != rows * h * d {
@@ -203,13 +198,7 @@ pub fn validate(
         ));
     }
     let table = &cache.pages;
-    if table.lookup.len() < n * table.max_pages {
-        return Err(format!(
-            "lookup has {} entries, batch {n} * max_pages {} needed",
-            table.lookup.len(),
-            table.max_pages
-        ));
-    }
+    crate::paged::check_lookup_len(table, n)?;
     for b in 0..n {
         let seqlen_k = batch.seqlen_k(b);
         let pages = batch.pages(b, BLOCK);

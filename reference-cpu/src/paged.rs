@@ -230,3 +230,32 @@ pub(crate) mod testing {
         v.iter().map(|&x| bf16::from_f32(x)).collect()
     }
 }
+
+/// The main K/V cache's shape against the op's head count: `kv_dim` 2 (K,
+/// V) and `n_kv_heads` heads.
+pub(crate) fn check_main_kv(l: &PagedLayout, n_kv_heads: usize) -> Result<(), String> {
+    if l.kv_dim != 2 {
+        return Err(format!(
+            "main KV cache must have kv_dim 2 (K, V), layout {l:?}"
+        ));
+    }
+    if l.n_heads != n_kv_heads {
+        return Err(format!(
+            "cache has {} heads, n_kv_heads is {n_kv_heads}",
+            l.n_heads
+        ));
+    }
+    Ok(())
+}
+
+/// The page table holds `batch * max_pages` entries at least.
+pub(crate) fn check_lookup_len(table: &PageTable, n: usize) -> Result<(), String> {
+    if table.lookup.len() < n * table.max_pages {
+        return Err(format!(
+            "lookup has {} entries, batch {n} * max_pages {} needed",
+            table.lookup.len(),
+            table.max_pages
+        ));
+    }
+    Ok(())
+}
