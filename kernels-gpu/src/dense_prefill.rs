@@ -219,10 +219,19 @@ fn my_rows(c: u32) -> [u32; 2] {
 /// tiles, then the epilogue.
 ///
 /// FA3's two overlaps: inside the warpgroup, tile `i`'s S = Q Kᵀ and tile
-/// `i - 1`'s O += P V are issued together and tile `i`'s softmax runs while
-/// P V is in flight (O is rescaled after it lands); between the two
-/// warpgroups, [`PingPong`] lets one issue its products while the other
-/// runs its softmax.
+/// `i - 1`'s O += P V are issued together and tile `i`'s softmax is written
+/// to run while P V is in flight (O is rescaled after it lands); between
+/// the two warpgroups, [`PingPong`] lets one issue its products while the
+/// other runs its softmax.
+///
+/// In the SASS, ptxas moves the wait for P V (`wgmma_wait0` below) up to
+/// the top of the softmax, by its own estimate of when P V lands, so the
+/// softmax runs after P V and only the other warpgroup's products overlap
+/// it. Holding the wait after the softmax (a shared store of the row sums
+/// just before it, which ptxas does not move it above) measured slower:
+/// `dense-prefill-16k` 578–579 TFLOP/s against 584–586, `-8x2k` 456–457
+/// against 490 (H200, 2026-12-02, the two builds back to back; with V
+/// loaded a tile behind K as well, 563 and 469).
 #[inline(always)]
 unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
     let (kr, vr) = rings();
