@@ -31,6 +31,7 @@ pub mod batch;
 pub mod config;
 pub mod dense;
 pub mod msa;
+pub mod topk;
 
 /// Bytes of a kernel's parameter space (PTX ISA: 4 KiB on sm_70+ with the
 /// classic limit; every struct here stays below it).
@@ -199,6 +200,7 @@ pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("msa_block_major_scatter", msa::BM_EDGE_THREADS, 0),
     ("msa_block_major_run", msa::BM_THREADS, 0),
     ("msa_block_major_combine", msa::BM_COMBINE_WARPS * 32, 0),
+    ("topk_rows", topk::TOPK_THREADS, 0),
 ];
 
 /// The threads per CTA [`KERNEL_BOUNDS`] gives `kernel`.
@@ -226,6 +228,7 @@ mod tests {
             <msa::BlockMajorScanParams as crate::KernelParams>::KERNELS,
             <msa::BlockMajorRunParams as crate::KernelParams>::KERNELS,
             <msa::BlockMajorCombineParams as crate::KernelParams>::KERNELS,
+            <topk::TopkParams as crate::KernelParams>::KERNELS,
         ];
         let all: usize = kernels.iter().map(|k| k.len()).sum();
         assert_eq!(all, KERNEL_BOUNDS.len());

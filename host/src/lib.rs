@@ -45,6 +45,7 @@ pub mod msa_block_major;
 pub mod msa_indexer;
 pub mod msa_step;
 pub mod ptx;
+pub mod topk;
 mod workspace;
 
 /// What the kernels and this crate share (tile shapes, parameter structs,
@@ -63,3 +64,4 @@ pub use half::bf16;
 pub use msa_attention::{AttentionPath, MsaAttention, MsaAttentionConfig};
 pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
 pub use msa_step::{MsaStep, StepInputs};
+pub use topk::TopK;

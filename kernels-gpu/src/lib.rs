@@ -10,7 +10,7 @@
 //!   `wgmma` descriptors, the paged block loader, the pipeline ring, the
 //!   online softmax and LSE merge, the top-k selectors);
 //! - one file per op family (`dense_prefill`, `msa_indexer`,
-//!   `msa_attention`, `msa_block_major`), named as in the host crate.
+//!   `msa_attention`, `msa_block_major`, `topk`), named as in the host crate.
 //!
 //! Tile shapes, work records and one parameter struct per kernel come from
 //! the `sparse-attn-abi` crate, which the host compiles too.
@@ -26,8 +26,9 @@ pub mod arch;
 pub mod dense_prefill;
 pub mod msa_attention;
 pub mod msa_indexer;
-pub mod tile;
 pub mod msa_block_major;
+pub mod tile;
+pub mod topk;
 
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {

@@ -20,6 +20,7 @@
 //! - [`msa_indexer`]: MSA top-k block selection (`spec/msa-indexer.md`).
 //! - [`msa_attention`]: MSA block-sparse attention, decode and prefill
 //!   (`spec/msa-attention.md`).
+//! - [`topk`]: the standalone row top-k (the order of the indexers).
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod dense_prefill;
 pub mod msa_attention;
 pub mod msa_indexer;
 pub mod paged;
+pub mod topk;
 
 pub use half::bf16;
 /// The shared descriptions (ragged batch, paged layout, page table, op

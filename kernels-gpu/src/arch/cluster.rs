@@ -46,3 +46,42 @@ pub unsafe fn ld_shared_cluster_f32(addr: u32) -> f32 {
          options(readonly, nostack));
     r
 }
+
+/// `%cluster_nctarank`: CTAs in this CTA's cluster (1 without clusters).
+#[inline(always)]
+pub fn cluster_nctarank() -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("mov.u32 {r}, %cluster_nctarank;", r = out(reg32) r,
+             options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `ld.shared::cluster.u32`: [`ld_shared_cluster_f32`] for a `u32`.
+#[inline(always)]
+pub unsafe fn ld_shared_cluster_u32(addr: u32) -> u32 {
+    let r: u32;
+    asm!("ld.shared::cluster.u32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
+         options(readonly, nostack));
+    r
+}
+
+/// `st.shared::cluster.u64`: a store into another CTA's shared memory (an
+/// address from [`map_shared_rank`]); visible to that CTA after the next
+/// [`cluster_sync`].
+#[inline(always)]
+pub unsafe fn st_shared_cluster_u64(addr: u32, v: u64) {
+    asm!("st.shared::cluster.u64 [{a}], {v};", a = in(reg32) addr, v = in(reg64) v,
+         options(nostack));
+}
+
+/// `atom.shared::cluster.add.u32`: adds `v` at another CTA's shared address
+/// `addr` (from [`map_shared_rank`]), returns the old value.
+#[inline(always)]
+pub unsafe fn atomic_add_shared_cluster_u32(addr: u32, v: u32) -> u32 {
+    let r: u32;
+    asm!("atom.shared::cluster.add.u32 {r}, [{a}], {v};", r = out(reg32) r, a = in(reg32) addr,
+         v = in(reg32) v, options(nostack));
+    r
+}

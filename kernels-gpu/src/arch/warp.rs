@@ -24,6 +24,20 @@ extern "C" {
     fn llvm_shfl_sync_bfly_i32(member_mask: i32, value: i32, lane_mask: i32, clamp: i32) -> i32;
 }
 
+/// `shfl.sync.down.b32` with all lanes taking part: the value of lane
+/// `lane + delta` (a lane past 31 gets its own value back). Convergent, as
+/// [`shfl_xor_u32`].
+#[inline(always)]
+pub fn shfl_down_u32(v: u32, delta: u32) -> u32 {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_shfl_sync_down_i32(-1, v as i32, delta as i32, 0x1f) as u32 }
+}
+
+extern "C" {
+    #[link_name = "llvm.nvvm.shfl.sync.down.i32"]
+    fn llvm_shfl_sync_down_i32(member_mask: i32, value: i32, delta: i32, clamp: i32) -> i32;
+}
+
 /// [`shfl_xor_u32`] for `f32`.
 #[inline(always)]
 pub fn shfl_xor_f32(v: f32, mask: u32) -> f32 {

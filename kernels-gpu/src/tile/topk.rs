@@ -11,13 +11,15 @@
 //! - [`cta_threshold_select`]: one CTA per row, a lower bound from the
 //!   threads' maxima, then only survivors ranked — long rows, `topk <= 64`.
 //!
-//! A radix selector (histograms on the key's high bits, then the threshold
-//! bucket, then a deterministic collect) for `topk = 2048` takes the same
-//! key source.
+//! - [`cluster_radix_select`]: a thread-block cluster per row, the row's
+//!   entries in the CTAs' shared memory as 32-bit [`radix_key`]s, a radix
+//!   select on 8-bit digits with histograms summed over the cluster — rows
+//!   of up to hundreds of thousands of entries, `topk` up to thousands.
 
 use crate::arch::{
-    atomic_add_shared_u32, lane_id, ld_shared_u32, ld_shared_u64, st_shared_u32, st_shared_u64,
-    sync_threads, thread_idx_x, warp_max_u64,
+    atomic_add_shared_u32, cluster_nctarank, cluster_sync, lane_id, ld_shared_cluster_u32,
+    ld_shared_u32, ld_shared_u64, map_shared_rank, shfl_down_u32, st_shared_u32, st_shared_u64,
+    sync_threads, thread_idx_x, warp_id, warp_max_u64,
 };
 
 /// A row of entries as selection keys.
@@ -199,4 +201,184 @@ pub unsafe fn cta_threshold_select<const T: u32>(
         }
         c += T;
     }
+}
+
+// ------------------------------------------------------------ radix select
+
+/// Bins of a radix digit; the select runs with exactly this many threads.
+pub const RADIX_BINS: u32 = 256;
+/// Bits of the index below the score in a selection key.
+pub const RADIX_INDEX_BITS: u32 = 24;
+const INDEX_MASK: u32 = (1 << RADIX_INDEX_BITS) - 1;
+/// Most CTAs of a cluster (the non-portable limit).
+pub const MAX_CLUSTER: u32 = 16;
+/// Bits of a selection key: the radix key's 32, then the index's.
+const KEY_BITS: u32 = 32 + RADIX_INDEX_BITS;
+
+/// The 32-bit radix image of a score: [`ordered_bits`] + 1, so NaN is 1
+/// (below every number) and 0 is free to mean "no entry".
+#[inline(always)]
+pub fn radix_key(s: f32) -> u32 {
+    ordered_bits(s) + 1
+}
+
+/// Selection key of the entry at index `j` of its row with radix key `r`:
+/// `r` above, the inverted index below (ties to the lower index), unique
+/// in the row. `j < 2^RADIX_INDEX_BITS`.
+#[inline(always)]
+pub fn radix_sel_key(r: u32, j: u32) -> u64 {
+    ((r as u64) << RADIX_INDEX_BITS) | (INDEX_MASK - (j & INDEX_MASK)) as u64
+}
+
+/// Row index held in a selection key.
+#[inline(always)]
+pub fn radix_sel_index(key: u64) -> u32 {
+    INDEX_MASK - (key as u32 & INDEX_MASK)
+}
+
+/// The result of a radix select: the entries kept are those whose
+/// selection key has `key >> shift >= prefix`.
+#[derive(Clone, Copy)]
+pub struct RadixCut {
+    prefix: u64,
+    shift: u32,
+}
+
+impl RadixCut {
+    /// Whether the entry with radix key `r` (0: none) at index `j` is kept.
+    #[inline(always)]
+    pub fn keeps(&self, r: u32, j: u32) -> bool {
+        r != 0 && radix_sel_key(r, j) >> self.shift >= self.prefix
+    }
+}
+
+/// Shared memory of [`cluster_radix_select`] (addresses; every CTA of the
+/// cluster lays it out alike): `hist` 2 × [`RADIX_BINS`] u32 (zeroed
+/// before the call), `sums` 8 u32, `pick` 4 u32.
+#[derive(Clone, Copy)]
+pub struct RadixSmem {
+    /// Two histograms, the passes alternating between them.
+    pub hist: u32,
+    /// The warps' bin sums.
+    pub sums: u32,
+    /// The chosen bin: digit, entries above it, entries in it, entries in all.
+    pub pick: u32,
+}
+
+/// Finds, with every CTA of the cluster (all [`RADIX_BINS`] threads of each
+/// call it, with the same `k`), the `k` largest selection keys of a row
+/// whose entries the CTAs share: this CTA's `len` entries, entry `e` at row
+/// index `j0 + e` with score `score(e)`. Returns the cut,
+/// the same in every CTA: exactly `min(k, entries)` entries of the row are
+/// kept.
+///
+/// One pass per 8-bit digit of the selection key from the top: each CTA
+/// counts its entries under the prefix so far by digit, the counts are
+/// summed over the cluster (each CTA reads every CTA's histogram through
+/// distributed shared memory), and the digit where the `k`-th key lies
+/// extends the prefix. It stops as soon as every entry under the prefix
+/// is kept: usually after the score's digits; the index's digits only
+/// resolve ties at the cut, lower index first. `score` is called again on
+/// every pass ([`for_entries`]).
+#[inline(always)]
+pub unsafe fn cluster_radix_select(len: u32, j0: u32, k: u32, sm: RadixSmem, score: impl Fn(u32) -> f32) -> RadixCut {
+    let t = thread_idx_x();
+    let ncta = cluster_nctarank();
+    let (mut prefix, mut need) = (0u64, k);
+    let mut pass = 0;
+    loop {
+        let shift = KEY_BITS - 8 * (pass + 1);
+        let hist = sm.hist + (pass & 1) * RADIX_BINS * 4;
+        for_entries(len, &score, |e, r| {
+            let sel = radix_sel_key(r, j0 + e);
+            if r != 0 && sel >> (shift + 8) == prefix {
+                atomic_add_shared_u32(hist + 4 * ((sel >> shift) as u32 & 0xff), 1);
+            }
+        });
+        cluster_sync();
+        // All the cluster's bins `t` in flight at once, then summed.
+        let mut bins = [0u32; MAX_CLUSTER as usize];
+        crate::unroll!(16, R => {
+            if (R as u32) < ncta {
+                bins[R] = ld_shared_cluster_u32(map_shared_rank(hist + 4 * t, R as u32));
+            }
+        });
+        let mut c = 0;
+        crate::unroll!(16, R => { c += bins[R]; });
+        // The other histogram's last readers are past the barrier: clear it
+        // for the next pass.
+        st_shared_u32(sm.hist + ((pass + 1) & 1) * RADIX_BINS * 4 + 4 * t, 0);
+        let [digit, above, inbin, all] = pick_bin(c, need, sm);
+        if pass == 0 && all <= need {
+            return RadixCut { prefix: 0, shift: KEY_BITS };
+        }
+        need -= above;
+        prefix = (prefix << 8) | digit as u64;
+        if inbin == need || shift == 0 {
+            return RadixCut { prefix, shift };
+        }
+        pass += 1;
+    }
+}
+
+/// Calls `f(e, radix_key(score(e)))` for this thread's entries `e < len`
+/// (`t, t + RADIX_BINS, …`), [`BATCH`] scores fetched before any is
+/// converted: their loads are in flight together. (`score` is called with
+/// `e` clamped to `len - 1`, so the loads need no branch: with a branch
+/// per load, and the conversion between them, ptxas issued them one at a
+/// time.)
+#[inline(always)]
+pub fn for_entries(len: u32, score: &impl Fn(u32) -> f32, mut f: impl FnMut(u32, u32)) {
+    let t = thread_idx_x();
+    let mut base = 0;
+    while base < len {
+        let mut v = [0f32; BATCH as usize];
+        crate::unroll!(8, I => {
+            v[I] = score((base + t + I as u32 * RADIX_BINS).min(len - 1));
+        });
+        crate::unroll!(8, I => {
+            let e = base + t + I as u32 * RADIX_BINS;
+            if e < len {
+                f(e, radix_key(v[I]));
+            }
+        });
+        base += BATCH * RADIX_BINS;
+    }
+}
+
+/// Entries a thread fetches at once in [`for_entries`].
+pub const BATCH: u32 = 8;
+
+/// With the histogram bin `c` of thread `t` (bin `t`): the bin where the
+/// `need`-th largest key lies, counted from the top, broadcast to the CTA
+/// as `[digit, keys in higher bins, keys in it, keys in all]`.
+#[inline(always)]
+unsafe fn pick_bin(c: u32, need: u32, sm: RadixSmem) -> [u32; 4] {
+    let (t, lane, w) = (thread_idx_x(), lane_id(), warp_id());
+    // Suffix sums: keys in bins >= t, in the warp, then over higher warps.
+    let mut s = c;
+    for o in [1, 2, 4, 8, 16] {
+        let v = shfl_down_u32(s, o);
+        if lane + o < 32 {
+            s += v;
+        }
+    }
+    if lane == 0 {
+        st_shared_u32(sm.sums + 4 * w, s);
+    }
+    sync_threads();
+    for hw in w + 1..RADIX_BINS / 32 {
+        s += ld_shared_u32(sm.sums + 4 * hw);
+    }
+    let above = s - c;
+    if above < need && need <= s {
+        st_shared_u32(sm.pick, t);
+        st_shared_u32(sm.pick + 4, above);
+        st_shared_u32(sm.pick + 8, c);
+    }
+    if t == 0 {
+        st_shared_u32(sm.pick + 12, s);
+    }
+    sync_threads();
+    [ld_shared_u32(sm.pick), ld_shared_u32(sm.pick + 4), ld_shared_u32(sm.pick + 8), ld_shared_u32(sm.pick + 12)]
 }

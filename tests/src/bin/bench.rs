@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use sparse_attn::{
     AttentionPath, CudaSlice, DensePrefill, DensePrefillConfig, Gpu, KvBuffers, KvLayout, Mask,
     MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable,
-    PagedLayout, RaggedBatch, StepInputs,
+    PagedLayout, RaggedBatch, StepInputs, TopK,
 };
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
@@ -688,6 +688,36 @@ fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
     })]
 }
 
+/// The standalone top-k: `rows` random f32 rows of `n`, k = 2048. GB/s
+/// counts the scores read and the indices written, against the copy
+/// bandwidth; repeated calls find the scores in L2 when they fit (32 MiB
+/// for 64 × 128K), as the peer's do.
+fn bench_topk(gpu: &Gpu, name: &'static str, rows: usize, n: usize, args: &Args, copy_gbs: f64) -> Vec<Value> {
+    let (mut rng, seed) = seeded(None);
+    let k = 2048;
+    let scores: Vec<f32> = (0..rows * n).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+    let d_scores = gpu.upload(&scores).unwrap();
+    let mut out = gpu.zeros::<i32>(rows * k).unwrap();
+    let mut op = TopK::new(gpu).unwrap();
+    op.plan(rows, n, k).unwrap();
+    let ms = time_ms(gpu, args.reps, |_| op.run(&d_scores, None, &mut out).unwrap());
+    let graph_ms = time_graph_ms(gpu, args.reps, |_| op.run(&d_scores, None, &mut out).unwrap());
+    let bytes = (rows * n * 4 + rows * k * 4) as f64;
+    let gbs = bytes / (ms * 1e-3) / 1e9;
+    let cluster = op.cluster().unwrap();
+    eprintln!(
+        "{name:<28} {:>9.1} us  {gbs:>7.1} GB/s (graph replay {:.1} us; {cluster} CTAs a row; seed {seed})",
+        ms * 1e3,
+        graph_ms * 1e3
+    );
+    vec![json!({
+        "case": name, "op": "topk", "our_us": ms * 1e3, "our_us_graph_replay": graph_ms * 1e3,
+        "achieved": gbs, "unit": "GB/s", "fraction_of_limit": gbs / copy_gbs, "bytes": bytes,
+        "cluster": cluster,
+        "note": format!("{rows} rows of {n} f32, k = {k}, a cluster of {cluster} CTAs a row; GB/s = (scores read + indices written) / time"),
+    })]
+}
+
 /// Causally visible (query, key) pairs of a batch.
 fn causal_pairs(spec: &RaggedSpec) -> f64 {
     (0..spec.batch())
@@ -853,6 +883,11 @@ fn main() {
     }
     for c in dense_cases().iter().filter(|c| want(c.name)) {
         all.extend(bench_dense_prefill(&gpu, c, &args));
+    }
+    for (name, rows, n) in [("topk-64x128k", 64, 128 * 1024), ("topk-1x128k", 1, 128 * 1024)] {
+        if want(name) {
+            all.extend(bench_topk(&gpu, name, rows, n, &args, copy_gbs));
+        }
     }
     for (name, len) in [("msa-prefill-8k", 8 * 1024), ("msa-prefill-32k", 32 * 1024)] {
         if want(name) {
