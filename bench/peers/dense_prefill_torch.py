@@ -59,8 +59,6 @@ needs: fa3-fwd (wheel) for the fa3 peers; flashinfer-python and
 """
 import json
 import math
-import os
-import sys
 import time
 import warnings
 
@@ -68,7 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from timing import median_us
+from timing import median_us, peer_command_line
 
 H, KVH, D = 32, 8, 128
 G = H // KVH
@@ -428,16 +426,7 @@ def versions():
 
 
 if __name__ == "__main__":
-    out = sys.argv[1]
-    names = sys.argv[2:] or list(CASES)
-    bad = [n for n in names if n not in CASES]
-    if bad:
-        sys.exit(f"unknown case(s) {bad}; known: {list(CASES)}")
-    only = [w for w in os.environ.get("PEERS", "").split(",") if w]
-    res = {}
-    if only and os.path.exists(out):
-        res = json.load(open(out))
-        print(f"PEERS={','.join(only)}: merging into {out}", flush=True)
+    out, names, only, res = peer_command_line(CASES)
     for key, val in versions().items():  # a partial run keeps versions it did not load
         if val is not None or key not in res:
             res[key] = val

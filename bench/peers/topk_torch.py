@@ -28,12 +28,10 @@ env:   PEERS=stable  runs only the peers whose name contains one of the
        words, and then merges peer by peer into OUT.json if it exists.
 """
 import json
-import os
-import sys
 
 import torch
 
-from timing import median_us
+from timing import median_us, peer_command_line
 
 K = 2048
 dev = "cuda"
@@ -75,16 +73,7 @@ def run_peer(case, c, scores, peer, build):
 
 
 if __name__ == "__main__":
-    out = sys.argv[1]
-    names = sys.argv[2:] or list(CASES)
-    bad = [n for n in names if n not in CASES]
-    if bad:
-        sys.exit(f"unknown case(s) {bad}; known: {list(CASES)}")
-    only = [w for w in os.environ.get("PEERS", "").split(",") if w]
-    res = {}
-    if only and os.path.exists(out):
-        res = json.load(open(out))
-        print(f"PEERS={','.join(only)}: merging into {out}", flush=True)
+    out, names, only, res = peer_command_line(CASES)
     res["_torch"], res["_gpu"] = torch.__version__, torch.cuda.get_device_name()
     for name in names:
         c = CASES[name]

@@ -80,9 +80,15 @@ impl<P: KernelParams> Kernel<P> {
         })
     }
 
-    /// The driver's function handle (attributes, occupancy queries).
-    pub(crate) fn func(&self) -> &CudaFunction {
-        &self.func
+    /// Allows clusters above 8 CTAs ("non-portable": per kernel, and to
+    /// be used only where the driver says they can be resident).
+    pub(crate) fn allow_clusters_of_16(&self) -> Result<()> {
+        self.func
+            .set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                1,
+            )
+            .during(|| format!("allowing clusters of 16 for `{}`", self.name))
     }
 }
 

@@ -158,15 +158,7 @@ impl MsaAttention {
         let max_rows = max_rows.max(1);
         let part_cap = 4 * (gpu.props().sm_count as usize).max(ATT_MAX_PARTS as usize);
         let k_partial = gpu.kernel("msa_attention_partial", ATT_SMEM)?;
-        // Clusters above 8 CTAs are "non-portable": allowed per kernel, and
-        // only used when the driver says they can be resident.
-        k_partial
-            .func()
-            .set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-            .during(|| "allowing clusters of 16 for the decode kernel".into())?;
+        k_partial.allow_clusters_of_16()?;
         let fits = gpu
             .launch(
                 &k_partial,

@@ -27,7 +27,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use crate::abi::topk::*;
 use crate::abi::DPtr;
 use crate::context::Gpu;
-use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
+use crate::error::{ensure, expect_len, Error, Result};
 use crate::launch::{dptr, dptr_mut, Kernel};
 
 /// The top-k op: `new`, `plan(rows, n, k)`, `run`.
@@ -53,13 +53,7 @@ impl TopK {
     /// Loads the kernel and asks the driver which cluster size fits.
     pub fn new(gpu: &Gpu) -> Result<Self> {
         let kernel = gpu.kernel("topk_rows", TOPK_SMEM)?;
-        kernel
-            .func()
-            .set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
-                1,
-            )
-            .during(|| "allowing clusters of 16 for the top-k kernel".into())?;
+        kernel.allow_clusters_of_16()?;
         let mut op = TopK {
             gpu: gpu.clone(),
             kernel,
