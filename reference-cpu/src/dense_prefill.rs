@@ -211,18 +211,7 @@ pub fn validate(
             "n_heads {nh} is not a positive multiple of n_kv_heads {nkv}"
         ));
     }
-    let (offsets, cache_lengths) = (batch.input_row_offsets, batch.cache_lengths);
-    if offsets.is_empty() {
-        return Err("input_row_offsets must have batch + 1 >= 1 entries".into());
-    }
-    let n = offsets.len() - 1;
-    if cache_lengths.len() != n {
-        return Err(format!(
-            "cache_lengths has {} entries, batch is {n}",
-            cache_lengths.len()
-        ));
-    }
-    check_offsets("input_row_offsets", offsets, n)?;
+    let n = crate::check_batch(batch)?;
     let rows = batch.num_rows();
     if q.len() != rows * nh * d {
         return Err(format!(
@@ -295,10 +284,7 @@ pub fn dense_prefill(
     let one_row = |row: usize, o_row: &mut [f64], l_row: &mut [f64]| {
         let RowPos { seq: b, q_pos } = pos[row];
         let keys = mask.key_range(q_pos, kv.num_keys(batch, b));
-        let qf: Vec<f64> = q[row * nh * d..(row + 1) * nh * d]
-            .iter()
-            .map(|x| x.to_f64())
-            .collect();
+        let qf = crate::row_f64(q, row, nh * d);
         let mut kf = vec![0.0f64; d];
         for kh in 0..nkv {
             // scores[g][j] = scale * q[h] . K[keys.start + j], h = kh * group + g

@@ -35,6 +35,30 @@ pub use half::bf16;
 /// configs) the reference takes, as the host API does.
 pub use sparse_attn_abi as abi;
 
+/// Row `row` of a `[rows, width]` bf16 tensor, widened exactly to f64.
+pub(crate) fn row_f64(t: &[bf16], row: usize, width: usize) -> Vec<f64> {
+    t[row * width..(row + 1) * width].iter().map(|x| x.to_f64()).collect()
+}
+
+/// The batch's shape: `input_row_offsets` has `batch + 1 >= 1` entries
+/// from 0, never decreasing, and `cache_lengths` has `batch`. Returns the
+/// batch size.
+pub(crate) fn check_batch(batch: &abi::batch::RaggedBatch) -> Result<usize, String> {
+    let (offsets, cache_lengths) = (batch.input_row_offsets, batch.cache_lengths);
+    if offsets.is_empty() {
+        return Err("input_row_offsets must have batch + 1 >= 1 entries".into());
+    }
+    let n = offsets.len() - 1;
+    if cache_lengths.len() != n {
+        return Err(format!(
+            "cache_lengths has {} entries, batch is {n}",
+            cache_lengths.len()
+        ));
+    }
+    check_offsets_order("input_row_offsets", offsets)?;
+    Ok(n)
+}
+
 /// `offsets[0] == 0` and `offsets` never decreases (`name` in the error).
 /// The caller checks the length (`batch + 1`, at least 1).
 pub(crate) fn check_offsets_order(name: &str, offsets: &[u32]) -> Result<(), String> {

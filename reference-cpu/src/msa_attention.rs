@@ -203,10 +203,7 @@ pub fn msa_attention(
             .for_each(|(row, (o_row, l_row))| {
                 let RowPos { seq: b, q_pos } = pos[row];
                 let seqlen_k = batch.seqlen_k(b) as usize;
-                let qf: Vec<f64> = q[row * nh * d..(row + 1) * nh * d]
-                    .iter()
-                    .map(|x| x.to_f64())
-                    .collect();
+                let qf = crate::row_f64(q, row, nh * d);
                 let mut kf = vec![0.0f64; d];
                 for kh in 0..nkv {
                     let ids = &d_indices[(kh * rows + row) * topk..(kh * rows + row + 1) * topk];

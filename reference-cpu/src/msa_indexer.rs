@@ -151,18 +151,7 @@ pub fn validate(
     layer: usize,
     p: &MsaIndexerConfig,
 ) -> Result<usize, String> {
-    let (offsets, cache_lengths) = (batch.input_row_offsets, batch.cache_lengths);
-    if offsets.is_empty() {
-        return Err("input_row_offsets must have batch + 1 >= 1 entries".into());
-    }
-    let n = offsets.len() - 1;
-    if cache_lengths.len() != n {
-        return Err(format!(
-            "cache_lengths has {} entries, batch is {n}",
-            cache_lengths.len()
-        ));
-    }
-    crate::check_offsets_order("input_row_offsets", offsets)?;
+    let n = crate::check_batch(batch)?;
     let rows = batch.num_rows();
     let (h, d) = (p.num_index_heads, p.head_dim);
     if q.len() != rows * h * d {
@@ -272,10 +261,7 @@ pub fn block_scores(
             let RowPos { seq: b, q_pos } = pos[row];
             let num_keys = q_pos + 1;
             let nb = num_keys.div_ceil(BLOCK);
-            let qf: Vec<f64> = q[row * nh * d..(row + 1) * nh * d]
-                .iter()
-                .map(|x| x.to_f64())
-                .collect();
+            let qf = crate::row_f64(q, row, nh * d);
             let mut raw = vec![vec![f64::NAN; nb]; nh];
             let mut abs = vec![vec![f64::NAN; nb]; nh];
             let mut kf = vec![0.0f64; d];

@@ -875,6 +875,11 @@ fn validate_rejects_bad_input() {
     for bad in bad_cfgs {
         assert!(validate(&q, &batch, &paged, None, &bad).is_err(), "{bad:?}");
     }
+    let ragged = |k, v, kv_row_offsets| DenseKv::Ragged {
+        k,
+        v,
+        kv_row_offsets,
+    };
     let errs = [
         validate(&q[1..], &batch, &paged, None, &p),
         validate(
@@ -929,61 +934,11 @@ fn validate_rejects_bad_input() {
             &ps,
         ),
         // ragged: offsets of the wrong batch, not from 0, decreasing; short k or v
-        validate(
-            &q,
-            &batch,
-            &DenseKv::Ragged {
-                k: &kv.k,
-                v: &kv.v,
-                kv_row_offsets: &[0, 5],
-            },
-            None,
-            &p,
-        ),
-        validate(
-            &q,
-            &batch,
-            &DenseKv::Ragged {
-                k: &kv.k,
-                v: &kv.v,
-                kv_row_offsets: &[1, 5, 5],
-            },
-            None,
-            &p,
-        ),
-        validate(
-            &q,
-            &batch,
-            &DenseKv::Ragged {
-                k: &kv.k,
-                v: &kv.v,
-                kv_row_offsets: &[0, 6, 5],
-            },
-            None,
-            &p,
-        ),
-        validate(
-            &q,
-            &batch,
-            &DenseKv::Ragged {
-                k: &kv.k[1..],
-                v: &kv.v,
-                kv_row_offsets: &kv.kv_row_offsets,
-            },
-            None,
-            &p,
-        ),
-        validate(
-            &q,
-            &batch,
-            &DenseKv::Ragged {
-                k: &kv.k,
-                v: &kv.v[d..],
-                kv_row_offsets: &kv.kv_row_offsets,
-            },
-            None,
-            &p,
-        ),
+        validate(&q, &batch, &ragged(&kv.k, &kv.v, &[0, 5]), None, &p),
+        validate(&q, &batch, &ragged(&kv.k, &kv.v, &[1, 5, 5]), None, &p),
+        validate(&q, &batch, &ragged(&kv.k, &kv.v, &[0, 6, 5]), None, &p),
+        validate(&q, &batch, &ragged(&kv.k[1..], &kv.v, &kv.kv_row_offsets), None, &p),
+        validate(&q, &batch, &ragged(&kv.k, &kv.v[d..], &kv.kv_row_offsets), None, &p),
     ];
     for (n, e) in errs.iter().enumerate() {
         assert!(e.is_err(), "case {n}: {e:?}");
