@@ -146,6 +146,13 @@ pub enum KvDtype {
     /// `offset(page, kv, layer, slot, head) / head_dim`). Keeping the scales
     /// apart keeps every data row 16-byte aligned for the tensor copies.
     Fp8E4m3,
+    /// FP8 E4M3 bytes with their scales inside the pool, the page layout of
+    /// DeepGEMM's and vLLM's index-K cache: each `(page, kv, layer)` block
+    /// holds its `page_size * n_heads` rows of `head_dim` bytes followed by
+    /// their `page_size * n_heads` f32 scales (`page_size * n_heads *
+    /// (head_dim + 4)` bytes a block; [`PagedLayout::scale_offset`]). With
+    /// one layer and one head this is vLLM's `[num_blocks, page_size * 132]`.
+    Fp8E4m3Fused,
 }
 
 impl KvDtype {
@@ -153,13 +160,18 @@ impl KvDtype {
     pub const fn elem_bytes(self) -> usize {
         match self {
             KvDtype::Bf16 => 2,
-            KvDtype::Fp8E4m3 => 1,
+            KvDtype::Fp8E4m3 | KvDtype::Fp8E4m3Fused => 1,
         }
     }
 
-    /// Whether the pool comes with a per-token scale tensor.
+    /// Whether the pool comes with a separate per-token scale tensor.
     pub const fn has_scales(self) -> bool {
         matches!(self, KvDtype::Fp8E4m3)
+    }
+
+    /// Whether the scales are inside the pool ([`KvDtype::Fp8E4m3Fused`]).
+    pub const fn fused_scales(self) -> bool {
+        matches!(self, KvDtype::Fp8E4m3Fused)
     }
 }
 
@@ -186,6 +198,22 @@ pub struct PagedLayout {
 }
 
 impl PagedLayout {
+    /// The MLA lightning indexer's FP8 index-K cache: `[num_pages, 1,
+    /// num_layers, page_size, 1, 128]` e4m3 bytes, its scales apart
+    /// ([`KvDtype::Fp8E4m3`]: `k_scales: f32 [num_pages, 1, num_layers,
+    /// page_size, 1]`) or inside each page ([`KvDtype::Fp8E4m3Fused`]).
+    pub const fn index_k_fp8(num_pages: usize, num_layers: usize, page_size: usize, fused: bool) -> Self {
+        PagedLayout {
+            num_pages,
+            kv_dim: 1,
+            num_layers,
+            page_size,
+            n_heads: 1,
+            head_dim: 128,
+            dtype: if fused { KvDtype::Fp8E4m3Fused } else { KvDtype::Fp8E4m3 },
+        }
+    }
+
     /// Index-K cache: `[num_pages, 1, num_layers, page_size, 1, head_dim]`, bf16.
     pub const fn index_k(
         num_pages: usize,
@@ -230,14 +258,39 @@ impl PagedLayout {
     }
 
     /// Elements from one page to the next
-    /// (`kv_dim * num_layers * page_size * n_heads * head_dim`).
+    /// (`kv_dim * num_layers * block_stride()`).
     pub const fn page_stride(&self) -> usize {
-        self.kv_dim * self.num_layers * self.page_size * self.n_heads * self.head_dim
+        self.kv_dim * self.num_layers * self.block_stride()
+    }
+
+    /// Elements of one `(page, kv, layer)` block: `page_size * n_heads *
+    /// head_dim`, plus `4 * page_size * n_heads` scale bytes for
+    /// [`KvDtype::Fp8E4m3Fused`].
+    pub const fn block_stride(&self) -> usize {
+        let rows = self.page_size * self.n_heads;
+        rows * self.head_dim + if self.dtype.fused_scales() { 4 * rows } else { 0 }
     }
 
     /// Element offset of `(page 0, kv, layer, slot 0, head 0, 0)` within a page.
     pub const fn layer_offset(&self, kv: usize, layer: usize) -> usize {
-        (kv * self.num_layers + layer) * self.page_size * self.n_heads * self.head_dim
+        (kv * self.num_layers + layer) * self.block_stride()
+    }
+
+    /// [`KvDtype::Fp8E4m3Fused`]: byte offset of the f32 scale of row
+    /// `(page, kv, layer, slot, head)` in the pool (4-byte aligned).
+    /// Indices are not range-checked.
+    pub const fn scale_offset(
+        &self,
+        page: usize,
+        kv: usize,
+        layer: usize,
+        slot: usize,
+        head: usize,
+    ) -> usize {
+        page * self.page_stride()
+            + self.layer_offset(kv, layer)
+            + self.page_size * self.n_heads * self.head_dim
+            + 4 * (slot * self.n_heads + head)
     }
 
     /// Element offset of `(page, kv, layer, slot, head, 0)`: the start of
@@ -250,10 +303,9 @@ impl PagedLayout {
         slot: usize,
         head: usize,
     ) -> usize {
-        ((((page * self.kv_dim + kv) * self.num_layers + layer) * self.page_size + slot)
-            * self.n_heads
-            + head)
-            * self.head_dim
+        page * self.page_stride()
+            + self.layer_offset(kv, layer)
+            + (slot * self.n_heads + head) * self.head_dim
     }
 
     /// Entries of the scale tensor (`elements() / head_dim`), 0 when the

@@ -128,6 +128,33 @@ impl DensePrefillConfig {
     }
 }
 
+/// What the MLA FP8 lightning indexer computes
+/// (`shared/spec/mla-fp8-indexer.md`): for query row `t` at `q_pos` of
+/// sequence `b` and key `s`, `score = k_scale[s] · Σ_h max(q[t,h]·k[s], 0) ·
+/// qs[t,h]` over the keys `mask` shows (`Mask::key_range(q_pos,
+/// seqlen_k[b])`), and the `top_k` best positions, descending, ties to the
+/// lower position, `-1` past the visible keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MlaIndexerConfig {
+    /// Index heads per query row (DeepSeek-V3.2: 64; GPU: 8, 16, 32, 64 or 128).
+    pub num_heads: usize,
+    /// Positions kept per row (DeepSeek-V3.2: 2048; GPU: 1 ..= 2048).
+    pub top_k: usize,
+    /// `Mask::Causal` (by absolute position) or `Mask::None`.
+    pub mask: crate::batch::Mask,
+}
+
+impl MlaIndexerConfig {
+    /// DeepSeek-V3.2: 64 index heads, top-2048, causal.
+    pub const fn deepseek_v32() -> Self {
+        MlaIndexerConfig {
+            num_heads: 64,
+            top_k: 2048,
+            mask: crate::batch::Mask::Causal,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;

@@ -7,9 +7,11 @@
 //!   shapes, shared-memory sizes, work records and one `#[repr(C)]`
 //!   parameter struct per kernel; [`KERNEL_BOUNDS`]: every kernel's launch
 //!   bounds;
+//! - [`mla`]: the MLA FP8 lightning indexer's logits kernel; [`fp8`]: the
+//!   e4m3 format;
 //! - [`batch`]: the ragged batch, the paged cache (dtype, scales, page
 //!   table) and the mask, as every layer describes them;
-//! - [`config`]: the ops' configurations (`DensePrefillConfig`, `MsaIndexerConfig`,
+//! - [`config`]: the ops' configurations (`DensePrefillConfig`, `MlaIndexerConfig`, `MsaIndexerConfig`,
 //!   `MsaAttentionConfig`);
 //! - [`DPtr`] / [`DPtrMut`] and [`PagedKv`]: typed device addresses and a
 //!   cache layer as the kernels see it, the fields of the parameter structs.
@@ -30,6 +32,8 @@
 pub mod batch;
 pub mod config;
 pub mod dense;
+pub mod fp8;
+pub mod mla;
 pub mod msa;
 pub mod topk;
 
@@ -189,6 +193,8 @@ pub struct PagedKv {
 /// the prefill kernel. The others keep ptxas' choice.
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),
+    ("mla_logits_h64", mla::MI_THREADS, 1),
+    ("mla_logits_h128", mla::MI_THREADS, 1),
     ("msa_indexer_scores_prefill", msa::IDX_THREADS, 2),
     ("msa_indexer_scores_decode", msa::IDX_THREADS, 2),
     ("msa_indexer_topk", msa::IDX_TOPK_WARPS * 32, 0),
@@ -220,6 +226,7 @@ mod tests {
     fn launch_bounds_cover_the_parameter_structs() {
         let kernels: &[&[&str]] = &[
             <dense::DensePrefillParams as crate::KernelParams>::KERNELS,
+            <mla::MlaLogitsParams as crate::KernelParams>::KERNELS,
             <msa::IdxScoreParams as crate::KernelParams>::KERNELS,
             <msa::IdxTopkParams as crate::KernelParams>::KERNELS,
             <msa::MsaDecodeParams as crate::KernelParams>::KERNELS,

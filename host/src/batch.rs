@@ -83,6 +83,8 @@ impl RaggedBatchExt for RaggedBatch<'_> {
 /// What an op expects of a paged cache; [`PagedLayoutExt::check`] compares.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheExpect {
+    /// Element types the op reads.
+    pub dtypes: &'static [KvDtype],
     /// Argument name used in errors (`"k_cache"`, `"kv_cache"`).
     pub name: &'static str,
     /// Human description of the expected layout, for errors.
@@ -106,12 +108,12 @@ pub trait PagedLayoutExt {
 
 impl PagedLayoutExt for PagedLayout {
     fn check(&self, want: &CacheExpect, layer: usize) -> Result<()> {
-        if self.dtype != KvDtype::Bf16 {
+        if !want.dtypes.contains(&self.dtype) {
             return Err(Error::Unsupported {
                 arg: "dtype",
                 what: format!(
-                    "{} of {:?} elements (only Bf16 is implemented)",
-                    want.name, self.dtype
+                    "{} of {:?} elements (implemented: {:?})",
+                    want.name, self.dtype, want.dtypes
                 ),
             });
         }

@@ -21,17 +21,19 @@
 //! previous run only launches, so it can be captured in a CUDA graph and
 //! replayed.
 
-use cudarc::driver::{sys, CudaSlice, DevicePtr, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 use half::bf16;
 
 use crate::abi::dense::*;
 use crate::batch::{
+    KvDtype,
     CacheExpect, ConfigExt, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
     RaggedBatch, RaggedBatchExt,
 };
 use crate::error::{
     ensure, expect_len, require_head_dim, require_positive_scale, CudaContextExt, Error, Result,
 };
+use crate::tma::{encode_tiled, TmaElem};
 use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, Kernel};
 use crate::workspace::grow;
 use crate::Gpu;
@@ -227,6 +229,7 @@ impl DensePrefill {
                     || ps.to_string(),
                 )?;
                 let want = CacheExpect {
+                    dtypes: &[KvDtype::Bf16],
                     name: "kv_cache",
                     shape: "[num_pages, 2, num_layers, page_size, n_kv_heads, 128]",
                     kv_dim: 2,
@@ -543,41 +546,7 @@ pub fn plan_tiles(
 /// dims × 1 head × `box_rows` rows, 128-byte swizzled (the kernel's
 /// `Slabs128` tiles), rows past the tensor zero-filled.
 fn encode_tmap(addr: u64, heads: usize, rows: usize, box_rows: u32) -> Result<[u8; DP_TMAP_BYTES]> {
-    use sys::{
-        CUtensorMapDataType as T, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I,
-        CUtensorMapL2promotion as L, CUtensorMapSwizzle as S,
-    };
     let row_bytes = 2 * DP_HEAD_DIM as u64;
-    let dims = [DP_HEAD_DIM as u64, heads as u64, rows.max(1) as u64];
-    let strides = [row_bytes, heads as u64 * row_bytes];
-    let boxes = [64u32, 1, box_rows];
-    let elem_strides = [1u32; 3];
-    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
-    // SAFETY: the arrays have the rank's lengths; the driver only writes `map`.
-    unsafe {
-        sys::cuTensorMapEncodeTiled(
-            map.as_mut_ptr(),
-            T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-            3,
-            addr as *mut std::ffi::c_void,
-            dims.as_ptr(),
-            strides.as_ptr(),
-            boxes.as_ptr(),
-            elem_strides.as_ptr(),
-            I::CU_TENSOR_MAP_INTERLEAVE_NONE,
-            S::CU_TENSOR_MAP_SWIZZLE_128B,
-            L::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-            F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
-        )
-    }
-    .result()
-    .during(|| format!("encoding a tensor map of [{rows}, {heads}, 128] bf16"))?;
-    // SAFETY: initialised by the driver (or zeroed); plain bytes.
-    let map = unsafe { map.assume_init() };
-    let mut bytes = [0u8; DP_TMAP_BYTES];
-    // SAFETY: `CUtensorMap` is 128 bytes of plain data.
-    bytes.copy_from_slice(unsafe {
-        std::slice::from_raw_parts(&map as *const _ as *const u8, DP_TMAP_BYTES)
-    });
-    Ok(bytes)
+    let dims = [DP_HEAD_DIM as u64, heads as u64, rows as u64];
+    encode_tiled(TmaElem::Bf16, addr, &dims, &[row_bytes, heads as u64 * row_bytes], &[64, 1, box_rows])
 }

@@ -48,6 +48,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// The argument an [`Error::InvalidArgument`] or [`Error::Unsupported`]
+    /// names.
+    pub fn arg(&self) -> Option<&'static str> {
+        match self {
+            Error::InvalidArgument { arg, .. } | Error::Unsupported { arg, .. } => Some(arg),
+            _ => None,
+        }
+    }
+
     /// Shorthand for [`Error::InvalidArgument`].
     pub fn invalid(arg: &'static str, expected: impl ToString, actual: impl ToString) -> Self {
         Error::InvalidArgument {

@@ -38,6 +38,7 @@ pub use crate::abi::config::MsaAttentionConfig;
 use crate::abi::msa::*;
 use crate::abi::PagedKv;
 use crate::batch::{
+    KvDtype,
     CacheExpect, ConfigExt, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
     RaggedBatchExt,
 };
@@ -78,6 +79,7 @@ pub fn validate_attention(
     batch.validate()?;
     layout.check(
         &CacheExpect {
+            dtypes: &[KvDtype::Bf16],
             name: "kv_cache",
             shape: "a K/V cache [num_pages, 2, num_layers, page_size, n_kv_heads, head_dim]",
             kv_dim: 2,

@@ -28,6 +28,7 @@ pub use crate::abi::config::MsaIndexerConfig;
 use crate::abi::msa::*;
 use crate::abi::PagedKv;
 use crate::batch::{
+    KvDtype,
     CacheExpect, ConfigExt, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
     RaggedBatchExt,
 };
@@ -396,6 +397,7 @@ pub fn plan_work(
     batch.validate()?;
     layout.check(
         &CacheExpect {
+            dtypes: &[KvDtype::Bf16],
             name: "k_cache",
             shape: "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]",
             kv_dim: 1,

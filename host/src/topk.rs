@@ -25,7 +25,7 @@
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
 use crate::abi::topk::*;
-use crate::abi::DPtr;
+use crate::abi::{DPtr, DPtrMut};
 use crate::context::Gpu;
 use crate::error::{ensure, expect_len, Error, Result};
 use crate::launch::{dptr, dptr_mut, Kernel};
@@ -154,13 +154,33 @@ impl TopK {
             return Ok(());
         }
         let gpu = &self.gpu;
+        let lens = row_lens.map_or_else(DPtr::default, |l| dptr(gpu, l));
+        // SAFETY: `scores` holds rows * n elements, `out` rows * k, `row_lens`
+        // rows (checked above).
+        unsafe { self.launch(dptr(gpu, scores), p.n, lens, dptr_mut(gpu, out)) }
+    }
+
+    /// Launches the planned top-k on raw addresses: `scores` rows of
+    /// `row_stride >= n` f32, optional `row_lens`, `out: [rows, k]`.
+    ///
+    /// # Safety
+    /// The buffers must hold what the plan and `row_stride` address; the
+    /// kernel reads entries below `min(row_lens, n)` only.
+    pub(crate) unsafe fn launch(
+        &self,
+        scores: DPtr<f32>,
+        row_stride: u32,
+        row_lens: DPtr<u32>,
+        out: DPtrMut<i32>,
+    ) -> Result<()> {
+        let p = self.plan.ok_or(Error::NotPlanned { op: "topk" })?;
         let params = TopkParams {
-            scores: dptr(gpu, scores),
-            row_lens: row_lens.map_or_else(DPtr::default, |l| dptr(gpu, l)),
-            out: dptr_mut(gpu, out),
+            scores,
+            row_lens,
+            out,
             rows: p.rows,
             n: p.n,
-            row_stride: p.n,
+            row_stride,
             k: p.k,
             cluster: p.cluster,
             chunk: p.chunk,
@@ -170,10 +190,8 @@ impl TopK {
             block_dim: (TOPK_THREADS, 1, 1),
             shared_mem_bytes: TOPK_SMEM,
         };
-        let mut l = gpu.launch(&self.kernel, "the top-k kernel", &params);
+        let mut l = self.gpu.launch(&self.kernel, "the top-k kernel", &params);
         l.cluster(p.cluster);
-        // SAFETY: `scores` holds rows * n elements, `out` rows * k, `row_lens`
-        // rows; the kernel reads entries below min(row_lens, n) only.
-        unsafe { l.run(cfg) }
+        l.run(cfg)
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod arch;
 pub mod dense_prefill;
+pub mod mla_indexer;
 pub mod msa_attention;
 pub mod msa_indexer;
 pub mod msa_block_major;

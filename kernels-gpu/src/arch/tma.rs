@@ -38,6 +38,17 @@ pub unsafe fn tma_load_3d(dst: u32, tmap: *const u8, bar: u32, c: [i32; 3]) {
          z = in(reg32) c[2], b = in(reg32) bar, options(nostack));
 }
 
+/// `cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes`:
+/// copies `bytes` contiguous bytes from `src` to shared `dst`, counting
+/// them down on `bar` (no tensor map). `src`, `dst` and `bytes` must be
+/// multiples of 16. Issued by one thread.
+#[inline(always)]
+pub unsafe fn bulk_load(dst: u32, src: *const u8, bytes: u32, bar: u32) {
+    asm!("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [{d}], [{s}], {n}, [{b}];",
+         d = in(reg32) dst, s = in(reg64) src, n = in(reg32) bytes, b = in(reg32) bar,
+         options(nostack));
+}
+
 /// `prefetch.tensormap [tmap]`: brings a tensor map into the cache ahead of
 /// its first use.
 #[inline(always)]

@@ -26,6 +26,14 @@ macro_rules! with_regs {
     };
 }
 
+/// As [`with_regs`] with the 16 registers of 4 e4m3 A fragments
+/// (`[[u32; 4]; 4]`, one per k32 step of a 128-dim row), numbers 64..80.
+macro_rules! with_regs_e4m3 {
+    ($m:ident!($($x:tt)*)) => {
+        $m!($($x)* [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63] [64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79])
+    };
+}
+
 /// A side-effecting `asm!` whose template is `$insn` followed by a comment
 /// naming every accumulator and A-fragment register: the instruction then
 /// orders (for the compiler) every earlier write of `$d` / `$a` before it
@@ -110,6 +118,24 @@ wgmma_shapes! {
     fn wgmma_m64n128k32_e4m3_ss<>(a_desc: u64, b_desc: u64)
         = "m64n128k32.f32.e4m3.e4m3", "{ad}, {bd}, p, 1, 1",
         (ad = in(reg64) a_desc, bd = in(reg64) b_desc,);
+}
+
+/// [`wgmma_fence`] for a product whose A is 4 e4m3 fragments (K = 128).
+#[inline(always)]
+pub fn wgmma_fence_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
+    unsafe { with_regs_e4m3!(tie_regs!("wgmma.fence.sync.aligned;", d, a,)) }
+}
+
+/// [`wgmma_wait1`] for a product whose A is 4 e4m3 fragments.
+#[inline(always)]
+pub fn wgmma_wait1_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
+    unsafe { with_regs_e4m3!(tie_regs!("wgmma.wait_group.sync.aligned 1;", d, a,)) }
+}
+
+/// [`wgmma_wait0`] for a product whose A is 4 e4m3 fragments.
+#[inline(always)]
+pub fn wgmma_wait0_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
+    unsafe { with_regs_e4m3!(tie_regs!("wgmma.wait_group.sync.aligned 0;", d, a,)) }
 }
 
 /// `wgmma.commit_group.sync.aligned`: closes the group of `wgmma` ops issued

@@ -21,6 +21,7 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sparse_attn::{
     AttentionPath, CudaSlice, DensePrefill, DensePrefillConfig, Gpu, KvBuffers, KvLayout, Mask,
+    MlaIndexer, MlaIndexerConfig,
     MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable,
     PagedLayout, RaggedBatch, StepInputs, TopK,
 };
@@ -824,6 +825,95 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
     recs
 }
 
+/// An MLA indexer case: DeepSeek-V3.2's indexer (64 heads, top-2048,
+/// causal) on an FP8 index-K cache of 64-token pages, scales apart.
+struct MlaCase {
+    name: &'static str,
+    spec: RaggedSpec,
+}
+
+fn mla_cases() -> Vec<MlaCase> {
+    vec![
+        MlaCase { name: "mla-idx-prefill-16k", spec: RaggedSpec::prefill(&[16384], &[0]) },
+        MlaCase { name: "mla-idx-decode-b64-64k", spec: RaggedSpec::decode(vec![65535; 64]) },
+        MlaCase { name: "mla-idx-decode-b1-128k", spec: RaggedSpec::decode(vec![131071]) },
+    ]
+}
+
+/// Random e4m3 bytes, NaN codes (`0x7f`, `0xff`) replaced by their neighbours.
+fn fp8_bytes(rng: &mut impl Rng, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    rng.fill(&mut v[..]);
+    v.iter_mut().filter(|b| **b & 0x7f == 0x7f).for_each(|b| *b ^= 1);
+    v
+}
+
+/// The MLA FP8 lightning indexer: the logits kernel alone (FP8 TFLOP/s,
+/// `2 · 64 · 128` per visible pair, against the FP8 matmul rate the peer
+/// script measured in the same call) and end to end with the top-k (bytes
+/// that must be read, `132` per cached token plus q, against the copy
+/// bandwidth).
+fn bench_mla_indexer(gpu: &Gpu, c: &MlaCase, args: &Args, copy_gbs: f64, fp8_tf: Option<f64>) -> Vec<Value> {
+    let cfg = MlaIndexerConfig::deepseek_v32();
+    let (h, ps) = (cfg.num_heads, 64);
+    let (mut rng, seed) = seeded(None);
+    let spec = &c.spec;
+    let rows = spec.num_rows();
+    let pages_of: Vec<usize> = (0..spec.batch()).map(|b| spec.seqlen_k(b).div_ceil(ps)).collect();
+    let pages: usize = pages_of.iter().sum();
+    let max_pages = *pages_of.iter().max().unwrap();
+    let layout = PagedLayout::index_k_fp8(pages, 1, ps, false);
+    let mut perm: Vec<u32> = (0..pages as u32).collect();
+    for i in (1..perm.len()).rev() {
+        perm.swap(i, rng.gen_range(0..=i));
+    }
+    let mut lookup = vec![0u32; spec.batch() * max_pages];
+    let mut next = 0;
+    for (b, &n) in pages_of.iter().enumerate() {
+        lookup[b * max_pages..][..n].copy_from_slice(&perm[next..next + n]);
+        next += n;
+    }
+    let pool = gpu.upload(&fp8_bytes(&mut rng, layout.elements())).unwrap();
+    let scales: Vec<f32> = (0..layout.scale_elements()).map(|_| rng.gen_range(0.5f32..2.0)).collect();
+    let scales = gpu.upload(&scales).unwrap();
+    let q = gpu.upload(&fp8_bytes(&mut rng, rows * h * 128)).unwrap();
+    let qs: Vec<f32> = (0..rows * h).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+    let qs = gpu.upload(&qs).unwrap();
+    let d_lookup = gpu.upload(&lookup).unwrap();
+    let mut out = gpu.zeros::<i32>(rows * cfg.top_k).unwrap();
+    let mut op = MlaIndexer::new(gpu, cfg).unwrap();
+    op.plan(&spec.as_batch(), &layout, PageTable::new(&lookup, max_pages), 0).unwrap();
+    let reps = args.reps.min(10);
+    let logits_ms = time_ms(gpu, reps, |_| op.run_logits(&q, &qs, &pool, Some(&scales), &d_lookup).unwrap());
+    let ms = time_ms(gpu, reps, |_| op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out).unwrap());
+    let graph_ms = time_graph_ms(gpu, reps, |_| op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out).unwrap());
+    let pairs = visible_pairs(spec, cfg.mask);
+    let flops = 2.0 * (h * 128) as f64 * pairs;
+    let tf = flops / (logits_ms * 1e-3) / 1e12;
+    let cached: usize = (0..spec.batch()).map(|b| spec.seqlen_k(b)).sum();
+    let bytes = (cached * 132 + rows * h * (128 + 4)) as f64;
+    let gbs = bytes / (ms * 1e-3) / 1e9;
+    let decode = spec.as_batch().max_q_len() == 1;
+    eprintln!(
+        "{:<28} {:>9.1} us  logits {:.1} us {tf:>6.1} TFLOP/s, end to end {gbs:.0} GB/s (graph replay {:.1} us; seed {seed})",
+        c.name, ms * 1e3, logits_ms * 1e3, graph_ms * 1e3
+    );
+    let (achieved, unit, frac) = if decode {
+        (gbs, "GB/s", Some(gbs / copy_gbs))
+    } else {
+        (tf, "FP8 TFLOP/s", fp8_tf.map(|f| tf / f))
+    };
+    vec![json!({
+        "case": c.name, "op": "mla_indexer", "our_us": ms * 1e3, "our_us_graph_replay": graph_ms * 1e3,
+        "logits_us": logits_ms * 1e3, "logits_tflops": tf, "fp8_matmul_tflops": fp8_tf,
+        "end_to_end_gbs": gbs, "bytes": bytes, "flops": flops,
+        "achieved": achieved, "unit": unit, "fraction_of_limit": frac,
+        "note": format!("64 heads, top-2048, causal, page 64, scales apart; our_us = logits + top-k; \
+            {} = {}", unit, if decode { "(132 B per cached token + q and qs) / end-to-end time, against the copy bandwidth" }
+            else { "2 * 64 * 128 * visible pairs / logits time, against the FP8 matmul rate" }),
+    })]
+}
+
 fn main() {
     let args = parse_args();
     if !Gpu::driver_present() {
@@ -888,6 +978,10 @@ fn main() {
         if want(name) {
             all.extend(bench_topk(&gpu, name, rows, n, &args, copy_gbs));
         }
+    }
+    let fp8_tf = peers.get("_fp8_matmul_tflops").and_then(Value::as_f64);
+    for c in mla_cases().iter().filter(|c| want(c.name)) {
+        all.extend(bench_mla_indexer(&gpu, c, &args, copy_gbs, fp8_tf));
     }
     for (name, len) in [("msa-prefill-8k", 8 * 1024), ("msa-prefill-32k", 32 * 1024)] {
         if want(name) {

@@ -1,0 +1,376 @@
+//! The MLA FP8 lightning indexer (DeepSeek-V3.2; `shared/spec/mla-fp8-indexer.md`,
+//! kernel: `kernels-gpu/src/mla_indexer.rs`): for every query row, the
+//! `top_k` positions of its sequence with the highest `k_scale[s] · Σ_h
+//! max(q[t,h] · k[s], 0) · qs[t,h]`, descending, ties to the lower
+//! position, `-1` past the visible keys.
+//!
+//! Inputs: `q: e4m3 [num_rows, heads, 128]` (bytes), `qs: f32 [num_rows,
+//! heads]` (the caller folds the head weights and every scale into it),
+//! the FP8 index-K cache `[num_pages, 1, num_layers, page_size, 1, 128]` of
+//! `PagedLayout::index_k_fp8` with its scales apart (`KvDtype::Fp8E4m3`,
+//! `k_scales: f32 [num_pages, 1, num_layers, page_size, 1]`) or inside each
+//! page (`KvDtype::Fp8E4m3Fused`, DeepGEMM's and vLLM's layout), any
+//! power-of-two page size from 16 to 256 (DeepSeek: 64), the page table.
+//! Speculative rows (several new tokens of a sequence, each with its own
+//! causal limit) are ordinary rows of the ragged batch.
+//!
+//! Choices where the spec is silent:
+//! - `num_heads` 64 or 128 (one kernel body built for each; other
+//!   multiples of 8 are `Error::Unsupported`), `top_k` at most 2048
+//!   ([`crate::abi::topk::TOPK_MAX_K`]);
+//! - NaN logits (NaN or infinite inputs) rank below every number, as in
+//!   the MSA indexer and [`crate::TopK`]; infinities in `qs` are not
+//!   rejected (the host does not read device data) and give infinite or
+//!   NaN logits.
+//!
+//! Two launches on the stream: the logits kernel writes the visible logits
+//! of every row to an f32 workspace `[num_rows, ld]` (`ld` = the longest
+//! sequence rounded up to 128 keys), then the top-k ([`crate::TopK`]'s
+//! kernel) selects from it. `plan` sizes the workspace, cuts the batch into
+//! items and uploads them with each row's visible length; `run` binds the
+//! two tensor maps (uploaded only when the buffers change) and launches,
+//! so a run on the previous run's buffers can be captured and replayed.
+
+use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
+
+use crate::abi::mla::*;
+use crate::abi::topk::TOPK_MAX_K;
+use crate::abi::DPtr;
+use crate::batch::{
+    CacheExpect, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
+    RaggedBatch, RaggedBatchExt,
+};
+use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
+use crate::launch::{dptr, dptr_mut, record_ptr, record_words, Kernel};
+use crate::tma::{encode_tiled, TmaElem::U8};
+use crate::topk::TopK;
+use crate::workspace::grow;
+use crate::Gpu;
+
+pub use crate::abi::config::MlaIndexerConfig;
+
+/// What a plan fixed.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    rows: usize,
+    batch: usize,
+    num_work: usize,
+    ld: usize,
+    layout: PagedLayout,
+    layer: usize,
+    max_pages: usize,
+}
+
+/// The MLA FP8 lightning indexer: `new` checks the configuration, `plan`
+/// takes a batch and its cache layout, `run` launches.
+pub struct MlaIndexer {
+    gpu: Gpu,
+    cfg: MlaIndexerConfig,
+    kernel: Kernel<MlaLogitsParams>,
+    topk: TopK,
+    /// [`MlaWork`] items as words, longest first.
+    work: CudaSlice<u32>,
+    /// Visible keys of each row.
+    row_lens: CudaSlice<u32>,
+    /// The logits workspace `[rows, ld]`.
+    logits: CudaSlice<f32>,
+    /// [`MI_TMAPS`] tensor maps.
+    tmaps: CudaSlice<u8>,
+    tmaps_host: Vec<u8>,
+    plan: Option<Plan>,
+}
+
+impl MlaIndexer {
+    /// The op for `cfg`: 64 or 128 heads, `top_k` in `1 ..= 2048`, mask
+    /// `None` or `Causal`.
+    pub fn new(gpu: &Gpu, cfg: MlaIndexerConfig) -> Result<Self> {
+        let name = match cfg.num_heads {
+            64 => "mla_logits_h64",
+            128 => "mla_logits_h128",
+            h => {
+                return Err(Error::Unsupported {
+                    arg: "num_heads",
+                    what: format!("{h} index heads (64 and 128 are built)"),
+                })
+            }
+        };
+        ensure(
+            (1..=TOPK_MAX_K as usize).contains(&cfg.top_k),
+            "top_k",
+            || format!("1 ..= {TOPK_MAX_K}"),
+            || cfg.top_k.to_string(),
+        )?;
+        if let Mask::SlidingWindow { window } = cfg.mask {
+            return Err(Error::Unsupported {
+                arg: "mask",
+                what: format!("a sliding window ({window}): the indexer is causal or unmasked"),
+            });
+        }
+        Ok(MlaIndexer {
+            gpu: gpu.clone(),
+            cfg,
+            kernel: gpu.kernel(name, MI_SMEM)?,
+            topk: TopK::new(gpu)?,
+            work: gpu.zeros(1)?,
+            row_lens: gpu.zeros(1)?,
+            logits: gpu.zeros(1)?,
+            tmaps: gpu.zeros(MI_TMAPS * MI_TMAP_BYTES)?,
+            tmaps_host: Vec::new(),
+            plan: None,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &MlaIndexerConfig {
+        &self.cfg
+    }
+
+    /// Row stride `ld` of the logits workspace of the current plan.
+    pub fn logits_stride(&self) -> Option<usize> {
+        self.plan.map(|p| p.ld)
+    }
+
+    /// Validates the batch, the cache layout and the page table; cuts the
+    /// batch into items (longest first), uploads them and the rows'
+    /// visible lengths, sizes the logits workspace and plans the top-k.
+    pub fn plan(
+        &mut self,
+        batch: &RaggedBatch,
+        layout: &PagedLayout,
+        pages: PageTable,
+        layer: usize,
+    ) -> Result<()> {
+        self.plan = None;
+        batch.validate()?;
+        let ps = layout.page_size;
+        ensure(
+            ps.is_power_of_two() && (16..=256).contains(&ps),
+            "page_size",
+            || "a power of two from 16 to 256".into(),
+            || ps.to_string(),
+        )?;
+        let want = CacheExpect {
+            dtypes: &[KvDtype::Fp8E4m3, KvDtype::Fp8E4m3Fused],
+            name: "k_cache",
+            shape: "[num_pages, 1, num_layers, page_size, 1, 128]",
+            kv_dim: 1,
+            n_heads: 1,
+            head_dim: MI_HEAD_DIM as usize,
+            page_size: ps,
+        };
+        layout.check(&want, layer)?;
+        pages.validate(batch, layout)?;
+        let blocks = layout.num_pages * layout.num_layers;
+        ensure(
+            blocks < 1 << 31 && layout.elements() < 1 << 40,
+            "k_cache",
+            || "fewer than 2^31 page blocks (num_pages * num_layers)".into(),
+            || blocks.to_string(),
+        )?;
+        let rows = batch.num_rows();
+        let h = self.cfg.num_heads;
+        ensure(
+            rows * h < 1 << 31,
+            "input_row_offsets",
+            || format!("fewer than 2^31 / {h} rows"),
+            || rows.to_string(),
+        )?;
+        let ld = (batch.max_seqlen_k() as usize).div_ceil(MI_BLOCK_N as usize).max(1) * MI_BLOCK_N as usize;
+        ensure(
+            rows * ld < 1 << 36 && ld <= self.topk.max_n(),
+            "cache_lengths",
+            || format!("rows * keys below 2^36 and sequences of at most {} keys", self.topk.max_n()),
+            || format!("{rows} rows, {ld} keys"),
+        )?;
+        let (work, lens) = plan_work(batch, h, self.cfg.mask);
+        let g = &self.gpu;
+        grow(g, &mut self.work, record_words(&work).len().max(1))?;
+        grow(g, &mut self.row_lens, rows.max(1))?;
+        grow(g, &mut self.logits, (rows * ld).max(1))?;
+        let s = g.stream();
+        if !work.is_empty() {
+            s.memcpy_htod(record_words(&work), &mut self.work.slice_mut(..record_words(&work).len()))
+                .during(|| "uploading the indexer's work items".into())?;
+            s.memcpy_htod(&lens, &mut self.row_lens.slice_mut(..rows))
+                .during(|| "uploading the indexer's row lengths".into())?;
+        }
+        self.topk.plan(rows, ld, self.cfg.top_k)?;
+        self.plan = Some(Plan {
+            rows,
+            batch: batch.batch(),
+            num_work: work.len(),
+            ld,
+            layout: *layout,
+            layer,
+            max_pages: pages.max_pages,
+        });
+        Ok(())
+    }
+
+    /// Writes `out: i32 [num_rows, top_k]` for the planned batch from `q`
+    /// (e4m3 bytes `[num_rows, heads, 128]`), `qs: f32 [num_rows, heads]`,
+    /// the cache `k_cache` (`layout.elements()` bytes), `k_scales`
+    /// (`layout.scale_elements()` f32, exactly when the scales are apart)
+    /// and the page table. Launches only: [`MlaIndexer::run_logits`], then
+    /// the top-k.
+    pub fn run(
+        &mut self,
+        q: &CudaSlice<u8>,
+        qs: &CudaSlice<f32>,
+        k_cache: &CudaSlice<u8>,
+        k_scales: Option<&CudaSlice<f32>>,
+        lookup: &CudaSlice<u32>,
+        out: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
+        expect_len("out", out.len(), p.rows * self.cfg.top_k, "num_rows * top_k")?;
+        self.run_logits(q, qs, k_cache, k_scales, lookup)?;
+        if p.rows == 0 {
+            return Ok(());
+        }
+        let g = &self.gpu;
+        // SAFETY: the top-k reads the rows' visible logits (below their
+        // uploaded lengths, at most `ld`), which the logits kernel wrote
+        // before it on the stream; `out` holds rows * top_k.
+        unsafe {
+            self.topk.launch(
+                dptr(g, &self.logits),
+                p.ld as u32,
+                dptr(g, &self.row_lens),
+                dptr_mut(g, out),
+            )
+        }
+    }
+
+    /// The logits alone: row `t`'s logit of key `s` at `t * ld + s` of
+    /// [`MlaIndexer::logits`] for its visible keys (`ld` =
+    /// [`MlaIndexer::logits_stride`]; other entries are left as they
+    /// were). Same arguments as [`MlaIndexer::run`]; launch only.
+    pub fn run_logits(
+        &mut self,
+        q: &CudaSlice<u8>,
+        qs: &CudaSlice<f32>,
+        k_cache: &CudaSlice<u8>,
+        k_scales: Option<&CudaSlice<f32>>,
+        lookup: &CudaSlice<u32>,
+    ) -> Result<()> {
+        let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
+        let (h, l) = (self.cfg.num_heads, p.layout);
+        expect_len("q", q.len(), p.rows * h * MI_HEAD_DIM as usize, "num_rows * num_heads * 128")?;
+        expect_len("qs", qs.len(), p.rows * h, "num_rows * num_heads")?;
+        expect_len("k_cache", k_cache.len(), l.elements(), "the planned layout's bytes")?;
+        expect_len("lookup", lookup.len(), p.batch * p.max_pages, "batch * max_pages")?;
+        match (k_scales, l.dtype.has_scales()) {
+            (Some(s), true) => expect_len("k_scales", s.len(), l.scale_elements(), "the planned layout's scales")?,
+            (None, false) => {}
+            (Some(_), false) => return Err(Error::invalid("k_scales", "none (the scales are in the pages)", "a buffer")),
+            (None, true) => return Err(Error::invalid("k_scales", "a buffer (KvDtype::Fp8E4m3)", "none")),
+        }
+        if p.rows == 0 {
+            return Ok(());
+        }
+        self.bind_tmaps(&p, q, k_cache)?;
+        let g = &self.gpu;
+        let ps = l.page_size as u32;
+        let (scales, scale_block_bytes, scale_off) = match k_scales {
+            Some(s) => (DPtr::new(dptr(g, s).addr()), 4 * ps, 0),
+            None => (dptr(g, k_cache), l.block_stride() as u32, ps * MI_HEAD_DIM),
+        };
+        let params = MlaLogitsParams {
+            tmaps: dptr(g, &self.tmaps),
+            work: record_ptr(g, &self.work),
+            qs: dptr(g, qs),
+            lookup: dptr(g, lookup),
+            scales,
+            logits: dptr_mut(g, &self.logits),
+            num_work: p.num_work as u32,
+            num_rows: p.rows as u32,
+            heads: h as u32,
+            ld: p.ld as u32,
+            causal: (self.cfg.mask == Mask::Causal) as u32,
+            page_size: ps,
+            box_rows: ps.min(MI_BLOCK_N),
+            num_pages: l.num_pages as u32,
+            max_pages: p.max_pages as u32,
+            num_layers: l.num_layers as u32,
+            layer: p.layer as u32,
+            scale_block_bytes,
+            scale_off,
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (p.num_work as u32, 1, 1),
+            block_dim: (MI_THREADS, 1, 1),
+            shared_mem_bytes: MI_SMEM,
+        };
+        // SAFETY: every buffer's length was checked against the plan; the
+        // kernel clamps page ids, rows and keys, and TMA zero-fills reads
+        // past a tensor.
+        unsafe { g.launch(&self.kernel, "the MLA indexer logits kernel", &params).run(cfg) }
+    }
+
+    /// The logits workspace (`[num_rows, ld]` f32 of the current plan; see
+    /// [`MlaIndexer::run_logits`]).
+    pub fn logits(&self) -> &CudaSlice<f32> {
+        &self.logits
+    }
+
+    /// Encodes the Q and K tensor maps for these buffers and uploads them
+    /// when they differ from the last upload.
+    fn bind_tmaps(&mut self, p: &Plan, q: &CudaSlice<u8>, k_cache: &CudaSlice<u8>) -> Result<()> {
+        let s = self.gpu.stream();
+        let l = p.layout;
+        let d = MI_HEAD_DIM as u64;
+        let q_rows = (p.rows * self.cfg.num_heads) as u64;
+        let blocks = (l.num_pages * l.num_layers) as u64;
+        let box_rows = (l.page_size as u32).min(MI_BLOCK_N);
+        let mut maps = Vec::with_capacity(MI_TMAPS * MI_TMAP_BYTES);
+        maps.extend(encode_tiled(U8, q.device_ptr(s).0, &[d, q_rows], &[d], &[128, MI_Q_ROWS])?);
+        maps.extend(encode_tiled(
+            U8,
+            k_cache.device_ptr(s).0,
+            &[d, l.page_size as u64, blocks],
+            &[d, l.block_stride() as u64],
+            &[128, box_rows, 1],
+        )?);
+        if maps != self.tmaps_host {
+            s.memcpy_htod(&maps, &mut self.tmaps)
+                .during(|| "uploading the indexer's tensor maps".into())?;
+            self.tmaps_host = maps;
+        }
+        Ok(())
+    }
+}
+
+/// The items of a batch, longest first (a stable sort), and each row's
+/// visible keys: rows in groups of `2 · 128 / heads` per sequence, each
+/// group's key tiles (up to the longest row's) in items of at most
+/// [`MI_TILES_PER_ITEM`].
+pub fn plan_work(batch: &RaggedBatch, heads: usize, mask: Mask) -> (Vec<MlaWork>, Vec<u32>) {
+    let group = (MI_Q_TILES * MI_Q_ROWS) as usize / heads;
+    let (bn, per) = (MI_BLOCK_N as usize, MI_TILES_PER_ITEM as usize);
+    let mut work = Vec::new();
+    let mut lens = Vec::with_capacity(batch.num_rows());
+    for b in 0..batch.batch() {
+        let (r0, q_len) = (batch.input_row_offsets[b] as usize, batch.q_len(b));
+        let (cache, n) = (batch.cache_lengths[b] as usize, batch.seqlen_k(b) as usize);
+        lens.extend((0..q_len).map(|i| mask.key_range(cache + i, n).end as u32));
+        for i in (0..q_len).step_by(group) {
+            let rows = group.min(q_len - i);
+            let tiles = mask.key_range(cache + i + rows - 1, n).end.div_ceil(bn);
+            for t0 in (0..tiles).step_by(per) {
+                work.push(MlaWork {
+                    seq: b as u32,
+                    row0: (r0 + i) as u32,
+                    rows: rows as u32,
+                    q_pos0: (cache + i) as u32,
+                    num_keys: n as u32,
+                    tile0: t0 as u32,
+                    tile1: tiles.min(t0 + per) as u32,
+                    _pad: 0,
+                });
+            }
+        }
+    }
+    work.sort_by_key(|w| std::cmp::Reverse(w.tile1 - w.tile0));
+    (work, lens)
+}

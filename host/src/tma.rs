@@ -1,0 +1,71 @@
+//! TMA tensor maps (`cuTensorMapEncodeTiled`), encoded on the host for the
+//! kernels that copy with `cp.async.bulk.tensor`: every map here is
+//! 128-byte swizzled (the `wgmma` operand layout) and zero-fills reads past
+//! the tensor.
+
+use cudarc::driver::sys;
+
+use crate::error::{CudaContextExt, Result};
+
+/// Bytes of a `CUtensorMap`.
+pub(crate) const TMAP_BYTES: usize = 128;
+
+/// Element type of a mapped tensor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TmaElem {
+    /// bf16 values.
+    Bf16,
+    /// Bytes (e4m3 values).
+    U8,
+}
+
+/// The map of the tensor at `addr`: `dims` innermost first (in elements),
+/// `strides` of the outer dimensions in bytes, boxes of `boxes` elements.
+pub(crate) fn encode_tiled(
+    elem: TmaElem,
+    addr: u64,
+    dims: &[u64],
+    strides: &[u64],
+    boxes: &[u32],
+) -> Result<[u8; TMAP_BYTES]> {
+    use sys::{
+        CUtensorMapDataType as T, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I,
+        CUtensorMapL2promotion as L, CUtensorMapSwizzle as S,
+    };
+    let rank = dims.len();
+    assert!(strides.len() + 1 == rank && boxes.len() == rank, "tensor map rank");
+    let dims: Vec<u64> = dims.iter().map(|&d| d.max(1)).collect();
+    let elem_strides = vec![1u32; rank];
+    let dtype = match elem {
+        TmaElem::Bf16 => T::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        TmaElem::U8 => T::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+    };
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: the arrays have the rank's lengths; the driver only writes `map`.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            dtype,
+            rank as u32,
+            addr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem_strides.as_ptr(),
+            I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            S::CU_TENSOR_MAP_SWIZZLE_128B,
+            L::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()
+    .during(|| format!("encoding a tensor map of {dims:?} {elem:?} elements"))?;
+    // SAFETY: initialised by the driver (or zeroed); plain data.
+    let map = unsafe { map.assume_init() };
+    let mut bytes = [0u8; TMAP_BYTES];
+    // SAFETY: `CUtensorMap` is 128 bytes of plain data.
+    bytes.copy_from_slice(unsafe {
+        std::slice::from_raw_parts(&map as *const _ as *const u8, TMAP_BYTES)
+    });
+    Ok(bytes)
+}
