@@ -194,7 +194,9 @@ pub struct PagedKv {
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),
     ("mla_logits_h64", mla::MI_THREADS, 1),
+    ("mla_logits_h64_q1", mla::MI_THREADS, 1),
     ("mla_logits_h128", mla::MI_THREADS, 1),
+    ("mla_logits_h128_q1", mla::MI_THREADS, 1),
     ("msa_indexer_scores_prefill", msa::IDX_THREADS, 2),
     ("msa_indexer_scores_decode", msa::IDX_THREADS, 2),
     ("msa_indexer_topk", msa::IDX_TOPK_WARPS * 32, 0),

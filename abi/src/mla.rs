@@ -27,7 +27,7 @@ pub const MI_BLOCK_N: u32 = 64 * MI_CONSUMERS;
 pub const MI_CONSUMERS: u32 = 2;
 /// (token, head) columns of one Q tile: the `wgmma` N.
 pub const MI_Q_ROWS: u32 = 128;
-/// Q tiles per item: 2 × 128 columns, 4 rows of 64 heads (2 of 128). Each
+/// Q tiles per item at most (the `_q1` kernels take one): 2 × 128 columns, 4 rows of 64 heads (2 of 128). Each
 /// K tile is then read once for 4 query rows.
 pub const MI_Q_TILES: u32 = 2;
 /// K stages of the ring (16.5 KiB each).
@@ -72,7 +72,7 @@ pub struct MlaWork {
     pub seq: u32,
     /// First query row (packed).
     pub row0: u32,
-    /// Rows, `1 ..= MI_Q_TILES · 128 / heads`.
+    /// Rows, `1 ..= Q tiles · 128 / heads`.
     pub rows: u32,
     /// Position of row `row0`.
     pub q_pos0: u32,
@@ -86,8 +86,9 @@ pub struct MlaWork {
     pub _pad: u32,
 }
 
-/// Parameters of `mla_logits_h64` and `mla_logits_h128` (one body, for 64
-/// or 128 index heads; `heads` must match the kernel).
+/// Parameters of `mla_logits_h64`, `mla_logits_h128` and their `_q1`
+/// forms (one body, for 64 or 128 index heads and 2 or 1 Q tiles; `heads`
+/// must match the kernel).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MlaLogitsParams {
@@ -139,7 +140,7 @@ pub struct MlaLogitsParams {
 }
 
 kernel_params! {
-    MlaLogitsParams => ["mla_logits_h64", "mla_logits_h128"],
+    MlaLogitsParams => ["mla_logits_h64", "mla_logits_h64_q1", "mla_logits_h128", "mla_logits_h128_q1"],
 }
 
 const _: () = assert!(core::mem::size_of::<MlaWork>() == 32);

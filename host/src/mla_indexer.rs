@@ -56,6 +56,8 @@ struct Plan {
     batch: usize,
     num_work: usize,
     ld: usize,
+    /// Q tiles of the kernel (1 or 2).
+    qt: usize,
     layout: PagedLayout,
     layer: usize,
     max_pages: usize,
@@ -66,7 +68,8 @@ struct Plan {
 pub struct MlaIndexer {
     gpu: Gpu,
     cfg: MlaIndexerConfig,
-    kernel: Kernel<MlaLogitsParams>,
+    /// The logits kernels of `cfg.num_heads`: 2 Q tiles, 1 Q tile.
+    kernels: [Kernel<MlaLogitsParams>; 2],
     topk: TopK,
     /// [`MlaWork`] items as words, longest first.
     work: CudaSlice<u32>,
@@ -84,9 +87,9 @@ impl MlaIndexer {
     /// The op for `cfg`: 64 or 128 heads, `top_k` in `1 ..= 2048`, mask
     /// `None` or `Causal`.
     pub fn new(gpu: &Gpu, cfg: MlaIndexerConfig) -> Result<Self> {
-        let name = match cfg.num_heads {
-            64 => "mla_logits_h64",
-            128 => "mla_logits_h128",
+        let names = match cfg.num_heads {
+            64 => ["mla_logits_h64", "mla_logits_h64_q1"],
+            128 => ["mla_logits_h128", "mla_logits_h128_q1"],
             h => {
                 return Err(Error::Unsupported {
                     arg: "num_heads",
@@ -109,7 +112,7 @@ impl MlaIndexer {
         Ok(MlaIndexer {
             gpu: gpu.clone(),
             cfg,
-            kernel: gpu.kernel(name, MI_SMEM)?,
+            kernels: [gpu.kernel(names[0], MI_SMEM)?, gpu.kernel(names[1], MI_SMEM)?],
             topk: TopK::new(gpu)?,
             work: gpu.zeros(1)?,
             row_lens: gpu.zeros(1)?,
@@ -182,7 +185,10 @@ impl MlaIndexer {
             || format!("rows * keys below 2^36 and sequences of at most {} keys", self.topk.max_n()),
             || format!("{rows} rows, {ld} keys"),
         )?;
-        let (work, lens) = plan_work(batch, h, self.cfg.mask);
+        // One Q tile when no sequence has more rows than it holds (decode,
+        // short speculative steps): a second would be padding.
+        let qt = if batch.max_q_len() <= MI_Q_ROWS as usize / h { 1 } else { MI_Q_TILES as usize };
+        let (work, lens) = plan_work(batch, qt * MI_Q_ROWS as usize / h, self.cfg.mask);
         let g = &self.gpu;
         grow(g, &mut self.work, record_words(&work).len().max(1))?;
         grow(g, &mut self.row_lens, rows.max(1))?;
@@ -200,6 +206,7 @@ impl MlaIndexer {
             batch: batch.batch(),
             num_work: work.len(),
             ld,
+            qt,
             layout: *layout,
             layer,
             max_pages: pages.max_pages,
@@ -305,7 +312,8 @@ impl MlaIndexer {
         // SAFETY: every buffer's length was checked against the plan; the
         // kernel clamps page ids, rows and keys, and TMA zero-fills reads
         // past a tensor.
-        unsafe { g.launch(&self.kernel, "the MLA indexer logits kernel", &params).run(cfg) }
+        let kernel = &self.kernels[if p.qt == 1 { 1 } else { 0 }];
+        unsafe { g.launch(kernel, "the MLA indexer logits kernel", &params).run(cfg) }
     }
 
     /// The logits workspace (`[num_rows, ld]` f32 of the current plan; see
@@ -342,11 +350,10 @@ impl MlaIndexer {
 }
 
 /// The items of a batch, longest first (a stable sort), and each row's
-/// visible keys: rows in groups of `2 · 128 / heads` per sequence, each
-/// group's key tiles (up to the longest row's) in items of at most
-/// [`MI_TILES_PER_ITEM`].
-pub fn plan_work(batch: &RaggedBatch, heads: usize, mask: Mask) -> (Vec<MlaWork>, Vec<u32>) {
-    let group = (MI_Q_TILES * MI_Q_ROWS) as usize / heads;
+/// visible keys: rows in groups of `group` per sequence (the rows of the
+/// kernel's Q tiles), each group's key tiles (up to the longest row's) in
+/// items of at most [`MI_TILES_PER_ITEM`].
+pub fn plan_work(batch: &RaggedBatch, group: usize, mask: Mask) -> (Vec<MlaWork>, Vec<u32>) {
     let (bn, per) = (MI_BLOCK_N as usize, MI_TILES_PER_ITEM as usize);
     let mut work = Vec::new();
     let mut lens = Vec::with_capacity(batch.num_rows());

@@ -3,8 +3,10 @@
 //! k[s], 0) · qs[t,h]`, written to an f32 `[rows, ld]` matrix for the
 //! visible keys of each row (the top-k runs next, on the same stream).
 //!
-//! One CTA per [`MlaWork`] item (up to `MI_Q_TILES · 128 / HEADS` query rows
-//! of one sequence, a range of key tiles), items longest first:
+//! One CTA per [`MlaWork`] item (up to `QT · 128 / HEADS` query rows of one
+//! sequence, a range of key tiles), items longest first; `QT` is the number
+//! of Q tiles, 2 for prefill, 1 for batches of at most `128 / HEADS` rows
+//! a sequence (decode: a second tile would be all padding):
 //!
 //! - **producer** (warpgroup 0; warp 0 issues, 24 registers): the Q tiles
 //!   once, then every K tile — [`MI_BLOCK_N`] keys of 128 e4m3 bytes by TMA
@@ -63,33 +65,33 @@ fn ring() -> Ring {
     Ring { full: crate::smem_addr!(Smem, full), empty: crate::smem_addr!(Smem, empty) }
 }
 
-/// Query rows of an item with `HEADS` index heads.
-const fn block_rows<const HEADS: u32>() -> u32 {
-    MI_Q_TILES * MI_Q_ROWS / HEADS
-}
-
 macro_rules! logits_kernel {
-    ($($(#[$doc:meta])* $name:ident = $heads:literal;)+) => {$(
+    ($($(#[$doc:meta])* $name:ident = $heads:literal, $qt:literal;)+) => {$(
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(p: MlaLogitsParams) {
-            logits::<$heads>(&p)
+            logits::<$heads, $qt>(&p)
         }
     )+};
 }
 
 logits_kernel! {
     /// 64 index heads (DeepSeek-V3.2): items of 4 query rows.
-    mla_logits_h64 = 64;
+    mla_logits_h64 = 64, 2;
+    /// 64 index heads, items of 2 query rows (decode, 2 speculative rows).
+    mla_logits_h64_q1 = 64, 1;
     /// 128 index heads: items of 2 query rows.
-    mla_logits_h128 = 128;
+    mla_logits_h128 = 128, 2;
+    /// 128 index heads, items of 1 query row (decode).
+    mla_logits_h128_q1 = 128, 1;
 }
 
-/// The kernel body for `HEADS` index heads (`p.heads` must match).
+/// The kernel body for `HEADS` index heads (`p.heads` must match) and `QT`
+/// Q tiles (1 or 2).
 #[inline(always)]
-unsafe fn logits<const HEADS: u32>(p: &MlaLogitsParams) {
+unsafe fn logits<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams) {
     grid_prologue();
-    let Some(w) = schedule::<HEADS>(p) else {
+    let Some(w) = schedule::<HEADS, QT>(p) else {
         return;
     };
     let kr = ring();
@@ -103,23 +105,23 @@ unsafe fn logits<const HEADS: u32>(p: &MlaLogitsParams) {
     if wg == 0 {
         setmaxnreg_dec::<MI_PRODUCER_REGS>();
         if warp_id() == 0 {
-            produce::<HEADS>(p, &w);
+            produce::<HEADS, QT>(p, &w);
         }
         return;
     }
     setmaxnreg_inc::<MI_CONSUMER_REGS>();
-    consume::<HEADS>(p, &w, wg - 1);
+    consume::<HEADS, QT>(p, &w, wg - 1);
 }
 
 /// The CTA's item, clamped; `None` past the last or for a head count the
 /// kernel was not built for.
 #[inline(always)]
-unsafe fn schedule<const HEADS: u32>(p: &MlaLogitsParams) -> Option<MlaWork> {
+unsafe fn schedule<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams) -> Option<MlaWork> {
     if block_idx_x() >= p.num_work || p.heads != HEADS {
         return None;
     }
     let mut w = ld_record(p.work.ptr().add(block_idx_x() as usize));
-    w.rows = w.rows.clamp(1, block_rows::<HEADS>());
+    w.rows = w.rows.clamp(1, QT * MI_Q_ROWS / HEADS);
     w.num_keys = w.num_keys.min(p.ld);
     w.tile1 = w.tile1.min(w.num_keys.div_ceil(MI_BLOCK_N)).min(w.tile0.saturating_add(MI_TILES_PER_ITEM));
     w.tile0 = w.tile0.min(w.tile1);
@@ -143,15 +145,15 @@ fn row_len(p: &MlaLogitsParams, w: &MlaWork, r: u32) -> u32 {
 /// (a page, or 128 keys of a larger page), its page looked up before the
 /// wait.
 #[inline(always)]
-unsafe fn produce<const HEADS: u32>(p: &MlaLogitsParams, w: &MlaWork) {
+unsafe fn produce<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams, w: &MlaWork) {
     let maps = p.tmaps.ptr();
     let (qmap, kmap) = (maps, maps.add(MI_TMAP_BYTES));
     let kr = ring();
     let lane = lane_id();
     if lane == 0 {
         let q_full = crate::smem_addr!(Smem, q_full);
-        mbarrier_arrive_expect_tx(q_full, MI_Q_TILES * MI_Q_TILE_BYTES);
-        for b in 0..MI_Q_TILES {
+        mbarrier_arrive_expect_tx(q_full, QT * MI_Q_TILE_BYTES);
+        for b in 0..QT {
             let row = w.row0 * HEADS + b * MI_Q_ROWS;
             tma_load_2d(crate::smem_addr!(Smem, q) + b * MI_Q_TILE_BYTES, qmap, q_full, 0, row as i32);
         }
@@ -192,7 +194,7 @@ unsafe fn page_id(p: &MlaLogitsParams, seq: u32, blk: u32) -> u32 {
 /// Consumer warpgroup `c`: keys `64 c .. 64 c + 64` of every K tile against
 /// the item's Q tiles.
 #[inline(always)]
-unsafe fn consume<const HEADS: u32>(p: &MlaLogitsParams, w: &MlaWork, c: u32) {
+unsafe fn consume<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams, w: &MlaWork, c: u32) {
     let kr = ring();
     // This warp's 16 keys of a tile start at `r0`; the thread's are g, g + 8.
     let r0 = 64 * c + 16 * (warp_id() % 4);
@@ -211,12 +213,18 @@ unsafe fn consume<const HEADS: u32>(p: &MlaLogitsParams, w: &MlaWork, c: u32) {
         if lane_id() == 0 {
             kr.release(i);
         }
-        crate::unroll!(2, B => { issue(&mut acc[B], &a, qa + B as u32 * MI_Q_TILE_BYTES); });
         let key = j * MI_BLOCK_N + g;
-        wgmma_wait1_e4m3(&mut acc[0], &a);
-        epilogue::<HEADS>(p, w, &acc[0], 0, key, sc);
-        wgmma_wait0_e4m3(&mut acc[1], &a);
-        epilogue::<HEADS>(p, w, &acc[1], 1, key, sc);
+        issue(&mut acc[0], &a, qa);
+        if QT == 2 {
+            issue(&mut acc[1], &a, qa + MI_Q_TILE_BYTES);
+            wgmma_wait1_e4m3(&mut acc[0], &a);
+            epilogue::<HEADS>(p, w, &acc[0], 0, key, sc);
+            wgmma_wait0_e4m3(&mut acc[1], &a);
+            epilogue::<HEADS>(p, w, &acc[1], 1, key, sc);
+        } else {
+            wgmma_wait0_e4m3(&mut acc[0], &a);
+            epilogue::<HEADS>(p, w, &acc[0], 0, key, sc);
+        }
     }
 }
 const _: () = assert!(NQ == 2);

@@ -59,6 +59,10 @@ impl Part {
 
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn topk_rows(p: TopkParams) {
+    // Before any read: with programmatic launch the scores' producer (the
+    // lightning indexer's logits kernel) may still be running. Missing
+    // here, the indexer's top-k read half-written logits.
+    grid_prologue();
     let ncta = cluster_nctarank();
     let row = block_idx_x() / ncta;
     if row >= p.rows || p.k == 0 {

@@ -17,6 +17,8 @@
 //!   K/V, masks and sinks (`spec/dense-prefill.md`).
 //! - [`paged`]: the borrowed bf16 view of a MAX-layout paged cache (its
 //!   layout and page table are [`abi::batch`]'s).
+//! - [`mla_indexer`]: the MLA FP8 lightning indexer, top-k tokens per
+//!   query row from an FP8 index-K cache (`spec/mla-fp8-indexer.md`).
 //! - [`msa_indexer`]: MSA top-k block selection (`spec/msa-indexer.md`).
 //! - [`msa_attention`]: MSA block-sparse attention, decode and prefill
 //!   (`spec/msa-attention.md`).
@@ -25,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dense_prefill;
+pub mod mla_indexer;
 pub mod msa_attention;
 pub mod msa_indexer;
 pub mod paged;

@@ -517,3 +517,255 @@ pub fn ragged_kv(
         v,
     }
 }
+
+// ---------------------------------------------------------------------------
+// FP8 inputs of the MLA lightning indexer (`shared/spec/mla-fp8-indexer.md`).
+
+use sparse_attn_abi::fp8::f32_to_e4m3;
+use sparse_attn_reference::mla_indexer::Fp8IndexK;
+
+/// Value distribution of generated FP8 data (e4m3 bytes and their f32
+/// weights and scales).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fp8Fill {
+    /// Integers in `-2..=2` (e4m3 and weights), powers of two `2^-2..=2^2`
+    /// (key scales): every product and sum of the op is exact in f32, so a
+    /// kernel must match the reference exactly.
+    Integer,
+    /// Normal samples times 4 rounded to e4m3, normal weights, key scales
+    /// uniform in `0.25..4`.
+    Random,
+}
+
+/// One e4m3 byte of `fill` (never NaN).
+fn fp8_sample(rng: &mut impl Rng, fill: Fp8Fill) -> u8 {
+    match fill {
+        Fp8Fill::Integer => f32_to_e4m3(rng.gen_range(-2i32..=2) as f32),
+        Fp8Fill::Random => f32_to_e4m3(4.0 * sample(rng, Fill::Normal)),
+    }
+}
+
+/// One key scale of `fill` (positive, finite).
+fn fp8_scale(rng: &mut impl Rng, fill: Fp8Fill) -> f32 {
+    match fill {
+        Fp8Fill::Integer => 2f32.powi(rng.gen_range(-2i32..=2)),
+        Fp8Fill::Random => rng.gen_range(0.25f32..4.0),
+    }
+}
+
+/// A garbage e4m3 row for a slot that holds no token: half the rows are
+/// large finite values (`|x| >= 64`, either sign), the other half random
+/// bytes with one NaN code (`0x7f` / `0xff`) in eight.
+fn fp8_garbage_row(rng: &mut impl Rng, row: &mut [u8]) {
+    let big = rng.gen::<bool>();
+    for x in row {
+        *x = if big {
+            // 0x60 = 64 .. 0x7e = 448, with a random sign bit
+            rng.gen_range(0x60u8..=0x7e) | if rng.gen() { 0x80 } else { 0 }
+        } else if rng.gen_ratio(1, 8) {
+            if rng.gen() {
+                0x7f
+            } else {
+                0xff
+            }
+        } else {
+            rng.gen()
+        };
+    }
+}
+
+/// A garbage scale: NaN, +Inf, -Inf or a huge value (±1e30..1e35).
+fn fp8_garbage_scale(rng: &mut impl Rng) -> f32 {
+    match rng.gen_range(0u32..4) {
+        0 => f32::NAN,
+        1 => f32::INFINITY,
+        2 => f32::NEG_INFINITY,
+        _ => {
+            let m = 10f32.powf(rng.gen_range(30.0f32..35.0));
+            if rng.gen() {
+                m
+            } else {
+                -m
+            }
+        }
+    }
+}
+
+/// `len` e4m3 bytes of `fill` (e.g. `q [num_rows, num_heads, 128]`); never
+/// NaN. Draws one `u64` from `rng`; the bytes are generated in parallel.
+pub fn fp8_tensor(rng: &mut impl Rng, len: usize, fill: Fp8Fill) -> Vec<u8> {
+    let base: u64 = rng.gen();
+    let mut out = vec![0u8; len];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        let mut r = stream_rng(base, i as u64);
+        for x in c {
+            *x = fp8_sample(&mut r, fill);
+        }
+    });
+    out
+}
+
+/// `len` head weights of `fill` (e.g. `qs [num_rows, num_heads]`):
+/// integers in `-2..=2` (negative and zero weights included) or normal
+/// samples. Draws one `u64` from `rng`.
+pub fn index_weights(rng: &mut impl Rng, len: usize, fill: Fp8Fill) -> Vec<f32> {
+    let base: u64 = rng.gen();
+    let mut out = vec![0f32; len];
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(i, c)| {
+        let mut r = stream_rng(base, i as u64);
+        for x in c {
+            *x = match fill {
+                Fp8Fill::Integer => r.gen_range(-2i32..=2) as f32,
+                Fp8Fill::Random => sample(&mut r, Fill::Normal),
+            };
+        }
+    });
+    out
+}
+
+/// A random FP8 index-K pool and page table for a ragged batch.
+#[derive(Clone, Debug)]
+pub struct Fp8Pool {
+    /// [`PagedLayout::index_k_fp8`]: `[num_pages, 1, num_layers, page_size,
+    /// 1, 128]` e4m3, scales apart ([`KvDtype::Fp8E4m3`]) or fused
+    /// ([`KvDtype::Fp8E4m3Fused`]).
+    pub layout: PagedLayout,
+    /// The pool, `layout.elements()` bytes (fused: the scales included).
+    pub data: Vec<u8>,
+    /// `k_scales: f32 [num_pages, 1, num_layers, page_size, 1]`; empty for
+    /// the fused layout.
+    pub scales: Vec<f32>,
+    /// Page table `u32 [batch, max_pages]`.
+    pub lookup: Vec<u32>,
+    /// Row stride of `lookup`.
+    pub max_pages: usize,
+}
+
+impl Fp8Pool {
+    /// The page table, as the host API and the reference take it.
+    pub fn table(&self) -> PageTable<'_> {
+        PageTable::new(&self.lookup, self.max_pages)
+    }
+
+    /// Borrowed view for the reference (`scales` is `None` when fused).
+    pub fn cache(&self) -> Fp8IndexK<'_> {
+        Fp8IndexK {
+            layout: self.layout,
+            pool: &self.data,
+            scales: (!self.layout.dtype.fused_scales()).then_some(&self.scales[..]),
+            pages: self.table(),
+        }
+    }
+}
+
+/// Pages handed out as [`paged_pool`] does (same draws from `rng`, in the
+/// same order): `(num_pages, max_pages, lookup, owner)` where `owner[page]`
+/// is the number of tokens the page holds (0 for an unused page).
+fn assign_pages(
+    rng: &mut impl Rng,
+    spec: &RaggedSpec,
+    page_size: usize,
+    extra_pages: usize,
+) -> (usize, usize, Vec<u32>, Vec<usize>) {
+    let batch = spec.batch();
+    let pages: Vec<usize> = (0..batch)
+        .map(|b| spec.as_batch().pages(b, page_size))
+        .collect();
+    let num_pages = (pages.iter().sum::<usize>() + extra_pages).max(1);
+    let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
+    let mut perm: Vec<u32> = (0..num_pages as u32).collect();
+    perm.shuffle(rng);
+    let mut owner = vec![0usize; num_pages];
+    let mut lookup = vec![0u32; batch * max_pages];
+    let mut next = 0;
+    for b in 0..batch {
+        for c in 0..max_pages {
+            lookup[b * max_pages + c] = if c < pages[b] {
+                let page = perm[next];
+                next += 1;
+                owner[page as usize] = (spec.seqlen_k(b) - c * page_size).min(page_size);
+                page
+            } else {
+                rng.gen_range(0..num_pages as u32)
+            };
+        }
+    }
+    (num_pages, max_pages, lookup, owner)
+}
+
+/// A random FP8 index-K pool for `spec` ([`PagedLayout::index_k_fp8`] of
+/// `num_pages = sum_b ceil(seqlen_k[b] / page_size) + extra_pages`, at
+/// least 1), its pages handed out as [`paged_pool`] does: a shuffled order,
+/// `extra_pages` unused pages, stale (valid, unrelated) ids past each
+/// sequence's pages, `max_pages = max(1, max_b pages)`.
+///
+/// Tokens `0..seqlen_k[b]` of every sequence, in every layer, hold 128
+/// bytes of [`fp8_tensor`]'s `fill` and a scale (`Integer`: a power of two
+/// in `2^-2..=2^2`, `Random`: uniform in `0.25..4`); every other slot (page
+/// tails, unused pages) holds garbage: large e4m3 values or random bytes
+/// with NaN codes, and a NaN, ±Inf or huge (±1e30..1e35) scale. With
+/// `fused` the scales are little-endian f32 in the pool at
+/// [`PagedLayout::scale_offset`] and [`Fp8Pool::scales`] is empty, else
+/// they are `k_scales: f32 [num_pages, 1, num_layers, page_size, 1]`.
+/// Pages are generated in parallel, one ChaCha stream each.
+///
+/// Panics if `num_layers` or `page_size` is 0.
+pub fn fp8_index_k_pool(
+    rng: &mut impl Rng,
+    spec: &RaggedSpec,
+    num_layers: usize,
+    page_size: usize,
+    fused: bool,
+    extra_pages: usize,
+    fill: Fp8Fill,
+) -> Fp8Pool {
+    assert!(
+        page_size > 0 && num_layers > 0,
+        "fp8_index_k_pool: num_layers and page_size must be positive"
+    );
+    let (num_pages, max_pages, lookup, owner) = assign_pages(rng, spec, page_size, extra_pages);
+    let layout = PagedLayout::index_k_fp8(num_pages, num_layers, page_size, fused);
+    let d = layout.head_dim;
+    let base: u64 = rng.gen();
+    let mut data = vec![0u8; layout.elements()];
+    // Per page: its scales in (layer, slot) order.
+    let page_scales: Vec<Vec<f32>> = data
+        .par_chunks_mut(layout.page_stride())
+        .enumerate()
+        .map(|(page, chunk)| {
+            let mut r = stream_rng(base, page as u64);
+            let valid = owner[page];
+            let mut scales = Vec::with_capacity(num_layers * page_size);
+            for layer in 0..num_layers {
+                let block = &mut chunk[layout.layer_offset(0, layer)..][..layout.block_stride()];
+                let (rows, fused_scales) = block.split_at_mut(page_size * d);
+                for (slot, row) in rows.chunks_exact_mut(d).enumerate() {
+                    let scale = if slot < valid {
+                        for x in row.iter_mut() {
+                            *x = fp8_sample(&mut r, fill);
+                        }
+                        fp8_scale(&mut r, fill)
+                    } else {
+                        fp8_garbage_row(&mut r, row);
+                        fp8_garbage_scale(&mut r)
+                    };
+                    if fused {
+                        fused_scales[4 * slot..4 * slot + 4].copy_from_slice(&scale.to_le_bytes());
+                    } else {
+                        scales.push(scale);
+                    }
+                }
+            }
+            scales
+        })
+        .collect();
+    let scales: Vec<f32> = page_scales.concat();
+    debug_assert_eq!(scales.len(), layout.scale_elements());
+    Fp8Pool {
+        layout,
+        data,
+        scales,
+        lookup,
+        max_pages,
+    }
+}
