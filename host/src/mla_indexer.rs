@@ -37,8 +37,8 @@ use crate::abi::mla::*;
 use crate::abi::topk::TOPK_MAX_K;
 use crate::abi::DPtr;
 use crate::batch::{
-    CacheExpect, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
-    RaggedBatch, RaggedBatchExt,
+    CacheExpect, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
+    RaggedBatchExt,
 };
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
 use crate::launch::{dptr, dptr_mut, record_ptr, record_words, Kernel};
@@ -112,7 +112,10 @@ impl MlaIndexer {
         Ok(MlaIndexer {
             gpu: gpu.clone(),
             cfg,
-            kernels: [gpu.kernel(names[0], MI_SMEM)?, gpu.kernel(names[1], MI_SMEM)?],
+            kernels: [
+                gpu.kernel(names[0], MI_SMEM)?,
+                gpu.kernel(names[1], MI_SMEM)?,
+            ],
             topk: TopK::new(gpu)?,
             work: gpu.zeros(1)?,
             row_lens: gpu.zeros(1)?,
@@ -178,25 +181,41 @@ impl MlaIndexer {
             || format!("fewer than 2^31 / {h} rows"),
             || rows.to_string(),
         )?;
-        let ld = (batch.max_seqlen_k() as usize).div_ceil(MI_BLOCK_N as usize).max(1) * MI_BLOCK_N as usize;
+        let ld = (batch.max_seqlen_k() as usize)
+            .div_ceil(MI_BLOCK_N as usize)
+            .max(1)
+            * MI_BLOCK_N as usize;
         ensure(
             rows * ld < 1 << 36 && ld <= self.topk.max_n(),
             "cache_lengths",
-            || format!("rows * keys below 2^36 and sequences of at most {} keys", self.topk.max_n()),
+            || {
+                format!(
+                    "rows * keys below 2^36 and sequences of at most {} keys",
+                    self.topk.max_n()
+                )
+            },
             || format!("{rows} rows, {ld} keys"),
         )?;
         // One Q tile when no sequence has more rows than it holds (decode,
         // short speculative steps): a second would be padding.
-        let qt = if batch.max_q_len() <= MI_Q_ROWS as usize / h { 1 } else { MI_Q_TILES as usize };
-        let (work, lens) = plan_work(batch, qt * MI_Q_ROWS as usize / h, self.cfg.mask);
+        let qt = if batch.max_q_len() <= MI_Q_ROWS as usize / h {
+            1
+        } else {
+            MI_Q_TILES as usize
+        };
+        let min_items = 2 * self.gpu.props().sm_count as usize;
+        let (work, lens) = plan_work(batch, qt * MI_Q_ROWS as usize / h, self.cfg.mask, min_items);
         let g = &self.gpu;
         grow(g, &mut self.work, record_words(&work).len().max(1))?;
         grow(g, &mut self.row_lens, rows.max(1))?;
         grow(g, &mut self.logits, (rows * ld).max(1))?;
         let s = g.stream();
         if !work.is_empty() {
-            s.memcpy_htod(record_words(&work), &mut self.work.slice_mut(..record_words(&work).len()))
-                .during(|| "uploading the indexer's work items".into())?;
+            s.memcpy_htod(
+                record_words(&work),
+                &mut self.work.slice_mut(..record_words(&work).len()),
+            )
+            .during(|| "uploading the indexer's work items".into())?;
             s.memcpy_htod(&lens, &mut self.row_lens.slice_mut(..rows))
                 .during(|| "uploading the indexer's row lengths".into())?;
         }
@@ -230,7 +249,12 @@ impl MlaIndexer {
         out: &mut CudaSlice<i32>,
     ) -> Result<()> {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
-        expect_len("out", out.len(), p.rows * self.cfg.top_k, "num_rows * top_k")?;
+        expect_len(
+            "out",
+            out.len(),
+            p.rows * self.cfg.top_k,
+            "num_rows * top_k",
+        )?;
         self.run_logits(q, qs, k_cache, k_scales, lookup)?;
         if p.rows == 0 {
             return Ok(());
@@ -263,15 +287,47 @@ impl MlaIndexer {
     ) -> Result<()> {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
         let (h, l) = (self.cfg.num_heads, p.layout);
-        expect_len("q", q.len(), p.rows * h * MI_HEAD_DIM as usize, "num_rows * num_heads * 128")?;
+        expect_len(
+            "q",
+            q.len(),
+            p.rows * h * MI_HEAD_DIM as usize,
+            "num_rows * num_heads * 128",
+        )?;
         expect_len("qs", qs.len(), p.rows * h, "num_rows * num_heads")?;
-        expect_len("k_cache", k_cache.len(), l.elements(), "the planned layout's bytes")?;
-        expect_len("lookup", lookup.len(), p.batch * p.max_pages, "batch * max_pages")?;
+        expect_len(
+            "k_cache",
+            k_cache.len(),
+            l.elements(),
+            "the planned layout's bytes",
+        )?;
+        expect_len(
+            "lookup",
+            lookup.len(),
+            p.batch * p.max_pages,
+            "batch * max_pages",
+        )?;
         match (k_scales, l.dtype.has_scales()) {
-            (Some(s), true) => expect_len("k_scales", s.len(), l.scale_elements(), "the planned layout's scales")?,
+            (Some(s), true) => expect_len(
+                "k_scales",
+                s.len(),
+                l.scale_elements(),
+                "the planned layout's scales",
+            )?,
             (None, false) => {}
-            (Some(_), false) => return Err(Error::invalid("k_scales", "none (the scales are in the pages)", "a buffer")),
-            (None, true) => return Err(Error::invalid("k_scales", "a buffer (KvDtype::Fp8E4m3)", "none")),
+            (Some(_), false) => {
+                return Err(Error::invalid(
+                    "k_scales",
+                    "none (the scales are in the pages)",
+                    "a buffer",
+                ))
+            }
+            (None, true) => {
+                return Err(Error::invalid(
+                    "k_scales",
+                    "a buffer (KvDtype::Fp8E4m3)",
+                    "none",
+                ))
+            }
         }
         if p.rows == 0 {
             return Ok(());
@@ -313,7 +369,10 @@ impl MlaIndexer {
         // kernel clamps page ids, rows and keys, and TMA zero-fills reads
         // past a tensor.
         let kernel = &self.kernels[if p.qt == 1 { 1 } else { 0 }];
-        unsafe { g.launch(kernel, "the MLA indexer logits kernel", &params).run(cfg) }
+        unsafe {
+            g.launch(kernel, "the MLA indexer logits kernel", &params)
+                .run(cfg)
+        }
     }
 
     /// The logits workspace (`[num_rows, ld]` f32 of the current plan; see
@@ -332,7 +391,13 @@ impl MlaIndexer {
         let blocks = (l.num_pages * l.num_layers) as u64;
         let box_rows = (l.page_size as u32).min(MI_BLOCK_N);
         let mut maps = Vec::with_capacity(MI_TMAPS * MI_TMAP_BYTES);
-        maps.extend(encode_tiled(U8, q.device_ptr(s).0, &[d, q_rows], &[d], &[128, MI_Q_ROWS])?);
+        maps.extend(encode_tiled(
+            U8,
+            q.device_ptr(s).0,
+            &[d, q_rows],
+            &[d],
+            &[128, MI_Q_ROWS],
+        )?);
         maps.extend(encode_tiled(
             U8,
             k_cache.device_ptr(s).0,
@@ -352,10 +417,18 @@ impl MlaIndexer {
 /// The items of a batch, longest first (a stable sort), and each row's
 /// visible keys: rows in groups of `group` per sequence (the rows of the
 /// kernel's Q tiles), each group's key tiles (up to the longest row's) in
-/// items of at most [`MI_TILES_PER_ITEM`].
-pub fn plan_work(batch: &RaggedBatch, group: usize, mask: Mask) -> (Vec<MlaWork>, Vec<u32>) {
-    let (bn, per) = (MI_BLOCK_N as usize, MI_TILES_PER_ITEM as usize);
-    let mut work = Vec::new();
+/// items of at most [`MI_TILES_PER_ITEM`], fewer where the batch would
+/// otherwise make fewer than `min_items` items (a decode batch of one
+/// 128K sequence is 1024 tiles: 256 items of 4, not 32 of 32).
+pub fn plan_work(
+    batch: &RaggedBatch,
+    group: usize,
+    mask: Mask,
+    min_items: usize,
+) -> (Vec<MlaWork>, Vec<u32>) {
+    let bn = MI_BLOCK_N as usize;
+    // Key tiles of every group of rows, in order.
+    let mut groups = Vec::new();
     let mut lens = Vec::with_capacity(batch.num_rows());
     for b in 0..batch.batch() {
         let (r0, q_len) = (batch.input_row_offsets[b] as usize, batch.q_len(b));
@@ -364,18 +437,26 @@ pub fn plan_work(batch: &RaggedBatch, group: usize, mask: Mask) -> (Vec<MlaWork>
         for i in (0..q_len).step_by(group) {
             let rows = group.min(q_len - i);
             let tiles = mask.key_range(cache + i + rows - 1, n).end.div_ceil(bn);
-            for t0 in (0..tiles).step_by(per) {
-                work.push(MlaWork {
-                    seq: b as u32,
-                    row0: (r0 + i) as u32,
-                    rows: rows as u32,
-                    q_pos0: (cache + i) as u32,
-                    num_keys: n as u32,
-                    tile0: t0 as u32,
-                    tile1: tiles.min(t0 + per) as u32,
-                    _pad: 0,
-                });
-            }
+            groups.push((b, r0, cache, n, i, rows, tiles));
+        }
+    }
+    let total: usize = groups.iter().map(|g| g.6).sum();
+    let per = total
+        .div_ceil(min_items.max(1))
+        .clamp(1, MI_TILES_PER_ITEM as usize);
+    let mut work = Vec::new();
+    for (b, r0, cache, n, i, rows, tiles) in groups {
+        for t0 in (0..tiles).step_by(per) {
+            work.push(MlaWork {
+                seq: b as u32,
+                row0: (r0 + i) as u32,
+                rows: rows as u32,
+                q_pos0: (cache + i) as u32,
+                num_keys: n as u32,
+                tile0: t0 as u32,
+                tile1: tiles.min(t0 + per) as u32,
+                _pad: 0,
+            });
         }
     }
     work.sort_by_key(|w| std::cmp::Reverse(w.tile1 - w.tile0));

@@ -16,7 +16,9 @@
 use rand::Rng;
 use sparse_attn::{Error, Gpu, Mask, MlaIndexer, MlaIndexerConfig, PageTable, PagedLayout};
 use sparse_attn_reference::mla_indexer as reference;
-use sparse_attn_tests::data::{fp8_index_k_pool, fp8_tensor, index_weights, seeded, Fp8Fill, Fp8Pool, RaggedSpec};
+use sparse_attn_tests::data::{
+    fp8_index_k_pool, fp8_tensor, index_weights, seeded, Fp8Fill, Fp8Pool, RaggedSpec,
+};
 use sparse_attn_tests::harness::{capture_and_replay, gpu_or_skip as gpu};
 
 const POISON: i32 = i32::MIN;
@@ -31,34 +33,65 @@ struct Case {
 }
 
 impl Case {
-    fn new(rng: &mut impl Rng, spec: RaggedSpec, cfg: MlaIndexerConfig, page_size: usize, fused: bool, fill: Fp8Fill) -> Self {
+    fn new(
+        rng: &mut impl Rng,
+        spec: RaggedSpec,
+        cfg: MlaIndexerConfig,
+        page_size: usize,
+        fused: bool,
+        fill: Fp8Fill,
+    ) -> Self {
         let rows = spec.num_rows();
         let pool = fp8_index_k_pool(rng, &spec, 2, page_size, fused, 3, fill);
         let q = fp8_tensor(rng, rows * cfg.num_heads * 128, fill);
         let qs = index_weights(rng, rows * cfg.num_heads, fill);
-        Case { spec, pool, q, qs, cfg }
+        Case {
+            spec,
+            pool,
+            q,
+            qs,
+            cfg,
+        }
     }
 
     /// The reference's logits of every row (layer 1 of the pool).
     fn reference(&self) -> Vec<reference::RowLogits> {
-        reference::row_logits(&self.q, &self.qs, &self.spec.as_batch(), &self.pool.cache(), 1, &self.cfg)
+        reference::row_logits(
+            &self.q,
+            &self.qs,
+            &self.spec.as_batch(),
+            &self.pool.cache(),
+            1,
+            &self.cfg,
+        )
     }
 
     /// Plans and runs the op: the selection and the logits workspace.
     fn run(&self, gpu: &Gpu, op: &mut MlaIndexer) -> (Vec<i32>, Vec<f32>) {
         let p = &self.pool;
-        op.plan(&self.spec.as_batch(), &p.layout, p.table(), 1).unwrap();
+        op.plan(&self.spec.as_batch(), &p.layout, p.table(), 1)
+            .unwrap();
         let (q, qs) = (gpu.upload(&self.q).unwrap(), gpu.upload(&self.qs).unwrap());
         let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
         let scales = (!p.scales.is_empty()).then(|| gpu.upload(&p.scales).unwrap());
-        let mut out = gpu.upload(&vec![POISON; self.spec.num_rows() * self.cfg.top_k]).unwrap();
-        op.run(&q, &qs, &pool, scales.as_ref(), &lookup, &mut out).unwrap();
-        (gpu.download(&out).unwrap(), gpu.download(op.logits()).unwrap())
+        let mut out = gpu
+            .upload(&vec![POISON; self.spec.num_rows() * self.cfg.top_k])
+            .unwrap();
+        op.run(&q, &qs, &pool, scales.as_ref(), &lookup, &mut out)
+            .unwrap();
+        (
+            gpu.download(&out).unwrap(),
+            gpu.download(op.logits()).unwrap(),
+        )
     }
 }
 
 fn cfg(num_heads: usize, top_k: usize, mask: Mask) -> MlaIndexerConfig {
-    MlaIndexerConfig { num_heads, top_k, mask }
+    MlaIndexerConfig {
+        num_heads,
+        top_k,
+        mask,
+    }
 }
 
 /// Checks every row's selection exactly or within tolerance, and the
@@ -73,13 +106,26 @@ fn check(gpu: &Gpu, c: &Case, exact: bool, what: &str) {
         let t = rl.row;
         for s in 0..rl.num_keys {
             let (g, w) = (logits[t * ld + s] as f64, rl.score[s]);
-            let ok = if w.is_nan() { g.is_nan() } else { (g - w).abs() <= rl.tol[s] + 1e-30 };
-            assert!(ok, "{what}: row {t} key {s}: logit {g}, reference {w} ± {}", rl.tol[s]);
+            let ok = if w.is_nan() {
+                g.is_nan()
+            } else {
+                (g - w).abs() <= rl.tol[s] + 1e-30
+            };
+            assert!(
+                ok,
+                "{what}: row {t} key {s}: logit {g}, reference {w} ± {}",
+                rl.tol[s]
+            );
         }
         let row = &got[t * k..(t + 1) * k];
         if exact {
             let sel = reference::select(rl, k);
-            assert_eq!(row, &sel[..], "{what}: row {t} (of {} visible keys)", rl.num_keys);
+            assert_eq!(
+                row,
+                &sel[..],
+                "{what}: row {t} (of {} visible keys)",
+                rl.num_keys
+            );
         } else if let Err(e) = reference::check_row(row, rl, k) {
             panic!("{what}: {e}");
         }
@@ -88,8 +134,20 @@ fn check(gpu: &Gpu, c: &Case, exact: bool, what: &str) {
 
 /// Ragged batches mixing a long prefill, a chunked prefill and decode rows.
 fn mixed_spec(rng: &mut impl Rng) -> RaggedSpec {
-    let q_lens = [rng.gen_range(1..300), rng.gen_range(100..600), 1, rng.gen_range(2..9), 1];
-    let cache = [0, rng.gen_range(1..700), rng.gen_range(0..3000), rng.gen_range(0..500), 0];
+    let q_lens = [
+        rng.gen_range(1..300),
+        rng.gen_range(100..600),
+        1,
+        rng.gen_range(2..9),
+        1,
+    ];
+    let cache = [
+        0,
+        rng.gen_range(1..700),
+        rng.gen_range(0..3000),
+        rng.gen_range(0..500),
+        0,
+    ];
     RaggedSpec::prefill(&q_lens, &cache)
 }
 
@@ -108,8 +166,20 @@ fn exact_on_integer_inputs_every_layout_mask_and_head_count() {
         (64, 256, false, Mask::Causal),
     ] {
         let spec = mixed_spec(&mut rng);
-        let c = Case::new(&mut rng, spec, cfg(heads, 300, mask), ps, fused, Fp8Fill::Integer);
-        check(&gpu, &c, true, &format!("H {heads}, page {ps}, fused {fused}, {mask:?}"));
+        let c = Case::new(
+            &mut rng,
+            spec,
+            cfg(heads, 300, mask),
+            ps,
+            fused,
+            Fp8Fill::Integer,
+        );
+        check(
+            &gpu,
+            &c,
+            true,
+            &format!("H {heads}, page {ps}, fused {fused}, {mask:?}"),
+        );
     }
 }
 
@@ -120,8 +190,20 @@ fn random_inputs_within_tolerance() {
     println!("seed {seed}");
     for (heads, ps, fused) in [(64, 64, false), (64, 64, true), (128, 128, false)] {
         let spec = mixed_spec(&mut rng);
-        let c = Case::new(&mut rng, spec, cfg(heads, 2048, Mask::Causal), ps, fused, Fp8Fill::Random);
-        check(&gpu, &c, false, &format!("random, H {heads}, page {ps}, fused {fused}"));
+        let c = Case::new(
+            &mut rng,
+            spec,
+            cfg(heads, 2048, Mask::Causal),
+            ps,
+            fused,
+            Fp8Fill::Random,
+        );
+        check(
+            &gpu,
+            &c,
+            false,
+            &format!("random, H {heads}, page {ps}, fused {fused}"),
+        );
     }
 }
 
@@ -133,12 +215,26 @@ fn contexts_around_tiles_pages_and_top_k() {
     // Decode rows whose contexts straddle 64 / 128 keys and top_k = 2048.
     let lens = [1u32, 63, 64, 65, 127, 128, 129, 2047, 2048, 2049, 4097];
     let spec = RaggedSpec::decode(lens.iter().map(|l| l - 1).collect());
-    let c = Case::new(&mut rng, spec, cfg(64, 2048, Mask::Causal), 64, false, Fp8Fill::Integer);
+    let c = Case::new(
+        &mut rng,
+        spec,
+        cfg(64, 2048, Mask::Causal),
+        64,
+        false,
+        Fp8Fill::Integer,
+    );
     check(&gpu, &c, true, "decode contexts");
     // Speculative rows: 1..8 new tokens on caches of these lengths.
     let q_lens: Vec<u32> = (0..lens.len()).map(|i| 1 + (i as u32 % 8)).collect();
     let spec = RaggedSpec::prefill(&q_lens, &lens);
-    let c = Case::new(&mut rng, spec, cfg(64, 2048, Mask::Causal), 64, true, Fp8Fill::Integer);
+    let c = Case::new(
+        &mut rng,
+        spec,
+        cfg(64, 2048, Mask::Causal),
+        64,
+        true,
+        Fp8Fill::Integer,
+    );
     check(&gpu, &c, true, "speculative rows");
 }
 
@@ -148,7 +244,14 @@ fn long_context_128k() {
     let (mut rng, seed) = seeded(None);
     println!("seed {seed}");
     let spec = RaggedSpec::prefill(&[3, 1], &[131_072 + 17, 70_000]);
-    let c = Case::new(&mut rng, spec, cfg(64, 2048, Mask::Causal), 64, false, Fp8Fill::Integer);
+    let c = Case::new(
+        &mut rng,
+        spec,
+        cfg(64, 2048, Mask::Causal),
+        64,
+        false,
+        Fp8Fill::Integer,
+    );
     check(&gpu, &c, true, "128K+ context");
 }
 
@@ -158,7 +261,14 @@ fn deterministic_and_graph_replay() {
     let (mut rng, seed) = seeded(None);
     println!("seed {seed}");
     let spec = mixed_spec(&mut rng);
-    let c = Case::new(&mut rng, spec, cfg(64, 2048, Mask::Causal), 64, false, Fp8Fill::Random);
+    let c = Case::new(
+        &mut rng,
+        spec,
+        cfg(64, 2048, Mask::Causal),
+        64,
+        false,
+        Fp8Fill::Random,
+    );
     let mut op = MlaIndexer::new(&gpu, c.cfg).unwrap();
     let (first, _) = c.run(&gpu, &mut op);
     let p = &c.pool;
@@ -166,11 +276,21 @@ fn deterministic_and_graph_replay() {
     let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
     let scales = gpu.upload(&p.scales).unwrap();
     let mut out = gpu.upload(&vec![POISON; first.len()]).unwrap();
-    op.run(&q, &qs, &pool, Some(&scales), &lookup, &mut out).unwrap();
+    op.run(&q, &qs, &pool, Some(&scales), &lookup, &mut out)
+        .unwrap();
     assert_eq!(gpu.download(&out).unwrap(), first, "a second run differs");
-    gpu.stream().memcpy_htod(&vec![POISON; first.len()], &mut out).unwrap();
-    capture_and_replay(&gpu, || op.run(&q, &qs, &pool, Some(&scales), &lookup, &mut out).unwrap());
-    assert_eq!(gpu.download(&out).unwrap(), first, "the graph replay differs");
+    gpu.stream()
+        .memcpy_htod(&vec![POISON; first.len()], &mut out)
+        .unwrap();
+    capture_and_replay(&gpu, || {
+        op.run(&q, &qs, &pool, Some(&scales), &lookup, &mut out)
+            .unwrap()
+    });
+    assert_eq!(
+        gpu.download(&out).unwrap(),
+        first,
+        "the graph replay differs"
+    );
 }
 
 #[test]
@@ -181,25 +301,55 @@ fn bad_input_is_a_named_error() {
     assert_eq!(new(cfg(32, 2048, Mask::Causal)), Some(Some("num_heads")));
     assert_eq!(new(cfg(64, 0, Mask::Causal)), Some(Some("top_k")));
     assert_eq!(new(cfg(64, 2049, Mask::Causal)), Some(Some("top_k")));
-    assert_eq!(new(cfg(64, 8, Mask::SlidingWindow { window: 4 })), Some(Some("mask")));
+    assert_eq!(
+        new(cfg(64, 8, Mask::SlidingWindow { window: 4 })),
+        Some(Some("mask"))
+    );
     let mut op = MlaIndexer::new(&gpu, cfg(64, 16, Mask::Causal)).unwrap();
     let spec = RaggedSpec::prefill(&[3, 2], &[100, 0]);
     let lookup = vec![0u32, 1, 2, 0];
     let plan = |op: &mut MlaIndexer, l: PagedLayout, lookup: &[u32], max_pages: usize| {
-        op.plan(&spec.as_batch(), &l, PageTable::new(lookup, max_pages), 0).err().map(arg)
+        op.plan(&spec.as_batch(), &l, PageTable::new(lookup, max_pages), 0)
+            .err()
+            .map(arg)
     };
     let good = PagedLayout::index_k_fp8(3, 1, 64, false);
     assert_eq!(plan(&mut op, good, &lookup, 2), None);
-    assert_eq!(plan(&mut op, PagedLayout::index_k_fp8(3, 1, 48, false), &lookup, 2), Some(Some("page_size")));
-    assert_eq!(plan(&mut op, PagedLayout::index_k(3, 1, 64, 128), &lookup, 2), Some(Some("dtype")));
-    assert_eq!(plan(&mut op, good, &lookup[..2], 1), Some(Some("lookup")), "rows too short");
-    assert_eq!(plan(&mut op, good, &[0, 7, 2, 0], 2), Some(Some("lookup")), "page id past the pool");
-    let bad_off = RaggedSpec { offsets: vec![0, 3, 2], cache_lengths: vec![100, 0] };
     assert_eq!(
-        op.plan(&bad_off.as_batch(), &good, PageTable::new(&lookup, 2), 0).err().map(arg),
+        plan(
+            &mut op,
+            PagedLayout::index_k_fp8(3, 1, 48, false),
+            &lookup,
+            2
+        ),
+        Some(Some("page_size"))
+    );
+    assert_eq!(
+        plan(&mut op, PagedLayout::index_k(3, 1, 64, 128), &lookup, 2),
+        Some(Some("dtype"))
+    );
+    assert_eq!(
+        plan(&mut op, good, &lookup[..2], 1),
+        Some(Some("lookup")),
+        "rows too short"
+    );
+    assert_eq!(
+        plan(&mut op, good, &[0, 7, 2, 0], 2),
+        Some(Some("lookup")),
+        "page id past the pool"
+    );
+    let bad_off = RaggedSpec {
+        offsets: vec![0, 3, 2],
+        cache_lengths: vec![100, 0],
+    };
+    assert_eq!(
+        op.plan(&bad_off.as_batch(), &good, PageTable::new(&lookup, 2), 0)
+            .err()
+            .map(arg),
         Some(Some("input_row_offsets"))
     );
-    op.plan(&spec.as_batch(), &good, PageTable::new(&lookup, 2), 0).unwrap();
+    op.plan(&spec.as_batch(), &good, PageTable::new(&lookup, 2), 0)
+        .unwrap();
     let q = gpu.zeros::<u8>(5 * 64 * 128).unwrap();
     let qs = gpu.zeros::<f32>(5 * 64).unwrap();
     let pool = gpu.zeros::<u8>(good.elements()).unwrap();
@@ -207,10 +357,18 @@ fn bad_input_is_a_named_error() {
     let d_lookup = gpu.upload(&lookup).unwrap();
     let mut out = gpu.zeros::<i32>(5 * 16).unwrap();
     let short = gpu.zeros::<u8>(5).unwrap();
-    let run = |op: &mut MlaIndexer, q, sc: Option<&_>, out: &mut _| op.run(q, &qs, &pool, sc, &d_lookup, out).err().map(arg);
+    let run = |op: &mut MlaIndexer, q, sc: Option<&_>, out: &mut _| {
+        op.run(q, &qs, &pool, sc, &d_lookup, out).err().map(arg)
+    };
     assert_eq!(run(&mut op, &q, Some(&scales), &mut out), None);
-    assert_eq!(run(&mut op, &short, Some(&scales), &mut out), Some(Some("q")));
+    assert_eq!(
+        run(&mut op, &short, Some(&scales), &mut out),
+        Some(Some("q"))
+    );
     assert_eq!(run(&mut op, &q, None, &mut out), Some(Some("k_scales")));
     let mut short_out = gpu.zeros::<i32>(3).unwrap();
-    assert_eq!(run(&mut op, &q, Some(&scales), &mut short_out), Some(Some("out")));
+    assert_eq!(
+        run(&mut op, &q, Some(&scales), &mut short_out),
+        Some(Some("out"))
+    );
 }
