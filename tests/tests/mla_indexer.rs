@@ -54,6 +54,24 @@ impl Case {
         }
     }
 
+    /// DeepSeek-V3.2's configuration (64 heads, top-2048, causal).
+    fn deepseek(
+        rng: &mut impl Rng,
+        spec: RaggedSpec,
+        page_size: usize,
+        fused: bool,
+        fill: Fp8Fill,
+    ) -> Self {
+        Self::new(
+            rng,
+            spec,
+            cfg(64, 2048, Mask::Causal),
+            page_size,
+            fused,
+            fill,
+        )
+    }
+
     /// The reference's logits of every row (layer 1 of the pool).
     fn reference(&self) -> Vec<reference::RowLogits> {
         reference::row_logits(
@@ -215,26 +233,12 @@ fn contexts_around_tiles_pages_and_top_k() {
     // Decode rows whose contexts straddle 64 / 128 keys and top_k = 2048.
     let lens = [1u32, 63, 64, 65, 127, 128, 129, 2047, 2048, 2049, 4097];
     let spec = RaggedSpec::decode(lens.iter().map(|l| l - 1).collect());
-    let c = Case::new(
-        &mut rng,
-        spec,
-        cfg(64, 2048, Mask::Causal),
-        64,
-        false,
-        Fp8Fill::Integer,
-    );
+    let c = Case::deepseek(&mut rng, spec, 64, false, Fp8Fill::Integer);
     check(&gpu, &c, true, "decode contexts");
     // Speculative rows: 1..8 new tokens on caches of these lengths.
     let q_lens: Vec<u32> = (0..lens.len()).map(|i| 1 + (i as u32 % 8)).collect();
     let spec = RaggedSpec::prefill(&q_lens, &lens);
-    let c = Case::new(
-        &mut rng,
-        spec,
-        cfg(64, 2048, Mask::Causal),
-        64,
-        true,
-        Fp8Fill::Integer,
-    );
+    let c = Case::deepseek(&mut rng, spec, 64, true, Fp8Fill::Integer);
     check(&gpu, &c, true, "speculative rows");
 }
 
@@ -244,14 +248,7 @@ fn long_context_128k() {
     let (mut rng, seed) = seeded(None);
     println!("seed {seed}");
     let spec = RaggedSpec::prefill(&[3, 1], &[131_072 + 17, 70_000]);
-    let c = Case::new(
-        &mut rng,
-        spec,
-        cfg(64, 2048, Mask::Causal),
-        64,
-        false,
-        Fp8Fill::Integer,
-    );
+    let c = Case::deepseek(&mut rng, spec, 64, false, Fp8Fill::Integer);
     check(&gpu, &c, true, "128K+ context");
 }
 
@@ -261,14 +258,7 @@ fn deterministic_and_graph_replay() {
     let (mut rng, seed) = seeded(None);
     println!("seed {seed}");
     let spec = mixed_spec(&mut rng);
-    let c = Case::new(
-        &mut rng,
-        spec,
-        cfg(64, 2048, Mask::Causal),
-        64,
-        false,
-        Fp8Fill::Random,
-    );
+    let c = Case::deepseek(&mut rng, spec, 64, false, Fp8Fill::Random);
     let mut op = MlaIndexer::new(&gpu, c.cfg).unwrap();
     let (first, _) = c.run(&gpu, &mut op);
     let p = &c.pool;
