@@ -30,8 +30,11 @@ pub const MI_Q_ROWS: u32 = 128;
 /// Q tiles per item at most (the `_q1` kernels take one): 2 × 128 columns, 4 rows of 64 heads (2 of 128). Each
 /// K tile is then read once for 4 query rows.
 pub const MI_Q_TILES: u32 = 2;
-/// K stages of the ring (16.5 KiB each).
-pub const MI_STAGES: u32 = 6;
+/// K stages of the ring (16.5 KiB each). Barely matters: `mla-idx-prefill-16k`
+/// logits 691 / 677 / 685–686 / 683 TFLOP/s with 2 / 3 / 4 / 8 stages, and
+/// 4 against 6 measured 686–687 against 678–680 (H200, 2026-12-02, builds
+/// back to back in one device call).
+pub const MI_STAGES: u32 = 4;
 /// Threads: the producer warpgroup (one warp issues) and the consumers.
 pub const MI_THREADS: u32 = 128 * (1 + MI_CONSUMERS);
 /// Registers per thread at entry (`.maxntid 384`, `.minnctapersm 1`).
@@ -55,9 +58,12 @@ pub const MI_TMAPS: usize = 2;
 /// Largest number of index heads (one Q tile holds one row's heads).
 pub const MI_MAX_HEADS: u32 = MI_Q_ROWS;
 /// Key tiles of one work item at most: longer rows are split (the logits
-/// of different key tiles are independent, nothing to merge). 32 tiles
-/// (4096 keys) keep a 64K-context decode batch at 16 items a sequence.
-pub const MI_TILES_PER_ITEM: u32 = 32;
+/// of different key tiles are independent, nothing to merge); the host
+/// splits further until there are 2 items per SM. 128 (a 16K prefill row
+/// in one item) against 32: `mla-idx-prefill-16k` logits 678–680 against
+/// 661–663 TFLOP/s, `-decode-b64-64k` 198.7 against 209.5 µs (H200,
+/// 2026-12-02: each item reloads its Q tiles and refills the ring).
+pub const MI_TILES_PER_ITEM: u32 = 128;
 /// Dynamic shared memory: the Q tiles, the K stages (1024-byte aligned
 /// K tiles first, then their scales), the head weights, the barriers.
 pub const MI_SMEM: u32 = MI_Q_TILES * MI_Q_TILE_BYTES + MI_STAGES * MI_STAGE_TX + MI_Q_TILES * MI_Q_ROWS * 4 + 256;

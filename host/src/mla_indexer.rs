@@ -419,7 +419,7 @@ impl MlaIndexer {
 /// kernel's Q tiles), each group's key tiles (up to the longest row's) in
 /// items of at most [`MI_TILES_PER_ITEM`], fewer where the batch would
 /// otherwise make fewer than `min_items` items (a decode batch of one
-/// 128K sequence is 1024 tiles: 256 items of 4, not 32 of 32).
+/// 128K sequence is 1024 tiles: 256 items of 4, not 8 of 128).
 pub fn plan_work(
     batch: &RaggedBatch,
     group: usize,
