@@ -156,19 +156,7 @@ fn validate_paged(
             l.head_dim, cfg.head_dim
         ));
     }
-    if l.page_size == 0 {
-        return Err("page_size must be >= 1".into());
-    }
-    if layer >= l.num_layers {
-        return Err(format!("layer {layer} out of {} layers", l.num_layers));
-    }
-    if cache.data.len() != l.elements() {
-        return Err(format!(
-            "cache data has {} elements, layout {l:?} needs {}",
-            cache.data.len(),
-            l.elements()
-        ));
-    }
+    crate::paged::check_pool(l, layer, cache.data.len())?;
     let n = batch.batch();
     let table = &cache.pages;
     crate::paged::check_lookup_len(table, n)?;

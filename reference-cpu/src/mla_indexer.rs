@@ -164,19 +164,7 @@ pub fn validate(
             "index-K cache layout {l:?}: kv_dim 1, n_heads 1, head_dim {HEAD_DIM} expected"
         ));
     }
-    if l.page_size == 0 {
-        return Err("page_size must be >= 1".into());
-    }
-    if layer >= l.num_layers {
-        return Err(format!("layer {layer} out of {} layers", l.num_layers));
-    }
-    if cache.pool.len() != l.elements() {
-        return Err(format!(
-            "pool has {} bytes, layout needs {}",
-            cache.pool.len(),
-            l.elements()
-        ));
-    }
+    crate::paged::check_pool(l, layer, cache.pool.len())?;
     match (l.dtype.has_scales(), cache.scales) {
         (true, None) => return Err("Fp8E4m3 cache without its scale tensor".into()),
         (false, Some(_)) => {

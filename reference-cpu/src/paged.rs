@@ -248,6 +248,24 @@ pub(crate) fn check_main_kv(l: &PagedLayout, n_kv_heads: usize) -> Result<(), St
     Ok(())
 }
 
+/// A pool's page size, the layer read and the pool's length (`len`
+/// elements) against its layout.
+pub(crate) fn check_pool(l: &PagedLayout, layer: usize, len: usize) -> Result<(), String> {
+    if l.page_size == 0 {
+        return Err("page_size must be >= 1".into());
+    }
+    if layer >= l.num_layers {
+        return Err(format!("layer {layer} out of {} layers", l.num_layers));
+    }
+    if len != l.elements() {
+        return Err(format!(
+            "the pool has {len} elements, layout {l:?} needs {}",
+            l.elements()
+        ));
+    }
+    Ok(())
+}
+
 /// The page table holds `batch * max_pages` entries at least.
 pub(crate) fn check_lookup_len(table: &PageTable, n: usize) -> Result<(), String> {
     if table.lookup.len() < n * table.max_pages {
