@@ -22,7 +22,12 @@ pub const TOPK_MAX_K: u32 = 2048;
 /// Bits of the index part of a selection key: rows of up to 2^24 entries.
 pub const TOPK_INDEX_BITS: u32 = 24;
 /// Entries of a row per CTA the host aims for: a row of 128K entries is a
-/// cluster of 16 (fewer where the rows would not all be resident).
+/// cluster of 16 (fewer where the rows would not all be resident). 8192
+/// against 16384 / 32768 (clusters of 16 / 8 / 4 for one 128K row):
+/// `topk-1x128k` 38.7–43.8 against 53.1–53.3 / 84.8–100.4 µs,
+/// `mla-idx-decode-b64-64k` end to end 322–324 against 357 / 446–449 µs;
+/// only `topk-64x128k` prefers 32768 (134.6–143.4 against 150–157 µs, 4
+/// CTAs a row instead of 8) (H200, 2026-12-02, builds back to back).
 pub const TOPK_CHUNK_TARGET: u32 = 8192;
 /// Largest cluster (non-portable size: the host falls back to 8 where 16
 /// do not fit).
