@@ -195,6 +195,7 @@ pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),
     ("mla_logits_h64", mla::MI_THREADS, 1),
     ("mla_logits_h64_q1", mla::MI_THREADS, 1),
+    ("mla_logits_h64_n64", mla::MI_THREADS, 1),
     ("mla_logits_h128", mla::MI_THREADS, 1),
     ("mla_logits_h128_q1", mla::MI_THREADS, 1),
     ("msa_indexer_scores_prefill", msa::IDX_THREADS, 2),

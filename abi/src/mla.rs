@@ -146,7 +146,7 @@ pub struct MlaLogitsParams {
 }
 
 kernel_params! {
-    MlaLogitsParams => ["mla_logits_h64", "mla_logits_h64_q1", "mla_logits_h128", "mla_logits_h128_q1"],
+    MlaLogitsParams => ["mla_logits_h64", "mla_logits_h64_q1", "mla_logits_h64_n64", "mla_logits_h128", "mla_logits_h128_q1"],
 }
 
 const _: () = assert!(core::mem::size_of::<MlaWork>() == 32);

@@ -56,8 +56,8 @@ struct Plan {
     batch: usize,
     num_work: usize,
     ld: usize,
-    /// Q tiles of the kernel (1 or 2).
-    qt: usize,
+    /// The kernel: index into `MlaIndexer::kernels`.
+    kernel: usize,
     layout: PagedLayout,
     layer: usize,
     max_pages: usize,
@@ -68,8 +68,10 @@ struct Plan {
 pub struct MlaIndexer {
     gpu: Gpu,
     cfg: MlaIndexerConfig,
-    /// The logits kernels of `cfg.num_heads`: 2 Q tiles, 1 Q tile.
-    kernels: [Kernel<MlaLogitsParams>; 2],
+    /// The logits kernels of `cfg.num_heads` with the query rows of an
+    /// item: 2 Q tiles, 1 Q tile, and for 64 heads the one-row form
+    /// (`wgmma` N = 64).
+    kernels: Vec<(Kernel<MlaLogitsParams>, usize)>,
     topk: TopK,
     /// [`MlaWork`] items as words, longest first.
     work: CudaSlice<u32>,
@@ -87,9 +89,13 @@ impl MlaIndexer {
     /// The op for `cfg`: 64 or 128 heads, `top_k` in `1 ..= 2048`, mask
     /// `None` or `Causal`.
     pub fn new(gpu: &Gpu, cfg: MlaIndexerConfig) -> Result<Self> {
-        let names = match cfg.num_heads {
-            64 => ["mla_logits_h64", "mla_logits_h64_q1"],
-            128 => ["mla_logits_h128", "mla_logits_h128_q1"],
+        let names: &[(&str, usize)] = match cfg.num_heads {
+            64 => &[
+                ("mla_logits_h64", 4),
+                ("mla_logits_h64_q1", 2),
+                ("mla_logits_h64_n64", 1),
+            ],
+            128 => &[("mla_logits_h128", 2), ("mla_logits_h128_q1", 1)],
             h => {
                 return Err(Error::Unsupported {
                     arg: "num_heads",
@@ -112,10 +118,10 @@ impl MlaIndexer {
         Ok(MlaIndexer {
             gpu: gpu.clone(),
             cfg,
-            kernels: [
-                gpu.kernel(names[0], MI_SMEM)?,
-                gpu.kernel(names[1], MI_SMEM)?,
-            ],
+            kernels: names
+                .iter()
+                .map(|&(n, rows)| Ok((gpu.kernel(n, MI_SMEM)?, rows)))
+                .collect::<Result<_>>()?,
             topk: TopK::new(gpu)?,
             work: gpu.zeros(1)?,
             row_lens: gpu.zeros(1)?,
@@ -196,15 +202,16 @@ impl MlaIndexer {
             },
             || format!("{rows} rows, {ld} keys"),
         )?;
-        // One Q tile when no sequence has more rows than it holds (decode,
-        // short speculative steps): a second would be padding.
-        let qt = if batch.max_q_len() <= MI_Q_ROWS as usize / h {
-            1
-        } else {
-            MI_Q_TILES as usize
-        };
+        // The kernel with the fewest rows an item that still holds every
+        // sequence's rows in one item (decode: one row, no padding
+        // columns), or the largest (prefill).
+        let q = batch.max_q_len();
+        let kernel = (0..self.kernels.len())
+            .rev()
+            .find(|&k| self.kernels[k].1 >= q)
+            .unwrap_or(0);
         let min_items = 2 * self.gpu.props().sm_count as usize;
-        let (work, lens) = plan_work(batch, qt * MI_Q_ROWS as usize / h, self.cfg.mask, min_items);
+        let (work, lens) = plan_work(batch, self.kernels[kernel].1, self.cfg.mask, min_items);
         let g = &self.gpu;
         grow(g, &mut self.work, record_words(&work).len().max(1))?;
         grow(g, &mut self.row_lens, rows.max(1))?;
@@ -225,7 +232,7 @@ impl MlaIndexer {
             batch: batch.batch(),
             num_work: work.len(),
             ld,
-            qt,
+            kernel,
             layout: *layout,
             layer,
             max_pages: pages.max_pages,
@@ -368,7 +375,7 @@ impl MlaIndexer {
         // SAFETY: every buffer's length was checked against the plan; the
         // kernel clamps page ids, rows and keys, and TMA zero-fills reads
         // past a tensor.
-        let kernel = &self.kernels[if p.qt == 1 { 1 } else { 0 }];
+        let kernel = &self.kernels[p.kernel].0;
         unsafe {
             g.launch(kernel, "the MLA indexer logits kernel", &params)
                 .run(cfg)

@@ -16,7 +16,9 @@
 //! - **consumers** (warpgroups 1 and 2, 64 keys of each tile): the keys' A
 //!   fragments with `ldmatrix` (the stage is released right after), then
 //!   `wgmma` m64n128k32 e4m3 per Q tile, M = keys, N = (token, head)
-//!   columns; the epilogue of Q tile 0 runs while tile 1's product is in
+//!   columns (m64n64k32 in the one-row form for 64 heads: a decode row's
+//!   heads fill N = 64, where a 128-column tile would be half padding;
+//!   `mla-idx-decode-b64-64k` logits 151.8 against 192.8 µs, H200); the epilogue of Q tile 0 runs while tile 1's product is in
 //!   flight, and each warpgroup's epilogues while the other's products run.
 //!
 //! The epilogue is per thread: its two keys' 32 columns, `relu(x) · w` as
@@ -66,32 +68,113 @@ fn ring() -> Ring {
 }
 
 macro_rules! logits_kernel {
-    ($($(#[$doc:meta])* $name:ident = $heads:literal, $qt:literal;)+) => {$(
+    ($($(#[$doc:meta])* $name:ident = $heads:literal, $qt:literal, $acc:ty;)+) => {$(
         $(#[$doc])*
         #[no_mangle]
         pub unsafe extern "ptx-kernel" fn $name(p: MlaLogitsParams) {
-            logits::<$heads, $qt>(&p)
+            logits::<$heads, $qt, $acc>(&p)
         }
     )+};
 }
 
+/// A consumer warpgroup's accumulator for one Q tile of `8 NT` columns
+/// (`wgmma` N = 128 or 64), with its product and waits.
+trait Acc: Copy {
+    /// n-tiles of 8 columns.
+    const NT: usize;
+    const ZERO: Self;
+    /// Issues `d = K Qᵀ` for the 64 keys (A) and the tile at `qt`.
+    fn issue(&mut self, a: &[[u32; 4]; 4], qt: u32);
+    /// Waits for every product (`d` and `a` tied to the wait).
+    fn wait0(&mut self, a: &[[u32; 4]; 4]);
+    /// Waits for all but the newest product.
+    fn wait1(&mut self, a: &[[u32; 4]; 4]);
+    /// Value `e` of n-tile `j`.
+    fn at(&self, j: usize, e: usize) -> f32;
+}
+
+/// 64 keys × 128 columns.
+type Acc128 = [[f32; 4]; 16];
+/// 64 keys × 64 columns: one row of 64 heads (decode).
+type Acc64 = [[f32; 4]; 8];
+
+impl Acc for Acc128 {
+    const NT: usize = 16;
+    const ZERO: Self = [[0.0; 4]; 16];
+    #[inline(always)]
+    fn issue(&mut self, a: &[[u32; 4]; 4], qt: u32) {
+        wgmma_fence_e4m3(self, a);
+        crate::unroll!(4, KS => {
+            wgmma_m64n128k32_e4m3(self, a[KS], q_desc(qt, KS as u32), KS > 0);
+        });
+        wgmma_commit();
+    }
+    #[inline(always)]
+    fn wait0(&mut self, a: &[[u32; 4]; 4]) {
+        wgmma_wait0_e4m3(self, a)
+    }
+    #[inline(always)]
+    fn wait1(&mut self, a: &[[u32; 4]; 4]) {
+        wgmma_wait1_e4m3(self, a)
+    }
+    #[inline(always)]
+    fn at(&self, j: usize, e: usize) -> f32 {
+        self[j][e]
+    }
+}
+
+impl Acc for Acc64 {
+    const NT: usize = 8;
+    const ZERO: Self = [[0.0; 4]; 8];
+    #[inline(always)]
+    fn issue(&mut self, a: &[[u32; 4]; 4], qt: u32) {
+        wgmma_fence_n64_e4m3(self, a);
+        crate::unroll!(4, KS => {
+            wgmma_m64n64k32_e4m3(self, a[KS], q_desc(qt, KS as u32), KS > 0);
+        });
+        wgmma_commit();
+    }
+    #[inline(always)]
+    fn wait0(&mut self, a: &[[u32; 4]; 4]) {
+        wgmma_wait0_n64_e4m3(self, a)
+    }
+    /// Only one Q tile of 64 columns is built: a full wait.
+    #[inline(always)]
+    fn wait1(&mut self, a: &[[u32; 4]; 4]) {
+        wgmma_wait0_n64_e4m3(self, a)
+    }
+    #[inline(always)]
+    fn at(&self, j: usize, e: usize) -> f32 {
+        self[j][e]
+    }
+}
+
+/// Descriptor of k-step `ks` (32 dims) of the Q tile at `qt` (K-major,
+/// 128-byte rows, 8-row groups 1024 bytes apart).
+#[inline(always)]
+fn q_desc(qt: u32, ks: u32) -> u64 {
+    wgmma_desc_sw128(qt + 32 * ks, 16, 1024)
+}
+
 logits_kernel! {
     /// 64 index heads (DeepSeek-V3.2): items of 4 query rows.
-    mla_logits_h64 = 64, 2;
-    /// 64 index heads, items of 2 query rows (decode, 2 speculative rows).
-    mla_logits_h64_q1 = 64, 1;
+    mla_logits_h64 = 64, 2, Acc128;
+    /// 64 index heads, items of 2 query rows (2 speculative rows).
+    mla_logits_h64_q1 = 64, 1, Acc128;
+    /// 64 index heads, items of 1 row, `wgmma` N = 64 (decode).
+    mla_logits_h64_n64 = 64, 1, Acc64;
     /// 128 index heads: items of 2 query rows.
-    mla_logits_h128 = 128, 2;
+    mla_logits_h128 = 128, 2, Acc128;
     /// 128 index heads, items of 1 query row (decode).
-    mla_logits_h128_q1 = 128, 1;
+    mla_logits_h128_q1 = 128, 1, Acc128;
 }
 
 /// The kernel body for `HEADS` index heads (`p.heads` must match) and `QT`
 /// Q tiles (1 or 2).
 #[inline(always)]
-unsafe fn logits<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams) {
+unsafe fn logits<const HEADS: u32, const QT: u32, A: Acc>(p: &MlaLogitsParams) {
     grid_prologue();
-    let Some(w) = schedule::<HEADS, QT>(p) else {
+    let Some(w) = schedule::<HEADS>(p, QT * 8 * A::NT as u32 / HEADS) else {
         return;
     };
     let kr = ring();
@@ -110,18 +193,18 @@ unsafe fn logits<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams) {
         return;
     }
     setmaxnreg_inc::<MI_CONSUMER_REGS>();
-    consume::<HEADS, QT>(p, &w, wg - 1);
+    consume::<HEADS, QT, A>(p, &w, wg - 1);
 }
 
 /// The CTA's item, clamped; `None` past the last or for a head count the
 /// kernel was not built for.
 #[inline(always)]
-unsafe fn schedule<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams) -> Option<MlaWork> {
+unsafe fn schedule<const HEADS: u32>(p: &MlaLogitsParams, max_rows: u32) -> Option<MlaWork> {
     if block_idx_x() >= p.num_work || p.heads != HEADS {
         return None;
     }
     let mut w = ld_record(p.work.ptr().add(block_idx_x() as usize));
-    w.rows = w.rows.clamp(1, QT * MI_Q_ROWS / HEADS);
+    w.rows = w.rows.clamp(1, max_rows);
     w.num_keys = w.num_keys.min(p.ld);
     w.tile1 = w.tile1.min(w.num_keys.div_ceil(MI_BLOCK_N)).min(w.tile0.saturating_add(MI_TILES_PER_ITEM));
     w.tile0 = w.tile0.min(w.tile1);
@@ -194,14 +277,14 @@ unsafe fn page_id(p: &MlaLogitsParams, seq: u32, blk: u32) -> u32 {
 /// Consumer warpgroup `c`: keys `64 c .. 64 c + 64` of every K tile against
 /// the item's Q tiles.
 #[inline(always)]
-unsafe fn consume<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams, w: &MlaWork, c: u32) {
+unsafe fn consume<const HEADS: u32, const QT: u32, A: Acc>(p: &MlaLogitsParams, w: &MlaWork, c: u32) {
     let kr = ring();
     // This warp's 16 keys of a tile start at `r0`; the thread's are g, g + 8.
     let r0 = 64 * c + 16 * (warp_id() % 4);
     stage_weights::<HEADS>(p, w);
     let (ks, ss, qa) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, scale), crate::smem_addr!(Smem, q));
     mbarrier_wait(crate::smem_addr!(Smem, q_full), 0);
-    let mut acc = [[[0f32; 4]; 16]; NQ];
+    let mut acc = [A::ZERO; NQ];
     for j in w.tile0..w.tile1 {
         let i = j - w.tile0;
         let s = i % MI_STAGES;
@@ -214,16 +297,16 @@ unsafe fn consume<const HEADS: u32, const QT: u32>(p: &MlaLogitsParams, w: &MlaW
             kr.release(i);
         }
         let key = j * MI_BLOCK_N + g;
-        issue(&mut acc[0], &a, qa);
+        acc[0].issue(&a, qa);
         if QT == 2 {
-            issue(&mut acc[1], &a, qa + MI_Q_TILE_BYTES);
-            wgmma_wait1_e4m3(&mut acc[0], &a);
-            epilogue::<HEADS>(p, w, &acc[0], 0, key, sc);
-            wgmma_wait0_e4m3(&mut acc[1], &a);
-            epilogue::<HEADS>(p, w, &acc[1], 1, key, sc);
+            acc[1].issue(&a, qa + MI_Q_TILE_BYTES);
+            acc[0].wait1(&a);
+            epilogue::<HEADS, A>(p, w, &acc[0], 0, key, sc);
+            acc[1].wait0(&a);
+            epilogue::<HEADS, A>(p, w, &acc[1], 1, key, sc);
         } else {
-            wgmma_wait0_e4m3(&mut acc[0], &a);
-            epilogue::<HEADS>(p, w, &acc[0], 0, key, sc);
+            acc[0].wait0(&a);
+            epilogue::<HEADS, A>(p, w, &acc[0], 0, key, sc);
         }
     }
 }
@@ -244,18 +327,6 @@ unsafe fn load_a(base: u32, r0: u32) -> [[u32; 4]; 4] {
         a[KS] = ldmatrix_x4(base + r * 128 + ((chunk ^ (r & 7)) << 4));
     });
     a
-}
-
-/// Issues `d = K Qᵀ` for the warpgroup's 64 keys (A, registers) and the 128
-/// columns of the Q tile at `qt` (B, K-major, 32 bytes a k-step).
-#[inline(always)]
-fn issue(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4], qt: u32) {
-    wgmma_fence_e4m3(d, a);
-    crate::unroll!(4, KS => {
-        let desc = wgmma_desc_sw128(qt + 32 * KS as u32, 16, 1024);
-        wgmma_m64n128k32_e4m3(d, a[KS], desc, KS > 0);
-    });
-    wgmma_commit();
 }
 
 /// Stages the item's halved head weights in shared memory (the 256
@@ -284,27 +355,29 @@ unsafe fn stage_weights<const HEADS: u32>(p: &MlaLogitsParams, w: &MlaWork) {
 /// over the quad; lane `q` of the quad writes value `q, q + 4, ..` of the
 /// tile's `2 · 128 / HEADS`.
 #[inline(always)]
-unsafe fn epilogue<const HEADS: u32>(
+unsafe fn epilogue<const HEADS: u32, A: Acc>(
     p: &MlaLogitsParams,
     w: &MlaWork,
-    d: &[[f32; 4]; 16],
+    d: &A,
     b: u32,
     key: u32,
     sc: [f32; 2],
 ) {
-    let tq = (MI_Q_ROWS / HEADS) as usize; // tokens of a tile
+    let tq = 8 * A::NT / HEADS as usize; // tokens of a tile
     let nt = (HEADS / 8) as usize; // n-tiles of a token
     let mut sum = [[0f32; 2]; 16];
     let wt = crate::smem_addr!(Smem, wt) + b * MI_Q_ROWS * 4 + 8 * (lane_id() % 4);
     crate::unroll!(16, J => {
-        let pair = ld_shared_u64(wt + 32 * J as u32);
-        let h2 = [f32::from_bits(pair as u32), f32::from_bits((pair >> 32) as u32)];
-        crate::unroll!(2, E => {
-            crate::unroll!(2, R => {
-                let (x, h) = (d[J][2 * R + E], h2[E]);
-                sum[J / nt][R] = fma(x, h, fma(fabs(x), h, sum[J / nt][R]));
+        if J < A::NT {
+            let pair = ld_shared_u64(wt + 32 * J as u32);
+            let h2 = [f32::from_bits(pair as u32), f32::from_bits((pair >> 32) as u32)];
+            crate::unroll!(2, E => {
+                crate::unroll!(2, R => {
+                    let (x, h) = (d.at(J, 2 * R + E), h2[E]);
+                    sum[J / nt][R] = fma(x, h, fma(fabs(x), h, sum[J / nt][R]));
+                });
             });
-        });
+        }
     });
     let lane = lane_id() % 4;
     crate::unroll!(16, T => {

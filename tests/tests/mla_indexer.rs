@@ -240,6 +240,12 @@ fn contexts_around_tiles_pages_and_top_k() {
     let spec = RaggedSpec::prefill(&q_lens, &lens);
     let c = Case::deepseek(&mut rng, spec, 64, true, Fp8Fill::Integer);
     check(&gpu, &c, true, "speculative rows");
+    // Two new tokens at most (the kernel of 2-row items; decode above takes
+    // the 1-row form, the batch before the 4-row one).
+    let q_lens: Vec<u32> = (0..lens.len()).map(|i| 1 + (i as u32 % 2)).collect();
+    let spec = RaggedSpec::prefill(&q_lens, &lens);
+    let c = Case::deepseek(&mut rng, spec, 64, false, Fp8Fill::Integer);
+    check(&gpu, &c, true, "speculative rows, 2 at most");
 }
 
 #[test]

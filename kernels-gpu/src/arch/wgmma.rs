@@ -34,6 +34,25 @@ macro_rules! with_regs_e4m3 {
     };
 }
 
+/// The operand lists of a 32-register (`M64N64`) accumulator
+/// (`[[f32; 4]; 8]`, numbers 0..32) and of 4 e4m3 A fragments (numbers
+/// 32..48), for [`tie_regs_n64`] and [`mma_async`].
+macro_rules! with_regs_n64_e4m3 {
+    ($m:ident!($($x:tt)*)) => {
+        $m!($($x)* [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31] [32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47])
+    };
+}
+
+/// [`tie_regs`] for the lists of [`with_regs_n64_e4m3`] (A numbered from 32).
+macro_rules! tie_regs_n64 {
+    ($insn:literal, $d:ident, $a:ident, [$($i:literal)*] [$($j:literal)*]) => {
+        asm!(concat!($insn, " //", $(" {", stringify!($i), "}",)* $(" {", stringify!($j), "}",)*),
+             $(inout(reg32) $d[$i / 4][$i % 4],)*
+             $(in(reg32) $a[($j - 32) / 4][($j - 32) % 4],)*
+             options(nostack))
+    };
+}
+
 /// A side-effecting `asm!` whose template is `$insn` followed by a comment
 /// naming every accumulator and A-fragment register: the instruction then
 /// orders (for the compiler) every earlier write of `$d` / `$a` before it
@@ -136,6 +155,29 @@ pub fn wgmma_wait1_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
 #[inline(always)]
 pub fn wgmma_wait0_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
     unsafe { with_regs_e4m3!(tie_regs!("wgmma.wait_group.sync.aligned 0;", d, a,)) }
+}
+
+/// `m64n64k32.f32.e4m3.e4m3`, A from registers (both operands K-major):
+/// a 32-register accumulator (this warp's 16 rows in 8 m16n8 layouts).
+#[inline(always)]
+pub fn wgmma_m64n64k32_e4m3(d: &mut [[f32; 4]; 8], a: [u32; 4], desc: u64, acc: bool) {
+    unsafe {
+        with_regs_n64_e4m3!(mma_async!("m64n64k32.f32.e4m3.e4m3", "{{{a0}, {a1}, {a2}, {a3}}}, {desc}, p, 1, 1", d,
+            (a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+             desc = in(reg64) desc, acc = in(reg32) acc as u32, options(nostack)),))
+    }
+}
+
+/// [`wgmma_fence_e4m3`] for a 32-register accumulator.
+#[inline(always)]
+pub fn wgmma_fence_n64_e4m3(d: &mut [[f32; 4]; 8], a: &[[u32; 4]; 4]) {
+    unsafe { with_regs_n64_e4m3!(tie_regs_n64!("wgmma.fence.sync.aligned;", d, a,)) }
+}
+
+/// [`wgmma_wait0_e4m3`] for a 32-register accumulator.
+#[inline(always)]
+pub fn wgmma_wait0_n64_e4m3(d: &mut [[f32; 4]; 8], a: &[[u32; 4]; 4]) {
+    unsafe { with_regs_n64_e4m3!(tie_regs_n64!("wgmma.wait_group.sync.aligned 0;", d, a,)) }
 }
 
 /// `wgmma.commit_group.sync.aligned`: closes the group of `wgmma` ops issued
