@@ -98,55 +98,38 @@ type Acc128 = [[f32; 4]; 16];
 /// 64 keys × 64 columns: one row of 64 heads (decode).
 type Acc64 = [[f32; 4]; 8];
 
-impl Acc for Acc128 {
-    const NT: usize = 16;
-    const ZERO: Self = [[0.0; 4]; 16];
-    #[inline(always)]
-    fn issue(&mut self, a: &[[u32; 4]; 4], qt: u32) {
-        wgmma_fence_e4m3(self, a);
-        crate::unroll!(4, KS => {
-            wgmma_m64n128k32_e4m3(self, a[KS], q_desc(qt, KS as u32), KS > 0);
-        });
-        wgmma_commit();
-    }
-    #[inline(always)]
-    fn wait0(&mut self, a: &[[u32; 4]; 4]) {
-        wgmma_wait0_e4m3(self, a)
-    }
-    #[inline(always)]
-    fn wait1(&mut self, a: &[[u32; 4]; 4]) {
-        wgmma_wait1_e4m3(self, a)
-    }
-    #[inline(always)]
-    fn at(&self, j: usize, e: usize) -> f32 {
-        self[j][e]
-    }
+/// `impl Acc` for an accumulator type: its `NT`, its `wgmma` and its waits
+/// (`wait1` of a form built with one Q tile only may be the full wait).
+macro_rules! impl_acc {
+    ($($t:ty: $nt:literal, $mma:ident, $fence:ident, $wait0:ident, $wait1:ident;)+) => {$(
+        impl Acc for $t {
+            const NT: usize = $nt;
+            const ZERO: Self = [[0.0; 4]; $nt];
+            #[inline(always)]
+            fn issue(&mut self, a: &[[u32; 4]; 4], qt: u32) {
+                $fence(self, a);
+                crate::unroll!(4, KS => { $mma(self, a[KS], q_desc(qt, KS as u32), KS > 0); });
+                wgmma_commit();
+            }
+            #[inline(always)]
+            fn wait0(&mut self, a: &[[u32; 4]; 4]) {
+                $wait0(self, a)
+            }
+            #[inline(always)]
+            fn wait1(&mut self, a: &[[u32; 4]; 4]) {
+                $wait1(self, a)
+            }
+            #[inline(always)]
+            fn at(&self, j: usize, e: usize) -> f32 {
+                self[j][e]
+            }
+        }
+    )+};
 }
 
-impl Acc for Acc64 {
-    const NT: usize = 8;
-    const ZERO: Self = [[0.0; 4]; 8];
-    #[inline(always)]
-    fn issue(&mut self, a: &[[u32; 4]; 4], qt: u32) {
-        wgmma_fence_n64_e4m3(self, a);
-        crate::unroll!(4, KS => {
-            wgmma_m64n64k32_e4m3(self, a[KS], q_desc(qt, KS as u32), KS > 0);
-        });
-        wgmma_commit();
-    }
-    #[inline(always)]
-    fn wait0(&mut self, a: &[[u32; 4]; 4]) {
-        wgmma_wait0_n64_e4m3(self, a)
-    }
-    /// Only one Q tile of 64 columns is built: a full wait.
-    #[inline(always)]
-    fn wait1(&mut self, a: &[[u32; 4]; 4]) {
-        wgmma_wait0_n64_e4m3(self, a)
-    }
-    #[inline(always)]
-    fn at(&self, j: usize, e: usize) -> f32 {
-        self[j][e]
-    }
+impl_acc! {
+    Acc128: 16, wgmma_m64n128k32_e4m3, wgmma_fence_e4m3, wgmma_wait0_e4m3, wgmma_wait1_e4m3;
+    Acc64: 8, wgmma_m64n64k32_e4m3, wgmma_fence_n64_e4m3, wgmma_wait0_n64_e4m3, wgmma_wait0_n64_e4m3;
 }
 
 /// Descriptor of k-step `ks` (32 dims) of the Q tile at `qt` (K-major,
