@@ -202,7 +202,12 @@ impl PagedLayout {
     /// num_layers, page_size, 1, 128]` e4m3 bytes, its scales apart
     /// ([`KvDtype::Fp8E4m3`]: `k_scales: f32 [num_pages, 1, num_layers,
     /// page_size, 1]`) or inside each page ([`KvDtype::Fp8E4m3Fused`]).
-    pub const fn index_k_fp8(num_pages: usize, num_layers: usize, page_size: usize, fused: bool) -> Self {
+    pub const fn index_k_fp8(
+        num_pages: usize,
+        num_layers: usize,
+        page_size: usize,
+        fused: bool,
+    ) -> Self {
         PagedLayout {
             num_pages,
             kv_dim: 1,
@@ -210,7 +215,11 @@ impl PagedLayout {
             page_size,
             n_heads: 1,
             head_dim: 128,
-            dtype: if fused { KvDtype::Fp8E4m3Fused } else { KvDtype::Fp8E4m3 },
+            dtype: if fused {
+                KvDtype::Fp8E4m3Fused
+            } else {
+                KvDtype::Fp8E4m3
+            },
         }
     }
 
@@ -268,7 +277,12 @@ impl PagedLayout {
     /// [`KvDtype::Fp8E4m3Fused`].
     pub const fn block_stride(&self) -> usize {
         let rows = self.page_size * self.n_heads;
-        rows * self.head_dim + if self.dtype.fused_scales() { 4 * rows } else { 0 }
+        rows * self.head_dim
+            + if self.dtype.fused_scales() {
+                4 * rows
+            } else {
+                0
+            }
     }
 
     /// Element offset of `(page 0, kv, layer, slot 0, head 0, 0)` within a page.

@@ -66,7 +66,8 @@ pub const MI_MAX_HEADS: u32 = MI_Q_ROWS;
 pub const MI_TILES_PER_ITEM: u32 = 128;
 /// Dynamic shared memory: the Q tiles, the K stages (1024-byte aligned
 /// K tiles first, then their scales), the head weights, the barriers.
-pub const MI_SMEM: u32 = MI_Q_TILES * MI_Q_TILE_BYTES + MI_STAGES * MI_STAGE_TX + MI_Q_TILES * MI_Q_ROWS * 4 + 256;
+pub const MI_SMEM: u32 =
+    MI_Q_TILES * MI_Q_TILE_BYTES + MI_STAGES * MI_STAGE_TX + MI_Q_TILES * MI_Q_ROWS * 4 + 256;
 
 /// One CTA's work: rows `row0 .. row0 + rows` of sequence `seq` (the first
 /// at position `q_pos0`), key tiles `tile0 .. tile1` of its `num_keys` keys.
@@ -152,5 +153,7 @@ kernel_params! {
 const _: () = assert!(core::mem::size_of::<MlaWork>() == 32);
 const _: () = assert!(MI_SMEM <= 227 * 1024);
 const _: () = assert!(MI_ENTRY_REGS == 168);
-const _: () = assert!(MI_PRODUCER_REGS + MI_CONSUMERS * MI_CONSUMER_REGS <= (1 + MI_CONSUMERS) * MI_ENTRY_REGS);
+const _: () = assert!(
+    MI_PRODUCER_REGS + MI_CONSUMERS * MI_CONSUMER_REGS <= (1 + MI_CONSUMERS) * MI_ENTRY_REGS
+);
 const _: () = assert!(MI_K_TILE_BYTES.is_multiple_of(1024) && MI_Q_TILE_BYTES.is_multiple_of(1024));

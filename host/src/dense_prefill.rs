@@ -26,15 +26,14 @@ use half::bf16;
 
 use crate::abi::dense::*;
 use crate::batch::{
-    KvDtype,
-    CacheExpect, ConfigExt, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
+    CacheExpect, ConfigExt, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
     RaggedBatch, RaggedBatchExt,
 };
 use crate::error::{
     ensure, expect_len, require_head_dim, require_positive_scale, CudaContextExt, Error, Result,
 };
-use crate::tma::{encode_tiled, TmaElem};
 use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, Kernel};
+use crate::tma::{encode_tiled, TmaElem};
 use crate::workspace::grow;
 use crate::Gpu;
 
@@ -548,5 +547,11 @@ pub fn plan_tiles(
 fn encode_tmap(addr: u64, heads: usize, rows: usize, box_rows: u32) -> Result<[u8; DP_TMAP_BYTES]> {
     let row_bytes = 2 * DP_HEAD_DIM as u64;
     let dims = [DP_HEAD_DIM as u64, heads as u64, rows as u64];
-    encode_tiled(TmaElem::Bf16, addr, &dims, &[row_bytes, heads as u64 * row_bytes], &[64, 1, box_rows])
+    encode_tiled(
+        TmaElem::Bf16,
+        addr,
+        &dims,
+        &[row_bytes, heads as u64 * row_bytes],
+        &[64, 1, box_rows],
+    )
 }

@@ -38,9 +38,8 @@ pub use crate::abi::config::MsaAttentionConfig;
 use crate::abi::msa::*;
 use crate::abi::PagedKv;
 use crate::batch::{
-    KvDtype,
-    CacheExpect, ConfigExt, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
-    RaggedBatchExt,
+    CacheExpect, ConfigExt, KvDtype, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
+    RaggedBatch, RaggedBatchExt,
 };
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
 use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, words_of, Kernel};

@@ -33,7 +33,10 @@ pub(crate) fn encode_tiled(
         CUtensorMapL2promotion as L, CUtensorMapSwizzle as S,
     };
     let rank = dims.len();
-    assert!(strides.len() + 1 == rank && boxes.len() == rank, "tensor map rank");
+    assert!(
+        strides.len() + 1 == rank && boxes.len() == rank,
+        "tensor map rank"
+    );
     let dims: Vec<u64> = dims.iter().map(|&d| d.max(1)).collect();
     let elem_strides = vec![1u32; rank];
     let dtype = match elem {

@@ -40,7 +40,10 @@ pub use sparse_attn_abi as abi;
 
 /// Row `row` of a `[rows, width]` bf16 tensor, widened exactly to f64.
 pub(crate) fn row_f64(t: &[bf16], row: usize, width: usize) -> Vec<f64> {
-    t[row * width..(row + 1) * width].iter().map(|x| x.to_f64()).collect()
+    t[row * width..(row + 1) * width]
+        .iter()
+        .map(|x| x.to_f64())
+        .collect()
 }
 
 /// The batch's shape: `input_row_offsets` has `batch + 1 >= 1` entries

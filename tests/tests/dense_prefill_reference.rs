@@ -937,8 +937,20 @@ fn validate_rejects_bad_input() {
         validate(&q, &batch, &ragged(&kv.k, &kv.v, &[0, 5]), None, &p),
         validate(&q, &batch, &ragged(&kv.k, &kv.v, &[1, 5, 5]), None, &p),
         validate(&q, &batch, &ragged(&kv.k, &kv.v, &[0, 6, 5]), None, &p),
-        validate(&q, &batch, &ragged(&kv.k[1..], &kv.v, &kv.kv_row_offsets), None, &p),
-        validate(&q, &batch, &ragged(&kv.k, &kv.v[d..], &kv.kv_row_offsets), None, &p),
+        validate(
+            &q,
+            &batch,
+            &ragged(&kv.k[1..], &kv.v, &kv.kv_row_offsets),
+            None,
+            &p,
+        ),
+        validate(
+            &q,
+            &batch,
+            &ragged(&kv.k, &kv.v[d..], &kv.kv_row_offsets),
+            None,
+            &p,
+        ),
     ];
     for (n, e) in errs.iter().enumerate() {
         assert!(e.is_err(), "case {n}: {e:?}");

@@ -21,9 +21,8 @@ use rand::Rng;
 use serde_json::{json, Value};
 use sparse_attn::{
     AttentionPath, CudaSlice, DensePrefill, DensePrefillConfig, Gpu, KvBuffers, KvLayout, Mask,
-    MlaIndexer, MlaIndexerConfig,
-    MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig, MsaStep, PageTable,
-    PagedLayout, RaggedBatch, StepInputs, TopK,
+    MlaIndexer, MlaIndexerConfig, MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig,
+    MsaStep, PageTable, PagedLayout, RaggedBatch, StepInputs, TopK,
 };
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
@@ -693,7 +692,14 @@ fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
 /// counts the scores read and the indices written, against the copy
 /// bandwidth; repeated calls find the scores in L2 when they fit (32 MiB
 /// for 64 × 128K), as the peer's do.
-fn bench_topk(gpu: &Gpu, name: &'static str, rows: usize, n: usize, args: &Args, copy_gbs: f64) -> Vec<Value> {
+fn bench_topk(
+    gpu: &Gpu,
+    name: &'static str,
+    rows: usize,
+    n: usize,
+    args: &Args,
+    copy_gbs: f64,
+) -> Vec<Value> {
     let (mut rng, seed) = seeded(None);
     let k = 2048;
     let scores: Vec<f32> = (0..rows * n).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
@@ -701,8 +707,12 @@ fn bench_topk(gpu: &Gpu, name: &'static str, rows: usize, n: usize, args: &Args,
     let mut out = gpu.zeros::<i32>(rows * k).unwrap();
     let mut op = TopK::new(gpu).unwrap();
     op.plan(rows, n, k).unwrap();
-    let ms = time_ms(gpu, args.reps, |_| op.run(&d_scores, None, &mut out).unwrap());
-    let graph_ms = time_graph_ms(gpu, args.reps, |_| op.run(&d_scores, None, &mut out).unwrap());
+    let ms = time_ms(gpu, args.reps, |_| {
+        op.run(&d_scores, None, &mut out).unwrap()
+    });
+    let graph_ms = time_graph_ms(gpu, args.reps, |_| {
+        op.run(&d_scores, None, &mut out).unwrap()
+    });
     let bytes = (rows * n * 4 + rows * k * 4) as f64;
     let gbs = bytes / (ms * 1e-3) / 1e9;
     let cluster = op.cluster().unwrap();
@@ -834,9 +844,18 @@ struct MlaCase {
 
 fn mla_cases() -> Vec<MlaCase> {
     vec![
-        MlaCase { name: "mla-idx-prefill-16k", spec: RaggedSpec::prefill(&[16384], &[0]) },
-        MlaCase { name: "mla-idx-decode-b64-64k", spec: RaggedSpec::decode(vec![65535; 64]) },
-        MlaCase { name: "mla-idx-decode-b1-128k", spec: RaggedSpec::decode(vec![131071]) },
+        MlaCase {
+            name: "mla-idx-prefill-16k",
+            spec: RaggedSpec::prefill(&[16384], &[0]),
+        },
+        MlaCase {
+            name: "mla-idx-decode-b64-64k",
+            spec: RaggedSpec::decode(vec![65535; 64]),
+        },
+        MlaCase {
+            name: "mla-idx-decode-b1-128k",
+            spec: RaggedSpec::decode(vec![131071]),
+        },
     ]
 }
 
@@ -844,7 +863,9 @@ fn mla_cases() -> Vec<MlaCase> {
 fn fp8_bytes(rng: &mut impl Rng, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rng.fill(&mut v[..]);
-    v.iter_mut().filter(|b| **b & 0x7f == 0x7f).for_each(|b| *b ^= 1);
+    v.iter_mut()
+        .filter(|b| **b & 0x7f == 0x7f)
+        .for_each(|b| *b ^= 1);
     v
 }
 
@@ -853,13 +874,21 @@ fn fp8_bytes(rng: &mut impl Rng, len: usize) -> Vec<u8> {
 /// script measured in the same call) and end to end with the top-k (bytes
 /// that must be read, `132` per cached token plus q, against the copy
 /// bandwidth).
-fn bench_mla_indexer(gpu: &Gpu, c: &MlaCase, args: &Args, copy_gbs: f64, fp8_tf: Option<f64>) -> Vec<Value> {
+fn bench_mla_indexer(
+    gpu: &Gpu,
+    c: &MlaCase,
+    args: &Args,
+    copy_gbs: f64,
+    fp8_tf: Option<f64>,
+) -> Vec<Value> {
     let cfg = MlaIndexerConfig::deepseek_v32();
     let (h, ps) = (cfg.num_heads, 64);
     let (mut rng, seed) = seeded(None);
     let spec = &c.spec;
     let rows = spec.num_rows();
-    let pages_of: Vec<usize> = (0..spec.batch()).map(|b| spec.seqlen_k(b).div_ceil(ps)).collect();
+    let pages_of: Vec<usize> = (0..spec.batch())
+        .map(|b| spec.seqlen_k(b).div_ceil(ps))
+        .collect();
     let pages: usize = pages_of.iter().sum();
     let max_pages = *pages_of.iter().max().unwrap();
     let layout = PagedLayout::index_k_fp8(pages, 1, ps, false);
@@ -874,7 +903,9 @@ fn bench_mla_indexer(gpu: &Gpu, c: &MlaCase, args: &Args, copy_gbs: f64, fp8_tf:
         next += n;
     }
     let pool = gpu.upload(&fp8_bytes(&mut rng, layout.elements())).unwrap();
-    let scales: Vec<f32> = (0..layout.scale_elements()).map(|_| rng.gen_range(0.5f32..2.0)).collect();
+    let scales: Vec<f32> = (0..layout.scale_elements())
+        .map(|_| rng.gen_range(0.5f32..2.0))
+        .collect();
     let scales = gpu.upload(&scales).unwrap();
     let q = gpu.upload(&fp8_bytes(&mut rng, rows * h * 128)).unwrap();
     let qs: Vec<f32> = (0..rows * h).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
@@ -882,11 +913,26 @@ fn bench_mla_indexer(gpu: &Gpu, c: &MlaCase, args: &Args, copy_gbs: f64, fp8_tf:
     let d_lookup = gpu.upload(&lookup).unwrap();
     let mut out = gpu.zeros::<i32>(rows * cfg.top_k).unwrap();
     let mut op = MlaIndexer::new(gpu, cfg).unwrap();
-    op.plan(&spec.as_batch(), &layout, PageTable::new(&lookup, max_pages), 0).unwrap();
+    op.plan(
+        &spec.as_batch(),
+        &layout,
+        PageTable::new(&lookup, max_pages),
+        0,
+    )
+    .unwrap();
     let reps = args.reps.min(10);
-    let logits_ms = time_ms(gpu, reps, |_| op.run_logits(&q, &qs, &pool, Some(&scales), &d_lookup).unwrap());
-    let ms = time_ms(gpu, reps, |_| op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out).unwrap());
-    let graph_ms = time_graph_ms(gpu, reps, |_| op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out).unwrap());
+    let logits_ms = time_ms(gpu, reps, |_| {
+        op.run_logits(&q, &qs, &pool, Some(&scales), &d_lookup)
+            .unwrap()
+    });
+    let ms = time_ms(gpu, reps, |_| {
+        op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out)
+            .unwrap()
+    });
+    let graph_ms = time_graph_ms(gpu, reps, |_| {
+        op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out)
+            .unwrap()
+    });
     let pairs = visible_pairs(spec, cfg.mask);
     let flops = 2.0 * (h * 128) as f64 * pairs;
     let tf = flops / (logits_ms * 1e-3) / 1e12;
@@ -974,7 +1020,10 @@ fn main() {
     for c in dense_cases().iter().filter(|c| want(c.name)) {
         all.extend(bench_dense_prefill(&gpu, c, &args));
     }
-    for (name, rows, n) in [("topk-64x128k", 64, 128 * 1024), ("topk-1x128k", 1, 128 * 1024)] {
+    for (name, rows, n) in [
+        ("topk-64x128k", 64, 128 * 1024),
+        ("topk-1x128k", 1, 128 * 1024),
+    ] {
         if want(name) {
             all.extend(bench_topk(&gpu, name, rows, n, &args, copy_gbs));
         }
