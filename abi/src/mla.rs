@@ -55,8 +55,6 @@ pub const MI_STAGE_TX: u32 = MI_K_TILE_BYTES + MI_SCALE_BYTES;
 pub const MI_TMAP_BYTES: usize = 128;
 /// Tensor maps of a launch, in this order: Q, K.
 pub const MI_TMAPS: usize = 2;
-/// Largest number of index heads (one Q tile holds one row's heads).
-pub const MI_MAX_HEADS: u32 = MI_Q_ROWS;
 /// Key tiles of one work item at most: longer rows are split (the logits
 /// of different key tiles are independent, nothing to merge); the host
 /// splits further until there are 2 items per SM. 128 (a 16K prefill row

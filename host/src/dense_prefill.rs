@@ -33,7 +33,7 @@ use crate::error::{
     ensure, expect_len, require_head_dim, require_positive_scale, CudaContextExt, Error, Result,
 };
 use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, Kernel};
-use crate::tma::{encode_tiled, TmaElem};
+use crate::tma::{encode_tiled, TensorMaps, TmaElem};
 use crate::workspace::grow;
 use crate::Gpu;
 
@@ -117,10 +117,8 @@ pub struct DensePrefill {
     kernel: Kernel<DensePrefillParams>,
     /// [`DenseTile`]s as words, longest first.
     tiles: CudaSlice<u32>,
-    /// `DP_TMAPS` tensor maps (64-byte aligned: the allocation is).
-    tmaps: CudaSlice<u8>,
-    /// The maps last uploaded (none yet: empty).
-    tmaps_host: Vec<u8>,
+    /// `DP_TMAPS` tensor maps.
+    tmaps: TensorMaps,
     plan: Option<Plan>,
 }
 
@@ -168,8 +166,7 @@ impl DensePrefill {
             cfg,
             kernel: gpu.kernel("dense_prefill", DP_SMEM)?,
             tiles: gpu.zeros(1)?,
-            tmaps: gpu.zeros(DP_TMAPS * DP_TMAP_BYTES)?,
-            tmaps_host: Vec::new(),
+            tmaps: TensorMaps::new(gpu, DP_TMAPS)?,
             plan: None,
         })
     }
@@ -441,14 +438,7 @@ impl DensePrefill {
             }
             _ => unreachable!("check_buffers matched the layout"),
         }
-        if maps != self.tmaps_host {
-            self.gpu
-                .stream()
-                .memcpy_htod(&maps, &mut self.tmaps)
-                .during(|| "uploading the dense prefill tensor maps".into())?;
-            self.tmaps_host = maps;
-        }
-        Ok(())
+        self.tmaps.bind(&self.gpu, maps, "dense prefill")
     }
 
     /// The kernel's parameters for the planned batch.
@@ -467,7 +457,7 @@ impl DensePrefill {
             Mask::SlidingWindow { window } => (1, window as u32),
         };
         let mut params = DensePrefillParams {
-            tmaps: dptr(gpu, &self.tmaps),
+            tmaps: dptr(gpu, self.tmaps.device()),
             tiles: record_ptr(gpu, &self.tiles),
             lookup: lookup.map_or(Default::default(), |l| dptr(gpu, l)),
             sinks: sinks.map_or(Default::default(), |s| dptr(gpu, s)),

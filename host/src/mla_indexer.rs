@@ -42,7 +42,7 @@ use crate::batch::{
 };
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
 use crate::launch::{dptr, dptr_mut, record_ptr, record_words, Kernel};
-use crate::tma::{encode_tiled, TmaElem::U8};
+use crate::tma::{encode_tiled, TensorMaps, TmaElem::U8};
 use crate::topk::TopK;
 use crate::workspace::grow;
 use crate::Gpu;
@@ -80,8 +80,7 @@ pub struct MlaIndexer {
     /// The logits workspace `[rows, ld]`.
     logits: CudaSlice<f32>,
     /// [`MI_TMAPS`] tensor maps.
-    tmaps: CudaSlice<u8>,
-    tmaps_host: Vec<u8>,
+    tmaps: TensorMaps,
     plan: Option<Plan>,
 }
 
@@ -126,8 +125,7 @@ impl MlaIndexer {
             work: gpu.zeros(1)?,
             row_lens: gpu.zeros(1)?,
             logits: gpu.zeros(1)?,
-            tmaps: gpu.zeros(MI_TMAPS * MI_TMAP_BYTES)?,
-            tmaps_host: Vec::new(),
+            tmaps: TensorMaps::new(gpu, MI_TMAPS)?,
             plan: None,
         })
     }
@@ -347,7 +345,7 @@ impl MlaIndexer {
             None => (dptr(g, k_cache), l.block_stride() as u32, ps * MI_HEAD_DIM),
         };
         let params = MlaLogitsParams {
-            tmaps: dptr(g, &self.tmaps),
+            tmaps: dptr(g, self.tmaps.device()),
             work: record_ptr(g, &self.work),
             qs: dptr(g, qs),
             lookup: dptr(g, lookup),
@@ -412,12 +410,7 @@ impl MlaIndexer {
             &[d, l.block_stride() as u64],
             &[128, box_rows, 1],
         )?);
-        if maps != self.tmaps_host {
-            s.memcpy_htod(&maps, &mut self.tmaps)
-                .during(|| "uploading the indexer's tensor maps".into())?;
-            self.tmaps_host = maps;
-        }
-        Ok(())
+        self.tmaps.bind(&self.gpu, maps, "MLA indexer")
     }
 }
 

@@ -3,9 +3,10 @@
 //! 128-byte swizzled (the `wgmma` operand layout) and zero-fills reads past
 //! the tensor.
 
-use cudarc::driver::sys;
+use cudarc::driver::{sys, CudaSlice};
 
 use crate::error::{CudaContextExt, Result};
+use crate::Gpu;
 
 /// Bytes of a `CUtensorMap`.
 pub(crate) const TMAP_BYTES: usize = 128;
@@ -71,4 +72,40 @@ pub(crate) fn encode_tiled(
         std::slice::from_raw_parts(&map as *const _ as *const u8, TMAP_BYTES)
     });
     Ok(bytes)
+}
+
+/// An op's tensor maps on the device (64-byte aligned: the allocation is)
+/// and the bytes last uploaded: [`TensorMaps::bind`] uploads only when the
+/// maps change, so a run on the previous run's buffers only launches (and
+/// can be captured in a CUDA graph).
+pub(crate) struct TensorMaps {
+    dev: CudaSlice<u8>,
+    host: Vec<u8>,
+}
+
+impl TensorMaps {
+    /// Room for `n` maps.
+    pub(crate) fn new(gpu: &Gpu, n: usize) -> Result<Self> {
+        Ok(TensorMaps {
+            dev: gpu.zeros(n * TMAP_BYTES)?,
+            host: Vec::new(),
+        })
+    }
+
+    /// Uploads `maps` (the encoded maps, in the kernel's order) unless they
+    /// are the ones last uploaded; `op` names the op in errors.
+    pub(crate) fn bind(&mut self, gpu: &Gpu, maps: Vec<u8>, op: &str) -> Result<()> {
+        if maps != self.host {
+            gpu.stream()
+                .memcpy_htod(&maps, &mut self.dev)
+                .during(|| format!("uploading the {op} tensor maps"))?;
+            self.host = maps;
+        }
+        Ok(())
+    }
+
+    /// The device buffer of the maps.
+    pub(crate) fn device(&self) -> &CudaSlice<u8> {
+        &self.dev
+    }
 }

@@ -305,31 +305,7 @@ pub fn paged_pool(
         page_size > 0 && kv_dim > 0 && num_layers > 0 && n_heads > 0 && head_dim > 0,
         "paged_pool: every dimension must be positive"
     );
-    let batch = spec.batch();
-    let pages: Vec<usize> = (0..batch)
-        .map(|b| spec.as_batch().pages(b, page_size))
-        .collect();
-    let num_pages = (pages.iter().sum::<usize>() + extra_pages).max(1);
-    let max_pages = pages.iter().copied().max().unwrap_or(0).max(1);
-    let mut perm: Vec<u32> = (0..num_pages as u32).collect();
-    perm.shuffle(rng);
-    // owner[page] = (sequence, valid tokens in the page)
-    let mut owner: Vec<Option<(usize, usize)>> = vec![None; num_pages];
-    let mut lookup = vec![0u32; batch * max_pages];
-    let mut next = 0;
-    for b in 0..batch {
-        for c in 0..max_pages {
-            lookup[b * max_pages + c] = if c < pages[b] {
-                let page = perm[next];
-                next += 1;
-                let valid = (spec.seqlen_k(b) - c * page_size).min(page_size);
-                owner[page as usize] = Some((b, valid));
-                page
-            } else {
-                rng.gen_range(0..num_pages as u32)
-            };
-        }
-    }
+    let (num_pages, max_pages, lookup, valid) = assign_pages(rng, spec, page_size, extra_pages);
     let layout = PagedLayout {
         num_pages,
         kv_dim,
@@ -346,7 +322,7 @@ pub fn paged_pool(
         .enumerate()
         .for_each(|(page, chunk)| {
             let mut r = stream_rng(base, page as u64);
-            let valid = owner[page].map_or(0, |(_, v)| v);
+            let valid = valid[page];
             // chunk is [kv_dim * num_layers, page_size, n_heads * head_dim]
             for (i, x) in chunk.iter_mut().enumerate() {
                 let slot = (i / row) % page_size;
@@ -658,9 +634,11 @@ impl Fp8Pool {
     }
 }
 
-/// Pages handed out as [`paged_pool`] does (same draws from `rng`, in the
-/// same order): `(num_pages, max_pages, lookup, owner)` where `owner[page]`
-/// is the number of tokens the page holds (0 for an unused page).
+/// How [`paged_pool`] and [`fp8_index_k_pool`] hand out pages: a shuffled
+/// order, sequence by sequence, stale (valid, unrelated) ids past each
+/// sequence's pages: `(num_pages, max_pages, lookup, owner)` where
+/// `owner[page]` is the number of tokens the page holds (0 for an unused
+/// page).
 fn assign_pages(
     rng: &mut impl Rng,
     spec: &RaggedSpec,
