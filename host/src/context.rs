@@ -62,6 +62,15 @@ impl Gpu {
 
     /// Opens device `ordinal`, loads the embedded PTX and reads the properties.
     pub fn new(ordinal: usize) -> Result<Self> {
+        Self::with_ptx(ordinal, crate::ptx::PTX)
+    }
+
+    /// [`Gpu::new`] with another build of the kernels' PTX: for measuring a
+    /// kernel variant against the embedded one with the same binaries (the
+    /// bench's `--ptx`). The PTX must come from this crate's kernel sources
+    /// at a version with the same kernel names and parameter structs; a
+    /// mismatch is not detected.
+    pub fn with_ptx(ordinal: usize, ptx: &str) -> Result<Self> {
         if !Self::driver_present() {
             return Err(Error::NoDriver(
                 "libcuda could not be loaded (no NVIDIA driver on this machine)".into(),
@@ -102,8 +111,8 @@ impl Gpu {
             });
         }
         let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(crate::ptx::PTX))
-            .during(|| "loading the embedded PTX module".into())?;
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .during(|| "loading the PTX module".into())?;
 
         Ok(Gpu {
             ctx,

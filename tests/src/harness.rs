@@ -17,12 +17,23 @@ use crate::data::{block_selection, paged_pool, tensor, Fill, PagedPool, RaggedSp
 
 /// Device 0, or `None` (printing `SKIP`) where no NVIDIA driver exists. A
 /// driver that is present but cannot open the device is a failure, not a skip.
+/// `SPARSE_ATTN_TEST_PTX=<file>` runs the tests on that PTX build of the
+/// kernels instead of the embedded one (a variant being measured).
 pub fn gpu_or_skip() -> Option<Gpu> {
     if !Gpu::driver_present() {
         eprintln!("SKIP: no NVIDIA driver on this machine; GPU test not run");
         return None;
     }
-    Some(Gpu::new(0).expect("the driver is present but device 0 could not be opened"))
+    let gpu = match std::env::var("SPARSE_ATTN_TEST_PTX") {
+        Ok(path) => {
+            let ptx =
+                std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            eprintln!("kernels from {path}");
+            Gpu::with_ptx(0, &ptx)
+        }
+        Err(_) => Gpu::new(0),
+    };
+    Some(gpu.expect("the driver is present but device 0 could not be opened"))
 }
 
 /// MiniMax-M3's attention config with other head counts and `topk`.
