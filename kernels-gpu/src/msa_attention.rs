@@ -232,7 +232,8 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(p: MsaDecodeParams) {
     // The prologue's global loads (the row record, issued by `new`; the
     // slot id; Q) are all issued before anything waits for one of them: one
     // round trip before the first barrier when every slot is -1 (SASS: the
-    // slot id's LDG at instruction 152, BAR at 209), two with a page lookup.
+    // slot id's LDG at instruction 115, before Q's; the record's at 167,
+    // after them, ptxas' order; BAR at 207), two with a page lookup.
     // When the scheduler computed nblocks from the record, the kernel waited
     // for the record first, then issued Q's 32 loads a warp and the slot id
     // after them (BAR at 294). 1cd35ed also waited for the record before
