@@ -107,48 +107,67 @@ macro_rules! merge_at {
 }
 
 /// The CTA's work: query row `t`, KV head `kh`, slots `slot0 .. slot0 +
-/// nslots` of partition `part`.
+/// nslots` of partition `part`, and the row's record (`info`: loaded by
+/// [`DecodeCta::new`], its fields waited for only where [`DecodeCta::sk`],
+/// [`DecodeCta::qp`], [`DecodeCta::nblocks`] and the page lookup use them).
 struct DecodeCta {
     t: u32,
     kh: u32,
     part: u32,
     group: u32,
-    seq: u32,
-    sk: u32,
-    qp: u32,
-    /// Blocks the row may attend (past the query's own: none of its keys).
-    nblocks: u32,
+    info: RowInfo,
     slot0: u32,
     nslots: u32,
 }
 
 impl DecodeCta {
-    /// The scheduler: CTA `(t * n_kv_heads + kh) * parts + part`; `None`
-    /// past the grid or on empty shapes.
+    /// The scheduler: `(t, kh, part)` of CTA `(t * n_kv_heads + kh) *
+    /// parts + part`; `None` past the grid or on empty shapes.
     #[inline(always)]
-    unsafe fn new(p: &MsaDecodeParams) -> Option<Self> {
+    fn schedule(p: &MsaDecodeParams) -> Option<(u32, u32, u32)> {
         let cta = block_idx_x();
         if p.n_kv_heads == 0 || p.parts == 0 || p.cache.num_pages == 0 || cta >= p.num_rows * p.n_kv_heads * p.parts {
             return None;
         }
-        let (part, kh, t) = (cta % p.parts, (cta / p.parts) % p.n_kv_heads, cta / p.parts / p.n_kv_heads);
-        let info = ld_record(p.row_info.ptr().add(t as usize));
-        let sk = info.seqlen_k;
-        let qp = info.q_pos.min(sk.max(1) - 1);
+        Some((cta / p.parts / p.n_kv_heads, (cta / p.parts) % p.n_kv_heads, cta % p.parts))
+    }
+
+    /// The work of a scheduled CTA. Issues the row record's load and
+    /// nothing that waits for it: what derives from the record is computed
+    /// where it is used. (Computed here, before the scheduler's `None`
+    /// join, it made the kernel wait a round trip for the record before
+    /// issuing Q and the slot id; see the kernel.)
+    #[inline(always)]
+    unsafe fn new(p: &MsaDecodeParams, (t, kh, part): (u32, u32, u32)) -> Self {
         let per = p.topk.div_ceil(p.parts);
         let slot0 = (part * per).min(p.topk);
-        Some(DecodeCta {
+        DecodeCta {
             t,
             kh,
             part,
             group: (p.n_heads / p.n_kv_heads).min(16),
-            seq: info.seq,
-            sk,
-            qp,
-            nblocks: sk.div_ceil(MSA_BLOCK).min(qp / MSA_BLOCK + 1),
+            info: ld_record(p.row_info.ptr().add(t as usize)),
             slot0,
             nslots: ((slot0 + per).min(p.topk) - slot0).min(ATT_MAX_SLOTS),
-        })
+        }
+    }
+
+    /// Keys of the row's sequence.
+    #[inline(always)]
+    fn sk(&self) -> u32 {
+        self.info.seqlen_k
+    }
+
+    /// The row's position, clamped into the sequence.
+    #[inline(always)]
+    fn qp(&self) -> u32 {
+        self.info.q_pos.min(self.sk().max(1) - 1)
+    }
+
+    /// Blocks the row may attend (past the query's own: none of its keys).
+    #[inline(always)]
+    fn nblocks(&self) -> u32 {
+        self.sk().div_ceil(MSA_BLOCK).min(self.qp() / MSA_BLOCK + 1)
     }
 
     /// First `(row, head)` of the group: `t * n_heads + kh * group`.
@@ -172,17 +191,26 @@ impl DecodeCta {
         a
     }
 
-    /// Stages the partition's (page, block) pairs; ids outside the row's
-    /// blocks or the page table are skipped.
+    /// This thread's slot of the partition: its block id, `-1` past the
+    /// partition's slots. A predicated load (no branch), so that it is
+    /// issued with the row record and Q, not after them.
     #[inline(always)]
-    unsafe fn stage_slots(&self, p: &MsaDecodeParams, slots: u32) {
+    unsafe fn load_slot(&self, p: &MsaDecodeParams) -> i32 {
+        let tid = thread_idx_x();
+        let at = (self.kh * p.num_rows + self.t) * p.topk + self.slot0 + tid;
+        ld_global_nc_if(p.d_indices.ptr().wrapping_add(at as usize), tid < self.nslots, -1)
+    }
+
+    /// Stages the partition's (page, block) pairs from this thread's slot
+    /// `blk` ([`DecodeCta::load_slot`]); ids outside the row's blocks or
+    /// the page table are skipped.
+    #[inline(always)]
+    unsafe fn stage_slots(&self, p: &MsaDecodeParams, blk: i32, slots: u32) {
         let tid = thread_idx_x();
         if tid < self.nslots {
-            let at = (self.kh * p.num_rows + self.t) * p.topk + self.slot0 + tid;
-            let blk = ld_global_nc(p.d_indices.ptr().add(at as usize));
-            let ok = blk >= 0 && (blk as u32) < self.nblocks && (blk as u32) < p.cache.max_pages;
+            let ok = blk >= 0 && (blk as u32) < self.nblocks() && (blk as u32) < p.cache.max_pages;
             let sp = if ok {
-                SlotPage { page: page_of(p.lookup.ptr(), &p.cache, self.seq, blk as u32), blk: blk as u32 }
+                SlotPage { page: page_of(p.lookup.ptr(), &p.cache, self.info.seq, blk as u32), blk: blk as u32 }
             } else {
                 SlotPage { page: u32::MAX, blk: 0 }
             };
@@ -197,12 +225,25 @@ impl DecodeCta {
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn msa_attention_partial(p: MsaDecodeParams) {
     grid_prologue();
-    let Some(cta) = DecodeCta::new(&p) else {
+    let Some(at) = DecodeCta::schedule(&p) else {
         return;
     };
+    let cta = DecodeCta::new(&p, at);
+    // The prologue's global loads (the row record, issued by `new`; the
+    // slot id; Q) are all issued before anything waits for one of them: one
+    // round trip before the first barrier when every slot is -1 (SASS: the
+    // slot id's LDG at instruction 115, before Q's; the record's at 167,
+    // after them, ptxas' order; BAR at 207), two with a page lookup.
+    // When the scheduler computed nblocks from the record, the kernel waited
+    // for the record first, then issued Q's 32 loads a warp and the slot id
+    // after them (BAR at 294). 1cd35ed also waited for the record before
+    // loading the slot id, but had issued Q with the record, so Q's loads
+    // were behind it by then: the likely cause of the empty-selection
+    // decode's +0.35 µs against 1cd35ed (not measured yet).
+    let blk = cta.load_slot(&p);
     let a = cta.load_q(&p);
     let slots = crate::smem_addr!(MainSmem, slots);
-    cta.stage_slots(&p, slots);
+    cta.stage_slots(&p, blk, slots);
     let (st, o) = mainloop(&p, &cta, &a, slots);
     sync_threads(); // the stages are free: the epilogue's map lies over them
     merge_warps(st, &o);
@@ -238,13 +279,13 @@ unsafe fn mainloop(p: &MsaDecodeParams, cta: &DecodeCta, a: &[[u32; 4]; 8], slot
         }
         let blk_base = ld_shared_u32(slots + i * 8 + 4) * MSA_BLOCK;
         if u % 2 == 1 {
-            if blk_base + MSA_BLOCK > cta.sk {
-                KvBlock::zero_tail::<Rows256, ATT_THREADS>(tile, cta.sk - blk_base, tid);
+            if blk_base + MSA_BLOCK > cta.sk() {
+                KvBlock::zero_tail::<Rows256, ATT_THREADS>(tile, cta.sk() - blk_base, tid);
                 sync_threads();
             }
             pv_step(&mut o, &pa, tile);
         } else {
-            let s = qk_step(a, tile, blk_base + warp_id() * WARP_KEYS, cta.qp, sl2);
+            let s = qk_step(a, tile, blk_base + warp_id() * WARP_KEYS, cta.qp(), sl2);
             pa = softmax_step(&mut st, &mut o, &s);
         }
     });

@@ -89,6 +89,8 @@ pub trait GlobalScalar: Copy {
     unsafe fn ld(p: *const Self) -> Self;
     /// `ld.global.nc` of one value (read-only for this grid's lifetime).
     unsafe fn ld_nc(p: *const Self) -> Self;
+    /// `@c ld.global.nc` of one value, `or` where `c` is false.
+    unsafe fn ld_nc_if(p: *const Self, c: bool, or: Self) -> Self;
 }
 
 macro_rules! global_scalar {
@@ -111,6 +113,14 @@ macro_rules! global_scalar {
                 let r: $t;
                 asm!(concat!("ld.global.nc.", $ty, " {r}, [{p}];"), r = out($reg) r, p = in(reg64) p,
                      options(pure, readonly, nostack));
+                r
+            }
+            #[inline(always)]
+            unsafe fn ld_nc_if(p: *const Self, c: bool, or: Self) -> Self {
+                let mut r: $t = or;
+                asm!(concat!("{{ .reg .pred p; setp.ne.b32 p, {c}, 0; @p ld.global.nc.", $ty, " {r}, [{p}]; }}"),
+                     r = inout($reg) r, c = in(reg32) c as u32, p = in(reg64) p,
+                     options(readonly, nostack));
                 r
             }
         }
@@ -139,6 +149,17 @@ pub unsafe fn ld_global<T: GlobalScalar>(p: *const T) -> T {
 #[inline(always)]
 pub unsafe fn ld_global_nc<T: GlobalScalar>(p: *const T) -> T {
     T::ld_nc(p)
+}
+
+/// `c ? *p : or` with one predicated `ld.global.nc` (no branch), `p` read
+/// only where `c` holds: a conditional load that stays in the straight-line
+/// code around it, so ptxas can issue it together with the loads there (the
+/// decode kernel's slot id, in flight with its row record and Q). Not
+/// `pure`: LLVM keeps it where it is written rather than sinking it into
+/// the block that uses the value (the PTX is the same with `pure` today).
+#[inline(always)]
+pub unsafe fn ld_global_nc_if<T: GlobalScalar>(p: *const T, c: bool, or: T) -> T {
+    T::ld_nc_if(p, c, or)
 }
 
 /// Stores a whole work record of the abi (8 or 16 bytes, aligned to its
