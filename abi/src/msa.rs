@@ -163,9 +163,16 @@ pub const ATT_THREADS: u32 = 128;
 /// it fits: 6 stages for grids of one CTA per SM measured msa-decode-tp8 at
 /// 37.3 µs either way (H200, 2026-11-30).
 pub const ATT_STAGES: u32 = 3;
-/// Most selected slots one partition takes (their pages are staged in
-/// shared memory as (page, block) pairs); bounds `topk`.
-pub const ATT_MAX_SLOTS: u32 = 256;
+/// Most selected slots one partition takes: one thread of the decode CTA
+/// stages each slot's (page, block) pair in shared memory. `topk` is split
+/// into at least `topk / ATT_MAX_SLOTS` partitions, so it is bounded by
+/// `ATT_MAX_SLOTS * ATT_MAX_PARTS`. (It was 256 with 128 threads: slots
+/// 128.. of a partition were never staged.)
+pub const ATT_MAX_SLOTS: u32 = ATT_THREADS;
+/// Largest `topk` the attention takes (MiniMax-M3 uses 16; a decode batch
+/// with `topk > ATT_MAX_SLOTS` needs two partitions a row, which the
+/// partials' workspace bounds: see `MsaAttention::plan`).
+pub const ATT_MAX_TOPK: u32 = 2 * ATT_MAX_SLOTS;
 /// Dynamic shared memory of the decode attention kernel.
 pub const ATT_SMEM: u32 = ATT_STAGES * MSA_BLOCK_BYTES + ATT_MAX_SLOTS * 8;
 /// Most query heads per KV head (the M rows of one mma tile).

@@ -17,7 +17,7 @@
 pub use crate::abi::batch::{KvDtype, Mask, PageTable, PagedLayout, RaggedBatch, RowPos, Rows};
 use crate::abi::config::{MsaAttentionConfig, MsaIndexerConfig};
 
-use crate::abi::msa::{ATT_MAX_GROUP, ATT_MAX_SLOTS, IDX_PREFILL_M_ROWS, MSA_BLOCK};
+use crate::abi::msa::{ATT_MAX_GROUP, ATT_MAX_TOPK, IDX_PREFILL_M_ROWS, MSA_BLOCK};
 use crate::error::{ensure, require_head_dim, require_positive_scale, Error, Result};
 
 /// The host's check of a [`RaggedBatch`].
@@ -273,9 +273,9 @@ impl ConfigExt for MsaAttentionConfig {
             });
         }
         ensure(
-            (1..=ATT_MAX_SLOTS as usize).contains(&self.topk),
+            (1..=ATT_MAX_TOPK as usize).contains(&self.topk),
             "topk",
-            || format!("1 ..= {ATT_MAX_SLOTS}"),
+            || format!("1 ..= {ATT_MAX_TOPK}"),
             || self.topk.to_string(),
         )?;
         require_positive_scale(self.scale)

@@ -288,11 +288,27 @@ impl MsaAttention {
             cfg.n_kv_heads,
             cfg.topk,
         );
+        // A partition stages at most ATT_MAX_SLOTS slots.
+        let min_parts = cfg.topk.div_ceil(ATT_MAX_SLOTS as usize).max(1);
         let parts = self
             .force_parts
             .map_or(rule, |p| p.clamp(1, (ATT_MAX_PARTS as usize).min(cfg.topk)))
             .min(self.part_cap / rows.max(1))
-            .max(1);
+            .max(min_parts);
+        ensure(
+            parts <= (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1)),
+            "topk",
+            || {
+                format!(
+                    "at most {} for {rows} rows ({} slots in each of at most {} partitions)",
+                    ATT_MAX_SLOTS as usize
+                        * (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1)),
+                    ATT_MAX_SLOTS,
+                    (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1)),
+                )
+            },
+            || cfg.topk.to_string(),
+        )?;
         self.plan = Some(Plan {
             batch: n,
             rows,

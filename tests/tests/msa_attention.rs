@@ -96,6 +96,16 @@ fn gpu_decode_matches_reference() {
         0.0,
     );
     check(&gpu, r, "topk 1", (6, 0, 9_000), cfg(16, 1, 1), 0.0);
+    // More slots than a partition stages (128): at least two partitions a
+    // row even where the split-K rule gives one (40 rows x 4 KV heads).
+    check(
+        &gpu,
+        r,
+        "topk 200, rule gives one partition",
+        (40, 26_000, 30_000),
+        cfg(16, 4, 200),
+        0.1,
+    );
     check(&gpu, r, "batch 128", (128, 0, 1_500), cfg(8, 1, 16), 0.2);
     let ctx = 131_071 + r.gen_range(0..128);
     check(&gpu, r, "batch 1, 128K", (1, ctx, ctx + 1), m3, 0.0);
