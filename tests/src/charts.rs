@@ -613,7 +613,9 @@ fn log_ticks(lo: f64, hi: f64) -> impl Fn(&f64) -> String {
 /// A tick value: 1, 10, 100, 1 000, 10 000 …
 fn fmt_tick(v: f64) -> String {
     if v < 1.0 {
-        return format!("{v}");
+        // 0.1, 0.02 …, without the binary noise of 10^-k.
+        let s = format!("{v:.6}");
+        return s.trim_end_matches('0').to_string();
     }
     let s = format!("{:.0}", v);
     let mut out = String::new();
@@ -1711,6 +1713,8 @@ mod tests {
     fn ticks_and_wrapping() {
         assert_eq!(fmt_tick(10.0), "10");
         assert_eq!(fmt_tick(10000.0), "10\u{2009}000");
+        assert_eq!(fmt_tick(10f64.powf(-1.0)), "0.1");
+        assert_eq!(fmt_tick(0.02), "0.02");
         assert_eq!(wrap("aa bb cc", 5), vec!["aa bb", "cc"]);
         assert_eq!(family_of("msa_decode_step").slug, "msa-decode");
         assert_eq!(family_of("new_op").slug, "new-op");
