@@ -350,7 +350,8 @@ struct Family {
     order: usize,
 }
 
-/// (file suffix, title, ops, FP8) of the known families, in chart order.
+/// (file suffix, title, ops, FP8) of the known families, in chart order
+/// (which also picks their colour in the roofline).
 const FAMILIES: &[(&str, &str, &[&str], bool)] = &[
     ("msa-indexer", "MSA indexer", &["msa_indexer"], false),
     (
@@ -1023,7 +1024,7 @@ type LogLog<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<LogCoord<f64>
 impl Results {
     fn roofline(&self, opts: &Options) -> Roofline<'_> {
         let mut points = Vec::new();
-        for (i, (fam, cases)) in self.families().into_iter().enumerate() {
+        for (fam, cases) in self.families() {
             for c in cases {
                 let (Some(f), Some(b)) = (c.flops, c.bytes) else {
                     continue;
@@ -1032,7 +1033,7 @@ impl Results {
                     case: c,
                     family: fam.title.clone(),
                     fp8: fam.fp8,
-                    color: FAMILY_COLORS[i % FAMILY_COLORS.len()],
+                    color: FAMILY_COLORS[fam.order.min(FAMILY_COLORS.len() - 1)],
                     ai: f / b,
                     tflops: f / (c.our_us * 1e-6) / 1e12,
                     logits_tflops: c.logits_us.map(|t| f / (t * 1e-6) / 1e12),
@@ -1103,7 +1104,8 @@ impl Results {
             .count();
         if without > 0 {
             notes.push(format!(
-                "Not placed (their record has FLOPs or bytes, not both): {without} cases; their fraction of the limit is in {}-limits.svg.",
+                "Not placed (their record has FLOPs or bytes, not both): {without} {}; their fraction of the limit is in {}-limits.svg.",
+                if without == 1 { "case" } else { "cases" },
                 self.name
             ));
         }
