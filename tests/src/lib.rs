@@ -1,5 +1,6 @@
 //! Shared support of the sparse-attention test suites, benchmarks and demo.
 //!
+//! - [`charts`]: SVG charts of a bench results file (plotters, SVG backend).
 //! - [`data`]: seeded random inputs (ragged batches, shuffled paged pools with
 //!   garbage in every unused slot, query tensors).
 //!
@@ -8,5 +9,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod charts;
 pub mod data;
 pub mod harness;

@@ -5,6 +5,7 @@
 //!   registers, shared memory, stack and spills.
 //! - `gpu-bundle`: test/bench/demo binaries + `run.sh` for a GPU machine without Rust.
 //! - `bench`, `demo`, `test`: shortcuts for the host cargo commands.
+//! - `charts`: redraw the SVG charts of a bench results file (no GPU).
 
 use std::ffi::OsStr;
 use std::fs;
@@ -52,6 +53,26 @@ enum Cmd {
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
+    },
+    /// Redraw the SVG charts of a bench results file, no GPU needed
+    /// (cargo run --release -p sparse-attn-tests --bin charts).
+    Charts {
+        /// Bench records (default: bench/results/h200.json).
+        #[arg(long, value_name = "FILE")]
+        results: Option<PathBuf>,
+        /// Output folder (default: bench/charts).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Peer files for cases whose record has no peers (comma-separated;
+        /// default: the `<results stem>-*peers.json` next to the results).
+        #[arg(long, value_name = "A.json,B.json")]
+        peers: Option<String>,
+        /// bf16 matmul rate (TFLOP/s) for records that carry none.
+        #[arg(long, value_name = "TFLOPS")]
+        bf16_matmul_tflops: Option<f64>,
+        /// FP8 matmul rate (TFLOP/s) for records that carry none.
+        #[arg(long, value_name = "TFLOPS")]
+        fp8_matmul_tflops: Option<f64>,
     },
     /// cargo run --release -p sparse-attn-tests --bin demo -- ARGS
     Demo {
@@ -101,6 +122,55 @@ fn main() {
             ],
             &args,
         ),
+        Cmd::Charts {
+            results,
+            out,
+            peers,
+            bf16_matmul_tflops,
+            fp8_matmul_tflops,
+        } => {
+            let root = repo_root();
+            let cwd = std::env::current_dir().unwrap_or_else(|_| root.clone());
+            let path = |p: Option<PathBuf>, default: &str| match p {
+                Some(p) => cwd.join(p),
+                None => root.join(default),
+            };
+            let mut args = vec![
+                "--results".to_string(),
+                path(results, "bench/results/h200.json")
+                    .display()
+                    .to_string(),
+                "--out".to_string(),
+                path(out, "bench/charts").display().to_string(),
+            ];
+            if let Some(p) = peers {
+                let abs: Vec<String> = p
+                    .split(',')
+                    .map(|f| cwd.join(f).display().to_string())
+                    .collect();
+                args.extend(["--peers".to_string(), abs.join(",")]);
+            }
+            for (flag, v) in [
+                ("--bf16-matmul-tflops", bf16_matmul_tflops),
+                ("--fp8-matmul-tflops", fp8_matmul_tflops),
+            ] {
+                if let Some(v) = v {
+                    args.extend([flag.to_string(), v.to_string()]);
+                }
+            }
+            run_host_cargo(
+                &[
+                    "run",
+                    "--release",
+                    "-p",
+                    "sparse-attn-tests",
+                    "--bin",
+                    "charts",
+                    "--",
+                ],
+                &args,
+            )
+        }
         Cmd::Demo { args } => run_host_cargo(
             &[
                 "run",

@@ -1,7 +1,7 @@
 //! Benchmarks of the kernels on the cases of `shared/spec/model-shapes.md`.
 //!
 //! `bench [--cases idx-decode-b64-32k,...] [--reps N] [--peers peers.json]
-//!        [--out results.json] [--sweep-chunk]`
+//!        [--out results.json] [--charts DIR] [--sweep-chunk]`
 //!
 //! Every case reports the time per call (`--reps` calls back to back between
 //! device events, median of 5 batches; see `time_ms`), the achieved bandwidth (bytes that
@@ -11,7 +11,11 @@
 //! are used as they are; smaller ones rotate over several copies so repeated
 //! launches do not just read L2. Peer times (PyTorch, run by
 //! `bench/peers/msa_indexer_torch.py` on the same shapes in the same device
-//! call) are merged from `--peers`.
+//! call) are merged from `--peers`, and so are the limits the peer scripts
+//! measure (`_bf16_matmul_tflops`, `_fp8_matmul_tflops`: a PyTorch 8192³
+//! matmul), which go into every record. `--charts DIR` then draws the SVG
+//! charts of the records (`sparse_attn_tests::charts`; the `charts` binary,
+//! or `cargo xtask charts`, redraws them from a results file without a GPU).
 
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -42,6 +46,10 @@ struct Args {
     /// Write the records as JSON to this file.
     #[arg(long, value_name = "FILE")]
     out: Option<String>,
+    /// Then draw the SVG charts of the records into this folder
+    /// (`<stem of --out>-<chart>.svg`; see the `charts` binary).
+    #[arg(long, value_name = "DIR")]
+    charts: Option<String>,
     /// Also sweep the split / chunk / window choices.
     #[arg(long)]
     sweep_chunk: bool,
@@ -988,6 +996,7 @@ fn main() {
         }
     }
     let tc_tflops = peers.get("_bf16_matmul_tflops").and_then(Value::as_f64);
+    let fp8_tf = peers.get("_fp8_matmul_tflops").and_then(Value::as_f64);
     let date = {
         let days = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -1028,7 +1037,6 @@ fn main() {
             all.extend(bench_topk(&gpu, name, rows, n, &args, copy_gbs));
         }
     }
-    let fp8_tf = peers.get("_fp8_matmul_tflops").and_then(Value::as_f64);
     for c in mla_cases().iter().filter(|c| want(c.name)) {
         all.extend(bench_mla_indexer(&gpu, c, &args, copy_gbs, fp8_tf));
     }
@@ -1040,10 +1048,13 @@ fn main() {
     {
         for mut r in all {
             let c = r["case"].as_str().unwrap().to_string();
-            if r["unit"] == "TFLOP/s" {
-                if let Some(tc) = tc_tflops {
-                    r["fraction_of_limit"] = json!(r["achieved"].as_f64().unwrap() / tc);
-                }
+            let limit = match r["unit"].as_str() {
+                Some("TFLOP/s") => tc_tflops,
+                Some("FP8 TFLOP/s") => fp8_tf,
+                _ => None,
+            };
+            if let Some(l) = limit {
+                r["fraction_of_limit"] = json!(r["achieved"].as_f64().unwrap() / l);
             }
             if let Some(Value::Object(p)) = peers.get(&c) {
                 let best = p
@@ -1060,8 +1071,13 @@ fn main() {
             r["gpu"] = json!(props.name);
             r["date"] = json!(date);
             r["copy_gbs"] = json!(copy_gbs);
+            // The limits measured in this call, in every record (the charts
+            // draw each case against its own record's).
             if let Some(tc) = tc_tflops {
                 r["bf16_matmul_tflops"] = json!(tc);
+            }
+            if let Some(f) = fp8_tf {
+                r["fp8_matmul_tflops"] = json!(f);
             }
             r["command"] =
                 json!("cargo xtask gpu-bundle && bundle/run.sh bench (see BENCHMARKS.md)");
@@ -1092,9 +1108,55 @@ fn main() {
                 .map_or("-".into(), |v| format!("{v:.2}x")),
         );
     }
+    for (unit, rate, key) in [
+        ("TFLOP/s", tc_tflops, "_bf16_matmul_tflops"),
+        ("FP8 TFLOP/s", fp8_tf, "_fp8_matmul_tflops"),
+    ] {
+        if rate.is_none() && records.iter().any(|r| r["unit"] == unit) {
+            eprintln!(
+                "bench: no {key} in the --peers files: the {unit} cases have no limit \
+                 (fraction_of_limit null); the peer scripts measure it in the same call"
+            );
+        }
+    }
     if let Some(path) = &args.out {
         std::fs::write(path, serde_json::to_string_pretty(&records).unwrap()).unwrap();
         eprintln!("wrote {path}");
+    }
+    if let Some(dir) = &args.charts {
+        draw_charts(&args, &records, dir);
+    }
+}
+
+/// `--charts DIR`: the SVG charts of this run's records, named after
+/// `--out`'s stem; cases without peers in the records are looked up in the
+/// `--peers` files.
+fn draw_charts(args: &Args, records: &[Value], dir: &str) {
+    use sparse_attn_tests::charts::{Options, Results};
+    let out = args.out.as_deref().map(std::path::Path::new);
+    let name = out
+        .and_then(|p| p.file_stem())
+        .map_or("bench".into(), |s| s.to_string_lossy().into_owned());
+    let source = out
+        .and_then(|p| p.file_name())
+        .map_or("this bench run".into(), |s| {
+            s.to_string_lossy().into_owned()
+        });
+    let peer_files: Vec<std::path::PathBuf> = args
+        .peers
+        .iter()
+        .flat_map(|p| p.split(','))
+        .map(std::path::PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect();
+    match Results::from_records(&name, &source, records, &peer_files)
+        .and_then(|r| r.write(std::path::Path::new(dir), &Options::default()))
+    {
+        Ok(files) => eprintln!("wrote {} charts into {dir}", files.len()),
+        Err(e) => {
+            eprintln!("bench: drawing the charts into {dir}: {e}");
+            std::process::exit(1);
+        }
     }
 }
 
