@@ -53,6 +53,13 @@ pub unsafe fn atomic_add_shared_u32(addr: u32, v: u32) -> u32 {
     r
 }
 
+/// `red.shared.add.u32`: adds `v` at `addr`, no result (a histogram
+/// count: no register waits for the old value).
+#[inline(always)]
+pub unsafe fn red_add_shared_u32(addr: u32, v: u32) {
+    asm!("red.shared.add.u32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack));
+}
+
 /// `ld.shared.v4.u32`: 16 bytes (16-byte aligned).
 #[inline(always)]
 pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
