@@ -8,8 +8,8 @@
 //! (the score's 32 bits as an order-preserving key, then the inverted
 //! index's [`TOPK_INDEX_BITS`]): one histogram of the chunk's top digit,
 //! summed over the cluster through distributed shared memory, gives the
-//! threshold bin; only the keys in that bin (kept in registers, or gathered
-//! in shared memory) take the further digits. Each CTA sorts the keys it
+//! threshold bin; only the keys in that bin (the chunk kept in shared
+//! memory, or the bin's keys gathered there) take the further digits. Each CTA sorts the keys it
 //! keeps, and their places in the row's output come from the other CTAs'
 //! sorted lists (see `kernels-gpu/src/topk.rs`).
 
@@ -32,13 +32,14 @@ pub const TOPK_COARSE_BINS: u32 = 64;
 pub const TOPK_MAX_K: u32 = 2048;
 /// Bits of the index part of a selection key: rows of up to 2^24 entries.
 pub const TOPK_INDEX_BITS: u32 = 24;
-/// Entries a thread holds in registers (8 16-byte loads): a CTA whose
-/// chunk is at most [`TOPK_RESIDENT_CHUNK`] reads it from memory once.
+/// Entries a thread loads at once (8 16-byte loads in flight).
 pub const TOPK_RESIDENT_PER_THREAD: u32 = 32;
-/// Entries of a chunk held in registers by the whole CTA.
+/// Entries of one batch of loads of the CTA: a chunk of at most this many
+/// is read from memory once, into shared memory (32 KiB, the candidates'
+/// space), and counted from there on every digit.
 pub const TOPK_RESIDENT_CHUNK: u32 = TOPK_THREADS * TOPK_RESIDENT_PER_THREAD;
-/// Entries of a row per CTA the host aims for: exactly a register-resident
-/// chunk, so a row of up to 128K entries (16 CTAs) is read once. (With the
+/// Entries of a row per CTA the host aims for: exactly a resident chunk,
+/// so a row of up to 128K entries (16 CTAs) is read once. (With the
 /// earlier 8-bit, 4-pass kernel, 8192 against 16384 / 32768: `topk-1x128k`
 /// 38.7–43.8 against 53.1–53.3 / 84.8–100.4 µs, H200, 2026-12-02.)
 pub const TOPK_CHUNK_TARGET: u32 = TOPK_RESIDENT_CHUNK;
@@ -53,9 +54,10 @@ pub const TOPK_MAX_CLUSTER: u32 = 16;
 /// Longest row: the index part of a selection key.
 pub const TOPK_MAX_N: u32 = 1 << TOPK_INDEX_BITS;
 
-/// Dynamic shared memory: the kept keys, the candidates (also the sort's
-/// exchange buffers and the other CTAs' sorted keys), two histograms and
-/// their coarse sums (the digits alternate), and small scalars.
+/// Dynamic shared memory: the kept keys, the candidates (or the resident
+/// chunk; then the sort's exchange buffers and the other CTAs' sorted
+/// keys), two histograms and their coarse sums (the digits alternate), and
+/// small scalars: 82.6 KiB, 2 CTAs an SM.
 pub const TOPK_SMEM: u32 =
     TOPK_MAX_K * 8 + TOPK_CAND_CAP * 8 + 2 * TOPK_BINS * 4 + 2 * TOPK_COARSE_BINS * 4 + 256;
 

@@ -7,7 +7,7 @@
 //! `k` is at most [`TOPK_MAX_K`], `n` at most [`TOPK_MAX_N`] (2^24). One
 //! thread-block cluster per row, its CTAs splitting the row (see
 //! `kernels-gpu/src/topk.rs`): clusters of up to 16 CTAs of about
-//! `TOPK_CHUNK_TARGET` entries (a chunk a CTA holds in registers), smaller
+//! `TOPK_CHUNK_TARGET` entries (a chunk a CTA reads once), smaller
 //! where the rows' clusters would not all be resident at once (then the
 //! kernel reads each chunk twice).
 //!

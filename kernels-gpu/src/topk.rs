@@ -12,7 +12,7 @@
 //!    read through distributed shared memory). Keys above the bin are kept.
 //! 2. **resolve**: the keys inside the bin take the next 12-bit digits the
 //!    same way, until every key inside the cut is kept. A chunk of at most
-//!    [`TOPK_RESIDENT_CHUNK`] entries stays in registers from the first read
+//!    [`TOPK_RESIDENT_CHUNK`] entries stays in shared memory from the first read
 //!    (a row of 128K over 16 CTAs is read once). A longer chunk is read a
 //!    second time to collect its keys above the bin (kept) and inside it
 //!    (candidates, in shared memory); the further digits count only those.
@@ -43,7 +43,7 @@ use sparse_attn_abi::topk::*;
 use crate::arch::*;
 use crate::tile::bitonic::{cta_sort_desc, SORT_MAX};
 use crate::tile::radix::{self, radix_sel_index, KeySet, RadixCut, RadixSelect, RadixSmem};
-use crate::tile::row_chunk::{ResidentChunk, RowChunk, SmemKeys, RESIDENT};
+use crate::tile::row_chunk::{RowChunk, SmemChunk, SmemKeys, RESIDENT};
 
 const _: () = assert!(
     TOPK_THREADS == radix::THREADS
@@ -54,8 +54,9 @@ const _: () = assert!(
         && TOPK_RESIDENT_CHUNK == RESIDENT
         && TOPK_MAX_K == SORT_MAX
 );
-// The candidate list doubles as the sort's two exchange buffers.
-const _: () = assert!(TOPK_CAND_CAP >= 2 * SORT_MAX);
+// The candidate list doubles as a resident chunk and the sort's two
+// exchange buffers.
+const _: () = assert!(TOPK_CAND_CAP * 8 >= RESIDENT * 4 && TOPK_CAND_CAP >= 2 * SORT_MAX);
 
 /// Shared memory of the kernel.
 #[repr(C)]
@@ -63,8 +64,9 @@ struct Smem {
     /// Keys this CTA keeps (at most `k`), then sorted; the other CTAs read
     /// them.
     kept: [u64; TOPK_MAX_K as usize],
-    /// Keys of the threshold bin (long chunks); then the sort's exchange
-    /// buffers; then the other CTAs' sorted keys.
+    /// Keys of the threshold bin (long chunks), or the chunk's scores
+    /// (short ones); then the sort's exchange buffers; then the other CTAs'
+    /// sorted keys.
     cand: [u64; TOPK_CAND_CAP as usize],
     hist: [[u32; TOPK_BINS as usize]; 2],
     coarse: [[u32; TOPK_COARSE_BINS as usize]; 2],
@@ -74,6 +76,8 @@ struct Smem {
     offsets: [u32; TOPK_MAX_CLUSTER as usize],
     nkept: u32,
     ncand: u32,
+    /// Keys of the other CTAs' lists.
+    npulled: u32,
 }
 const _: () = assert!(size_of::<Smem>() as u32 <= TOPK_SMEM);
 
@@ -98,14 +102,17 @@ pub unsafe extern "ptx-kernel" fn topk_rows(p: TopkParams) {
     let sel = RadixSelect::new(k, n);
     // The same in every CTA of the row (`chunk` a multiple of 4 keeps each
     // CTA's misalignment that of the row).
-    let mis = if p.chunk % 4 == 0 { (src as usize as u32 & 15) / 4 } else { 3 };
+    let mis = if p.chunk.is_multiple_of(4) { (src as usize as u32 & 15) / 4 } else { 3 };
     if n.min(p.chunk) + mis <= TOPK_RESIDENT_CHUNK {
-        let keys = ResidentChunk::load(chunk);
+        // The candidate list is free: the chunk goes there.
+        let keys = SmemChunk::load(chunk, crate::smem_addr!(Smem, cand));
         clear_smem();
         keep(&keys, resolve(&keys, sel));
     } else {
         clear_smem();
-        select_streaming(&chunk, sel);
+        if let Some(cut) = select_streaming(&chunk, sel) {
+            keep(&chunk, cut);
+        }
     }
     let m = ld_shared_u32(crate::smem_addr!(Smem, nkept)).min(TOPK_MAX_K);
     cta_sort_desc(crate::smem_addr!(Smem, kept), m, crate::smem_addr!(Smem, cand));
@@ -165,23 +172,31 @@ unsafe fn keep(keys: &impl KeySet, cut: RadixCut) {
     sync_threads();
 }
 
-/// The select over a chunk too long for registers: the first digit over
-/// the chunk, then (where every CTA's part of the threshold bin fits
-/// [`TOPK_CAND_CAP`]) a second pass that keeps the keys above the bin and
-/// gathers those inside it, and the further digits over those alone;
-/// otherwise every digit over the chunk again.
+/// The select over a chunk too long to keep: the digits over the
+/// chunk, but after the first one, where every CTA's part of the threshold
+/// bin fits [`TOPK_CAND_CAP`], a second pass keeps the keys above the bin
+/// and gathers those inside it, and the further digits count those alone
+/// (they are kept here: `None`). Otherwise returns the final cut, for one
+/// more pass to keep its keys.
 #[inline(always)]
-unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect) {
-    if sel.done {
-        return keep(chunk, sel.cut);
+unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect) -> Option<RadixCut> {
+    while !sel.done {
+        let pick = sel.step(chunk, radix_smem());
+        if sel.steps == 1 && pick.max_inbin <= TOPK_CAND_CAP {
+            let cands = gather_bin(chunk, sel.cut);
+            keep(&cands, resolve(&cands, sel));
+            return None;
+        }
     }
-    let first = sel.step(chunk, radix_smem());
-    if first.max_inbin > TOPK_CAND_CAP {
-        return keep(chunk, resolve(chunk, sel));
-    }
+    Some(sel.cut)
+}
+
+/// The second pass over a chunk: keeps the keys above `bin`, gathers those
+/// inside it in shared memory (at most [`TOPK_CAND_CAP`]).
+#[inline(always)]
+unsafe fn gather_bin(chunk: &RowChunk, bin: RadixCut) -> SmemKeys {
     let (cand, ncand) = (crate::smem_addr!(Smem, cand), crate::smem_addr!(Smem, ncand));
     let (kept, nkept) = (crate::smem_addr!(Smem, kept), crate::smem_addr!(Smem, nkept));
-    let bin = sel.cut;
     chunk.for_each(|key| {
         if bin.above(key) {
             push(kept, nkept, TOPK_MAX_K, key);
@@ -190,8 +205,7 @@ unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect) {
         }
     });
     sync_threads();
-    let cands = SmemKeys { addr: cand, count: ld_shared_u32(ncand).min(TOPK_CAND_CAP) };
-    keep(&cands, resolve(&cands, sel));
+    SmemKeys { addr: cand, count: ld_shared_u32(ncand).min(TOPK_CAND_CAP) }
 }
 
 /// Writes the row's output from every CTA's sorted `kept` keys (`m` here,
@@ -214,16 +228,16 @@ unsafe fn write_ranks(p: &TopkParams, row: u32, m: u32, total: u32) {
     sync_threads();
     cluster_arrive_relaxed(); // done reading the other CTAs' shared memory
     let out = p.out.ptr().add(row as usize * p.k as usize);
+    let (mut off, mut cnt) = ([0u32; 16], [0u32; 16]);
+    crate::unroll!(16, R => {
+        if (R as u32) < ncta && R as u32 != me {
+            (off[R], cnt[R]) = (ld_shared_u32(offsets + 4 * R as u32), ld_shared_u32(counts + 4 * R as u32));
+        }
+    });
     let mut s = t;
     while s < m {
         let x = ld_shared_u64(kept + 8 * s);
-        let mut r = s;
-        for q in 0..ncta {
-            if q != me {
-                let list = pulled + 8 * ld_shared_u32(offsets + 4 * q);
-                r += count_larger(list, ld_shared_u32(counts + 4 * q), x);
-            }
-        }
+        let r = s + count_larger(pulled, &off, &cnt, x);
         st_global(out.add(r as usize), radix_sel_index(x) as i32);
         s += TOPK_THREADS;
     }
@@ -244,51 +258,65 @@ unsafe fn write_ranks(p: &TopkParams, row: u32, m: u32, total: u32) {
 #[inline(always)]
 unsafe fn pull_other_lists(kept: u32, counts: u32, offsets: u32, pulled: u32) {
     let (t, me, ncta) = (thread_idx_x(), cluster_ctarank(), cluster_nctarank());
-    let mut cnt = [0u32; TOPK_MAX_CLUSTER as usize];
-    let mut off = [0u32; TOPK_MAX_CLUSTER as usize];
-    let mut all = 0;
-    crate::unroll!(16, R => {
-        off[R] = all;
-        if (R as u32) < ncta && R as u32 != me {
-            cnt[R] = ld_shared_u32(counts + 4 * R as u32);
-            all += cnt[R];
+    let npulled = crate::smem_addr!(Smem, npulled);
+    if t == 0 {
+        let mut all = 0;
+        for q in 0..ncta {
+            st_shared_u32(offsets + 4 * q, all);
+            all += if q == me { 0 } else { ld_shared_u32(counts + 4 * q) };
         }
-        if t == 0 {
-            st_shared_u32(offsets + 4 * R as u32, off[R]);
+        st_shared_u32(npulled, all.min(SORT_MAX));
+    }
+    sync_threads();
+    let all = ld_shared_u32(npulled);
+    let mut src = [0u32; 8];
+    crate::unroll!(8, G => {
+        let g = t + TOPK_THREADS * G as u32;
+        if g < all {
+            // The other CTA whose list holds slot `g`.
+            for q in 0..ncta {
+                let (o, c) = (ld_shared_u32(offsets + 4 * q), ld_shared_u32(counts + 4 * q));
+                if q != me && g >= o && g < o + c {
+                    src[G] = map_shared_rank(kept + 8 * (g - o), q);
+                }
+            }
         }
     });
     let mut v = [0u64; 8];
     crate::unroll!(8, G => {
-        let g = t + TOPK_THREADS * G as u32;
-        let mut src = 0;
-        crate::unroll!(16, R => {
-            if g >= off[R] && g < off[R] + cnt[R] {
-                src = map_shared_rank(kept + 8 * (g - off[R]), R as u32);
-            }
-        });
-        if g < all.min(SORT_MAX) {
-            v[G] = ld_shared_cluster_u64(src);
+        if t + TOPK_THREADS * (G as u32) < all {
+            v[G] = ld_shared_cluster_u64(src[G]);
         }
     });
     crate::unroll!(8, G => {
         let g = t + TOPK_THREADS * G as u32;
-        if g < all.min(SORT_MAX) {
+        if g < all {
             st_shared_u64(pulled + 8 * g, v[G]);
         }
     });
 }
 
-/// Keys larger than `x` in the descending list of `len` keys at `list`.
+/// Keys larger than `x` in the descending lists at `pulled + 8 · off[q]`
+/// of `cnt[q]` keys: a binary search of each, 12 fixed steps (lists of up
+/// to 2048) with the lists innermost, so the searches' loads overlap.
 #[inline(always)]
-unsafe fn count_larger(list: u32, len: u32, x: u64) -> u32 {
-    let (mut lo, mut hi) = (0, len);
-    while lo < hi {
-        let mid = (lo + hi) / 2;
-        if ld_shared_u64(list + 8 * mid) > x {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
+unsafe fn count_larger(pulled: u32, off: &[u32; 16], cnt: &[u32; 16], x: u64) -> u32 {
+    let ncta = cluster_nctarank();
+    let mut lo = [0u32; 16]; // keys of list R known to be larger
+    let mut step = SORT_MAX;
+    while step > 0 {
+        crate::unroll!(16, R => {
+            if (R as u32) < ncta {
+                let i = (lo[R] + step - 1).min(cnt[R].max(1) - 1);
+                let y = ld_shared_u64(pulled + 8 * (off[R] + i));
+                if lo[R] + step <= cnt[R] && y > x {
+                    lo[R] += step;
+                }
+            }
+        });
+        step /= 2;
     }
-    lo
+    let mut n = 0;
+    crate::unroll!(16, R => { n += lo[R]; });
+    n
 }

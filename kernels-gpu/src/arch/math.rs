@@ -92,16 +92,3 @@ pub fn fma(a: f32, b: f32, c: f32) -> f32 {
 pub fn fabs(x: f32) -> f32 {
     x.abs()
 }
-
-/// `mov.b32` that the compiler must execute where it stands: not `pure`,
-/// so LLVM neither hoists it out of a loop nor merges two of them. For a
-/// value that is cheap to recompute but would otherwise be computed once
-/// and kept live across a loop (e.g. the row indices of the 32 entries a
-/// thread holds in registers during the top-k's radix steps: 32 more
-/// registers, and spills).
-#[inline(always)]
-pub fn opaque_u32(x: u32) -> u32 {
-    let r: u32;
-    unsafe { asm!("mov.b32 {r}, {x};", r = out(reg32) r, x = in(reg32) x, options(nomem, nostack)) };
-    r
-}

@@ -70,6 +70,14 @@ pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// `st.shared.v4.u32`: 16 bytes (16-byte aligned).
+#[inline(always)]
+pub unsafe fn st_shared_v4(addr: u32, v: [u32; 4]) {
+    asm!("st.shared.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};", p = in(reg32) addr,
+         a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+         options(nostack));
+}
+
 /// `st.shared.v4.u32` of zeros: clears 16 bytes (16-byte aligned).
 #[inline(always)]
 pub unsafe fn st_shared_zero16(addr: u32) {

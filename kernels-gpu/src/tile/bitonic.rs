@@ -97,7 +97,7 @@ fn exchange(lo: u64, hi: u64, descending: bool) -> (u64, u64) {
 #[inline(always)]
 fn register_stage<const S: usize>(x: &mut [u64; PER_THREAD], base: u32, size: u32) {
     crate::unroll!(8, R => {
-        if R & S == 0 {
+        if R % (2 * S) < S {
             let desc = (base | R as u32) & size == 0;
             (x[R], x[R | S]) = exchange(x[R], x[R | S], desc);
         }

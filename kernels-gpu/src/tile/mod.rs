@@ -17,8 +17,8 @@
 //!   CTA per row);
 //! - [`radix`]: the radix select of a row shared by a thread-block cluster
 //!   (12-bit digits, histograms summed through distributed shared memory),
-//!   over [`row_chunk`]'s key sets (a row's chunk in registers or re-read,
-//!   keys in shared memory);
+//!   over [`row_chunk`]'s key sets (a row's chunk kept in shared memory or
+//!   re-read, keys gathered in shared memory);
 //! - [`bitonic`]: a CTA's bitonic sort of up to 2048 keys in registers.
 
 pub mod bitonic;

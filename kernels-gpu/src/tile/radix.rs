@@ -17,15 +17,14 @@
 //! same order, so every CTA finds the same digit: the cut, and with it the
 //! number of steps and cluster barriers, is the same in every CTA.
 //!
-//! Where the keys come from is a [`KeySet`]: registers, a shared-memory
-//! list, or the row re-read from memory (`tile::row_chunk`).
+//! Where the keys come from is a [`KeySet`]: a chunk kept in shared memory,
+//! a list of keys, or the row re-read from memory (`tile::row_chunk`).
 
 use crate::arch::{
     cluster_nctarank, cluster_sync, lane_id, ld_shared_cluster_v2_u32, ld_shared_u32, ld_shared_v4,
     map_shared_rank, red_add_shared_u32, shfl_down_u32, shfl_xor_u32, st_shared_u32,
     st_shared_zero16, sync_threads, thread_idx_x, warp_id, warp_max_u32,
 };
-use crate::tile::topk::ordered_bits;
 
 /// Bits of the index below the score in a selection key.
 pub const RADIX_INDEX_BITS: u32 = 24;
@@ -47,11 +46,21 @@ pub const MAX_CLUSTER: u32 = 16;
 const _: () = assert!(FINE_PER_COARSE == 64 && COARSE_BINS == 64);
 const _: () = assert!(BINS / THREADS == 16, "coarse_sums: 16 fine bins a thread, 4 threads a coarse bin");
 
-/// The 32-bit radix image of a score: [`ordered_bits`] + 1, so NaN is 1
-/// (below every number) and 0 is free to mean "no entry".
+/// The 32-bit radix image of a score: [`ordered_bits`](crate::tile::topk::ordered_bits) + 1, so NaN is 1
+/// (below every number) and 0 is free to mean "no entry". In integer
+/// selects, no branch (`ordered_bits` compiled to a branch per entry).
 #[inline(always)]
 pub fn radix_key(s: f32) -> u32 {
-    ordered_bits(s) + 1
+    let b = s.to_bits();
+    let mag = b & 0x7fff_ffff;
+    let b = if mag == 0 { 0 } else { b }; // -0.0 as +0.0
+    // Negative: all bits flipped; positive: the sign bit set.
+    let flip = ((b as i32 >> 31) as u32) | 0x8000_0000;
+    if mag > 0x7f80_0000 {
+        1 // NaN
+    } else {
+        (b ^ flip) + 1
+    }
 }
 
 /// Selection key of the entry at index `j` of its row with radix key `r`:
@@ -222,7 +231,7 @@ unsafe fn coarse_sums(hist: u32, coarse: u32) {
     });
     s += shfl_xor_u32(s, 1);
     s += shfl_xor_u32(s, 2);
-    if t % 4 == 0 {
+    if t.is_multiple_of(4) {
         st_shared_u32(coarse + t, s); // coarse bin t / 4, 4 bytes each
     }
 }

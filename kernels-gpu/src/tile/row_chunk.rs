@@ -1,50 +1,54 @@
 //! A CTA's chunk of an f32 row as selection keys ([`KeySet`]s for the radix
-//! select): read with 16-byte loads, [`BATCH`] entries a thread in flight
-//! at once, as [`radix_key`]s in registers.
+//! select), read with 16-byte loads, [`VECS`] of them a thread in flight at
+//! once:
 //!
 //! - [`RowChunk`]: the chunk read again from memory on every pass (L2 for a
 //!   row that fits there);
-//! - [`ResidentChunk`]: a chunk of at most [`RESIDENT`] entries, read once
-//!   and held in registers (32 a thread);
+//! - [`SmemChunk`]: a chunk of at most [`RESIDENT`] entries read once into
+//!   shared memory (32 KiB; each thread reads back only the vectors it
+//!   loaded, so no barrier), then visited by a loop: registers (32 a
+//!   thread) would need every visit unrolled 32 times, and the kernel
+//!   visits a chunk in up to 5 places;
 //! - [`SmemKeys`]: keys gathered in shared memory.
 //!
 //! The row need not be 16-byte aligned: the chunk's vectors start at the
 //! aligned address at or before its first entry (the `mis` entries before
-//! it are read and dropped), and the one vector that would reach past the
-//! row's readable memory is read element by element.
+//! it are read and dropped). The vector that would reach past the row's
+//! readable memory is not read: its (at most 3) entries of the chunk are
+//! the first threads' `tail`, loaded once, one each.
 
-use crate::arch::{ld_global_nc, ld_global_nc_v4, ld_shared_u64, opaque_u32, thread_idx_x};
+use crate::arch::{ld_global_nc, ld_global_nc_v4, ld_shared_u64, ld_shared_v4, st_shared_v4, thread_idx_x};
 use crate::tile::radix::{radix_key, radix_sel_key, KeySet, THREADS};
 
 /// Vectors (4 entries) a thread loads at once.
-const VECS: u32 = 8;
-/// Entries a thread holds from one batch of loads.
-pub const BATCH: u32 = 4 * VECS;
-/// Entries of a CTA's batch, and the most a [`ResidentChunk`] holds.
-pub const RESIDENT: u32 = BATCH * THREADS;
-/// A thread's radix keys of one batch (0: no entry).
-pub type Batch = [u32; BATCH as usize];
+pub const VECS: u32 = 8;
+/// Entries of a CTA's batch of loads, and the most a [`SmemChunk`] holds.
+pub const RESIDENT: u32 = 4 * VECS * THREADS;
+/// A thread's vectors of one batch (f32 bits).
+type Batch = [[u32; 4]; VECS as usize];
 
 /// Entries `j0 .. j0 + len` of a row, read from global memory.
 #[derive(Clone, Copy)]
 pub struct RowChunk {
-    /// Entry `j0` of the row.
-    first: *const f32,
-    /// The 16-byte aligned address at or before `first`.
+    /// The 16-byte aligned address at or before entry `j0`.
     vbase: *const u8,
-    /// Entries between `vbase` and `first`.
+    /// Entries between `vbase` and entry `j0`.
     mis: u32,
     j0: u32,
     len: u32,
-    /// Vectors from `vbase` that hold the entries.
+    /// Vectors from `vbase` read: those that hold entries of the chunk and
+    /// lie wholly inside the row's readable memory.
     nvec: u32,
-    /// Vectors from `vbase` wholly inside the row's readable memory.
-    safe: u32,
+    /// This thread's entry past the last vector read (threads 0, 1, 2):
+    /// its radix key (0: none) and its place in the chunk.
+    tail: u32,
+    tail_e: u32,
 }
 
 impl RowChunk {
     /// Entries `j0 .. j0 + len` of the row at `row`, whose first `readable`
-    /// entries may be read (`j0 + len <= readable`).
+    /// entries may be read (`j0 + len <= readable`). Loads this thread's
+    /// tail entry.
     ///
     /// # Safety
     /// `row[.. readable]` is readable global memory for the whole grid and
@@ -56,98 +60,54 @@ impl RowChunk {
         let first = row.wrapping_add(j0 as usize);
         let mis = (first as usize as u32 & 15) / 4;
         let vbase = (first as *const u8).wrapping_sub(4 * mis as usize);
-        let nvec = if len == 0 { 0 } else { (len + mis).div_ceil(4) };
+        // Vectors wholly readable: they cover entries below `4 · safe -
+        // mis`, which leaves at most 3 of the chunk's (the readable memory
+        // ends less than 4 entries further).
         let safe = (readable.saturating_sub(j0) + mis) / 4;
-        RowChunk { first, vbase, mis, j0, len, nvec, safe }
+        let nvec = if len == 0 { 0 } else { (len + mis).div_ceil(4).min(safe) };
+        let t = thread_idx_x();
+        let tail_e = (4 * safe + t).wrapping_sub(mis);
+        let tail = if t < 3 && tail_e < len { radix_key(ld_global_nc(first.add(tail_e as usize))) } else { 0 };
+        RowChunk { vbase, mis, j0, len, nvec, tail, tail_e }
     }
 
-    /// Entries of the chunk.
+    /// This thread's vectors `b0 + t + THREADS · i` (`i < VECS`), all the
+    /// loads issued before any is used: indices past the last vector read
+    /// are clamped (their values are not visited).
     #[inline(always)]
-    pub fn len(&self) -> u32 {
-        self.len
-    }
-
-    /// Vectors the chunk's entries lie in (`len + mis`, in fours).
-    #[inline(always)]
-    pub fn vectors(&self) -> u32 {
-        self.nvec
-    }
-
-    /// This thread's radix keys of vectors `b0 + t + THREADS · i` (`i <
-    /// 8`; key `4i + q` is entry `q` of vector `i`), 0 where there is no
-    /// entry. The loads are all issued before any is used: vector indices
-    /// past the safe ones are clamped (and their values dropped), and the
-    /// one vector that reaches past the readable memory is then read
-    /// element by element.
-    #[inline(always)]
-    pub fn batch(&self, b0: u32) -> Batch {
+    fn load(&self, b0: u32) -> Batch {
         let t = thread_idx_x();
         let mut w = [[0u32; 4]; VECS as usize];
-        if self.safe > 0 {
+        if self.nvec > 0 {
             crate::unroll!(8, I => {
-                let v = (b0 + t + THREADS * I as u32).min(self.safe - 1);
-                // SAFETY: vector `v < safe` lies inside the readable memory.
+                let v = (b0 + t + THREADS * I as u32).min(self.nvec - 1);
+                // SAFETY: vector `v < nvec` lies inside the readable memory.
                 w[I] = unsafe { ld_global_nc_v4(self.vbase.add(16 * v as usize)) };
             });
         }
-        crate::unroll!(8, I => {
-            let v = b0 + t + THREADS * I as u32;
-            if v >= self.safe && v < self.nvec {
-                w[I] = self.tail(v);
-            }
-        });
-        let mut keys = [0u32; BATCH as usize];
-        crate::unroll!(8, I => {
-            crate::unroll!(4, Q => {
-                let e = self.entry(b0 + t + THREADS * I as u32, Q as u32);
-                if e < self.len {
-                    keys[4 * I + Q] = radix_key(f32::from_bits(w[I][Q]));
-                }
-            });
-        });
-        keys
-    }
-
-    /// Entry `q` of vector `v` of the chunk, relative to `j0` (wrapped:
-    /// `>= len` where it is not one of the chunk's).
-    #[inline(always)]
-    fn entry(&self, v: u32, q: u32) -> u32 {
-        (4 * v + q).wrapping_sub(self.mis)
-    }
-
-    /// Vector `v` element by element (entries outside the chunk are 0).
-    #[inline(always)]
-    fn tail(&self, v: u32) -> [u32; 4] {
-        let mut w = [0u32; 4];
-        crate::unroll!(4, Q => {
-            let e = self.entry(v, Q as u32);
-            if e < self.len {
-                // SAFETY: entry `e < len` of the chunk is readable.
-                w[Q] = unsafe { ld_global_nc(self.first.add(e as usize) as *const u32) };
-            }
-        });
         w
     }
 
-    /// Calls `f(key)` for the selection key of each entry of a batch
-    /// loaded at `b0`.
-    ///
-    /// The row index of entry `(i, q)` is `jb + 4 · THREADS · i + q`, `jb`
-    /// computed where it stands ([`opaque_u32`]): a [`ResidentChunk`]'s
-    /// indices are the same on every radix step, and LLVM otherwise keeps
-    /// all 32 live across the steps (ptxas: 204 registers, or spills at
-    /// 128).
+    /// Calls `f(key)` for the selection key of each of the chunk's entries
+    /// in vector `v` (scores `w`).
     #[inline(always)]
-    pub fn visit(&self, keys: &Batch, b0: u32, mut f: impl FnMut(u64)) {
-        let jb = opaque_u32((self.j0 + 4 * (b0 + thread_idx_x())).wrapping_sub(self.mis));
-        crate::unroll!(8, I => {
+    fn visit(&self, v: u32, w: [u32; 4], f: &mut impl FnMut(u64)) {
+        if v < self.nvec {
             crate::unroll!(4, Q => {
-                let r = keys[4 * I + Q];
-                if r != 0 {
-                    f(radix_sel_key(r, jb.wrapping_add(4 * THREADS * I as u32 + Q as u32)));
+                let e = (4 * v + Q as u32).wrapping_sub(self.mis); // wrapped: before j0
+                if e < self.len {
+                    f(radix_sel_key(radix_key(f32::from_bits(w[Q])), self.j0 + e));
                 }
             });
-        });
+        }
+    }
+
+    /// Calls `f(key)` for this thread's tail entry, if any.
+    #[inline(always)]
+    fn visit_tail(&self, f: &mut impl FnMut(u64)) {
+        if self.tail != 0 {
+            f(radix_sel_key(self.tail, self.j0 + self.tail_e));
+        }
     }
 }
 
@@ -155,34 +115,46 @@ impl KeySet for RowChunk {
     /// One batch after another (a pass over the chunk in memory).
     #[inline(always)]
     fn for_each(&self, mut f: impl FnMut(u64)) {
+        let t = thread_idx_x();
         let mut b0 = 0;
         while b0 < self.nvec {
-            let keys = self.batch(b0);
-            self.visit(&keys, b0, &mut f);
+            let w = self.load(b0);
+            crate::unroll!(8, I => { self.visit(b0 + t + THREADS * I as u32, w[I], &mut f); });
             b0 += VECS * THREADS;
         }
+        self.visit_tail(&mut f);
     }
 }
 
-/// A chunk of at most [`RESIDENT`] entries (`vectors() <= VECS · THREADS`)
-/// held in registers: read from memory once.
-pub struct ResidentChunk {
+/// A chunk of at most [`RESIDENT`] entries (`len + mis <= RESIDENT`: at
+/// most `VECS · THREADS` vectors) read once into shared memory.
+pub struct SmemChunk {
     chunk: RowChunk,
-    keys: Batch,
+    /// Shared address of vector 0 (16-byte aligned, `RESIDENT · 4` bytes).
+    addr: u32,
 }
 
-impl ResidentChunk {
-    /// Loads the chunk (its vectors must number at most `VECS · THREADS`).
+impl SmemChunk {
+    /// Reads the chunk into the shared memory at `addr`.
     #[inline(always)]
-    pub fn load(chunk: RowChunk) -> Self {
-        ResidentChunk { chunk, keys: chunk.batch(0) }
+    pub unsafe fn load(chunk: RowChunk, addr: u32) -> Self {
+        let (t, w) = (thread_idx_x(), chunk.load(0));
+        crate::unroll!(8, I => { st_shared_v4(addr + 16 * (t + THREADS * I as u32), w[I]); });
+        SmemChunk { chunk, addr }
     }
 }
 
-impl KeySet for ResidentChunk {
+impl KeySet for SmemChunk {
     #[inline(always)]
-    fn for_each(&self, f: impl FnMut(u64)) {
-        self.chunk.visit(&self.keys, 0, f);
+    fn for_each(&self, mut f: impl FnMut(u64)) {
+        let mut v = thread_idx_x();
+        while v < self.chunk.nvec {
+            // SAFETY: this thread stored vector `v` in `load`.
+            let w = unsafe { ld_shared_v4(self.addr + 16 * v) };
+            self.chunk.visit(v, w, &mut f);
+            v += THREADS;
+        }
+        self.chunk.visit_tail(&mut f);
     }
 }
 
