@@ -6,9 +6,10 @@
 //! -0.0, all-equal rows; a CUDA-graph replay; the named errors.
 //!
 //! The kernel's paths (`kernels-gpu/src/topk.rs`): chunks of at most 8192
-//! entries held in registers, longer ones read again with the threshold
-//! bin's keys gathered in shared memory, and the fallback where a CTA holds
-//! more than 4096 keys of that bin (every digit re-reads the chunk); the
+//! entries read once and kept in shared memory, longer ones read again
+//! with the threshold bin's keys gathered in shared memory, and the
+//! fallback where a CTA holds more than 4096 keys of that bin (every digit
+//! re-reads the chunk); the
 //! threshold bin all ties (resolved on the index bits), cuts on the
 //! 12-bit bins' first and last floats, row lengths around `k` and the
 //! chunk sizes.
@@ -205,8 +206,9 @@ fn bad_input_is_a_named_error() {
 /// The threshold bin all ties: 100K equal scores from a random start, 1 in
 /// 997 entries larger (kept first), the rest smaller; `k = 2048` keeps the
 /// larger ones and the lowest-indexed ties. One 128K row is 16 CTAs of
-/// 8192 entries in registers (the ties resolved on the index digits); the
-/// longer rows' CTAs hold more than 4096 of the tied keys: the fallback.
+/// 8192 entries kept in shared memory (the ties resolved on the index
+/// digits); the longer rows' CTAs hold more than 4096 of the tied keys: the
+/// fallback.
 #[test]
 fn ties_in_the_threshold_bin() {
     let Some(gpu) = gpu() else { return };
@@ -281,9 +283,9 @@ fn bin_edges() {
     }
 }
 
-/// Rows of 1, 2047, 2048, 2049 (around `k`), 8192, 8193 (a CTA's
-/// registers) and 65537 entries, `k` of 1 and 2048; then the same lengths
-/// per row in rows of 70000.
+/// Rows of 1, 2047, 2048, 2049 (around `k`), 8192, 8193 (a CTA's resident
+/// chunk) and 65537 entries, `k` of 1 and 2048; then the same lengths per
+/// row in rows of 70000.
 #[test]
 fn row_lengths() {
     let Some(gpu) = gpu() else { return };
