@@ -12,13 +12,14 @@
 //!    read through distributed shared memory). Keys above the bin are kept.
 //! 2. **resolve**: the keys inside the bin take the next 12-bit digits the
 //!    same way, until every key inside the cut is kept. A chunk of at most
-//!    [`TOPK_RESIDENT_CHUNK`] entries stays in shared memory from the first read
-//!    (a row of 128K over 16 CTAs is read once). A longer chunk is read a
-//!    second time to collect its keys above the bin (kept) and inside it
-//!    (candidates, in shared memory); the further digits count only those.
-//!    Fallback, where a CTA holds more than [`TOPK_CAND_CAP`] keys of the
-//!    bin (e.g. 100K equal scores): every further digit re-reads the chunk
-//!    (at most 4 more: 44 bits), then one pass collects the kept keys.
+//!    [`TOPK_RESIDENT_CHUNK`] entries stays in shared memory from the first
+//!    read (a row of 128K over 16 CTAs is read once). A longer chunk is
+//!    read a second time to collect its keys above the bin (kept) and
+//!    inside it (candidates, in shared memory); the further digits count
+//!    only those. Fallback, where a CTA holds more than [`TOPK_CAND_CAP`]
+//!    keys of the bin (e.g. 100K equal scores): every further digit
+//!    re-reads the chunk (at most 4 more: 44 bits), then one pass collects
+//!    the kept keys.
 //! 3. **sort**: each CTA sorts the keys it keeps (`tile::bitonic`); after
 //!    one cluster barrier it copies the other CTAs' sorted keys (at most
 //!    `k` in all) and places each of its keys at its own index plus the
@@ -27,8 +28,10 @@
 //!
 //! Worst case: a row of equal scores resolves every digit (5 steps, the
 //! last 4 over the index bits), each a cluster barrier and, for a long
-//! chunk, a pass over it. A typical row: 2 or 3 steps (uniform scores, 16
-//! CTAs: the threshold bin holds 4096 keys, one more digit leaves about 1).
+//! chunk, a pass over it: 6 reads of the chunk in all. A typical row: 2 or
+//! 3 steps (uniform scores: the threshold bin holds 1/32 of the row, 4096
+//! keys of 128K, and one more digit leaves about 1); 1 read of a resident
+//! chunk, 2 of a longer one.
 //!
 //! Deterministic: which keys are kept follows from the keys alone (counts
 //! are integers, summed in the same order everywhere), and every kept key's
