@@ -190,7 +190,9 @@ pub struct PagedKv {
 /// after, msa-decode-* within 1%). The dense prefill's `1` gives ptxas
 /// the register count at entry that `setmaxnreg` needs. The indexer's score kernels need their
 /// `2`: with the paged loader's row-stepped copies ptxas otherwise spilled
-/// the prefill kernel. The others keep ptxas' choice.
+/// the prefill kernel. The top-k's `2` (its shared memory holds 2 CTAs per
+/// SM) caps it at 128 registers; ptxas takes 95. The others keep ptxas'
+/// choice.
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),
     ("mla_logits_h64", mla::MI_THREADS, 1),
@@ -209,7 +211,7 @@ pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("msa_block_major_scatter", msa::BM_EDGE_THREADS, 0),
     ("msa_block_major_run", msa::BM_THREADS, 0),
     ("msa_block_major_combine", msa::BM_COMBINE_WARPS * 32, 0),
-    ("topk_rows", topk::TOPK_THREADS, 0),
+    ("topk_rows", topk::TOPK_THREADS, 2),
 ];
 
 /// The threads per CTA [`KERNEL_BOUNDS`] gives `kernel`.

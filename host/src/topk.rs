@@ -7,8 +7,9 @@
 //! `k` is at most [`TOPK_MAX_K`], `n` at most [`TOPK_MAX_N`] (2^24). One
 //! thread-block cluster per row, its CTAs splitting the row (see
 //! `kernels-gpu/src/topk.rs`): clusters of up to 16 CTAs of about
-//! `TOPK_CHUNK_TARGET` entries, smaller where the rows' clusters would not
-//! all be resident at once.
+//! `TOPK_CHUNK_TARGET` entries (a chunk a CTA reads once), smaller
+//! where the rows' clusters would not all be resident at once (then the
+//! kernel reads each chunk twice).
 //!
 //! ```no_run
 //! # fn main() -> sparse_attn::Result<()> {
@@ -123,7 +124,9 @@ impl TopK {
         while cluster > 1 && (self.resident_clusters(cluster)? as usize) < rows {
             cluster /= 2;
         }
-        let chunk = n.div_ceil(cluster).max(1);
+        // A multiple of 4: every CTA's chunk then starts at the row's own
+        // 16-byte alignment (the kernel's vector loads).
+        let chunk = n.div_ceil(cluster).max(1).next_multiple_of(4);
         self.plan = Some(Plan {
             rows: rows as u32,
             n,
@@ -165,7 +168,9 @@ impl TopK {
     ///
     /// # Safety
     /// The buffers must hold what the plan and `row_stride` address; the
-    /// kernel reads entries below `min(row_lens, n)` only.
+    /// kernel reads entries below `n` of each row (and, from the 16-byte
+    /// aligned address at or before a row, up to 3 entries before it),
+    /// ranks only those below `min(row_lens, n)`.
     pub(crate) unsafe fn launch(
         &self,
         scores: DPtr<f32>,
@@ -174,6 +179,14 @@ impl TopK {
         out: DPtrMut<i32>,
     ) -> Result<()> {
         let p = self.plan.ok_or(Error::NotPlanned { op: "topk" })?;
+        // The kernel reads 16-byte vectors from the aligned address at or
+        // before each chunk (device allocations are 256-byte aligned).
+        ensure(
+            scores.addr().is_multiple_of(16),
+            "scores",
+            || "a 16-byte aligned device address".into(),
+            || format!("{:#x}", scores.addr()),
+        )?;
         let params = TopkParams {
             scores,
             row_lens,

@@ -4,58 +4,85 @@
 //! number (it is still an entry); `-0.0` ties with `+0.0`.
 //!
 //! One thread-block cluster per row, CTA `c` taking entries `c · chunk ..`
-//! of it:
-//! - **select** ([`cluster_radix_select`]): the cut above which exactly
-//!   `min(k, entries)` selection keys lie, the same in every CTA; each pass
-//!   reads the CTA's entries again (from L2 after the first) as 32-bit
-//!   [`radix_key`]s;
-//! - **collect**: each CTA stages its kept keys, then copies them to the
-//!   first CTA's sort buffer through distributed shared memory, after the
-//!   lower ranks' (in any order inside a CTA, which the sort removes);
-//! - **sort and write** (first CTA): a bitonic sort of the kept keys,
-//!   descending, then the indices.
+//! of it, each entry a unique 56-bit selection key (score bits, then the
+//! inverted index: `tile::radix`):
+//! 1. **count** ([`RadixSelect::step`]): each CTA counts its keys by their
+//!    top 12 bits; one cluster barrier, and every CTA finds the same
+//!    threshold bin from the cluster's sums (64 coarse, then 64 fine bins
+//!    read through distributed shared memory). Keys above the bin are kept.
+//! 2. **resolve**: the keys inside the bin take the next 12-bit digits the
+//!    same way, until every key inside the cut is kept. A chunk of at most
+//!    [`TOPK_RESIDENT_CHUNK`] entries stays in shared memory from the first
+//!    read (a row of 128K over 16 CTAs is read once). A longer chunk is
+//!    read a second time to collect its keys above the bin (kept) and
+//!    inside it (candidates, in shared memory); the further digits count
+//!    only those. Fallback, where a CTA holds more than [`TOPK_CAND_CAP`]
+//!    keys of the bin (e.g. 100K equal scores): every further digit
+//!    re-reads the chunk (at most 4 more: 44 bits), then one pass collects
+//!    the kept keys.
+//! 3. **sort**: each CTA sorts the keys it keeps (`tile::bitonic`); after
+//!    one cluster barrier it copies the other CTAs' sorted keys (at most
+//!    `k` in all) and places each of its keys at its own index plus the
+//!    number of larger keys in each other list (binary search), writing
+//!    the entry's index there. The first CTA writes the `-1` padding.
 //!
-//! Deterministic: the kept set is defined by the keys alone, and the sort
-//! orders it.
+//! Worst case: a row of equal scores resolves every digit (5 steps, the
+//! last 4 over the index bits), each a cluster barrier and, for a long
+//! chunk, a pass over it: 6 reads of the chunk in all. A typical row: 2 or
+//! 3 steps (uniform scores: the threshold bin holds 1/32 of the row, 4096
+//! keys of 128K, and one more digit leaves about 1); 1 read of a resident
+//! chunk, 2 of a longer one.
+//!
+//! Deterministic: which keys are kept follows from the keys alone (counts
+//! are integers, summed in the same order everywhere), and every kept key's
+//! place in the output is its rank among the kept keys (keys are unique).
+//! The order in which threads append to shared lists varies from run to
+//! run; nothing downstream depends on it.
 
 use core::mem::size_of;
 
 use sparse_attn_abi::topk::*;
 
 use crate::arch::*;
-use crate::tile::topk::{
-    cluster_radix_select, for_entries, radix_sel_index, radix_sel_key, RadixSmem, RADIX_BINS,
-};
+use crate::tile::bitonic::{cta_sort_desc, SORT_MAX};
+use crate::tile::radix::{self, radix_sel_index, KeySet, RadixCut, RadixSelect, RadixSmem};
+use crate::tile::row_chunk::{RowChunk, SmemChunk, SmemKeys, RESIDENT};
 
-const _: () = assert!(TOPK_THREADS == RADIX_BINS && TOPK_INDEX_BITS == crate::tile::topk::RADIX_INDEX_BITS);
+const _: () = assert!(
+    TOPK_THREADS == radix::THREADS
+        && TOPK_BINS == radix::BINS
+        && TOPK_COARSE_BINS == radix::COARSE_BINS
+        && TOPK_INDEX_BITS == radix::RADIX_INDEX_BITS
+        && TOPK_MAX_CLUSTER == radix::MAX_CLUSTER
+        && TOPK_RESIDENT_CHUNK == RESIDENT
+        && TOPK_MAX_K == SORT_MAX
+);
+// The candidate list doubles as a resident chunk and the sort's two
+// exchange buffers.
+const _: () = assert!(TOPK_CAND_CAP * 8 >= RESIDENT * 4 && TOPK_CAND_CAP >= 2 * SORT_MAX);
 
 /// Shared memory of the kernel.
 #[repr(C)]
 struct Smem {
-    sorted: [u64; TOPK_MAX_K as usize],
+    /// Keys this CTA keeps (at most `k`), then sorted; the other CTAs read
+    /// them.
+    kept: [u64; TOPK_MAX_K as usize],
+    /// Keys of the threshold bin (long chunks), or the chunk's scores
+    /// (short ones); then the sort's exchange buffers; then the other CTAs'
+    /// sorted keys.
+    cand: [u64; TOPK_CAND_CAP as usize],
     hist: [[u32; TOPK_BINS as usize]; 2],
-    sums: [u32; 8],
-    pick: [u32; 4],
-    /// Keys this CTA kept (staged in its `sorted`).
-    kept: u32,
+    coarse: [[u32; TOPK_COARSE_BINS as usize]; 2],
+    pick: [u32; 8],
+    /// Keys each CTA keeps, and where its list starts among those pulled.
+    counts: [u32; TOPK_MAX_CLUSTER as usize],
+    offsets: [u32; TOPK_MAX_CLUSTER as usize],
+    nkept: u32,
+    ncand: u32,
+    /// Keys of the other CTAs' lists.
+    npulled: u32,
 }
 const _: () = assert!(size_of::<Smem>() as u32 <= TOPK_SMEM);
-
-/// This CTA's part of a row: entries `j0 .. j0 + len`.
-struct Part {
-    src: *const f32,
-    j0: u32,
-    len: u32,
-}
-
-impl Part {
-    /// Score of entry `e < len`.
-    #[inline(always)]
-    fn score(&self, e: u32) -> f32 {
-        // SAFETY: `e < len`: inside the row.
-        unsafe { ld_global_nc(self.src.add(e as usize)) }
-    }
-}
 
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn topk_rows(p: TopkParams) {
@@ -68,134 +95,231 @@ pub unsafe extern "ptx-kernel" fn topk_rows(p: TopkParams) {
     if row >= p.rows || p.k == 0 {
         return; // the whole cluster: its CTAs share the row
     }
-    let rank = cluster_ctarank();
     let k = p.k.min(TOPK_MAX_K);
     let n = if p.row_lens.is_null() { p.n } else { ld_global_nc(p.row_lens.ptr().add(row as usize)).min(p.n) };
-    let j0 = rank * p.chunk;
-    let part = Part {
-        src: p.scores.ptr().add(row as usize * p.row_stride as usize + j0 as usize),
-        j0,
-        len: n.saturating_sub(j0).min(p.chunk),
-    };
-    let sm = RadixSmem {
-        hist: crate::smem_addr!(Smem, hist),
-        sums: crate::smem_addr!(Smem, sums),
-        pick: crate::smem_addr!(Smem, pick),
-    };
-    st_shared_u32(sm.hist + 4 * thread_idx_x(), 0);
-    if thread_idx_x() == 0 {
-        st_shared_u32(crate::smem_addr!(Smem, kept), 0);
+    let src = p.scores.ptr().add(row as usize * p.row_stride as usize);
+    let j0 = cluster_ctarank() * p.chunk;
+    // SAFETY: entries below `p.n` of the row are readable (the host's
+    // plan), the scores buffer is 16-byte aligned.
+    let chunk = RowChunk::new(src, j0, n.saturating_sub(j0).min(p.chunk), p.n);
+    let sel = RadixSelect::new(k, n);
+    // The same in every CTA of the row (`chunk` a multiple of 4 keeps each
+    // CTA's misalignment that of the row).
+    let mis = if p.chunk.is_multiple_of(4) { (src as usize as u32 & 15) / 4 } else { 3 };
+    if n.min(p.chunk) + mis <= TOPK_RESIDENT_CHUNK {
+        // The candidate list is free: the chunk goes there.
+        let keys = SmemChunk::load(chunk, crate::smem_addr!(Smem, cand));
+        clear_smem();
+        keep(&keys, resolve(&keys, sel));
+    } else {
+        clear_smem();
+        if let Some(cut) = select_streaming(&chunk, sel) {
+            keep(&chunk, cut);
+        }
     }
-    sync_threads();
-    let cut = cluster_radix_select(part.len, j0, k, sm, |e| part.score(e));
-    let m = collect(&part, |r, j| cut.keeps(r, j));
-    cluster_sync(); // every kept key is in the first CTA
-    if rank == 0 {
-        sort_and_write(&p, row, m.min(k));
+    let m = ld_shared_u32(crate::smem_addr!(Smem, nkept)).min(TOPK_MAX_K);
+    cta_sort_desc(crate::smem_addr!(Smem, kept), m, crate::smem_addr!(Smem, cand));
+    write_ranks(&p, row, m, n.min(k));
+}
+
+/// The select's shared memory.
+#[inline(always)]
+fn radix_smem() -> RadixSmem {
+    RadixSmem {
+        hist: crate::smem_addr!(Smem, hist),
+        coarse: crate::smem_addr!(Smem, coarse),
+        pick: crate::smem_addr!(Smem, pick),
     }
 }
 
-/// Gathers the kept keys in the first CTA's `sorted`: each CTA stages its
-/// own in its `sorted` (slots from a shared-memory counter, any order),
-/// then copies them to the first CTA after those of the lower ranks (the
-/// first CTA's are in place). Returns how many the row kept (at most
-/// `TOPK_MAX_K`: the select keeps at most `k`).
-///
-/// (Slots taken with one distributed-shared-memory atomic per key on the
-/// first CTA's counter instead, and the row's loads one at a time:
-/// `topk-1x128k` 47.1 µs, H200, 2026-12-02.)
+/// Zeroes the first histogram and the list counters.
 #[inline(always)]
-unsafe fn collect(part: &Part, keeps: impl Fn(u32, u32) -> bool) -> u32 {
-    let (t, rank) = (thread_idx_x(), cluster_ctarank());
-    let (sorted, kept) = (crate::smem_addr!(Smem, sorted), crate::smem_addr!(Smem, kept));
-    for_entries(part.len, &|e| part.score(e), |e, r| {
-        if keeps(r, part.j0 + e) {
-            let slot = atomic_add_shared_u32(kept, 1);
-            if slot < TOPK_MAX_K {
-                st_shared_u64(sorted + 8 * slot, radix_sel_key(r, part.j0 + e));
+unsafe fn clear_smem() {
+    let (t, hist) = (thread_idx_x(), crate::smem_addr!(Smem, hist));
+    crate::unroll!(4, Q => { st_shared_zero16(hist + 64 * t + 16 * Q as u32); });
+    if t == 0 {
+        st_shared_u32(crate::smem_addr!(Smem, nkept), 0);
+        st_shared_u32(crate::smem_addr!(Smem, ncand), 0);
+    }
+    sync_threads();
+}
+
+/// Steps the select over `keys` until it is done; the final cut.
+#[inline(always)]
+unsafe fn resolve(keys: &impl KeySet, mut sel: RadixSelect) -> RadixCut {
+    while !sel.done {
+        sel.step(keys, radix_smem());
+    }
+    sel.cut
+}
+
+/// Appends `key` to the shared list at `list` (`cap` slots) whose length
+/// is the counter at `count`.
+#[inline(always)]
+unsafe fn push(list: u32, count: u32, cap: u32, key: u64) {
+    let slot = atomic_add_shared_u32(count, 1);
+    if slot < cap {
+        st_shared_u64(list + 8 * slot, key);
+    }
+}
+
+/// Appends the keys `cut` keeps to this CTA's `kept` list.
+#[inline(always)]
+unsafe fn keep(keys: &impl KeySet, cut: RadixCut) {
+    let (list, count) = (crate::smem_addr!(Smem, kept), crate::smem_addr!(Smem, nkept));
+    keys.for_each(|key| {
+        if cut.keeps(key) {
+            push(list, count, TOPK_MAX_K, key);
+        }
+    });
+    sync_threads();
+}
+
+/// The select over a chunk too long to keep: the digits over the
+/// chunk, but after the first one, where every CTA's part of the threshold
+/// bin fits [`TOPK_CAND_CAP`], a second pass keeps the keys above the bin
+/// and gathers those inside it, and the further digits count those alone
+/// (they are kept here: `None`). Otherwise returns the final cut, for one
+/// more pass to keep its keys.
+#[inline(always)]
+unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect) -> Option<RadixCut> {
+    while !sel.done {
+        let pick = sel.step(chunk, radix_smem());
+        if sel.steps == 1 && pick.max_inbin <= TOPK_CAND_CAP {
+            let cands = gather_bin(chunk, sel.cut);
+            keep(&cands, resolve(&cands, sel));
+            return None;
+        }
+    }
+    Some(sel.cut)
+}
+
+/// The second pass over a chunk: keeps the keys above `bin`, gathers those
+/// inside it in shared memory (at most [`TOPK_CAND_CAP`]).
+#[inline(always)]
+unsafe fn gather_bin(chunk: &RowChunk, bin: RadixCut) -> SmemKeys {
+    let (cand, ncand) = (crate::smem_addr!(Smem, cand), crate::smem_addr!(Smem, ncand));
+    let (kept, nkept) = (crate::smem_addr!(Smem, kept), crate::smem_addr!(Smem, nkept));
+    chunk.for_each(|key| {
+        if bin.above(key) {
+            push(kept, nkept, TOPK_MAX_K, key);
+        } else if bin.inside(key) {
+            push(cand, ncand, TOPK_CAND_CAP, key);
+        }
+    });
+    sync_threads();
+    SmemKeys { addr: cand, count: ld_shared_u32(ncand).min(TOPK_CAND_CAP) }
+}
+
+/// Writes the row's output from every CTA's sorted `kept` keys (`m` here,
+/// `total` in the row): each key goes to its index in this CTA's list plus
+/// the number of larger keys in every other CTA's list (copied here first);
+/// the first CTA writes `-1` past `total`.
+#[inline(always)]
+unsafe fn write_ranks(p: &TopkParams, row: u32, m: u32, total: u32) {
+    let (t, me, ncta) = (thread_idx_x(), cluster_ctarank(), cluster_nctarank());
+    let kept = crate::smem_addr!(Smem, kept);
+    let (counts, offsets) = (crate::smem_addr!(Smem, counts), crate::smem_addr!(Smem, offsets));
+    let pulled = crate::smem_addr!(Smem, cand);
+    cluster_sync(); // every CTA's sorted keys and count are final
+    if t < ncta {
+        let c = ld_shared_cluster_u32(map_shared_rank(crate::smem_addr!(Smem, nkept), t));
+        st_shared_u32(counts + 4 * t, c.min(TOPK_MAX_K));
+    }
+    sync_threads();
+    pull_other_lists(kept, counts, offsets, pulled);
+    sync_threads();
+    cluster_arrive_relaxed(); // done reading the other CTAs' shared memory
+    let out = p.out.ptr().add(row as usize * p.k as usize);
+    let (mut off, mut cnt) = ([0u32; 16], [0u32; 16]);
+    crate::unroll!(16, R => {
+        if (R as u32) < ncta && R as u32 != me {
+            (off[R], cnt[R]) = (ld_shared_u32(offsets + 4 * R as u32), ld_shared_u32(counts + 4 * R as u32));
+        }
+    });
+    let mut s = t;
+    while s < m {
+        let x = ld_shared_u64(kept + 8 * s);
+        let r = s + count_larger(pulled, &off, &cnt, x);
+        st_global(out.add(r as usize), radix_sel_index(x) as i32);
+        s += TOPK_THREADS;
+    }
+    if me == 0 {
+        let mut s = total + t;
+        while s < p.k {
+            st_global(out.add(s as usize), -1);
+            s += TOPK_THREADS;
+        }
+    }
+    cluster_wait(); // no CTA leaves while another may read its keys
+}
+
+/// Copies the sorted `kept` lists of the other CTAs (lengths in `counts`)
+/// one after another to `pulled`, writing where each starts to `offsets`.
+/// At most `SORT_MAX` keys in all (the row keeps at most `k`): 8 a thread,
+/// all the loads in flight together.
+#[inline(always)]
+unsafe fn pull_other_lists(kept: u32, counts: u32, offsets: u32, pulled: u32) {
+    let (t, me, ncta) = (thread_idx_x(), cluster_ctarank(), cluster_nctarank());
+    let npulled = crate::smem_addr!(Smem, npulled);
+    if t == 0 {
+        let mut all = 0;
+        for q in 0..ncta {
+            st_shared_u32(offsets + 4 * q, all);
+            all += if q == me { 0 } else { ld_shared_u32(counts + 4 * q) };
+        }
+        st_shared_u32(npulled, all.min(SORT_MAX));
+    }
+    sync_threads();
+    let all = ld_shared_u32(npulled);
+    let mut src = [0u32; 8];
+    crate::unroll!(8, G => {
+        let g = t + TOPK_THREADS * G as u32;
+        if g < all {
+            // The other CTA whose list holds slot `g`.
+            for q in 0..ncta {
+                let (o, c) = (ld_shared_u32(offsets + 4 * q), ld_shared_u32(counts + 4 * q));
+                if q != me && g >= o && g < o + c {
+                    src[G] = map_shared_rank(kept + 8 * (g - o), q);
+                }
             }
         }
     });
-    cluster_sync(); // every CTA's count is final
-    let (mut base, mut total) = (0, 0);
-    for q in 0..cluster_nctarank() {
-        let c = ld_shared_cluster_u32(map_shared_rank(kept, q));
-        base += if q < rank { c } else { 0 };
-        total += c;
-    }
-    let mine = ld_shared_u32(kept).min(TOPK_MAX_K);
-    if rank > 0 {
-        let dst = map_shared_rank(sorted, 0);
-        let mut i = t;
-        while i < mine && base + i < TOPK_MAX_K {
-            st_shared_cluster_u64(dst + 8 * (base + i), ld_shared_u64(sorted + 8 * i));
-            i += TOPK_THREADS;
+    let mut v = [0u64; 8];
+    crate::unroll!(8, G => {
+        if t + TOPK_THREADS * (G as u32) < all {
+            v[G] = ld_shared_cluster_u64(src[G]);
         }
-    }
-    total.min(TOPK_MAX_K)
+    });
+    crate::unroll!(8, G => {
+        let g = t + TOPK_THREADS * G as u32;
+        if g < all {
+            st_shared_u64(pulled + 8 * g, v[G]);
+        }
+    });
 }
 
-/// First CTA: sorts the `m` kept keys (descending; the power-of-two tail
-/// padded with 0, below every key) and writes the row's `k` indices, `-1`
-/// past them.
+/// Keys larger than `x` in the descending lists at `pulled + 8 · off[q]`
+/// of `cnt[q]` keys: a binary search of each, 12 fixed steps (lists of up
+/// to 2048) with the lists innermost, so the searches' loads overlap.
 #[inline(always)]
-unsafe fn sort_and_write(p: &TopkParams, row: u32, m: u32) {
-    let t = thread_idx_x();
-    let sorted = crate::smem_addr!(Smem, sorted);
-    let width = m.max(2).next_power_of_two();
-    let mut i = m + t;
-    while i < width {
-        st_shared_u64(sorted + 8 * i, 0);
-        i += TOPK_THREADS;
-    }
-    sync_threads();
-    bitonic_desc(sorted, width);
-    let out = p.out.ptr().add(row as usize * p.k as usize);
-    let mut s = t;
-    while s < p.k {
-        let v = if s < m { radix_sel_index(ld_shared_u64(sorted + 8 * s)) as i32 } else { -1 };
-        st_global(out.add(s as usize), v);
-        s += TOPK_THREADS;
-    }
-}
-
-/// Bitonic sort, descending, of the `width` (a power of two, at most
-/// [`TOPK_MAX_K`]) u64 keys at the shared address `a`, by the whole CTA.
-/// (Strides tracked as shifts instead of the divisions by a run-time
-/// stride below: `topk-1x128k` 46.4 µs against 38.5, H200, 2026-12-02.)
-#[inline(always)]
-unsafe fn bitonic_desc(a: u32, width: u32) {
-    const PAIRS: usize = (TOPK_MAX_K / 2 / TOPK_THREADS) as usize;
-    const _: () = assert!(PAIRS == 4);
-    let t = thread_idx_x();
-    let mut size = 2;
-    while size <= width {
-        let mut stride = size / 2;
-        while stride > 0 {
-            // A thread's pairs (at most 4) are independent: all their
-            // loads first.
-            let mut x = [0u64; PAIRS];
-            let mut y = [0u64; PAIRS];
-            crate::unroll!(4, P => {
-                let i = t + P as u32 * TOPK_THREADS;
-                let lo = 2 * stride * (i / stride) + i % stride;
-                if i < width / 2 {
-                    (x[P], y[P]) = (ld_shared_u64(a + 8 * lo), ld_shared_u64(a + 8 * (lo + stride)));
+unsafe fn count_larger(pulled: u32, off: &[u32; 16], cnt: &[u32; 16], x: u64) -> u32 {
+    let ncta = cluster_nctarank();
+    let mut lo = [0u32; 16]; // keys of list R known to be larger
+    let mut step = SORT_MAX;
+    while step > 0 {
+        crate::unroll!(16, R => {
+            if (R as u32) < ncta {
+                let i = (lo[R] + step - 1).min(cnt[R].max(1) - 1);
+                let y = ld_shared_u64(pulled + 8 * (off[R] + i));
+                if lo[R] + step <= cnt[R] && y > x {
+                    lo[R] += step;
                 }
-            });
-            crate::unroll!(4, P => {
-                let i = t + P as u32 * TOPK_THREADS;
-                let lo = 2 * stride * (i / stride) + i % stride;
-                // Descending runs where `lo & size == 0`: the last merge is
-                // all descending.
-                if i < width / 2 && (x[P] < y[P]) == (lo & size == 0) {
-                    st_shared_u64(a + 8 * lo, y[P]);
-                    st_shared_u64(a + 8 * (lo + stride), x[P]);
-                }
-            });
-            sync_threads();
-            stride /= 2;
-        }
-        size *= 2;
+            }
+        });
+        step /= 2;
     }
+    let mut n = 0;
+    crate::unroll!(16, R => { n += lo[R]; });
+    n
 }

@@ -1,9 +1,18 @@
 //! The standalone top-k on the GPU against the reference (exact: the order
-//! is fully defined): rows of 1 entry to 300K (clusters of 1 to 16 CTAs,
+//! is fully defined): rows of 1 entry to 1M (clusters of 1 to 16 CTAs,
 //! chunks not a multiple of anything), `k` of 1, 100 and 2048, `k` above
 //! the row's entries (`-1` padding), per-row lengths, heavy exact ties
 //! (ReLU-like rows: most entries 0, others from 4 values), NaN, ±Inf and
 //! -0.0, all-equal rows; a CUDA-graph replay; the named errors.
+//!
+//! The kernel's paths (`kernels-gpu/src/topk.rs`): chunks of at most 8192
+//! entries read once and kept in shared memory, longer ones read again
+//! with the threshold bin's keys gathered in shared memory, and the
+//! fallback where a CTA holds more than 4096 keys of that bin (every digit
+//! re-reads the chunk); the
+//! threshold bin all ties (resolved on the index bits), cuts on the
+//! 12-bit bins' first and last floats, row lengths around `k` and the
+//! chunk sizes.
 //!
 //! GPU tests print `SKIP` where there is no NVIDIA driver; every random case
 //! prints its seed (`SPARSE_ATTN_SEED=<n>` replays it). The output is
@@ -69,20 +78,35 @@ fn check(
     let scores = draw(rng, rows * n, kind);
     let row_lens: Option<Vec<u32>> =
         lens.then(|| (0..rows).map(|_| rng.gen_range(0..=n as u32 + 5)).collect());
-    let want = reference(&scores, rows, n, k, row_lens.as_deref());
+    let name = format!("{kind:?} lens {lens}");
+    compare(gpu, op, &name, &scores, (rows, n, k), row_lens.as_deref());
+}
+
+/// Plans `(rows, n, k)`, runs it on `scores` (and `row_lens`) and compares
+/// every slot with the reference.
+fn compare(
+    gpu: &Gpu,
+    op: &mut TopK,
+    name: &str,
+    scores: &[f32],
+    (rows, n, k): Shape,
+    row_lens: Option<&[u32]>,
+) {
+    let want = reference(scores, rows, n, k, row_lens);
     op.plan(rows, n, k).unwrap();
-    let d_scores = gpu.upload(&scores).unwrap();
-    let d_lens = row_lens.as_ref().map(|l| gpu.upload(l).unwrap());
+    let d_scores = gpu.upload(scores).unwrap();
+    let d_lens = row_lens.map(|l| gpu.upload(l).unwrap());
     let mut out = gpu.upload(&vec![POISON; rows * k]).unwrap();
     op.run(&d_scores, d_lens.as_ref(), &mut out).unwrap();
     let got = gpu.download(&out).unwrap();
     if let Some(r) = (0..rows).find(|&r| got[r * k..(r + 1) * k] != want[r * k..(r + 1) * k]) {
         let s = (0..k).find(|&s| got[r * k + s] != want[r * k + s]).unwrap();
         panic!(
-            "rows {rows} n {n} k {k} {kind:?} lens {lens}: row {r} slot {s}: got {}, want {} (len {:?})",
+            "{name}: rows {rows} n {n} k {k} ({:?} CTAs a row): row {r} slot {s}: got {}, want {} (len {:?})",
+            op.cluster(),
             got[r * k + s],
             want[r * k + s],
-            row_lens.as_ref().map(|l| l[r])
+            row_lens.map(|l| l[r])
         );
     }
 }
@@ -177,4 +201,112 @@ fn bad_input_is_a_named_error() {
         arg(op.run(&scores, Some(&lens), &mut out).unwrap_err()),
         "row_lens"
     );
+}
+
+/// The threshold bin all ties: 100K equal scores from a random start, 1 in
+/// 997 entries larger (kept first), the rest smaller; `k = 2048` keeps the
+/// larger ones and the lowest-indexed ties. One 128K row is 16 CTAs of
+/// 8192 entries kept in shared memory (the ties resolved on the index
+/// digits); the longer rows' CTAs hold more than 4096 of the tied keys: the
+/// fallback.
+#[test]
+fn ties_in_the_threshold_bin() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, _) = seeded(None);
+    let mut op = TopK::new(&gpu).unwrap();
+    for &(rows, n) in &[(1, 131_072), (3, 131_072 + 5), (64, 131_072), (1, 300_001)] {
+        let mut scores = Vec::with_capacity(rows * n);
+        for _ in 0..rows {
+            let start = rng.gen_range(0..=n - 100_000);
+            scores.extend((0..n).map(|j| {
+                if j % 997 == 5 {
+                    1.0 + (j % 7) as f32
+                } else if (start..start + 100_000).contains(&j) {
+                    0.5
+                } else {
+                    rng.gen_range(-1.0f32..0.4)
+                }
+            }));
+        }
+        compare(&gpu, &mut op, "ties", &scores, (rows, n, 2048), None);
+    }
+}
+
+/// Cuts on the edges of the first digit's bins (12 bits: sign, exponent, 3
+/// mantissa bits): scores from the floats next to 2.0, 2.25, 1.0, 0 and
+/// -2.0 (each bin's first and last float, ±0 and the smallest subnormals);
+/// rows whose `k` largest fill exactly the bins from 2.0 up (the cut on the
+/// first digit alone), or all but one of them, with ties just below 2.0.
+#[test]
+fn bin_edges() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, _) = seeded(None);
+    let mut op = TopK::new(&gpu).unwrap();
+    let down = |x: f32| f32::from_bits(x.to_bits() - 1); // x > 0
+    let edges: Vec<f32> = [2.0f32, 2.25, 1.0]
+        .iter()
+        .flat_map(|&e| [down(e), e, f32::from_bits(e.to_bits() + 1)])
+        .chain([-2.0, f32::from_bits(0xc000_0001), -down(2.0)])
+        .chain([0.0, -0.0, f32::from_bits(1), -f32::from_bits(1)])
+        .collect();
+    for &(rows, n) in &[(3, 20_000), (2, 131_072), (2, 300_001)] {
+        for k in [1, 2048] {
+            let pick: Vec<f32> = (0..rows * n)
+                .map(|_| edges[rng.gen_range(0..edges.len())])
+                .collect();
+            compare(&gpu, &mut op, "edge floats", &pick, (rows, n, k), None);
+            for above in [k, k - 1] {
+                // `above` entries in [2.0, 2.25) at random places, the rest
+                // below 2.0 (ties at its float below where `above < k`).
+                let mut scores = Vec::with_capacity(rows * n);
+                for _ in 0..rows {
+                    let mut row: Vec<f32> = (0..n)
+                        .map(|j| {
+                            if j < above {
+                                rng.gen_range(2.0f32..2.25)
+                            } else if above < k && j % 3 == 0 {
+                                down(2.0)
+                            } else {
+                                rng.gen_range(-4.0f32..1.99)
+                            }
+                        })
+                        .collect();
+                    for j in (1..n).rev() {
+                        row.swap(j, rng.gen_range(0..=j));
+                    }
+                    scores.extend(row);
+                }
+                let name = format!("{above} in the bins from 2.0");
+                compare(&gpu, &mut op, &name, &scores, (rows, n, k), None);
+            }
+        }
+    }
+}
+
+/// Rows of 1, 2047, 2048, 2049 (around `k`), 8192, 8193 (a CTA's resident
+/// chunk) and 65537 entries, `k` of 1 and 2048; then the same lengths per
+/// row in rows of 70000.
+#[test]
+fn row_lengths() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, _) = seeded(None);
+    let mut op = TopK::new(&gpu).unwrap();
+    for n in [1, 2047, 2048, 2049, 8192, 8193, 65_537] {
+        for k in [1, 2048] {
+            for kind in [Scores::Spread, Scores::Relu] {
+                check(&gpu, &mut op, &mut rng, (3, n, k), kind, false);
+            }
+        }
+    }
+    let lens: Vec<u32> = vec![
+        0, 1, 2047, 2048, 2049, 8192, 8193, 65_536, 65_537, 70_000, 70_005,
+    ];
+    let (rows, n) = (lens.len(), 70_000);
+    for kind in [Scores::Spread, Scores::Relu, Scores::Specials] {
+        let scores = draw(&mut rng, rows * n, kind);
+        for k in [1, 2048] {
+            let name = format!("{kind:?} per-row lengths");
+            compare(&gpu, &mut op, &name, &scores, (rows, n, k), Some(&lens));
+        }
+    }
 }

@@ -13,6 +13,24 @@ pub fn cluster_ctarank() -> u32 {
     r
 }
 
+/// `barrier.cluster.arrive.relaxed.aligned`: this thread arrives at the
+/// cluster barrier without publishing its memory writes (no fence: the
+/// release form compiles to `MEMBAR.ALL.GPU` first). For a barrier that
+/// only has to say "I am done reading the other CTAs' shared memory", e.g.
+/// before a CTA exits; [`cluster_wait`] completes it. All threads of the
+/// CTA must call it.
+#[inline(always)]
+pub fn cluster_arrive_relaxed() {
+    unsafe { asm!("barrier.cluster.arrive.relaxed.aligned;", options(nostack)) }
+}
+
+/// `barrier.cluster.wait.acquire.aligned`: waits until every thread of the
+/// cluster has arrived (after [`cluster_arrive_relaxed`]).
+#[inline(always)]
+pub fn cluster_wait() {
+    unsafe { asm!("barrier.cluster.wait.acquire.aligned;", options(nostack)) }
+}
+
 /// `barrier.cluster.arrive.release.aligned` then
 /// `barrier.cluster.wait.acquire.aligned`: every thread of every CTA of the
 /// cluster arrives; shared-memory writes before it are visible to the
@@ -63,6 +81,26 @@ pub fn cluster_nctarank() -> u32 {
 pub unsafe fn ld_shared_cluster_u32(addr: u32) -> u32 {
     let r: u32;
     asm!("ld.shared::cluster.u32 {r}, [{a}];", r = out(reg32) r, a = in(reg32) addr,
+         options(readonly, nostack));
+    r
+}
+
+/// `ld.shared::cluster.v2.u32`: two consecutive `u32` of another CTA's
+/// shared memory (an 8-byte aligned address from [`map_shared_rank`]).
+#[inline(always)]
+pub unsafe fn ld_shared_cluster_v2_u32(addr: u32) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    asm!("ld.shared::cluster.v2.u32 {{{a}, {b}}}, [{p}];", a = out(reg32) a, b = out(reg32) b,
+         p = in(reg32) addr, options(readonly, nostack));
+    [a, b]
+}
+
+/// `ld.shared::cluster.u64`: [`ld_shared_cluster_f32`] for a `u64` (8-byte
+/// aligned).
+#[inline(always)]
+pub unsafe fn ld_shared_cluster_u64(addr: u32) -> u64 {
+    let r: u64;
+    asm!("ld.shared::cluster.u64 {r}, [{a}];", r = out(reg64) r, a = in(reg32) addr,
          options(readonly, nostack));
     r
 }

@@ -53,6 +53,13 @@ pub unsafe fn atomic_add_shared_u32(addr: u32, v: u32) -> u32 {
     r
 }
 
+/// `red.shared.add.u32`: adds `v` at `addr`, no result (a histogram
+/// count: no register waits for the old value).
+#[inline(always)]
+pub unsafe fn red_add_shared_u32(addr: u32, v: u32) {
+    asm!("red.shared.add.u32 [{a}], {v};", a = in(reg32) addr, v = in(reg32) v, options(nostack));
+}
+
 /// `ld.shared.v4.u32`: 16 bytes (16-byte aligned).
 #[inline(always)]
 pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
@@ -61,6 +68,14 @@ pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
          a = out(reg32) a, b = out(reg32) b, c = out(reg32) c, d = out(reg32) d,
          p = in(reg32) addr, options(readonly, nostack));
     [a, b, c, d]
+}
+
+/// `st.shared.v4.u32`: 16 bytes (16-byte aligned).
+#[inline(always)]
+pub unsafe fn st_shared_v4(addr: u32, v: [u32; 4]) {
+    asm!("st.shared.v4.u32 [{p}], {{{a}, {b}, {c}, {d}}};", p = in(reg32) addr,
+         a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2], d = in(reg32) v[3],
+         options(nostack));
 }
 
 /// `st.shared.v4.u32` of zeros: clears 16 bytes (16-byte aligned).

@@ -13,12 +13,21 @@
 //!   shape: `issue` a tile into a stage, `body` consumes it);
 //! - [`softmax`]: the online softmax and the log-sum-exp merge (every
 //!   partial merge of the crate, in a fixed order);
-//! - [`topk`]: top-k selectors behind a key-source interface.
+//! - [`topk`]: top-k selectors behind a key-source interface (a warp or a
+//!   CTA per row);
+//! - [`radix`]: the radix select of a row shared by a thread-block cluster
+//!   (12-bit digits, histograms summed through distributed shared memory),
+//!   over [`row_chunk`]'s key sets (a row's chunk kept in shared memory or
+//!   re-read, keys gathered in shared memory);
+//! - [`bitonic`]: a CTA's bitonic sort of up to 2048 keys in registers.
 
+pub mod bitonic;
 pub mod frag;
 pub mod mask;
 pub mod paged;
 pub mod pipeline;
+pub mod radix;
+pub mod row_chunk;
 pub mod softmax;
 pub mod swizzle;
 pub mod topk;
