@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdevice_attribute as Attr;
-use cudarc::driver::{CudaContext, CudaModule, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{
+    sys, CudaContext, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits,
+};
 
 use sparse_attn_abi::KernelParams;
 
@@ -31,7 +33,10 @@ pub struct DeviceProps {
 /// A CUDA context with its stream and the library's module.
 ///
 /// Everything this crate launches goes to [`Gpu::stream`], in order; no call
-/// synchronises with the host unless its documentation says so.
+/// synchronises with the host unless its documentation says so. Made by
+/// [`Gpu::new`] (a device's primary context and a stream of its own), or on
+/// the caller's stream: [`Gpu::from_stream`] (a cudarc stream, e.g.
+/// candle's) and [`Gpu::from_raw`] (driver-API handles, for C and Python).
 #[derive(Clone)]
 pub struct Gpu {
     ctx: Arc<CudaContext>,
@@ -71,19 +76,125 @@ impl Gpu {
     /// at a version with the same kernel names and parameter structs; a
     /// mismatch is not detected.
     pub fn with_ptx(ordinal: usize, ptx: &str) -> Result<Self> {
-        if !Self::driver_present() {
-            return Err(Error::NoDriver(
-                "libcuda could not be loaded (no NVIDIA driver on this machine)".into(),
-            ));
-        }
+        Self::require_driver()?;
         let ctx = CudaContext::new(ordinal).during(|| format!("opening device {ordinal}"))?;
         // One stream, in-order: cudarc's per-buffer event tracking is not needed
         // and would add events to every launch (and to graph captures).
-        // SAFETY: this crate uses a single stream per context.
+        // SAFETY: this handle's context object is its own (no other user
+        // shares its tracking flag), and this crate uses one stream per handle.
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own: the legacy default stream cannot be captured
         // into a CUDA graph.
         let stream = ctx.new_stream().during(|| "creating a stream".into())?;
+        Self::from_parts(stream, ptx)
+    }
+
+    /// A handle on the caller's stream (and its context): every launch of
+    /// the ops built on it goes to `stream`, in order with the caller's own
+    /// work there; nothing here synchronises it.
+    ///
+    /// For a framework that owns the device, e.g. candle's `CudaDevice`
+    /// (`Gpu::from_stream(dev.cuda_stream())`). The context is borrowed as
+    /// it is: its event tracking is left as the owner set it (cudarc turns
+    /// it on by default); with tracking on, the ops hold cudarc's guards of
+    /// every buffer across the launches, so other streams' uses of the
+    /// buffers are ordered against them as cudarc promises. The embedded
+    /// PTX is loaded into the context (once per handle; clones share it).
+    /// Like every cudarc call, the handle's calls make the context current
+    /// on the calling thread.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        Self::require_driver()?;
+        Self::from_parts(stream, crate::ptx::PTX)
+    }
+
+    /// A handle on a raw context and stream of the driver API, for C and
+    /// Python callers (PyTorch: `torch.cuda.current_stream().cuda_stream`
+    /// and the device's primary context, `cuCtxGetCurrent` after it is
+    /// initialised). Launches go to `cu_stream`; nothing synchronises it;
+    /// neither handle is destroyed when the `Gpu` drops.
+    ///
+    /// A primary context is retained (and released with the handle), so it
+    /// stays alive as long as the handle; a non-primary context is wrapped
+    /// without taking ownership (cudarc's wrapper of it is deliberately never
+    /// dropped, which would destroy it: a few hundred bytes of host memory
+    /// per call). The wrapper's event tracking is off: this crate's own
+    /// buffers are used on `cu_stream` only, and the caller's memory comes
+    /// in as [`crate::RawBuffer`]s.
+    ///
+    /// # Safety
+    /// `cu_ctx` must be a live context and `cu_stream` a stream of it (or
+    /// null: the legacy default stream, which cannot be captured in a
+    /// graph); the caller keeps both alive while the handle, an op built
+    /// on it, or work they enqueued may still use them.
+    pub unsafe fn from_raw(cu_ctx: sys::CUcontext, cu_stream: sys::CUstream) -> Result<Self> {
+        Self::require_driver()?;
+        cudarc::driver::result::init().during(|| "initialising the driver".into())?;
+        let mut dev: sys::CUdevice = 0;
+        // SAFETY: `cu_ctx` is live (the caller's contract); it is made
+        // current only to ask its device, then the previous one is restored.
+        unsafe {
+            sys::cuCtxPushCurrent_v2(cu_ctx)
+                .result()
+                .during(|| "making the caller's context current".into())?;
+            let got = sys::cuCtxGetDevice(&mut dev).result();
+            let mut popped = std::ptr::null_mut();
+            sys::cuCtxPopCurrent_v2(&mut popped)
+                .result()
+                .during(|| "restoring the current context".into())?;
+            got.during(|| "asking the device of the caller's context".into())?;
+        }
+        let count = CudaContext::device_count().during(|| "counting the devices".into())?;
+        let ordinal = (0..count)
+            .find(|&i| cudarc::driver::result::device::get(i).is_ok_and(|d| d == dev))
+            .ok_or_else(|| Error::invalid("cu_ctx", "a context of a visible device", "none"))?
+            as usize;
+        // Is it the device's primary context? Only asked when the primary
+        // context is active, so that it is never created here.
+        let (mut flags, mut active) = (0u32, 0i32);
+        // SAFETY: plain queries of a valid device.
+        unsafe { sys::cuDevicePrimaryCtxGetState(dev, &mut flags, &mut active) }
+            .result()
+            .during(|| "reading the primary context's state".into())?;
+        let mut ctx = None;
+        if active != 0 {
+            let primary =
+                CudaContext::new(ordinal).during(|| format!("retaining device {ordinal}"))?;
+            if primary.cu_ctx() == cu_ctx {
+                ctx = Some(primary);
+            }
+        }
+        let ctx = match ctx {
+            Some(c) => c,
+            None => {
+                // SAFETY: a live context of device `dev` (the caller's
+                // contract); the extra reference leaked below keeps cudarc
+                // from destroying it.
+                let c = unsafe { CudaContext::from_raw_context(ordinal, dev, cu_ctx) }
+                    .during(|| "wrapping the caller's context".into())?;
+                std::mem::forget(c.clone());
+                c
+            }
+        };
+        // SAFETY: this wrapper object is ours alone (see above).
+        unsafe { ctx.disable_event_tracking() };
+        // SAFETY: a stream of this context, kept alive by the caller.
+        let stream = unsafe { ctx.wrap_borrowed_stream(cu_stream) };
+        Self::from_parts(stream, crate::ptx::PTX)
+    }
+
+    fn require_driver() -> Result<()> {
+        if Self::driver_present() {
+            Ok(())
+        } else {
+            Err(Error::NoDriver(
+                "libcuda could not be loaded (no NVIDIA driver on this machine)".into(),
+            ))
+        }
+    }
+
+    /// The handle on `stream` (its context), with `ptx` loaded.
+    fn from_parts(stream: Arc<CudaStream>, ptx: &str) -> Result<Self> {
+        let ctx = stream.context().clone();
         let attr = |a| ctx.attribute(a).during(|| format!("reading {a:?}"));
         let props = DeviceProps {
             name: ctx.name().during(|| "reading the device name".into())?,
@@ -123,7 +234,7 @@ impl Gpu {
         })
     }
 
-    /// The device's properties, read once at [`Gpu::new`].
+    /// The device's properties, read once when the handle was made.
     pub fn props(&self) -> &DeviceProps {
         &self.props
     }
@@ -208,8 +319,8 @@ impl Gpu {
             .during(|| format!("allocating {len} elements"))
     }
 
-    /// Copies a device buffer back (waits for the stream).
-    pub fn download<T: DeviceRepr>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+    /// Copies a device buffer (a slice, a view) back (waits for the stream).
+    pub fn download<T: DeviceRepr, S: DevicePtr<T>>(&self, dev: &S) -> Result<Vec<T>> {
         self.stream
             .clone_dtoh(dev)
             .during(|| format!("downloading {} elements", dev.len()))
