@@ -22,8 +22,9 @@ fn main() -> sparse_attn::Result<()> {
     let lookup: Vec<u32> = vec![3, 7, 9, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]; // [batch, 8]
     let batch = RaggedBatch::new(&offsets, &cache_lengths);
 
-    // plan: validates the host metadata and uploads the work list (once per batch shape)
-    indexer.plan(&batch, &PageTable::new(&lookup, 8), &layout, 0)?;
+    // plan: validates the host metadata and uploads the work list (once per
+    // batch shape; the plan serves every layer)
+    indexer.plan(&batch, &PageTable::new(&lookup, 8), &layout)?;
 
     let q = gpu.zeros::<sparse_attn::bf16>(2 * cfg.num_index_heads * 128)?; // [rows, heads, 128]
     let k_cache = gpu.zeros::<sparse_attn::bf16>(layout.elements())?;
@@ -31,7 +32,8 @@ fn main() -> sparse_attn::Result<()> {
     let mut out = gpu.zeros::<i32>(cfg.num_index_heads * 2 * cfg.topk)?;
 
     // run: two launches on the stream, no sync, no allocation (CUDA-graph friendly)
-    indexer.run(&q, &k_cache, &d_lookup, &mut out)?;
+    let layer = 0;
+    indexer.run(&q, &k_cache, &d_lookup, layer, &mut out)?;
     let idxs = gpu.download(&out)?; // [heads, rows, topk] block ids, best first, -1 padded
     println!("{:?}", &idxs[..cfg.topk]);
     Ok(())

@@ -101,13 +101,24 @@ pub struct CacheExpect {
 
 /// The host's check of a [`PagedLayout`].
 pub trait PagedLayoutExt {
-    /// Checks the pool against what an op expects and that `layer` exists;
-    /// every op here reads bf16 pools only (`dtype`).
-    fn check(&self, want: &CacheExpect, layer: usize) -> Result<()>;
+    /// Checks the pool against what an op expects and that `layer` exists
+    /// ([`PagedLayoutExt::check_shape`], then [`PagedLayoutExt::check_layer`]).
+    fn check(&self, want: &CacheExpect, layer: usize) -> Result<()> {
+        self.check_shape(want)?;
+        self.check_layer(layer)
+    }
+
+    /// Checks the pool against what an op expects (dtype, heads, page
+    /// size, head_dim, at least one page and one layer): what `plan` checks.
+    fn check_shape(&self, want: &CacheExpect) -> Result<()>;
+
+    /// Checks that `layer` is one of the pool's layers: what `run` checks
+    /// (one plan serves every layer).
+    fn check_layer(&self, layer: usize) -> Result<()>;
 }
 
 impl PagedLayoutExt for PagedLayout {
-    fn check(&self, want: &CacheExpect, layer: usize) -> Result<()> {
+    fn check_shape(&self, want: &CacheExpect) -> Result<()> {
         if !want.dtypes.contains(&self.dtype) {
             return Err(Error::Unsupported {
                 arg: "dtype",
@@ -146,6 +157,15 @@ impl PagedLayoutExt for PagedLayout {
             || ">= 1".into(),
             || "0".into(),
         )?;
+        ensure(
+            self.num_layers >= 1,
+            "num_layers",
+            || ">= 1".into(),
+            || "0".into(),
+        )
+    }
+
+    fn check_layer(&self, layer: usize) -> Result<()> {
         ensure(
             layer < self.num_layers,
             "layer",

@@ -15,16 +15,22 @@
 //! - `scale` must be finite and > 0, as for the MSA attention.
 //!
 //! `plan` cuts the batch into tiles of `DP_BLOCK_M` rows, orders them
-//! longest first and uploads them. `run` encodes the three TMA tensor maps
+//! longest first and uploads them; the plan does not depend on the layer
+//! of a paged cache (`run` takes it in [`KvBuffers::Paged`]), so one plan
+//! serves every layer of a step. `run` encodes the three TMA tensor maps
 //! (Q, K, V) for the buffers it is given and uploads them only when they
 //! differ from the last call's (384 bytes): a run on the buffers of the
 //! previous run only launches, so it can be captured in a CUDA graph and
-//! replayed.
+//! replayed (a graph per layer: each layer's run has its own parameters).
+//!
+//! The op needs no workspace ([`DensePrefill::workspace_size`] is 0): it
+//! works in shared memory and writes `out` and `lse` directly.
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 use crate::abi::dense::*;
+use crate::abi::{DPtr, DPtrMut};
 use crate::batch::{
     CacheExpect, ConfigExt, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
     RaggedBatch, RaggedBatchExt,
@@ -32,7 +38,7 @@ use crate::batch::{
 use crate::error::{
     ensure, expect_len, require_head_dim, require_positive_scale, CudaContextExt, Error, Result,
 };
-use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, Kernel};
+use crate::launch::{record_words, Bufs, Kernel};
 use crate::tma::{encode_tiled, TensorMaps, TmaElem};
 use crate::workspace::grow;
 use crate::Gpu;
@@ -43,15 +49,14 @@ pub use crate::abi::config::DensePrefillConfig;
 #[derive(Clone, Copy, Debug)]
 pub enum KvLayout<'a> {
     /// The paged main cache (`[num_pages, 2, num_layers, page_size,
-    /// n_kv_heads, 128]`, bf16, page size a power of two from 16 to 256) of
-    /// layer `layer`: sequence `b` has `cache_len + q_len` keys.
+    /// n_kv_heads, 128]`, bf16, page size a power of two from 16 to 256):
+    /// sequence `b` has `cache_len + q_len` keys. The layer read is
+    /// `run`'s ([`KvBuffers::Paged`]).
     Paged {
         /// Shape of the pool.
         layout: PagedLayout,
         /// The page table.
         pages: PageTable<'a>,
-        /// Layer read.
-        layer: usize,
     },
     /// Contiguous ragged K and V, each `[kv_rows, n_kv_heads, 128]`:
     /// sequence `b` owns rows `kv_row_offsets[b] .. kv_row_offsets[b + 1]`.
@@ -61,22 +66,27 @@ pub enum KvLayout<'a> {
     },
 }
 
-/// The device buffers `run` reads K/V from, matching the planned [`KvLayout`].
+/// The device buffers `run` reads K/V from, matching the planned
+/// [`KvLayout`]: slices, views or [`crate::RawBuffer`]s (a `&CudaSlice`
+/// coerces).
 #[derive(Clone, Copy)]
 pub enum KvBuffers<'a> {
-    /// The pool (`layout.elements()` values) and the page table.
+    /// The pool (`layout.elements()` values), the page table, and the
+    /// layer read.
     Paged {
         /// `bf16 [num_pages, 2, num_layers, page_size, n_kv_heads, 128]`.
-        kv_cache: &'a CudaSlice<bf16>,
+        kv_cache: &'a dyn DevicePtr<bf16>,
         /// `u32 [batch, max_pages]`.
-        lookup: &'a CudaSlice<u32>,
+        lookup: &'a dyn DevicePtr<u32>,
+        /// The layer of the pool this run reads (below `num_layers`).
+        layer: usize,
     },
     /// `bf16 [kv_rows, n_kv_heads, 128]` each.
     Ragged {
         /// Keys.
-        k: &'a CudaSlice<bf16>,
+        k: &'a dyn DevicePtr<bf16>,
         /// Values.
-        v: &'a CudaSlice<bf16>,
+        v: &'a dyn DevicePtr<bf16>,
     },
 }
 
@@ -96,7 +106,6 @@ struct Plan {
 #[derive(Clone, Copy, Debug)]
 struct PagedPlan {
     layout: PagedLayout,
-    layer: usize,
     max_pages: usize,
 }
 
@@ -176,6 +185,12 @@ impl DensePrefill {
         &self.cfg
     }
 
+    /// Bytes of workspace the op needs: none (see the module docs). For
+    /// uniformity with the other ops' `workspace_size`.
+    pub fn workspace_size() -> usize {
+        0
+    }
+
     /// Validates the batch and the K/V layout, cuts the batch into tiles
     /// (longest first) and uploads them.
     pub fn plan(&mut self, batch: &RaggedBatch, kv: &KvLayout) -> Result<()> {
@@ -212,11 +227,7 @@ impl DensePrefill {
     fn check_kv(&self, batch: &RaggedBatch, kv: &KvLayout) -> Result<KvPlan> {
         let n = batch.batch();
         match *kv {
-            KvLayout::Paged {
-                layout,
-                pages,
-                layer,
-            } => {
+            KvLayout::Paged { layout, pages } => {
                 let ps = layout.page_size;
                 ensure(
                     ps.is_power_of_two() && (16..=256).contains(&ps),
@@ -233,7 +244,7 @@ impl DensePrefill {
                     head_dim: DP_HEAD_DIM as usize,
                     page_size: ps,
                 };
-                layout.check(&want, layer)?;
+                layout.check_shape(&want)?;
                 pages.validate(batch, &layout)?;
                 let token_rows = layout.num_pages * 2 * layout.num_layers * ps;
                 ensure(
@@ -245,7 +256,6 @@ impl DensePrefill {
                 let keys = (0..n).map(|b| batch.seqlen_k(b) as u32).collect();
                 let paged = PagedPlan {
                     layout,
-                    layer,
                     max_pages: pages.max_pages,
                 };
                 Ok(KvPlan {
@@ -282,15 +292,20 @@ impl DensePrefill {
     /// Computes the planned batch: `q` and `out` `[num_rows, n_heads,
     /// 128]`, `sinks: f32 [n_heads]` exactly when the configuration has
     /// sinks, `lse: f32 [num_rows, n_heads]` optional. Launch only (see the
-    /// module docs for the tensor maps).
-    pub fn run(
+    /// module docs for the tensor maps). Buffers may be slices, views or
+    /// [`crate::RawBuffer`]s.
+    pub fn run<Q, O>(
         &mut self,
-        q: &CudaSlice<bf16>,
+        q: &Q,
         kv: KvBuffers,
-        sinks: Option<&CudaSlice<f32>>,
-        out: &mut CudaSlice<bf16>,
-        lse: Option<&mut CudaSlice<f32>>,
-    ) -> Result<()> {
+        sinks: Option<&dyn DevicePtr<f32>>,
+        out: &mut O,
+        lse: Option<&mut dyn DevicePtrMut<f32>>,
+    ) -> Result<()>
+    where
+        Q: DevicePtr<bf16> + ?Sized,
+        O: DevicePtrMut<bf16> + ?Sized,
+    {
         let p = self.plan.clone().ok_or(Error::NotPlanned {
             op: "dense_prefill",
         })?;
@@ -332,12 +347,28 @@ impl DensePrefill {
         if let Some(s) = sinks {
             expect_len("sinks", s.len(), c.n_heads, "n_heads")?;
         }
-        let lookup = self.check_buffers(&p, &kv)?;
+        self.check_buffers(&p, &kv)?;
         if p.rows == 0 || p.num_tiles == 0 {
             return Ok(());
         }
-        self.bind_tmaps(&p, q, &kv)?;
-        let params = self.params(&p, lookup, sinks, out, lse.as_deref());
+        let mut b = Bufs::new(&self.gpu);
+        let (q, kv_addrs) = (b.input("q", q)?, kv_addresses(&mut b, &kv)?);
+        let user = UserPtrs {
+            lookup: match kv {
+                KvBuffers::Paged { lookup, .. } => b.input("lookup", lookup)?,
+                KvBuffers::Ragged { .. } => DPtr::NULL,
+            },
+            sinks: b.opt_input("sinks", sinks)?,
+            out: b.output("out", out)?,
+            lse: b.opt_output("lse", lse)?,
+        };
+        let maps = encode_maps(&self.cfg, &p, q.addr(), kv_addrs)?;
+        self.tmaps.bind(b.gpu(), maps, "dense prefill")?;
+        let params = DensePrefillParams {
+            tmaps: b.r(self.tmaps.device()),
+            tiles: b.rec(&self.tiles),
+            ..params(&self.cfg, &p, &kv, &user)
+        };
         let cfg = LaunchConfig {
             // One CTA per (tile, head). A persistent grid (one CTA per SM
             // walking the items, the next item's loads under this one's
@@ -358,20 +389,21 @@ impl DensePrefill {
         }
     }
 
-    /// Checks the K/V buffers against the plan; the page table, if paged.
-    fn check_buffers<'b>(
-        &self,
-        p: &Plan,
-        kv: &KvBuffers<'b>,
-    ) -> Result<Option<&'b CudaSlice<u32>>> {
+    /// Checks the K/V buffers against the plan (lengths, and the layer).
+    fn check_buffers(&self, p: &Plan, kv: &KvBuffers) -> Result<()> {
         let per_row = self.cfg.n_kv_heads * DP_HEAD_DIM as usize;
         match (*kv, p.paged) {
             (
-                KvBuffers::Paged { kv_cache, lookup },
+                KvBuffers::Paged {
+                    kv_cache,
+                    lookup,
+                    layer,
+                },
                 Some(PagedPlan {
                     layout, max_pages, ..
                 }),
             ) => {
+                layout.check_layer(layer)?;
                 expect_len(
                     "kv_cache",
                     kv_cache.len(),
@@ -383,8 +415,7 @@ impl DensePrefill {
                     lookup.len(),
                     p.batch * max_pages,
                     "batch * max_pages",
-                )?;
-                Ok(Some(lookup))
+                )
             }
             (KvBuffers::Ragged { k, v }, None) => {
                 expect_len(
@@ -398,8 +429,7 @@ impl DensePrefill {
                     v.len(),
                     p.kv_rows * per_row,
                     "kv_rows * n_kv_heads * 128",
-                )?;
-                Ok(None)
+                )
             }
             (KvBuffers::Paged { .. }, None) => Err(Error::invalid(
                 "kv",
@@ -413,83 +443,92 @@ impl DensePrefill {
             )),
         }
     }
+}
 
-    /// Encodes the tensor maps of these buffers and uploads them when they
-    /// differ from the last upload.
-    fn bind_tmaps(&mut self, p: &Plan, q: &CudaSlice<bf16>, kv: &KvBuffers) -> Result<()> {
-        let c = self.cfg;
-        let stream = self.gpu.stream();
-        let addr = |s: &CudaSlice<bf16>| s.device_ptr(stream).0;
-        let mut maps = Vec::with_capacity(DP_TMAPS * DP_TMAP_BYTES);
-        maps.extend(encode_tmap(addr(q), c.n_heads, p.rows, DP_BLOCK_M)?);
-        match (*kv, p.paged) {
-            (KvBuffers::Paged { kv_cache, .. }, Some(PagedPlan { layout: l, .. })) => {
-                let (rows, box_rows) = (
-                    l.num_pages * 2 * l.num_layers * l.page_size,
-                    l.page_size.min(DP_BLOCK_N as usize),
-                );
-                let m = encode_tmap(addr(kv_cache), c.n_kv_heads, rows, box_rows as u32)?;
-                maps.extend(m);
-                maps.extend(m);
-            }
-            (KvBuffers::Ragged { k, v }, _) => {
-                maps.extend(encode_tmap(addr(k), c.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
-                maps.extend(encode_tmap(addr(v), c.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
-            }
-            _ => unreachable!("check_buffers matched the layout"),
+/// The caller's buffers of one run besides Q and K/V.
+struct UserPtrs {
+    lookup: DPtr<u32>,
+    sinks: DPtr<f32>,
+    out: DPtrMut<u16>,
+    lse: DPtrMut<f32>,
+}
+
+/// The K and V addresses of a run's buffers (the pool's twice when paged).
+fn kv_addresses<'a>(b: &mut Bufs<'a>, kv: &KvBuffers<'a>) -> Result<(u64, u64)> {
+    Ok(match *kv {
+        KvBuffers::Paged { kv_cache, .. } => {
+            let a = b.input::<bf16, _>("kv_cache", kv_cache)?.addr();
+            (a, a)
         }
-        self.tmaps.bind(&self.gpu, maps, "dense prefill")
-    }
+        KvBuffers::Ragged { k, v } => (
+            b.input::<bf16, _>("k", k)?.addr(),
+            b.input::<bf16, _>("v", v)?.addr(),
+        ),
+    })
+}
 
-    /// The kernel's parameters for the planned batch.
-    fn params(
-        &self,
-        p: &Plan,
-        lookup: Option<&CudaSlice<u32>>,
-        sinks: Option<&CudaSlice<f32>>,
-        out: &CudaSlice<bf16>,
-        lse: Option<&CudaSlice<f32>>,
-    ) -> DensePrefillParams {
-        let (gpu, c) = (&self.gpu, &self.cfg);
-        let (causal, window) = match c.mask {
-            Mask::None => (0, DP_NO_WINDOW),
-            Mask::Causal => (1, DP_NO_WINDOW),
-            Mask::SlidingWindow { window } => (1, window as u32),
-        };
-        let mut params = DensePrefillParams {
-            tmaps: dptr(gpu, self.tmaps.device()),
-            tiles: record_ptr(gpu, &self.tiles),
-            lookup: lookup.map_or(Default::default(), |l| dptr(gpu, l)),
-            sinks: sinks.map_or(Default::default(), |s| dptr(gpu, s)),
-            out: dptr_mut(gpu, out),
-            lse: dptr_opt(gpu, lse),
-            num_tiles: p.num_tiles as u32,
-            num_rows: p.rows as u32,
-            n_heads: c.n_heads as u32,
-            n_kv_heads: c.n_kv_heads as u32,
-            scale_log2: c.scale * std::f32::consts::LOG2_E,
-            causal,
-            window,
-            box_rows: DP_BLOCK_N,
-            ..Default::default()
-        };
-        if let Some(PagedPlan {
+/// The three tensor maps (Q, K, V) of a run at these addresses.
+fn encode_maps(cfg: &DensePrefillConfig, p: &Plan, q: u64, kv: (u64, u64)) -> Result<Vec<u8>> {
+    let mut maps = Vec::with_capacity(DP_TMAPS * DP_TMAP_BYTES);
+    maps.extend(encode_tmap(q, cfg.n_heads, p.rows, DP_BLOCK_M)?);
+    match p.paged {
+        Some(PagedPlan { layout: l, .. }) => {
+            let (rows, box_rows) = (
+                l.num_pages * 2 * l.num_layers * l.page_size,
+                l.page_size.min(DP_BLOCK_N as usize),
+            );
+            maps.extend(encode_tmap(kv.0, cfg.n_kv_heads, rows, box_rows as u32)?);
+            maps.extend(encode_tmap(kv.1, cfg.n_kv_heads, rows, box_rows as u32)?);
+        }
+        None => {
+            maps.extend(encode_tmap(kv.0, cfg.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
+            maps.extend(encode_tmap(kv.1, cfg.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
+        }
+    }
+    Ok(maps)
+}
+
+/// The kernel's parameters for the planned batch but the op's own buffers
+/// (tensor maps, tiles).
+fn params(cfg: &DensePrefillConfig, p: &Plan, kv: &KvBuffers, u: &UserPtrs) -> DensePrefillParams {
+    let (causal, window) = match cfg.mask {
+        Mask::None => (0, DP_NO_WINDOW),
+        Mask::Causal => (1, DP_NO_WINDOW),
+        Mask::SlidingWindow { window } => (1, window as u32),
+    };
+    let mut params = DensePrefillParams {
+        lookup: u.lookup,
+        sinks: u.sinks,
+        out: u.out,
+        lse: u.lse,
+        num_tiles: p.num_tiles as u32,
+        num_rows: p.rows as u32,
+        n_heads: cfg.n_heads as u32,
+        n_kv_heads: cfg.n_kv_heads as u32,
+        scale_log2: cfg.scale * std::f32::consts::LOG2_E,
+        causal,
+        window,
+        box_rows: DP_BLOCK_N,
+        ..Default::default()
+    };
+    if let (
+        Some(PagedPlan {
             layout: l,
-            layer,
             max_pages,
-        }) = p.paged
-        {
-            let ps = l.page_size as u32;
-            params.box_rows = ps.min(DP_BLOCK_N);
-            params.page_size = ps;
-            params.num_pages = l.num_pages as u32;
-            params.max_pages = max_pages as u32;
-            params.page_rows = 2 * l.num_layers as u32 * ps;
-            params.k_row_off = layer as u32 * ps;
-            params.v_row_off = (l.num_layers + layer) as u32 * ps;
-        }
-        params
+        }),
+        KvBuffers::Paged { layer, .. },
+    ) = (p.paged, *kv)
+    {
+        let ps = l.page_size as u32;
+        params.box_rows = ps.min(DP_BLOCK_N);
+        params.page_size = ps;
+        params.num_pages = l.num_pages as u32;
+        params.max_pages = max_pages as u32;
+        params.page_rows = 2 * l.num_layers as u32 * ps;
+        params.k_row_off = layer as u32 * ps;
+        params.v_row_off = (l.num_layers + layer) as u32 * ps;
     }
+    params
 }
 
 /// The work tiles of a batch, longest first (a stable sort: equal tiles

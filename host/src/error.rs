@@ -27,6 +27,18 @@ pub enum Error {
         /// What is not implemented, and what is.
         what: String,
     },
+    /// A buffer (or workspace) belongs to another CUDA context than the
+    /// [`crate::Gpu`] handle the op runs on (another device, or another
+    /// context of the same device): its addresses mean nothing there.
+    #[error("`{arg}` belongs to another CUDA context: expected {expected}, got {actual}")]
+    WrongContext {
+        /// The argument's name, as the op's docs call it.
+        arg: &'static str,
+        /// The handle's device and context.
+        expected: String,
+        /// The buffer's device and context.
+        actual: String,
+    },
     /// No NVIDIA driver library could be loaded on this machine.
     #[error("no CUDA driver: {0}")]
     NoDriver(String),
@@ -48,11 +60,13 @@ pub enum Error {
 }
 
 impl Error {
-    /// The argument an [`Error::InvalidArgument`] or [`Error::Unsupported`]
-    /// names.
+    /// The argument an [`Error::InvalidArgument`], [`Error::Unsupported`] or
+    /// [`Error::WrongContext`] names.
     pub fn arg(&self) -> Option<&'static str> {
         match self {
-            Error::InvalidArgument { arg, .. } | Error::Unsupported { arg, .. } => Some(arg),
+            Error::InvalidArgument { arg, .. }
+            | Error::Unsupported { arg, .. }
+            | Error::WrongContext { arg, .. } => Some(arg),
             _ => None,
         }
     }
@@ -91,6 +105,15 @@ impl Error {
             Error::Unsupported { arg, what } => Error::Unsupported {
                 arg: rename(arg),
                 what,
+            },
+            Error::WrongContext {
+                arg,
+                expected,
+                actual,
+            } => Error::WrongContext {
+                arg: rename(arg),
+                expected,
+                actual,
             },
             other => other,
         }

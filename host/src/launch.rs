@@ -6,9 +6,9 @@
 //! entry point that takes `P` (checked against `P::KERNELS` when it is
 //! loaded), and [`Launch`] hands the driver a pointer to one `P`: the
 //! kernel's parameter list cannot be given in the wrong order or with the
-//! wrong types. Device buffers become typed addresses with [`dptr`] /
-//! [`dptr_mut`] (bf16 as its bit pattern, `u16`) or, for work records
-//! uploaded as words, [`record_ptr`].
+//! wrong types. Device buffers become typed addresses through [`Bufs`]
+//! (bf16 as its bit pattern, `u16`), which checks the caller's buffers and
+//! holds cudarc's guards until the run's launches are enqueued.
 //!
 //! Every launch of this crate sets `CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION`
 //! (`cuLaunchKernelEx`). The next kernel on the stream may then be scheduled
@@ -38,12 +38,16 @@ use std::ffi::c_void;
 use std::marker::PhantomData;
 
 use cudarc::driver::sys;
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, LaunchConfig};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DeviceSlice, LaunchConfig,
+    SyncOnDrop,
+};
 use half::bf16;
 use sparse_attn_abi::{DPtr, DPtrMut, KernelParams};
 
 use crate::context::Gpu;
 use crate::error::{CudaContextExt, Error, Result};
+use crate::workspace::Workspace;
 
 /// A loaded entry point of the module that takes the parameter struct `P`.
 pub(crate) struct Kernel<P: KernelParams> {
@@ -108,39 +112,157 @@ macro_rules! same_on_device {
 }
 same_on_device!(u8, u32, i32, f32);
 
-fn address<T>(gpu: &Gpu, s: &CudaSlice<T>) -> u64 {
-    // The context does no event tracking (see `Gpu::new`), so the returned
-    // guard records nothing.
-    let (ptr, _guard) = s.device_ptr(gpu.stream());
-    ptr
+/// The device buffers of one `run`: their typed addresses, and the guards
+/// cudarc hands out with them, held until every launch of the run is
+/// enqueued (they drop with this value, at the end of `run`).
+///
+/// The guards matter where the context tracks buffer uses with events
+/// (cudarc's default, kept on a context this crate borrows, see
+/// [`Gpu::from_stream`]): taking an address makes the stream wait for the
+/// buffer's last write (and, for an output, its last reads) on other
+/// streams, and dropping the guard records this stream's work as the
+/// buffer's last read (write): so it must drop after the launch is
+/// enqueued. Where tracking is off (a context [`Gpu::new`] opened) the
+/// guards do nothing.
+///
+/// Caller buffers are checked here: same CUDA context as the handle
+/// ([`Error::WrongContext`] naming the argument), start aligned to 16 bytes
+/// (views at offsets of whole rows are).
+pub(crate) struct Bufs<'a> {
+    gpu: &'a Gpu,
+    guards: Vec<SyncOnDrop<'a>>,
 }
 
-/// The typed device address of a buffer the kernel reads.
-pub(crate) fn dptr<T: DeviceElem>(gpu: &Gpu, s: &CudaSlice<T>) -> DPtr<T::Dev> {
-    DPtr::new(address(gpu, s))
+/// Alignment every caller buffer must start at (the kernels' vector loads
+/// and TMA need 16 bytes).
+pub(crate) const BUF_ALIGN: u64 = 16;
+
+impl<'a> Bufs<'a> {
+    pub(crate) fn new(gpu: &'a Gpu) -> Self {
+        Bufs {
+            gpu,
+            guards: Vec::with_capacity(16),
+        }
+    }
+
+    /// The handle the addresses are for.
+    pub(crate) fn gpu(&self) -> &'a Gpu {
+        self.gpu
+    }
+
+    /// `arg` lives in the handle's context; its address is aligned.
+    fn check<T, S: DeviceSlice<T> + ?Sized>(&self, arg: &'static str, s: &S) -> Result<()> {
+        check_context(self.gpu, arg, s.stream())
+    }
+
+    fn aligned(arg: &'static str, addr: u64) -> Result<u64> {
+        if addr.is_multiple_of(BUF_ALIGN) {
+            Ok(addr)
+        } else {
+            Err(Error::invalid(
+                arg,
+                format!("a device address aligned to {BUF_ALIGN} bytes"),
+                format!("{addr:#x}"),
+            ))
+        }
+    }
+
+    /// A caller buffer the kernels read.
+    pub(crate) fn input<T: DeviceElem, S: DevicePtr<T> + ?Sized>(
+        &mut self,
+        arg: &'static str,
+        s: &'a S,
+    ) -> Result<DPtr<T::Dev>> {
+        self.check(arg, s)?;
+        let (ptr, guard) = s.device_ptr(self.gpu.stream());
+        self.guards.push(guard);
+        Ok(DPtr::new(Self::aligned(arg, ptr)?))
+    }
+
+    /// An optional caller buffer the kernels read (null when absent).
+    pub(crate) fn opt_input<'b: 'a, T: DeviceElem>(
+        &mut self,
+        arg: &'static str,
+        s: Option<&'a (dyn DevicePtr<T> + 'b)>,
+    ) -> Result<DPtr<T::Dev>> {
+        s.map_or(Ok(DPtr::default()), |s| self.input(arg, s))
+    }
+
+    /// A caller buffer the kernels write.
+    pub(crate) fn output<T: DeviceElem, S: DevicePtrMut<T> + ?Sized>(
+        &mut self,
+        arg: &'static str,
+        s: &'a mut S,
+    ) -> Result<DPtrMut<T::Dev>> {
+        self.check(arg, s)?;
+        let (ptr, guard) = s.device_ptr_mut(self.gpu.stream());
+        self.guards.push(guard);
+        Ok(DPtrMut::new(Self::aligned(arg, ptr)?))
+    }
+
+    /// An optional output: null tells the kernel not to write it.
+    pub(crate) fn opt_output<'b: 'a, T: DeviceElem>(
+        &mut self,
+        arg: &'static str,
+        s: Option<&'a mut (dyn DevicePtrMut<T> + 'b)>,
+    ) -> Result<DPtrMut<T::Dev>> {
+        s.map_or(Ok(DPtrMut::NULL), |s| self.output(arg, s))
+    }
+
+    /// The address of a buffer the op owns (allocated by this handle):
+    /// read, or written through `&self` (the device, not the host, mutates
+    /// it; the op's `run` is the only user, in stream order).
+    fn own<T>(&mut self, s: &'a CudaSlice<T>) -> u64 {
+        let (ptr, guard) = s.device_ptr(self.gpu.stream());
+        self.guards.push(guard);
+        ptr
+    }
+
+    /// An op-owned buffer the kernels read.
+    pub(crate) fn r<T: DeviceElem>(&mut self, s: &'a CudaSlice<T>) -> DPtr<T::Dev> {
+        DPtr::new(self.own(s))
+    }
+
+    /// An op-owned buffer the kernels write.
+    pub(crate) fn w<T: DeviceElem>(&mut self, s: &'a CudaSlice<T>) -> DPtrMut<T::Dev> {
+        DPtrMut::new(self.own(s))
+    }
+
+    /// An op-owned buffer of abi work records `R` stored as `u32` words
+    /// (see [`record_words`]).
+    pub(crate) fn rec<R>(&mut self, s: &'a CudaSlice<u32>) -> DPtr<R> {
+        DPtr::new(self.own(s))
+    }
+
+    /// [`Bufs::rec`] for a buffer the kernels write.
+    pub(crate) fn rec_mut<R>(&mut self, s: &'a CudaSlice<u32>) -> DPtrMut<R> {
+        DPtrMut::new(self.own(s))
+    }
+
+    /// The base address of a workspace's memory (its guard held like the
+    /// others'); the op adds its sub-buffers' offsets.
+    pub(crate) fn workspace(&mut self, ws: &'a Workspace) -> u64 {
+        let (ptr, guard) = ws.device_ptr(self.gpu.stream());
+        self.guards.push(guard);
+        ptr
+    }
 }
 
-/// The typed device address of a buffer the kernel writes (a workspace
-/// buffer owned by an op is written through `&self`: the device, not the
-/// host, mutates it).
-pub(crate) fn dptr_mut<T: DeviceElem>(gpu: &Gpu, s: &CudaSlice<T>) -> DPtrMut<T::Dev> {
-    DPtrMut::new(address(gpu, s))
-}
-
-/// An optional output: null tells the kernel not to write it.
-pub(crate) fn dptr_opt<T: DeviceElem>(gpu: &Gpu, s: Option<&CudaSlice<T>>) -> DPtrMut<T::Dev> {
-    s.map_or(DPtrMut::NULL, |s| dptr_mut(gpu, s))
-}
-
-/// The address of a buffer of abi work records `R` stored as `u32` words
-/// (see [`record_words`]).
-pub(crate) fn record_ptr<R>(gpu: &Gpu, s: &CudaSlice<u32>) -> DPtr<R> {
-    DPtr::new(address(gpu, s))
-}
-
-/// [`record_ptr`] for a buffer the kernel writes.
-pub(crate) fn record_ptr_mut<R>(gpu: &Gpu, s: &CudaSlice<u32>) -> DPtrMut<R> {
-    DPtrMut::new(address(gpu, s))
+/// Fails with [`Error::WrongContext`] unless `stream` (a buffer's) belongs
+/// to the context of `gpu`.
+pub(crate) fn check_context(gpu: &Gpu, arg: &'static str, stream: &CudaStream) -> Result<()> {
+    let (want, got) = (gpu.context(), stream.context());
+    if want.cu_ctx() == got.cu_ctx() {
+        return Ok(());
+    }
+    let name = |c: &cudarc::driver::CudaContext| {
+        format!("device {} (context {:p})", c.ordinal(), c.cu_ctx())
+    };
+    Err(Error::WrongContext {
+        arg,
+        expected: name(want),
+        actual: name(got),
+    })
 }
 
 /// Words of a slice of abi work records (plain `#[repr(C)]` structs of

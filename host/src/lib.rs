@@ -23,12 +23,12 @@
 //! let layout = PagedLayout::index_k(16, 1, 128, 128);
 //! let lookup: Vec<u32> = vec![3, 7, 9, 1, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0];
 //! let batch = RaggedBatch::new(&offsets, &cache_lengths);
-//! indexer.plan(&batch, &PageTable::new(&lookup, 8), &layout, 0)?;
+//! indexer.plan(&batch, &PageTable::new(&lookup, 8), &layout)?; // every layer
 //! let q = gpu.zeros::<half::bf16>(2 * cfg.num_index_heads * 128)?;
 //! let k_cache = gpu.zeros::<half::bf16>(layout.elements())?;
 //! let d_lookup = gpu.upload(&lookup)?;
 //! let mut out = gpu.zeros::<i32>(cfg.num_index_heads * 2 * cfg.topk)?;
-//! indexer.run(&q, &k_cache, &d_lookup, &mut out)?;
+//! indexer.run(&q, &k_cache, &d_lookup, 0, &mut out)?; // layer 0
 //! let idxs = gpu.download(&out)?; // [heads, rows, topk], -1 padded
 //! # Ok(()) }
 //! ```
@@ -36,6 +36,7 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod buffer;
 pub mod context;
 pub mod dense_prefill;
 pub mod error;
@@ -48,7 +49,7 @@ pub mod msa_step;
 pub mod ptx;
 mod tma;
 pub mod topk;
-mod workspace;
+pub mod workspace;
 
 /// What the kernels and this crate share (tile shapes, parameter structs,
 /// work records): the `sparse-attn-abi` crate, which the device build compiles too.
@@ -58,8 +59,9 @@ pub use batch::{
     ConfigExt, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
     RaggedBatchExt,
 };
+pub use buffer::RawBuffer;
 pub use context::{DeviceProps, Gpu};
-pub use cudarc::driver::CudaSlice;
+pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 pub use dense_prefill::{DensePrefill, DensePrefillConfig, KvBuffers, KvLayout};
 pub use error::{Error, Result};
 pub use half::bf16;
@@ -68,3 +70,4 @@ pub use msa_attention::{AttentionPath, MsaAttention, MsaAttentionConfig};
 pub use msa_indexer::{IndexerPath, MsaIndexer, MsaIndexerConfig};
 pub use msa_step::{MsaStep, StepInputs};
 pub use topk::TopK;
+pub use workspace::Workspace;

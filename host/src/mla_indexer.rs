@@ -30,21 +30,28 @@
 //! items and uploads them with each row's visible length; `run` binds the
 //! two tensor maps (uploaded only when the buffers change) and launches,
 //! so a run on the previous run's buffers can be captured and replayed.
+//! The plan does not depend on the layer (`run` takes it): one plan per
+//! step serves every layer. A plan holds until the next `plan`.
+//!
+//! The logits live in a [`Workspace`] (scratch, see [`crate::workspace`]):
+//! the op's own ([`MlaIndexer::new`], grown by `plan`) or the caller's
+//! ([`MlaIndexer::new_in`], of [`MlaIndexer::workspace_size`]).
 
-use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::abi::mla::*;
 use crate::abi::topk::TOPK_MAX_K;
-use crate::abi::DPtr;
+use crate::abi::{DPtr, DPtrMut};
 use crate::batch::{
     CacheExpect, KvDtype, Mask, PageTable, PageTableExt, PagedLayout, PagedLayoutExt, RaggedBatch,
     RaggedBatchExt,
 };
+use crate::buffer::RawBuffer;
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
-use crate::launch::{dptr, dptr_mut, record_ptr, record_words, Kernel};
+use crate::launch::{record_words, Bufs, Kernel};
 use crate::tma::{encode_tiled, TensorMaps, TmaElem::U8};
 use crate::topk::TopK;
-use crate::workspace::grow;
+use crate::workspace::{align_up, grow, Scratch, Workspace};
 use crate::Gpu;
 
 pub use crate::abi::config::MlaIndexerConfig;
@@ -59,7 +66,6 @@ struct Plan {
     /// The kernel: index into `MlaIndexer::kernels`.
     kernel: usize,
     layout: PagedLayout,
-    layer: usize,
     max_pages: usize,
 }
 
@@ -77,8 +83,8 @@ pub struct MlaIndexer {
     work: CudaSlice<u32>,
     /// Visible keys of each row.
     row_lens: CudaSlice<u32>,
-    /// The logits workspace `[rows, ld]`.
-    logits: CudaSlice<f32>,
+    /// The logits `[rows, ld]` f32, at the start of the workspace.
+    scratch: Scratch,
     /// [`MI_TMAPS`] tensor maps.
     tmaps: TensorMaps,
     plan: Option<Plan>,
@@ -88,6 +94,34 @@ impl MlaIndexer {
     /// The op for `cfg`: 64 or 128 heads, `top_k` in `1 ..= 2048`, mask
     /// `None` or `Causal`.
     pub fn new(gpu: &Gpu, cfg: MlaIndexerConfig) -> Result<Self> {
+        Self::with_scratch(gpu, cfg, Scratch::private(gpu, 1)?)
+    }
+
+    /// [`MlaIndexer::new`] over the caller's workspace (shared with other
+    /// ops on the same stream; see [`crate::workspace`]): `plan` fails
+    /// (naming `workspace`) when a batch needs more than it holds.
+    pub fn new_in(gpu: &Gpu, cfg: MlaIndexerConfig, workspace: &Workspace) -> Result<Self> {
+        Self::with_scratch(gpu, cfg, Scratch::shared(gpu, workspace, 0)?)
+    }
+
+    /// Bytes of workspace for batches of at most `max_rows` query rows
+    /// whose sequences have at most `max_context` keys: the logits, `4 *
+    /// max_rows * ld` with `ld = max_context` rounded up to 128 (2048 rows
+    /// of 128K keys: 1 GiB).
+    pub fn workspace_size(max_rows: usize, max_context: usize) -> usize {
+        Self::logits_bytes(max_rows, Self::stride(max_context))
+    }
+
+    /// The logits' row stride for sequences of at most `keys` keys.
+    fn stride(keys: usize) -> usize {
+        keys.div_ceil(MI_BLOCK_N as usize).max(1) * MI_BLOCK_N as usize
+    }
+
+    fn logits_bytes(rows: usize, ld: usize) -> usize {
+        align_up(4 * rows * ld)
+    }
+
+    fn with_scratch(gpu: &Gpu, cfg: MlaIndexerConfig, scratch: Scratch) -> Result<Self> {
         let names: &[(&str, usize)] = match cfg.num_heads {
             64 => &[
                 ("mla_logits_h64", 4),
@@ -124,7 +158,7 @@ impl MlaIndexer {
             topk: TopK::new(gpu)?,
             work: gpu.zeros(1)?,
             row_lens: gpu.zeros(1)?,
-            logits: gpu.zeros(1)?,
+            scratch,
             tmaps: TensorMaps::new(gpu, MI_TMAPS)?,
             plan: None,
         })
@@ -148,7 +182,6 @@ impl MlaIndexer {
         batch: &RaggedBatch,
         layout: &PagedLayout,
         pages: PageTable,
-        layer: usize,
     ) -> Result<()> {
         self.plan = None;
         batch.validate()?;
@@ -168,7 +201,7 @@ impl MlaIndexer {
             head_dim: MI_HEAD_DIM as usize,
             page_size: ps,
         };
-        layout.check(&want, layer)?;
+        layout.check_shape(&want)?;
         pages.validate(batch, layout)?;
         let blocks = layout.num_pages * layout.num_layers;
         ensure(
@@ -185,10 +218,7 @@ impl MlaIndexer {
             || format!("fewer than 2^31 / {h} rows"),
             || rows.to_string(),
         )?;
-        let ld = (batch.max_seqlen_k() as usize)
-            .div_ceil(MI_BLOCK_N as usize)
-            .max(1)
-            * MI_BLOCK_N as usize;
+        let ld = Self::stride(batch.max_seqlen_k() as usize);
         ensure(
             rows * ld < 1 << 36 && ld <= self.topk.max_n(),
             "cache_lengths",
@@ -213,7 +243,7 @@ impl MlaIndexer {
         let g = &self.gpu;
         grow(g, &mut self.work, record_words(&work).len().max(1))?;
         grow(g, &mut self.row_lens, rows.max(1))?;
-        grow(g, &mut self.logits, (rows * ld).max(1))?;
+        self.scratch.fit(g, Self::logits_bytes(rows, ld))?;
         let s = g.stream();
         if !work.is_empty() {
             s.memcpy_htod(
@@ -232,7 +262,6 @@ impl MlaIndexer {
             ld,
             kernel,
             layout: *layout,
-            layer,
             max_pages: pages.max_pages,
         });
         Ok(())
@@ -242,17 +271,27 @@ impl MlaIndexer {
     /// (e4m3 bytes `[num_rows, heads, 128]`), `qs: f32 [num_rows, heads]`,
     /// the cache `k_cache` (`layout.elements()` bytes), `k_scales`
     /// (`layout.scale_elements()` f32, exactly when the scales are apart)
-    /// and the page table. Launches only: [`MlaIndexer::run_logits`], then
-    /// the top-k.
-    pub fn run(
+    /// and the page table, on layer `layer` of the cache. Launches only:
+    /// [`MlaIndexer::run_logits`], then the top-k. Buffers may be slices,
+    /// views or [`crate::RawBuffer`]s.
+    #[allow(clippy::too_many_arguments)] // the op's six tensors and the layer
+    pub fn run<Q, S, K, L, O>(
         &mut self,
-        q: &CudaSlice<u8>,
-        qs: &CudaSlice<f32>,
-        k_cache: &CudaSlice<u8>,
-        k_scales: Option<&CudaSlice<f32>>,
-        lookup: &CudaSlice<u32>,
-        out: &mut CudaSlice<i32>,
-    ) -> Result<()> {
+        q: &Q,
+        qs: &S,
+        k_cache: &K,
+        k_scales: Option<&dyn DevicePtr<f32>>,
+        lookup: &L,
+        layer: usize,
+        out: &mut O,
+    ) -> Result<()>
+    where
+        Q: DevicePtr<u8> + ?Sized,
+        S: DevicePtr<f32> + ?Sized,
+        K: DevicePtr<u8> + ?Sized,
+        L: DevicePtr<u32> + ?Sized,
+        O: DevicePtrMut<i32> + ?Sized,
+    {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
         expect_len(
             "out",
@@ -260,38 +299,43 @@ impl MlaIndexer {
             p.rows * self.cfg.top_k,
             "num_rows * top_k",
         )?;
-        self.run_logits(q, qs, k_cache, k_scales, lookup)?;
+        self.run_logits(q, qs, k_cache, k_scales, lookup, layer)?;
         if p.rows == 0 {
             return Ok(());
         }
-        let g = &self.gpu;
+        let mut b = Bufs::new(&self.gpu);
+        let out = b.output("out", out)?;
+        let logits = DPtr::new(b.workspace(self.scratch.workspace()));
+        let row_lens = b.r(&self.row_lens);
         // SAFETY: the top-k reads the rows' visible logits (below their
         // uploaded lengths, at most `ld`), which the logits kernel wrote
         // before it on the stream; `out` holds rows * top_k.
-        unsafe {
-            self.topk.launch(
-                dptr(g, &self.logits),
-                p.ld as u32,
-                dptr(g, &self.row_lens),
-                dptr_mut(g, out),
-            )
-        }
+        unsafe { self.topk.launch(logits, p.ld as u32, row_lens, out) }
     }
 
     /// The logits alone: row `t`'s logit of key `s` at `t * ld + s` of
-    /// [`MlaIndexer::logits`] for its visible keys (`ld` =
-    /// [`MlaIndexer::logits_stride`]; other entries are left as they
-    /// were). Same arguments as [`MlaIndexer::run`]; launch only.
-    pub fn run_logits(
+    /// the workspace's f32 ([`MlaIndexer::download_logits`]; `ld` =
+    /// [`MlaIndexer::logits_stride`]) for its visible keys (other entries
+    /// are left as they were). Same arguments as [`MlaIndexer::run`]; launch
+    /// only.
+    pub fn run_logits<Q, S, K, L>(
         &mut self,
-        q: &CudaSlice<u8>,
-        qs: &CudaSlice<f32>,
-        k_cache: &CudaSlice<u8>,
-        k_scales: Option<&CudaSlice<f32>>,
-        lookup: &CudaSlice<u32>,
-    ) -> Result<()> {
+        q: &Q,
+        qs: &S,
+        k_cache: &K,
+        k_scales: Option<&dyn DevicePtr<f32>>,
+        lookup: &L,
+        layer: usize,
+    ) -> Result<()>
+    where
+        Q: DevicePtr<u8> + ?Sized,
+        S: DevicePtr<f32> + ?Sized,
+        K: DevicePtr<u8> + ?Sized,
+        L: DevicePtr<u32> + ?Sized,
+    {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
         let (h, l) = (self.cfg.num_heads, p.layout);
+        l.check_layer(layer)?;
         expect_len(
             "q",
             q.len(),
@@ -337,20 +381,27 @@ impl MlaIndexer {
         if p.rows == 0 {
             return Ok(());
         }
-        self.bind_tmaps(&p, q, k_cache)?;
-        let g = &self.gpu;
+        let mut b = Bufs::new(&self.gpu);
+        let q = b.input::<u8, _>("q", q)?;
+        let k = b.input::<u8, _>("k_cache", k_cache)?;
+        let maps = self.encode_maps(&p, q.addr(), k.addr())?;
+        self.tmaps.bind(b.gpu(), maps, "MLA indexer")?;
         let ps = l.page_size as u32;
         let (scales, scale_block_bytes, scale_off) = match k_scales {
-            Some(s) => (DPtr::new(dptr(g, s).addr()), 4 * ps, 0),
-            None => (dptr(g, k_cache), l.block_stride() as u32, ps * MI_HEAD_DIM),
+            Some(s) => (DPtr::new(b.input("k_scales", s)?.addr()), 4 * ps, 0),
+            None => (
+                DPtr::new(k.addr()),
+                l.block_stride() as u32,
+                ps * MI_HEAD_DIM,
+            ),
         };
         let params = MlaLogitsParams {
-            tmaps: dptr(g, self.tmaps.device()),
-            work: record_ptr(g, &self.work),
-            qs: dptr(g, qs),
-            lookup: dptr(g, lookup),
+            tmaps: b.r(self.tmaps.device()),
+            work: b.rec(&self.work),
+            qs: b.input("qs", qs)?,
+            lookup: b.input("lookup", lookup)?,
             scales,
-            logits: dptr_mut(g, &self.logits),
+            logits: DPtrMut::new(b.workspace(self.scratch.workspace())),
             num_work: p.num_work as u32,
             num_rows: p.rows as u32,
             heads: h as u32,
@@ -361,7 +412,7 @@ impl MlaIndexer {
             num_pages: l.num_pages as u32,
             max_pages: p.max_pages as u32,
             num_layers: l.num_layers as u32,
-            layer: p.layer as u32,
+            layer: layer as u32,
             scale_block_bytes,
             scale_off,
         };
@@ -375,42 +426,47 @@ impl MlaIndexer {
         // past a tensor.
         let kernel = &self.kernels[p.kernel].0;
         unsafe {
-            g.launch(kernel, "the MLA indexer logits kernel", &params)
+            b.gpu()
+                .launch(kernel, "the MLA indexer logits kernel", &params)
                 .run(cfg)
         }
     }
 
-    /// The logits workspace (`[num_rows, ld]` f32 of the current plan; see
-    /// [`MlaIndexer::run_logits`]).
-    pub fn logits(&self) -> &CudaSlice<f32> {
-        &self.logits
+    /// The workspace the logits live in.
+    pub fn workspace(&self) -> &Workspace {
+        self.scratch.workspace()
     }
 
-    /// Encodes the Q and K tensor maps for these buffers and uploads them
-    /// when they differ from the last upload.
-    fn bind_tmaps(&mut self, p: &Plan, q: &CudaSlice<u8>, k_cache: &CudaSlice<u8>) -> Result<()> {
-        let s = self.gpu.stream();
+    /// Copies the logits of the current plan back (`[num_rows, ld]` f32,
+    /// see [`MlaIndexer::run_logits`]; waits for the stream). They are
+    /// scratch: valid until the next run of any op sharing the workspace.
+    pub fn download_logits(&self) -> Result<Vec<f32>> {
+        let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
+        let mut b = Bufs::new(&self.gpu);
+        let base = b.workspace(self.scratch.workspace());
+        // SAFETY: the plan sized the workspace for rows * ld f32 (`fit`),
+        // and it outlives this call.
+        let view = unsafe { RawBuffer::<f32>::new(&self.gpu, base, p.rows * p.ld) };
+        self.gpu.download(&view)
+    }
+
+    /// Encodes the Q and K tensor maps for these addresses.
+    fn encode_maps(&self, p: &Plan, q: u64, k_cache: u64) -> Result<Vec<u8>> {
         let l = p.layout;
         let d = MI_HEAD_DIM as u64;
         let q_rows = (p.rows * self.cfg.num_heads) as u64;
         let blocks = (l.num_pages * l.num_layers) as u64;
         let box_rows = (l.page_size as u32).min(MI_BLOCK_N);
         let mut maps = Vec::with_capacity(MI_TMAPS * MI_TMAP_BYTES);
+        maps.extend(encode_tiled(U8, q, &[d, q_rows], &[d], &[128, MI_Q_ROWS])?);
         maps.extend(encode_tiled(
             U8,
-            q.device_ptr(s).0,
-            &[d, q_rows],
-            &[d],
-            &[128, MI_Q_ROWS],
-        )?);
-        maps.extend(encode_tiled(
-            U8,
-            k_cache.device_ptr(s).0,
+            k_cache,
             &[d, l.page_size as u64, blocks],
             &[d, l.block_stride() as u64],
             &[128, box_rows, 1],
         )?);
-        self.tmaps.bind(&self.gpu, maps, "MLA indexer")
+        Ok(maps)
     }
 }
 

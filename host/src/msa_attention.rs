@@ -16,7 +16,13 @@
 //! Plan/run split: [`MsaAttention::plan`] validates the host metadata, uploads
 //! each row's (sequence, seqlen_k, q_pos, plan key base), and picks the path;
 //! [`MsaAttention::run`] only launches, so it can be captured in a CUDA
-//! graph. The workspace is sized once for `max_rows`.
+//! graph. The plan does not depend on the layer: `run` takes it, so one
+//! plan per step serves every layer. A plan holds until the next `plan`.
+//!
+//! The scratch (split-K partials, the block-major partials and CSR) lives in
+//! a [`Workspace`] sized for `max_rows` ([`MsaAttention::workspace_size`]):
+//! the op's own ([`MsaAttention::new`]) or the caller's
+//! ([`MsaAttention::new_in`]); see [`crate::workspace`].
 //!
 //! Two paths ([`AttentionPath`]):
 //! - **query-major** (decode, every `q_len = 1`): one CTA per (row, KV head,
@@ -31,19 +37,21 @@
 //! of the last page is always masked; a query that attends to nothing gets
 //! `out = 0` and `lse = -inf`; a block id listed twice is attended twice.
 
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 pub use crate::abi::config::MsaAttentionConfig;
 use crate::abi::msa::*;
-use crate::abi::PagedKv;
+use crate::abi::{DPtr, DPtrMut, PagedKv};
 use crate::batch::{
     CacheExpect, ConfigExt, KvDtype, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
     RaggedBatch, RaggedBatchExt,
 };
+use crate::context::DeviceProps;
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
-use crate::launch::{dptr, dptr_mut, dptr_opt, record_ptr, record_words, words_of, Kernel};
-use crate::msa_block_major::{plan_keys, BlockMajorArgs, MsaBlockMajor};
+use crate::launch::{record_words, words_of, Bufs, Kernel};
+use crate::msa_block_major::{self, plan_keys, BlockMajorArgs, BlockMajorPtrs, MsaBlockMajor};
+use crate::workspace::{align_up, Scratch, Workspace};
 use crate::Gpu;
 
 /// Split-K partitions for a decode batch: upstream's rule
@@ -65,29 +73,26 @@ pub fn decode_partitions(sm_count: usize, batch: usize, n_kv_heads: usize, topk:
         .min(topk.max(1))
 }
 
-/// Checks a call's host metadata (the spec's "bad input" list):
-/// configuration, ragged batch, cache layout, layer, page table.
+/// Checks a plan's host metadata (the spec's "bad input" list but the
+/// layer, which `run` checks): configuration, ragged batch, cache layout,
+/// page table.
 pub fn validate_attention(
     cfg: &MsaAttentionConfig,
     batch: &RaggedBatch,
     pages: &PageTable,
     layout: &PagedLayout,
-    layer: usize,
 ) -> Result<()> {
     cfg.validate()?;
     batch.validate()?;
-    layout.check(
-        &CacheExpect {
-            dtypes: &[KvDtype::Bf16],
-            name: "kv_cache",
-            shape: "a K/V cache [num_pages, 2, num_layers, page_size, n_kv_heads, head_dim]",
-            kv_dim: 2,
-            n_heads: cfg.n_kv_heads,
-            head_dim: cfg.head_dim,
-            page_size: MSA_BLOCK as usize,
-        },
-        layer,
-    )?;
+    layout.check_shape(&CacheExpect {
+        dtypes: &[KvDtype::Bf16],
+        name: "kv_cache",
+        shape: "a K/V cache [num_pages, 2, num_layers, page_size, n_kv_heads, head_dim]",
+        kv_dim: 2,
+        n_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        page_size: MSA_BLOCK as usize,
+    })?;
     pages.validate(batch, layout)?;
     Ok(())
 }
@@ -118,7 +123,6 @@ struct Plan {
     rows: usize,
     max_pages: usize,
     layout: PagedLayout,
-    layer: usize,
     parts: usize,
     path: AttentionPath,
 }
@@ -138,10 +142,12 @@ pub struct MsaAttention {
     part_cap: usize,
     /// `[rows]` [`RowInfo`] as words.
     row_info: CudaSlice<u32>,
-    /// `[parts, rows, n_heads, 128]` f32 for `parts * rows <= part_cap`.
-    part_o: CudaSlice<f32>,
-    /// `[parts, rows, n_heads]` f32 (log2 domain).
-    part_lse: CudaSlice<f32>,
+    /// The scratch: `[parts, rows, n_heads, 128]` f32 split-K partials for
+    /// `parts * rows <= part_cap` at 0, `[parts, rows, n_heads]` f32 (log2
+    /// domain) at `part_lse_off`; the block-major path's scratch, also from
+    /// 0 (the two paths never run in one call).
+    scratch: Scratch,
+    part_lse_off: usize,
     block_major: MsaBlockMajor,
     plan: Option<Plan>,
     force_parts: Option<usize>,
@@ -151,13 +157,63 @@ pub struct MsaAttention {
 
 impl MsaAttention {
     /// Loads the kernels and allocates the workspace for up to `max_rows`
-    /// query rows (decode: sequences; every later call reuses it). The
-    /// block-major path's partials take `max_rows * n_heads * topk * 264`
-    /// bytes (M3, 32K rows: 8.9 GB; a decode batch of 128: 35 MB).
+    /// query rows (decode: sequences; every later call reuses it): see
+    /// [`MsaAttention::workspace_size`].
     pub fn new(gpu: &Gpu, cfg: MsaAttentionConfig, max_rows: usize) -> Result<Self> {
         cfg.validate()?;
+        let bytes = Self::workspace_size(gpu.props(), &cfg, max_rows);
+        Self::with_scratch(gpu, cfg, max_rows, Scratch::private(gpu, bytes)?)
+    }
+
+    /// [`MsaAttention::new`] over the caller's workspace, which must hold
+    /// [`MsaAttention::workspace_size`] for `max_rows` (else an error naming
+    /// `workspace`); it may be shared with other ops on the same stream
+    /// (see [`crate::workspace`]).
+    pub fn new_in(
+        gpu: &Gpu,
+        cfg: MsaAttentionConfig,
+        max_rows: usize,
+        workspace: &Workspace,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let bytes = Self::workspace_size(gpu.props(), &cfg, max_rows);
+        Self::with_scratch(gpu, cfg, max_rows, Scratch::shared(gpu, workspace, bytes)?)
+    }
+
+    /// Most (row, partition) pairs of split-K partials on a device.
+    fn part_cap(props: &DeviceProps) -> usize {
+        4 * (props.sm_count as usize).max(ATT_MAX_PARTS as usize)
+    }
+
+    /// Bytes of workspace for batches of at most `max_rows` query rows (the
+    /// batch's new tokens; decode: sequences) on the device `props`
+    /// describes ([`Gpu::props`]): the larger of the split-K partials
+    /// (`4 * max(sm_count, 32)` (row, partition) pairs of `n_heads * 129`
+    /// f32: 4.4 MB for M3 on an H100) and the block-major path's partials
+    /// and CSR (`max_rows * topk * (n_heads * 264 + n_kv_heads * 12)`
+    /// bytes: M3, 32K rows, 9 GB; a decode batch of 128, 36 MB). Context
+    /// lengths do not matter.
+    pub fn workspace_size(props: &DeviceProps, cfg: &MsaAttentionConfig, max_rows: usize) -> usize {
         let max_rows = max_rows.max(1);
-        let part_cap = 4 * (gpu.props().sm_count as usize).max(ATT_MAX_PARTS as usize);
+        let (_, decode) = Self::decode_layout(Self::part_cap(props), cfg.n_heads, cfg.head_dim);
+        let bm = msa_block_major::workspace_bytes(cfg.n_heads, cfg.n_kv_heads, cfg.topk, max_rows);
+        decode.max(bm)
+    }
+
+    /// Offset of `part_lse` and the bytes of the split-K scratch.
+    fn decode_layout(part_cap: usize, n_heads: usize, head_dim: usize) -> (usize, usize) {
+        let o = align_up(4 * part_cap * n_heads * head_dim);
+        (o, o + align_up(4 * part_cap * n_heads))
+    }
+
+    fn with_scratch(
+        gpu: &Gpu,
+        cfg: MsaAttentionConfig,
+        max_rows: usize,
+        scratch: Scratch,
+    ) -> Result<Self> {
+        let max_rows = max_rows.max(1);
+        let part_cap = Self::part_cap(gpu.props());
         let k_partial = gpu.kernel("msa_attention_partial", ATT_SMEM)?;
         k_partial.allow_clusters_of_16()?;
         let fits = gpu
@@ -179,8 +235,8 @@ impl MsaAttention {
             k_combine: gpu.kernel("msa_attention_combine", 0)?,
             row_info: gpu.zeros(words_of::<RowInfo>(max_rows))?,
             block_major: MsaBlockMajor::new(gpu, cfg.n_heads, cfg.n_kv_heads, cfg.topk, max_rows)?,
-            part_o: gpu.zeros(part_cap * cfg.n_heads * cfg.head_dim)?,
-            part_lse: gpu.zeros(part_cap * cfg.n_heads)?,
+            part_lse_off: Self::decode_layout(part_cap, cfg.n_heads, cfg.head_dim).0,
+            scratch,
             gpu: gpu.clone(),
             cfg,
             max_rows,
@@ -225,17 +281,22 @@ impl MsaAttention {
         self.plan.as_ref().map(|p| p.path)
     }
 
+    /// The workspace the op's scratch lives in.
+    pub fn workspace(&self) -> &Workspace {
+        self.scratch.workspace()
+    }
+
     /// Validates a ragged batch against the cache and uploads its rows'
-    /// positions. `layout` is the main KV pool's shape.
+    /// positions. `layout` is the main KV pool's shape (all layers: `run`
+    /// picks one).
     pub fn plan(
         &mut self,
         batch: &RaggedBatch,
         pages: &PageTable,
         layout: &PagedLayout,
-        layer: usize,
     ) -> Result<()> {
         self.plan = None;
-        validate_attention(&self.cfg, batch, pages, layout, layer)?;
+        validate_attention(&self.cfg, batch, pages, layout)?;
         let (n, rows, cfg) = (batch.batch(), batch.num_rows(), &self.cfg);
         ensure(
             rows <= self.max_rows,
@@ -314,7 +375,6 @@ impl MsaAttention {
             rows,
             max_pages: pages.max_pages,
             layout: *layout,
-            layer,
             parts,
             path,
         });
@@ -322,87 +382,95 @@ impl MsaAttention {
     }
 
     /// `lookup` and `d_indices` have the planned sizes.
-    fn check_selections(
-        &self,
-        p: &Plan,
-        lookup: &CudaSlice<u32>,
-        d_indices: &CudaSlice<i32>,
-    ) -> Result<()> {
+    fn check_selections(&self, p: &Plan, lookup: usize, d_indices: usize) -> Result<()> {
         let c = &self.cfg;
-        expect_len(
-            "lookup",
-            lookup.len(),
-            p.batch * p.max_pages,
-            "batch * max_pages",
-        )?;
+        expect_len("lookup", lookup, p.batch * p.max_pages, "batch * max_pages")?;
         expect_len(
             "d_indices",
-            d_indices.len(),
+            d_indices,
             c.n_kv_heads * p.rows * c.topk,
             "n_kv_heads * num_rows * topk",
         )
     }
 
-    fn block_major_args(&self, p: &Plan) -> BlockMajorArgs {
+    fn block_major_args(&self, p: &Plan, layer: usize) -> BlockMajorArgs {
         let c = &self.cfg;
         BlockMajorArgs {
             num_rows: p.rows as u32,
             n_heads: c.n_heads as u32,
             n_kv_heads: c.n_kv_heads as u32,
             topk: c.topk as u32,
-            cache: Self::paged_kv(p),
+            cache: Self::paged_kv(p, layer),
             scale: c.scale,
         }
     }
 
-    /// The main cache's planned layer as the kernels see it.
-    fn paged_kv(p: &Plan) -> PagedKv {
+    /// The main cache's layer `layer` as the kernels see it.
+    fn paged_kv(p: &Plan, layer: usize) -> PagedKv {
         PagedKv {
             num_pages: p.layout.num_pages as u32,
             max_pages: p.max_pages as u32,
             page_stride: p.layout.page_stride() as u64,
-            k_off: p.layout.layer_offset(0, p.layer) as u64,
-            v_off: p.layout.layer_offset(1, p.layer) as u64,
+            k_off: p.layout.layer_offset(0, layer) as u64,
+            v_off: p.layout.layer_offset(1, layer) as u64,
         }
     }
 
     /// Launches only the device-side CSR plan of a block-major plan (count,
     /// scan, scatter), for timing it apart; `run` launches it too.
-    pub fn run_device_plan(
-        &self,
-        lookup: &CudaSlice<u32>,
-        d_indices: &CudaSlice<i32>,
-    ) -> Result<()> {
+    pub fn run_device_plan<L, D>(&self, lookup: &L, d_indices: &D) -> Result<()>
+    where
+        L: DevicePtr<u32> + ?Sized,
+        D: DevicePtr<i32> + ?Sized,
+    {
         let p = self.plan.as_ref().ok_or(Error::NotPlanned {
             op: "msa_attention",
         })?;
-        self.check_selections(p, lookup, d_indices)?;
+        self.check_selections(p, lookup.len(), d_indices.len())?;
         if p.path != AttentionPath::BlockMajor {
             return Ok(());
         }
-        self.block_major.device_plan(
-            &self.gpu,
-            &self.block_major_args(p),
-            lookup,
-            d_indices,
-            &self.row_info,
-        )
+        let mut b = Bufs::new(&self.gpu);
+        let r = BlockMajorPtrs {
+            q: DPtr::NULL,
+            kv: DPtr::NULL,
+            lookup: b.input("lookup", lookup)?,
+            d_indices: b.input("d_indices", d_indices)?,
+            row_info: b.rec(&self.row_info),
+            out: DPtrMut::NULL,
+            lse: DPtrMut::NULL,
+            ws: b.workspace(self.scratch.workspace()),
+        };
+        self.block_major
+            .device_plan(&mut b, &self.block_major_args(p, 0), &r)
     }
 
-    /// Launches the attention for the current plan. `lse`, when
-    /// given, receives the natural-log sum of exponentials per (row, head).
-    pub fn run(
+    /// Launches the attention for the current plan on layer `layer` of
+    /// the pool. `lse`, when given, receives the natural-log sum of
+    /// exponentials per (row, head). Buffers may be slices, views
+    /// (sub-ranges) or [`crate::RawBuffer`]s (see [`crate::buffer`]).
+    #[allow(clippy::too_many_arguments)] // the op's six tensors and the layer
+    pub fn run<Q, K, L, D, O>(
         &self,
-        q: &CudaSlice<bf16>,
-        kv_cache: &CudaSlice<bf16>,
-        lookup: &CudaSlice<u32>,
-        d_indices: &CudaSlice<i32>,
-        out: &mut CudaSlice<bf16>,
-        lse: Option<&mut CudaSlice<f32>>,
-    ) -> Result<()> {
+        q: &Q,
+        kv_cache: &K,
+        lookup: &L,
+        d_indices: &D,
+        layer: usize,
+        out: &mut O,
+        lse: Option<&mut dyn DevicePtrMut<f32>>,
+    ) -> Result<()>
+    where
+        Q: DevicePtr<bf16> + ?Sized,
+        K: DevicePtr<bf16> + ?Sized,
+        L: DevicePtr<u32> + ?Sized,
+        D: DevicePtr<i32> + ?Sized,
+        O: DevicePtrMut<bf16> + ?Sized,
+    {
         let p = self.plan.as_ref().ok_or(Error::NotPlanned {
             op: "msa_attention",
         })?;
+        p.layout.check_layer(layer)?;
         let c = &self.cfg;
         let (rows, heads) = (p.rows, c.n_heads);
         expect_len(
@@ -417,7 +485,7 @@ impl MsaAttention {
             p.layout.elements(),
             "the planned layout",
         )?;
-        self.check_selections(p, lookup, d_indices)?;
+        self.check_selections(p, lookup.len(), d_indices.len())?;
         expect_len(
             "out",
             out.len(),
@@ -427,60 +495,51 @@ impl MsaAttention {
         if let Some(l) = lse.as_deref() {
             expect_len("lse", l.len(), rows * heads, "num_rows * n_heads")?;
         }
+        let mut b = Bufs::new(&self.gpu);
+        let r = BlockMajorPtrs {
+            q: b.input("q", q)?,
+            kv: b.input("kv_cache", kv_cache)?,
+            lookup: b.input("lookup", lookup)?,
+            d_indices: b.input("d_indices", d_indices)?,
+            row_info: b.rec(&self.row_info),
+            out: b.output("out", out)?,
+            lse: b.opt_output("lse", lse)?,
+            ws: b.workspace(self.scratch.workspace()),
+        };
         if rows == 0 {
             return Ok(());
         }
         if p.path == AttentionPath::BlockMajor {
-            let args = self.block_major_args(p);
-            return self.block_major.run(
-                &self.gpu,
-                &args,
-                q,
-                kv_cache,
-                lookup,
-                d_indices,
-                &self.row_info,
-                out,
-                lse,
-            );
+            let args = self.block_major_args(p, layer);
+            return self.block_major.run(&mut b, &args, &r);
         }
-        self.launch_decode(p, q, kv_cache, lookup, d_indices, out, lse)
+        self.launch_decode(p, &r, layer)
     }
 
     /// The query-major (decode) kernel, and the combine kernel when the
     /// partitions do not merge inside a cluster. Up to `max_cluster`
     /// partitions merge inside a thread-block cluster; more write partials
     /// that the combine kernel merges (and then it writes `out` and `lse`).
-    #[allow(clippy::too_many_arguments)] // internal: `run`'s checked buffers, passed on
-    fn launch_decode(
-        &self,
-        p: &Plan,
-        q: &CudaSlice<bf16>,
-        kv_cache: &CudaSlice<bf16>,
-        lookup: &CudaSlice<u32>,
-        d_indices: &CudaSlice<i32>,
-        out: &mut CudaSlice<bf16>,
-        lse: Option<&mut CudaSlice<f32>>,
-    ) -> Result<()> {
+    fn launch_decode(&self, p: &Plan, r: &BlockMajorPtrs, layer: usize) -> Result<()> {
         let (gpu, c) = (&self.gpu, &self.cfg);
         let parts = p.parts as u32;
         let clustered = parts > 1 && parts <= self.max_cluster;
-        let lse = lse.map(|l| &*l);
+        let (part_o, part_lse) = (r.ws, r.ws + self.part_lse_off as u64);
         let params = MsaDecodeParams {
-            q: dptr(gpu, q),
-            kv: dptr(gpu, kv_cache),
-            lookup: dptr(gpu, lookup),
-            d_indices: dptr(gpu, d_indices),
-            row_info: record_ptr(gpu, &self.row_info),
-            part_o: dptr_mut(gpu, &self.part_o),
-            part_lse: dptr_mut(gpu, &self.part_lse),
-            out: dptr_mut(gpu, out),
+            q: r.q,
+            kv: r.kv,
+            lookup: r.lookup,
+            d_indices: r.d_indices,
+            row_info: r.row_info,
+            part_o: DPtrMut::new(part_o),
+            part_lse: DPtrMut::new(part_lse),
+            out: r.out,
             lse: if parts == 1 || clustered {
-                dptr_opt(gpu, lse)
+                r.lse
             } else {
                 Default::default()
             },
-            cache: Self::paged_kv(p),
+            cache: Self::paged_kv(p, layer),
             num_rows: p.rows as u32,
             n_heads: c.n_heads as u32,
             n_kv_heads: c.n_kv_heads as u32,
@@ -503,10 +562,10 @@ impl MsaAttention {
         unsafe { l.run(cfg) }?;
         if parts > 1 && !clustered {
             let cp = MsaCombineParams {
-                part_o: dptr(gpu, &self.part_o),
-                part_lse: dptr(gpu, &self.part_lse),
+                part_o: DPtr::new(part_o),
+                part_lse: DPtr::new(part_lse),
                 out: params.out,
-                lse: dptr_opt(gpu, lse),
+                lse: r.lse,
                 num_rows: params.num_rows,
                 n_heads: params.n_heads,
                 parts,

@@ -14,24 +14,25 @@
 //! topk * n_kv_heads` edges, and at most `edges / item_edges + keys` work
 //! items (the run's grid; CTAs past the device-side item count return).
 //!
-//! Workspace (allocated by `new` for `max_rows`, reused by every call):
-//! partial outputs bf16 `[rows, topk, n_heads, 128]` (256 B per (row, head,
-//! slot): 8.6 GB for a 32K-row M3 prefill) and f32 (max, sum) pairs. bf16, like
+//! Workspace (scratch, in the attention's [`crate::Workspace`], laid out for
+//! `max_rows`; [`workspace_bytes`]): partial outputs bf16 `[rows, topk,
+//! n_heads, 128]` (256 B per (row, head, slot): 8.6 GB for a 32K-row M3
+//! prefill), f32 (max, sum) pairs, and the CSR's edges and ranks. The plan
+//! keys, the per-key counts (zero between runs: the scan re-zeroes them),
+//! the offsets and the work items stay in the op's own buffers (they are
+//! `O(keys)`, and the counts must survive other ops' runs). bf16, like
 //! upstream, halves the dominant memory traffic of this design (each partial
 //! is written once and read once); the output is bf16 anyway and the tests
 //! hold it to the f64 reference.
 
 use cudarc::driver::{CudaSlice, LaunchConfig};
-use half::bf16;
 
 use crate::abi::msa::*;
-use crate::abi::PagedKv;
+use crate::abi::{DPtr, DPtrMut, PagedKv};
 use crate::batch::RaggedBatch;
 use crate::error::{ensure, CudaContextExt, Result};
-use crate::launch::{
-    dptr, dptr_mut, dptr_opt, record_ptr, record_ptr_mut, record_words, words_of, Kernel,
-};
-use crate::workspace::grow;
+use crate::launch::{record_words, words_of, Bufs, Kernel};
+use crate::workspace::{align_up, grow};
 use crate::Gpu;
 
 /// Plan keys of a ragged batch (host only, from lengths).
@@ -77,21 +78,49 @@ pub fn item_edges(group: usize) -> usize {
     BM_ITEM_TILES as usize * (16 / group.clamp(1, 16))
 }
 
+/// Byte offsets of the block-major scratch inside the workspace for
+/// `max_rows` rows: partial outputs, (max, sum) pairs, CSR edges, edge
+/// ranks; and the total.
+pub(crate) fn scratch_layout(
+    n_heads: usize,
+    n_kv_heads: usize,
+    topk: usize,
+    max_rows: usize,
+) -> ([usize; 4], usize) {
+    let edges = n_kv_heads * max_rows * topk;
+    let parts = max_rows * n_heads * topk;
+    let sizes = [
+        parts * MSA_HEAD_DIM as usize * 2,
+        2 * parts * 4,
+        words_of::<PlanEdge>(edges) * 4,
+        edges * 4,
+    ];
+    let mut offs = [0; 4];
+    let mut at = 0;
+    for (o, s) in offs.iter_mut().zip(sizes) {
+        *o = at;
+        at += align_up(s);
+    }
+    (offs, at)
+}
+
+/// Bytes of workspace the block-major path needs for `max_rows` rows.
+pub fn workspace_bytes(n_heads: usize, n_kv_heads: usize, topk: usize, max_rows: usize) -> usize {
+    scratch_layout(n_heads, n_kv_heads, topk, max_rows).1
+}
+
 pub(crate) struct MsaBlockMajor {
     k_count: Kernel<BlockMajorEdgeParams>,
     k_scan: Kernel<BlockMajorScanParams>,
     k_scatter: Kernel<BlockMajorEdgeParams>,
     k_run: Kernel<BlockMajorRunParams>,
     k_combine: Kernel<BlockMajorCombineParams>,
-    /// `[rows, topk, n_heads, 128]` bf16 (unnormalised) and `[rows, topk,
-    /// n_heads, 2]` f32 (block row max, row sum).
-    part_o: CudaSlice<bf16>,
-    part_ml: CudaSlice<f32>,
-    /// `[n_kv_heads * rows * topk]` [`PlanEdge`]s as words (the CSR lists).
-    edges: CudaSlice<u32>,
-    /// `[n_kv_heads * rows * topk]`: each attended edge's place in its key's
-    /// list (from the count's atomics).
-    ranks: CudaSlice<u32>,
+    /// Offsets in the workspace ([`scratch_layout`]) of the partial outputs
+    /// `[rows, topk, n_heads, 128]` bf16 (unnormalised), the `[rows, topk,
+    /// n_heads, 2]` f32 (block row max, row sum), the `[n_kv_heads * rows *
+    /// topk]` [`PlanEdge`]s (the CSR lists) and each attended edge's place
+    /// in its key's list (`u32`, from the count's atomics).
+    ws_off: [usize; 4],
     /// Per key of the plan: edge counts (zero between calls), CSR offsets.
     counts: CudaSlice<u32>,
     offsets: CudaSlice<u32>,
@@ -112,6 +141,20 @@ pub(crate) struct BlockMajorArgs {
     pub topk: u32,
     pub cache: PagedKv,
     pub scale: f32,
+}
+
+/// The addresses of a run's buffers: the caller's, the attention's row
+/// info, the workspace's base.
+#[derive(Clone, Copy)]
+pub(crate) struct BlockMajorPtrs {
+    pub q: DPtr<u16>,
+    pub kv: DPtr<u16>,
+    pub lookup: DPtr<u32>,
+    pub d_indices: DPtr<i32>,
+    pub row_info: DPtr<RowInfo>,
+    pub out: DPtrMut<u16>,
+    pub lse: DPtrMut<f32>,
+    pub ws: u64,
 }
 
 impl MsaBlockMajor {
@@ -140,10 +183,7 @@ impl MsaBlockMajor {
             k_scatter: gpu.kernel("msa_block_major_scatter", 0)?,
             k_run: gpu.kernel("msa_block_major_run", BM_SMEM)?,
             k_combine: gpu.kernel("msa_block_major_combine", 0)?,
-            part_o: gpu.zeros(parts * MSA_HEAD_DIM as usize)?,
-            part_ml: gpu.zeros(2 * parts)?,
-            edges: gpu.zeros(words_of::<PlanEdge>(edges.max(1)))?,
-            ranks: gpu.zeros(edges.max(1))?,
+            ws_off: scratch_layout(n_heads, n_kv_heads, topk, max_rows).0,
             counts: gpu.zeros(1)?,
             offsets: gpu.zeros(1)?,
             keys: gpu.zeros(words_of::<PlanKey>(1))?,
@@ -198,16 +238,20 @@ impl MsaBlockMajor {
         Ok(())
     }
 
+    /// The workspace sub-buffer `i` of [`scratch_layout`] at base `ws`.
+    fn at(&self, ws: u64, i: usize) -> u64 {
+        ws + self.ws_off[i] as u64
+    }
+
     /// The device-side plan alone: count → scan → scatter (the CSR, the work
     /// items and their count, all on the device).
-    pub(crate) fn device_plan(
-        &self,
-        gpu: &Gpu,
+    pub(crate) fn device_plan<'a>(
+        &'a self,
+        b: &mut Bufs<'a>,
         a: &BlockMajorArgs,
-        lookup: &CudaSlice<u32>,
-        d_indices: &CudaSlice<i32>,
-        row_info: &CudaSlice<u32>,
+        r: &BlockMajorPtrs,
     ) -> Result<()> {
+        let gpu = b.gpu();
         let n_keys = self.n_keys as u32;
         let total_keys = a.n_kv_heads * n_keys;
         let n_edges = a.n_kv_heads * a.num_rows * a.topk;
@@ -215,12 +259,12 @@ impl MsaBlockMajor {
             return Ok(());
         }
         let ep = BlockMajorEdgeParams {
-            d_indices: dptr(gpu, d_indices),
-            row_info: record_ptr(gpu, row_info),
-            counts: dptr_mut(gpu, &self.counts),
-            ranks: dptr_mut(gpu, &self.ranks),
-            offsets: dptr(gpu, &self.offsets),
-            edges: record_ptr_mut(gpu, &self.edges),
+            d_indices: r.d_indices,
+            row_info: r.row_info,
+            counts: b.w(&self.counts),
+            ranks: DPtrMut::new(self.at(r.ws, 3)),
+            offsets: b.r(&self.offsets),
+            edges: DPtrMut::new(self.at(r.ws, 2)),
             num_rows: a.num_rows,
             n_kv_heads: a.n_kv_heads,
             topk: a.topk,
@@ -242,12 +286,12 @@ impl MsaBlockMajor {
 
         let group = (a.n_heads / a.n_kv_heads) as usize;
         let sp = BlockMajorScanParams {
-            counts: dptr_mut(gpu, &self.counts),
-            offsets: dptr_mut(gpu, &self.offsets),
-            items: record_ptr_mut(gpu, &self.items),
-            n_items: dptr_mut(gpu, &self.n_items),
-            keys: record_ptr(gpu, &self.keys),
-            lookup: dptr(gpu, lookup),
+            counts: b.w(&self.counts),
+            offsets: b.w(&self.offsets),
+            items: b.rec_mut(&self.items),
+            n_items: b.w(&self.n_items),
+            keys: b.rec(&self.keys),
+            lookup: r.lookup,
             total_keys,
             n_keys,
             max_pages: a.cache.max_pages,
@@ -274,32 +318,27 @@ impl MsaBlockMajor {
     }
 
     /// count → scan → scatter → run → combine on the stream.
-    #[allow(clippy::too_many_arguments)] // internal: the op's buffers, as `MsaAttention::run` takes them
-    pub(crate) fn run(
-        &self,
-        gpu: &Gpu,
+    pub(crate) fn run<'a>(
+        &'a self,
+        b: &mut Bufs<'a>,
         a: &BlockMajorArgs,
-        q: &CudaSlice<bf16>,
-        kv_cache: &CudaSlice<bf16>,
-        lookup: &CudaSlice<u32>,
-        d_indices: &CudaSlice<i32>,
-        row_info: &CudaSlice<u32>,
-        out: &mut CudaSlice<bf16>,
-        lse: Option<&mut CudaSlice<f32>>,
+        r: &BlockMajorPtrs,
     ) -> Result<()> {
         if a.num_rows == 0 || self.n_keys == 0 || a.n_kv_heads == 0 {
             return Ok(());
         }
-        self.device_plan(gpu, a, lookup, d_indices, row_info)?;
+        self.device_plan(b, a, r)?;
+        let gpu = b.gpu();
+        let (part_o, part_ml) = (self.at(r.ws, 0), self.at(r.ws, 1));
         let rp = BlockMajorRunParams {
-            q: dptr(gpu, q),
-            kv: dptr(gpu, kv_cache),
-            keys: record_ptr(gpu, &self.keys),
-            items: record_ptr(gpu, &self.items),
-            n_items: dptr(gpu, &self.n_items),
-            edges: record_ptr(gpu, &self.edges),
-            part_o: dptr_mut(gpu, &self.part_o),
-            part_ml: dptr_mut(gpu, &self.part_ml),
+            q: r.q,
+            kv: r.kv,
+            keys: b.rec(&self.keys),
+            items: b.rec(&self.items),
+            n_items: b.r(&self.n_items),
+            edges: DPtr::new(self.at(r.ws, 2)),
+            part_o: DPtrMut::new(part_o),
+            part_ml: DPtrMut::new(part_ml),
             cache: a.cache,
             n_heads: a.n_heads,
             n_kv_heads: a.n_kv_heads,
@@ -317,12 +356,12 @@ impl MsaBlockMajor {
         unsafe { gpu.launch(&self.k_run, "the block-major run", &rp).run(cfg) }?;
 
         let cp = BlockMajorCombineParams {
-            part_o: dptr(gpu, &self.part_o),
-            part_ml: dptr(gpu, &self.part_ml),
-            d_indices: dptr(gpu, d_indices),
-            row_info: record_ptr(gpu, row_info),
-            out: dptr_mut(gpu, out),
-            lse: dptr_opt(gpu, lse.map(|l| &*l)),
+            part_o: DPtr::new(part_o),
+            part_ml: DPtr::new(part_ml),
+            d_indices: r.d_indices,
+            row_info: r.row_info,
+            out: r.out,
+            lse: r.lse,
             num_rows: a.num_rows,
             n_heads: a.n_heads,
             n_kv_heads: a.n_kv_heads,

@@ -10,10 +10,18 @@
 //! ```
 //!
 //! Plan/run split (as FlashInfer): [`MsaIndexer::plan`] validates the host
-//! copies of the metadata and uploads the work list into the reusable
-//! workspace; [`MsaIndexer::run`] only launches (two kernels on the stream,
+//! copies of the metadata and uploads the work list into the op's plan
+//! buffers; [`MsaIndexer::run`] only launches (two kernels on the stream,
 //! no host synchronisation, no allocation), so it can be captured in a CUDA
-//! graph and replayed while the plan stays valid.
+//! graph and replayed while the plan stays valid. The plan does not depend
+//! on the layer: one plan per step serves every layer (`run` takes it).
+//! A plan holds until the next `plan`; it is invalidated by nothing else
+//! (the device page table must keep holding what `plan` was given).
+//!
+//! The block scores live in a [`Workspace`] (scratch; see
+//! [`crate::workspace`]): the op's own ([`MsaIndexer::new`]) or the
+//! caller's ([`MsaIndexer::new_in`], sized by
+//! [`MsaIndexer::workspace_size`]).
 //!
 //! Choices where the spec is silent (documented here and in the kernels):
 //! a block's score is the IEEE maxNum over its visible keys (a NaN product
@@ -21,19 +29,19 @@
 //! `-0.0` and `+0.0` tie; forced init/local blocks are selected first even if
 //! `topk` is smaller than their number (init before local, lower id first).
 
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 use half::bf16;
 
 pub use crate::abi::config::MsaIndexerConfig;
 use crate::abi::msa::*;
-use crate::abi::PagedKv;
+use crate::abi::{DPtr, DPtrMut, PagedKv};
 use crate::batch::{
     CacheExpect, ConfigExt, KvDtype, PageTable, PageTableExt, PagedLayout, PagedLayoutExt,
     RaggedBatch, RaggedBatchExt,
 };
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
-use crate::launch::{dptr, dptr_mut, record_ptr, record_words, words_of, Kernel};
-use crate::workspace::grow;
+use crate::launch::{record_words, words_of, Bufs, Kernel};
+use crate::workspace::{align_up, grow, Scratch, Workspace};
 use crate::Gpu;
 
 /// Which score kernel a plan uses.
@@ -57,7 +65,6 @@ struct Plan {
     num_rows: usize,
     max_pages: usize,
     layout: PagedLayout,
-    layer: usize,
     n_items: usize,
     score_stride: usize,
 }
@@ -75,8 +82,9 @@ pub struct MsaIndexer {
     items: CudaSlice<u32>,
     /// Query position of every row `[num_rows]`.
     row_qpos: CudaSlice<u32>,
-    /// Block scores `[H, num_rows, score_stride]` f32.
-    scores: CudaSlice<f32>,
+    /// Block scores `[H, num_rows, score_stride]` f32, at the start of the
+    /// workspace.
+    scratch: Scratch,
     plan: Option<Plan>,
     decode_chunk: Option<usize>,
     force_path: Option<IndexerPath>,
@@ -107,8 +115,38 @@ const PREFILL_CHUNK: usize = 32;
 
 impl MsaIndexer {
     /// Loads the kernels and checks the configuration. Allocates nothing
-    /// large: the workspace grows at the first `plan` (and [`Self::reserve`]).
+    /// large: the private workspace grows at the first `plan` (and
+    /// [`Self::reserve`]).
     pub fn new(gpu: &Gpu, cfg: MsaIndexerConfig) -> Result<Self> {
+        let scratch = Scratch::private(gpu, 1)?;
+        Self::with_scratch(gpu, cfg, scratch)
+    }
+
+    /// [`MsaIndexer::new`] over the caller's workspace (shared with other
+    /// ops on the same stream; see [`crate::workspace`]): the op allocates
+    /// no scratch, and `plan` fails (naming `workspace`) when a batch needs
+    /// more than [`MsaIndexer::workspace_size`] of its rows and context
+    /// gives, i.e. more than the workspace holds.
+    pub fn new_in(gpu: &Gpu, cfg: MsaIndexerConfig, workspace: &Workspace) -> Result<Self> {
+        let scratch = Scratch::shared(gpu, workspace, 0)?;
+        Self::with_scratch(gpu, cfg, scratch)
+    }
+
+    /// Bytes of workspace the runs of batches within the bounds need: at
+    /// most `max_rows` query rows (new tokens of the batch) whose sequences
+    /// have at most `max_context` keys (`cache_length + q_len`, the
+    /// longest sequence). The block scores: `4 * num_index_heads * max_rows
+    /// * ceil(max_context / 128)` bytes (64 KiB for M3, 128 rows of 32K).
+    pub fn workspace_size(cfg: &MsaIndexerConfig, max_rows: usize, max_context: usize) -> usize {
+        let blocks = max_context.div_ceil(MSA_BLOCK as usize).max(1);
+        Self::scores_bytes(cfg.num_index_heads, max_rows, blocks)
+    }
+
+    fn scores_bytes(heads: usize, rows: usize, stride: usize) -> usize {
+        align_up(4 * heads * rows * stride)
+    }
+
+    fn with_scratch(gpu: &Gpu, cfg: MsaIndexerConfig, scratch: Scratch) -> Result<Self> {
         cfg.validate()?;
         Ok(MsaIndexer {
             k_prefill: gpu.kernel("msa_indexer_scores_prefill", IDX_SMEM_PREFILL)?,
@@ -117,7 +155,7 @@ impl MsaIndexer {
             k_topk_long: gpu.kernel("msa_indexer_topk_long", idx_smem_topk_long(LONG_CAP_MAX))?,
             items: gpu.zeros(words_of::<IdxWorkItem>(1))?,
             row_qpos: gpu.zeros(1)?,
-            scores: gpu.zeros(1)?,
+            scratch,
             gpu: gpu.clone(),
             cfg,
             plan: None,
@@ -154,34 +192,40 @@ impl MsaIndexer {
         self.force_path = path;
     }
 
-    /// Sizes the workspace for up to `max_rows` query rows of at most
-    /// `max_context` tokens each, so later plans within that do not allocate.
+    /// Sizes the plan buffers (and a private workspace) for up to
+    /// `max_rows` query rows of at most `max_context` tokens each, so later
+    /// plans within that do not allocate. With a caller's workspace, fails
+    /// unless it holds [`MsaIndexer::workspace_size`] of these bounds.
     pub fn reserve(&mut self, max_rows: usize, max_context: usize) -> Result<()> {
         let blocks = max_context.div_ceil(MSA_BLOCK as usize).max(1);
         let items = max_rows * blocks.div_ceil(4) + 1;
         self.grow(
             items,
             max_rows,
-            max_rows * self.cfg.num_index_heads * blocks,
+            Self::workspace_size(&self.cfg, max_rows, max_context),
         )
     }
 
-    fn grow(&mut self, items: usize, rows: usize, scores: usize) -> Result<()> {
+    fn grow(&mut self, items: usize, rows: usize, scores_bytes: usize) -> Result<()> {
         grow(&self.gpu, &mut self.items, words_of::<IdxWorkItem>(items))?;
         grow(&self.gpu, &mut self.row_qpos, rows)?;
-        grow(&self.gpu, &mut self.scores, scores)
+        self.scratch.fit(&self.gpu, scores_bytes)
+    }
+
+    /// The workspace the block scores live in.
+    pub fn workspace(&self) -> &Workspace {
+        self.scratch.workspace()
     }
 
     /// Validates the batch, the page table and the cache shape, builds the
     /// work list ([`plan_work`]) and uploads it. `batch`, `pages` are host
     /// copies of what `run` will receive on the device; `layout` is the
-    /// index-K pool's shape.
+    /// index-K pool's shape (all layers: `run` picks one).
     pub fn plan(
         &mut self,
         batch: &RaggedBatch,
         pages: &PageTable,
         layout: &PagedLayout,
-        layer: usize,
     ) -> Result<()> {
         self.plan = None;
         let opts = PlanOptions {
@@ -189,13 +233,13 @@ impl MsaIndexer {
             decode_chunk: self.decode_chunk,
             force_path: self.force_path,
         };
-        let w = plan_work(&self.cfg, batch, pages, layout, layer, &opts)?;
+        let w = plan_work(&self.cfg, batch, pages, layout, &opts)?;
         let num_rows = w.row_qpos.len();
         let h = self.cfg.num_index_heads;
         self.grow(
             w.items.len().max(1),
             num_rows.max(1),
-            h * num_rows.max(1) * w.score_stride,
+            Self::scores_bytes(h, num_rows, w.score_stride),
         )?;
         let flat = record_words(&w.items);
         if !flat.is_empty() {
@@ -213,29 +257,39 @@ impl MsaIndexer {
             num_rows,
             max_pages: pages.max_pages,
             layout: *layout,
-            layer,
             n_items: w.items.len(),
             score_stride: w.score_stride,
         });
         Ok(())
     }
 
-    /// Launches the score and top-k kernels for the current plan.
+    /// Launches the score and top-k kernels for the current plan on layer
+    /// `layer` of the pool.
     ///
     /// `q`: `[num_rows, H, 128]`, `k_cache`: the whole index-K pool,
     /// `lookup`: the device page table (must hold what `plan` was given),
     /// `out`: `[H, num_rows, topk]`. Every element of `out` is written.
-    pub fn run(
+    /// Buffers may be slices, views (sub-ranges) or [`crate::RawBuffer`]s
+    /// (see [`crate::buffer`]).
+    pub fn run<Q, K, L, O>(
         &self,
-        q: &CudaSlice<bf16>,
-        k_cache: &CudaSlice<bf16>,
-        lookup: &CudaSlice<u32>,
-        out: &mut CudaSlice<i32>,
-    ) -> Result<()> {
+        q: &Q,
+        k_cache: &K,
+        lookup: &L,
+        layer: usize,
+        out: &mut O,
+    ) -> Result<()>
+    where
+        Q: DevicePtr<bf16> + ?Sized,
+        K: DevicePtr<bf16> + ?Sized,
+        L: DevicePtr<u32> + ?Sized,
+        O: DevicePtrMut<i32> + ?Sized,
+    {
         let p = self
             .plan
             .as_ref()
             .ok_or(Error::NotPlanned { op: "msa_indexer" })?;
+        p.layout.check_layer(layer)?;
         let (h, d, topk) = (self.cfg.num_index_heads, self.cfg.head_dim, self.cfg.topk);
         let q_want = p.num_rows * h * d;
         expect_len(
@@ -263,22 +317,30 @@ impl MsaIndexer {
             out_want,
             "num_index_heads * num_rows * topk",
         )?;
+        let mut b = Bufs::new(&self.gpu);
+        let ptrs = RunPtrs {
+            q: b.input("q", q)?,
+            k_cache: b.input("k_cache", k_cache)?,
+            lookup: b.input("lookup", lookup)?,
+            out: b.output("out_idxs", out)?,
+            scores: DPtrMut::new(b.workspace(self.scratch.workspace())),
+        };
         if p.num_rows == 0 {
             return Ok(());
         }
         if p.n_items > 0 {
-            self.launch_scores(p, q, k_cache, lookup)?;
+            self.launch_scores(&mut b, p, &ptrs, layer)?;
         }
-        self.launch_topk(p, out)
+        self.launch_topk(&mut b, p, &ptrs)
     }
 
     /// The score kernel of the plan's path: one CTA per work item.
-    fn launch_scores(
-        &self,
+    fn launch_scores<'a>(
+        &'a self,
+        b: &mut Bufs<'a>,
         p: &Plan,
-        q: &CudaSlice<bf16>,
-        k_cache: &CudaSlice<bf16>,
-        lookup: &CudaSlice<u32>,
+        r: &RunPtrs,
+        layer: usize,
     ) -> Result<()> {
         let gpu = &self.gpu;
         let (kernel, smem) = match p.path {
@@ -286,16 +348,16 @@ impl MsaIndexer {
             IndexerPath::Prefill => (&self.k_prefill, IDX_SMEM_PREFILL),
         };
         let params = IdxScoreParams {
-            q: dptr(gpu, q),
-            k_cache: dptr(gpu, k_cache),
-            lookup: dptr(gpu, lookup),
-            items: record_ptr(gpu, &self.items),
-            scores: dptr_mut(gpu, &self.scores),
+            q: r.q,
+            k_cache: r.k_cache,
+            lookup: r.lookup,
+            items: b.rec(&self.items),
+            scores: r.scores,
             cache: PagedKv {
                 num_pages: p.layout.num_pages as u32,
                 max_pages: p.max_pages as u32,
                 page_stride: p.layout.page_stride() as u64,
-                k_off: p.layout.layer_offset(0, p.layer) as u64,
+                k_off: p.layout.layer_offset(0, layer) as u64,
                 v_off: 0,
             },
             n_items: p.n_items as u32,
@@ -321,15 +383,15 @@ impl MsaIndexer {
     /// The top-k kernel: one warp per (head, row), or for long rows one CTA
     /// per (head, row) that ranks the keys above a bound (at most `cap`
     /// survive; see the kernel).
-    fn launch_topk(&self, p: &Plan, out: &mut CudaSlice<i32>) -> Result<()> {
+    fn launch_topk<'a>(&'a self, b: &mut Bufs<'a>, p: &Plan, r: &RunPtrs) -> Result<()> {
         let (h, topk) = (self.cfg.num_index_heads as u32, self.cfg.topk as u32);
         let stride = p.score_stride as u32;
         let cap = topk * stride.div_ceil(IDX_TOPK_WARPS * 32);
         let long = stride > IDX_TOPK_LONG_FROM && topk <= IDX_TOPK_LONG_MAX && cap <= LONG_CAP_MAX;
         let params = IdxTopkParams {
-            scores: dptr(&self.gpu, &self.scores),
-            row_qpos: dptr(&self.gpu, &self.row_qpos),
-            out: dptr_mut(&self.gpu, out),
+            scores: DPtr::new(r.scores.addr()),
+            row_qpos: b.r(&self.row_qpos),
+            out: r.out,
             num_rows: p.num_rows as u32,
             num_index_heads: h,
             score_stride: stride,
@@ -356,6 +418,15 @@ impl MsaIndexer {
                 .run(cfg)
         }
     }
+}
+
+/// The addresses of one `run`'s buffers (their guards held by its [`Bufs`]).
+struct RunPtrs {
+    q: DPtr<u16>,
+    k_cache: DPtr<u16>,
+    lookup: DPtr<u32>,
+    out: DPtrMut<i32>,
+    scores: DPtrMut<f32>,
 }
 
 /// Knobs of [`plan_work`] besides the op's inputs.
@@ -389,23 +460,19 @@ pub fn plan_work(
     batch: &RaggedBatch,
     pages: &PageTable,
     layout: &PagedLayout,
-    layer: usize,
     opts: &PlanOptions,
 ) -> Result<WorkList> {
     cfg.validate()?;
     batch.validate()?;
-    layout.check(
-        &CacheExpect {
-            dtypes: &[KvDtype::Bf16],
-            name: "k_cache",
-            shape: "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]",
-            kv_dim: 1,
-            n_heads: 1,
-            head_dim: cfg.head_dim,
-            page_size: cfg.block_size,
-        },
-        layer,
-    )?;
+    layout.check_shape(&CacheExpect {
+        dtypes: &[KvDtype::Bf16],
+        name: "k_cache",
+        shape: "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]",
+        kv_dim: 1,
+        n_heads: 1,
+        head_dim: cfg.head_dim,
+        page_size: cfg.block_size,
+    })?;
     pages.validate(batch, layout)?;
 
     let h = cfg.num_index_heads;

@@ -4,14 +4,29 @@
 //! Both run on the same stream with no host synchronisation between them, and
 //! `run` allocates nothing, so a step can be captured in a CUDA graph and
 //! replayed while its plan holds.
+//!
+//! One plan per step serves every layer: `plan` takes the batch and the
+//! pools' shapes, `run` the layer (and that layer's buffers). A plan holds
+//! until the next `plan` (the device page tables must keep holding what it
+//! was given).
+//!
+//! Workspace: [`MsaStep::new_in`] gives the indexer and the attention one
+//! [`Workspace`] (the indexer's scores are dead once its top-k ran, so the
+//! attention's partials reuse the bytes), of
+//! [`MsaStep::workspace_size`]; the same workspace can serve every layer's
+//! step and other ops on the stream. The selections between the two
+//! (`d_indices`, `[n_kv_heads, num_rows, topk]` i32) stay in a buffer of
+//! the step's own, sized by `plan`.
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::batch::{PageTable, PagedLayout, RaggedBatch};
+use crate::context::DeviceProps;
 use crate::error::{ensure, Result};
 use crate::msa_attention::{MsaAttention, MsaAttentionConfig};
 use crate::msa_indexer::{MsaIndexer, MsaIndexerConfig};
+use crate::workspace::Workspace;
 use crate::Gpu;
 
 /// The indexer's argument names as [`StepInputs`] and [`MsaStep::plan`]
@@ -45,20 +60,22 @@ pub struct MsaStep {
     gpu: Gpu,
 }
 
-/// The device inputs of one step.
+/// The device inputs of one step: slices, views or
+/// [`crate::RawBuffer`]s (a `&CudaSlice` coerces).
+#[derive(Clone, Copy)]
 pub struct StepInputs<'a> {
     /// Index queries `[num_rows, n_kv_heads, 128]`.
-    pub q_index: &'a CudaSlice<bf16>,
+    pub q_index: &'a dyn DevicePtr<bf16>,
     /// The index-K pool.
-    pub k_index: &'a CudaSlice<bf16>,
+    pub k_index: &'a dyn DevicePtr<bf16>,
     /// The index-K pool's page table `[batch, max_pages]`.
-    pub index_lookup: &'a CudaSlice<u32>,
+    pub index_lookup: &'a dyn DevicePtr<u32>,
     /// Attention queries `[num_rows, n_heads, 128]`.
-    pub q: &'a CudaSlice<bf16>,
+    pub q: &'a dyn DevicePtr<bf16>,
     /// The main K/V pool.
-    pub kv_cache: &'a CudaSlice<bf16>,
+    pub kv_cache: &'a dyn DevicePtr<bf16>,
     /// The main pool's page table `[batch, max_pages]`.
-    pub kv_lookup: &'a CudaSlice<u32>,
+    pub kv_lookup: &'a dyn DevicePtr<u32>,
 }
 
 impl MsaStep {
@@ -70,6 +87,51 @@ impl MsaStep {
         att: MsaAttentionConfig,
         max_rows: usize,
     ) -> Result<Self> {
+        Self::check_configs(&idx, &att)?;
+        Ok(MsaStep {
+            indexer: MsaIndexer::new(gpu, idx)?,
+            attention: MsaAttention::new(gpu, att, max_rows)?,
+            d_indices: gpu.zeros(1)?,
+            gpu: gpu.clone(),
+        })
+    }
+
+    /// [`MsaStep::new`] with both ops over the caller's workspace (see the
+    /// module docs), which must hold [`MsaStep::workspace_size`] for the
+    /// bounds; `plan` fails (naming `workspace`) for a batch beyond them.
+    pub fn new_in(
+        gpu: &Gpu,
+        idx: MsaIndexerConfig,
+        att: MsaAttentionConfig,
+        max_rows: usize,
+        workspace: &Workspace,
+    ) -> Result<Self> {
+        Self::check_configs(&idx, &att)?;
+        Ok(MsaStep {
+            indexer: MsaIndexer::new_in(gpu, idx, workspace)?,
+            attention: MsaAttention::new_in(gpu, att, max_rows, workspace)?,
+            d_indices: gpu.zeros(1)?,
+            gpu: gpu.clone(),
+        })
+    }
+
+    /// Bytes of workspace for steps of at most `max_rows` query rows whose
+    /// sequences have at most `max_context` keys, on the device `props`
+    /// describes: the larger of [`MsaIndexer::workspace_size`] and
+    /// [`MsaAttention::workspace_size`] (the two ops run one after the
+    /// other).
+    pub fn workspace_size(
+        props: &DeviceProps,
+        idx: &MsaIndexerConfig,
+        att: &MsaAttentionConfig,
+        max_rows: usize,
+        max_context: usize,
+    ) -> usize {
+        MsaIndexer::workspace_size(idx, max_rows, max_context)
+            .max(MsaAttention::workspace_size(props, att, max_rows))
+    }
+
+    fn check_configs(idx: &MsaIndexerConfig, att: &MsaAttentionConfig) -> Result<()> {
         ensure(
             idx.num_index_heads == att.n_kv_heads,
             "num_index_heads",
@@ -81,17 +143,12 @@ impl MsaStep {
             "topk",
             || format!("attention topk = {}", att.topk),
             || idx.topk.to_string(),
-        )?;
-        Ok(MsaStep {
-            indexer: MsaIndexer::new(gpu, idx)?,
-            attention: MsaAttention::new(gpu, att, max_rows)?,
-            d_indices: gpu.zeros(1)?,
-            gpu: gpu.clone(),
-        })
+        )
     }
 
     /// Plans both ops for a ragged batch (may allocate `d_indices` when the
-    /// number of rows changes; `run` never allocates).
+    /// number of rows changes; `run` never allocates). The layouts are the
+    /// pools' shapes with all their layers: the plan serves every layer.
     pub fn plan(
         &mut self,
         batch: &RaggedBatch,
@@ -99,7 +156,6 @@ impl MsaStep {
         index_layout: &PagedLayout,
         kv_pages: &PageTable,
         kv_layout: &PagedLayout,
-        layer: usize,
     ) -> Result<()> {
         ensure(
             batch.num_rows() > 0,
@@ -108,10 +164,10 @@ impl MsaStep {
             || "an empty batch".into(),
         )?;
         self.attention
-            .plan(batch, kv_pages, kv_layout, layer)
+            .plan(batch, kv_pages, kv_layout)
             .map_err(|e| e.rename_args(KV_NAMES))?;
         self.indexer
-            .plan(batch, index_pages, index_layout, layer)
+            .plan(batch, index_pages, index_layout)
             .map_err(|e| e.rename_args(INDEX_NAMES))?;
         let c = self.attention.config();
         let len = c.n_kv_heads * batch.num_rows() * c.topk;
@@ -121,18 +177,21 @@ impl MsaStep {
         Ok(())
     }
 
-    /// Indexer, then attention, on the stream; writes `out` (and `lse`).
-    pub fn run(
+    /// Indexer, then attention, on the stream, on layer `layer` of both
+    /// pools; writes `out` (and `lse`).
+    pub fn run<O: DevicePtrMut<bf16> + ?Sized>(
         &mut self,
         inp: &StepInputs,
-        out: &mut CudaSlice<bf16>,
-        lse: Option<&mut CudaSlice<f32>>,
+        layer: usize,
+        out: &mut O,
+        lse: Option<&mut dyn DevicePtrMut<f32>>,
     ) -> Result<()> {
         self.indexer
             .run(
                 inp.q_index,
                 inp.k_index,
                 inp.index_lookup,
+                layer,
                 &mut self.d_indices,
             )
             .map_err(|e| e.rename_args(INDEX_NAMES))?;
@@ -142,6 +201,7 @@ impl MsaStep {
                 inp.kv_cache,
                 inp.kv_lookup,
                 &self.d_indices,
+                layer,
                 out,
                 lse,
             )

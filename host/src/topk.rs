@@ -23,13 +23,13 @@
 //! # Ok(()) }
 //! ```
 
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::abi::topk::*;
 use crate::abi::{DPtr, DPtrMut};
 use crate::context::Gpu;
 use crate::error::{ensure, expect_len, Error, Result};
-use crate::launch::{dptr, dptr_mut, Kernel};
+use crate::launch::{Bufs, Kernel};
 
 /// The top-k op: `new`, `plan(rows, n, k)`, `run`.
 pub struct TopK {
@@ -82,6 +82,12 @@ impl TopK {
     /// CTAs per row of the current plan (the cluster size), if planned.
     pub fn cluster(&self) -> Option<usize> {
         self.plan.map(|p| p.cluster as usize)
+    }
+
+    /// Bytes of workspace the op needs: none (it works in shared memory
+    /// and its output). For uniformity with the other ops' `workspace_size`.
+    pub fn workspace_size() -> usize {
+        0
     }
 
     /// Longest row [`TopK::plan`] accepts.
@@ -139,13 +145,17 @@ impl TopK {
 
     /// Writes `out: i32 [rows, k]` from `scores: f32 [rows, n]` (and
     /// `row_lens: u32 [rows]`, each clamped to `n`, when given). Launches
-    /// only.
-    pub fn run(
+    /// only. Buffers may be slices, views or [`crate::RawBuffer`]s.
+    pub fn run<S, O>(
         &self,
-        scores: &CudaSlice<f32>,
-        row_lens: Option<&CudaSlice<u32>>,
-        out: &mut CudaSlice<i32>,
-    ) -> Result<()> {
+        scores: &S,
+        row_lens: Option<&dyn DevicePtr<u32>>,
+        out: &mut O,
+    ) -> Result<()>
+    where
+        S: DevicePtr<f32> + ?Sized,
+        O: DevicePtrMut<i32> + ?Sized,
+    {
         let p = self.plan.ok_or(Error::NotPlanned { op: "topk" })?;
         let (rows, n, k) = (p.rows as usize, p.n as usize, p.k as usize);
         expect_len("scores", scores.len(), rows * n, "rows * n")?;
@@ -156,11 +166,15 @@ impl TopK {
         if rows == 0 {
             return Ok(());
         }
-        let gpu = &self.gpu;
-        let lens = row_lens.map_or_else(DPtr::default, |l| dptr(gpu, l));
+        let mut b = Bufs::new(&self.gpu);
+        let (scores, lens, out) = (
+            b.input("scores", scores)?,
+            b.opt_input("row_lens", row_lens)?,
+            b.output("out", out)?,
+        );
         // SAFETY: `scores` holds rows * n elements, `out` rows * k, `row_lens`
         // rows (checked above).
-        unsafe { self.launch(dptr(gpu, scores), p.n, lens, dptr_mut(gpu, out)) }
+        unsafe { self.launch(scores, p.n, lens, out) }
     }
 
     /// Launches the planned top-k on raw addresses: `scores` rows of

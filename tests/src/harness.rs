@@ -100,7 +100,7 @@ pub fn run_attention(
     let mut att = MsaAttention::new(gpu, *c, inp.spec.num_rows()).unwrap();
     att.force_partitions(parts);
     att.force_path(path);
-    att.plan(&inp.spec.as_batch(), &inp.pool.table(), &inp.pool.layout, 1)
+    att.plan(&inp.spec.as_batch(), &inp.pool.table(), &inp.pool.layout)
         .unwrap();
     let n = inp.spec.num_rows() * c.n_heads;
     let mut out = gpu.upload(&vec![bf16::from_bits(0x7fc1); n * 128]).unwrap(); // NaN poison
@@ -111,7 +111,7 @@ pub fn run_attention(
     );
     let lookup = gpu.upload(&inp.pool.lookup).unwrap();
     let di = gpu.upload(&inp.d_indices).unwrap();
-    att.run(&q, &kv, &lookup, &di, &mut out, Some(&mut lse))
+    att.run(&q, &kv, &lookup, &di, 1, &mut out, Some(&mut lse))
         .unwrap();
     let (out, lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
     assert!(
@@ -183,7 +183,8 @@ impl StepData {
         StepData { kv, ik, q, qi }
     }
 
-    /// The step for `spec` (layer 0), planned, and the inputs uploaded.
+    /// The step for `spec` (its pools have one layer), planned, and the
+    /// inputs uploaded.
     pub fn plan_and_upload(
         &self,
         gpu: &Gpu,
@@ -200,7 +201,6 @@ impl StepData {
             &self.ik.layout,
             &self.kv.table(),
             &self.kv.layout,
-            0,
         )?;
         let buffers = StepBuffers {
             q: gpu.upload(&self.q)?,
@@ -239,7 +239,7 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
     let (mut step, buffers) = data.plan_and_upload(gpu, spec).unwrap();
     let inp = buffers.inputs();
     let mut out = gpu.zeros::<bf16>(rows * att.n_heads * 128).unwrap();
-    step.run(&inp, &mut out, None).unwrap();
+    step.run(&inp, 0, &mut out, None).unwrap();
     let eager = gpu.download(&out).unwrap();
     let sel = gpu.download(step.d_indices()).unwrap();
 
@@ -250,7 +250,7 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
     let mut out2 = gpu
         .upload(&vec![bf16::from_bits(0x7fc1); rows * att.n_heads * 128])
         .unwrap();
-    capture_and_replay(gpu, || step.run(&inp, &mut out2, None).unwrap());
+    capture_and_replay(gpu, || step.run(&inp, 0, &mut out2, None).unwrap());
     let replay = gpu.download(&out2).unwrap();
     assert!(
         eager

@@ -17,7 +17,8 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::{
-    bf16, CudaSlice, DensePrefill, DensePrefillConfig, Error, Gpu, KvBuffers, KvLayout, Mask,
+    bf16, CudaSlice, DensePrefill, DensePrefillConfig, DevicePtr, Error, Gpu, KvBuffers, KvLayout,
+    Mask,
 };
 use sparse_attn_reference::dense_prefill::{
     check_dense_prefill, dense_prefill as reference, DenseKv,
@@ -100,7 +101,6 @@ impl Case {
             Kv::Paged(p) => KvLayout::Paged {
                 layout: p.layout,
                 pages: p.table(),
-                layer: LAYER,
             },
             Kv::Ragged(r) => KvLayout::Ragged {
                 kv_row_offsets: &r.kv_row_offsets,
@@ -159,11 +159,17 @@ impl Dev {
         }
     }
 
+    /// The sinks, as `run` takes them.
+    fn sinks(&self) -> Option<&dyn DevicePtr<f32>> {
+        self.sinks.as_ref().map(|s| s as _)
+    }
+
     fn kv(&self, c: &Case) -> KvBuffers<'_> {
         match c.kv {
             Kv::Paged(_) => KvBuffers::Paged {
                 kv_cache: &self.a,
                 lookup: &self.lookup,
+                layer: LAYER,
             },
             Kv::Ragged(_) => KvBuffers::Ragged {
                 k: &self.a,
@@ -186,7 +192,7 @@ fn run(gpu: &Gpu, c: &Case) -> (Vec<bf16>, Vec<f32>) {
         .upload(&vec![bf16::from_bits(POISON_OUT); n * 128])
         .unwrap();
     let mut lse = gpu.upload(&vec![f32::from_bits(POISON_LSE); n]).unwrap();
-    op.run(&d.q, d.kv(c), d.sinks.as_ref(), &mut out, Some(&mut lse))
+    op.run(&d.q, d.kv(c), d.sinks(), &mut out, Some(&mut lse))
         .unwrap();
     let (out, lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
     assert!(
@@ -352,14 +358,12 @@ fn gpu_dense_prefill_is_deterministic_and_replays_in_a_graph() {
     let d = Dev::new(&gpu, &c);
     let n = c.spec.num_rows() * c.cfg.n_heads;
     let mut out = gpu.zeros::<bf16>(n * 128).unwrap();
-    op.run(&d.q, d.kv(&c), d.sinks.as_ref(), &mut out, None)
-        .unwrap(); // binds the tensor maps
+    op.run(&d.q, d.kv(&c), d.sinks(), &mut out, None).unwrap(); // binds the tensor maps
     let mut out2 = gpu
         .upload(&vec![bf16::from_bits(POISON_OUT); n * 128])
         .unwrap();
     capture_and_replay(&gpu, || {
-        op.run(&d.q, d.kv(&c), d.sinks.as_ref(), &mut out2, None)
-            .unwrap()
+        op.run(&d.q, d.kv(&c), d.sinks(), &mut out2, None).unwrap()
     });
     let replay = gpu.download(&out2).unwrap();
     assert!(
@@ -423,22 +427,20 @@ fn gpu_dense_prefill_names_bad_input() {
     };
     let batch = c.spec.as_batch();
     let bad_offsets = [0u32, 20, 10];
-    let paged = |page_size, pages, layer| KvLayout::Paged {
+    let paged = |page_size, pages| KvLayout::Paged {
         layout: sparse_attn::PagedLayout {
             page_size,
             ..pool.layout
         },
         pages,
-        layer,
     };
     let (ps, table) = (pool.layout.page_size, pool.table());
     let short_table = sparse_attn::PageTable::new(&pool.lookup[..1], 1);
     let bad_batch = sparse_attn::RaggedBatch::new(&bad_offsets, &[0, 0]);
     let cases: Vec<(KvLayout, sparse_attn::RaggedBatch, &str)> = vec![
-        (paged(48, table, LAYER), batch, "page_size"),
-        (paged(512, table, LAYER), batch, "page_size"),
-        (paged(ps, short_table, LAYER), batch, "lookup"),
-        (paged(ps, table, LAYERS), batch, "layer"),
+        (paged(48, table), batch, "page_size"),
+        (paged(512, table), batch, "page_size"),
+        (paged(ps, short_table), batch, "lookup"),
         (c.layout(), bad_batch, "input_row_offsets"),
         (
             KvLayout::Ragged {
@@ -481,13 +483,29 @@ fn gpu_dense_prefill_names_bad_input() {
             &d.q,
             KvBuffers::Paged {
                 kv_cache: &small_pool,
-                lookup: &d.lookup
+                lookup: &d.lookup,
+                layer: LAYER,
             },
             None,
             &mut out,
             None
         )),
         "kv_cache"
+    );
+    // The layer is `run`'s (one plan serves every layer).
+    assert_eq!(
+        invalid_arg(op.run(
+            &d.q,
+            KvBuffers::Paged {
+                kv_cache: &d.a,
+                lookup: &d.lookup,
+                layer: LAYERS,
+            },
+            None,
+            &mut out,
+            None
+        )),
+        "layer"
     );
     assert_eq!(
         invalid_arg(op.run(

@@ -14,7 +14,9 @@
 //! poisoned before every launch.
 
 use rand::Rng;
-use sparse_attn::{Error, Gpu, Mask, MlaIndexer, MlaIndexerConfig, PageTable, PagedLayout};
+use sparse_attn::{
+    CudaSlice, DevicePtr, Error, Gpu, Mask, MlaIndexer, MlaIndexerConfig, PageTable, PagedLayout,
+};
 use sparse_attn_reference::mla_indexer as reference;
 use sparse_attn_tests::data::{
     fp8_index_k_pool, fp8_tensor, index_weights, seeded, Fp8Fill, Fp8Pool, RaggedSpec,
@@ -87,7 +89,7 @@ impl Case {
     /// Plans and runs the op: the selection and the logits workspace.
     fn run(&self, gpu: &Gpu, op: &mut MlaIndexer) -> (Vec<i32>, Vec<f32>) {
         let p = &self.pool;
-        op.plan(&self.spec.as_batch(), &p.layout, p.table(), 1)
+        op.plan(&self.spec.as_batch(), &p.layout, p.table())
             .unwrap();
         let (q, qs) = (gpu.upload(&self.q).unwrap(), gpu.upload(&self.qs).unwrap());
         let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
@@ -95,12 +97,10 @@ impl Case {
         let mut out = gpu
             .upload(&vec![POISON; self.spec.num_rows() * self.cfg.top_k])
             .unwrap();
-        op.run(&q, &qs, &pool, scales.as_ref(), &lookup, &mut out)
+        let scales = scales.as_ref().map(|s| s as &dyn DevicePtr<f32>);
+        op.run(&q, &qs, &pool, scales, &lookup, 1, &mut out)
             .unwrap();
-        (
-            gpu.download(&out).unwrap(),
-            gpu.download(op.logits()).unwrap(),
-        )
+        (gpu.download(&out).unwrap(), op.download_logits().unwrap())
     }
 }
 
@@ -272,14 +272,14 @@ fn deterministic_and_graph_replay() {
     let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
     let scales = gpu.upload(&p.scales).unwrap();
     let mut out = gpu.upload(&vec![POISON; first.len()]).unwrap();
-    op.run(&q, &qs, &pool, Some(&scales), &lookup, &mut out)
+    op.run(&q, &qs, &pool, Some(&scales), &lookup, 1, &mut out)
         .unwrap();
     assert_eq!(gpu.download(&out).unwrap(), first, "a second run differs");
     gpu.stream()
         .memcpy_htod(&vec![POISON; first.len()], &mut out)
         .unwrap();
     capture_and_replay(&gpu, || {
-        op.run(&q, &qs, &pool, Some(&scales), &lookup, &mut out)
+        op.run(&q, &qs, &pool, Some(&scales), &lookup, 1, &mut out)
             .unwrap()
     });
     assert_eq!(
@@ -305,7 +305,7 @@ fn bad_input_is_a_named_error() {
     let spec = RaggedSpec::prefill(&[3, 2], &[100, 0]);
     let lookup = vec![0u32, 1, 2, 0];
     let plan = |op: &mut MlaIndexer, l: PagedLayout, lookup: &[u32], max_pages: usize| {
-        op.plan(&spec.as_batch(), &l, PageTable::new(lookup, max_pages), 0)
+        op.plan(&spec.as_batch(), &l, PageTable::new(lookup, max_pages))
             .err()
             .map(arg)
     };
@@ -339,12 +339,12 @@ fn bad_input_is_a_named_error() {
         cache_lengths: vec![100, 0],
     };
     assert_eq!(
-        op.plan(&bad_off.as_batch(), &good, PageTable::new(&lookup, 2), 0)
+        op.plan(&bad_off.as_batch(), &good, PageTable::new(&lookup, 2))
             .err()
             .map(arg),
         Some(Some("input_row_offsets"))
     );
-    op.plan(&spec.as_batch(), &good, PageTable::new(&lookup, 2), 0)
+    op.plan(&spec.as_batch(), &good, PageTable::new(&lookup, 2))
         .unwrap();
     let q = gpu.zeros::<u8>(5 * 64 * 128).unwrap();
     let qs = gpu.zeros::<f32>(5 * 64).unwrap();
@@ -353,10 +353,18 @@ fn bad_input_is_a_named_error() {
     let d_lookup = gpu.upload(&lookup).unwrap();
     let mut out = gpu.zeros::<i32>(5 * 16).unwrap();
     let short = gpu.zeros::<u8>(5).unwrap();
-    let run = |op: &mut MlaIndexer, q, sc: Option<&_>, out: &mut _| {
-        op.run(q, &qs, &pool, sc, &d_lookup, out).err().map(arg)
+    let run = |op: &mut MlaIndexer, q: &CudaSlice<u8>, sc: Option<&_>, out: &mut CudaSlice<i32>| {
+        let sc = sc.map(|s| s as &dyn DevicePtr<f32>);
+        op.run(q, &qs, &pool, sc, &d_lookup, 0, out).err().map(arg)
     };
     assert_eq!(run(&mut op, &q, Some(&scales), &mut out), None);
+    assert_eq!(
+        op.run(&q, &qs, &pool, Some(&scales), &d_lookup, 1, &mut out)
+            .err()
+            .map(arg),
+        Some(Some("layer")),
+        "the layer is run's"
+    );
     assert_eq!(
         run(&mut op, &short, Some(&scales), &mut out),
         Some(Some("q"))

@@ -13,7 +13,8 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::msa_attention::validate_attention;
 use sparse_attn::{
-    AttentionPath, Error, Gpu, KvDtype, MsaAttentionConfig, PageTable, PagedLayout, RaggedBatch,
+    AttentionPath, Error, Gpu, KvDtype, MsaAttentionConfig, PageTable, PagedLayout, PagedLayoutExt,
+    RaggedBatch,
 };
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
@@ -166,7 +167,7 @@ fn bad_input_is_a_clear_error() {
     let layout = PagedLayout::kv(8, 2, 128, 4, 128);
     let b = RaggedBatch::new(&off, &cl);
     let t = PageTable::new(&lookup, 2);
-    validate_attention(&m3, &b, &t, &layout, 1).expect("valid input");
+    validate_attention(&m3, &b, &t, &layout).expect("valid input");
     let err = |r: sparse_attn::Result<()>, arg: &str, needle: &str| match r {
         Err(Error::InvalidArgument {
             arg: a,
@@ -186,60 +187,42 @@ fn bad_input_is_a_clear_error() {
         other => panic!("expected an error naming `{arg}`, got {other:?}"),
     };
     err(
-        validate_attention(&cfg(60, 8, 16), &b, &t, &layout, 1),
+        validate_attention(&cfg(60, 8, 16), &b, &t, &layout),
         "n_heads",
         "multiple of n_kv_heads = 8",
     );
     err(
-        validate_attention(&cfg(64, 0, 16), &b, &t, &layout, 1),
+        validate_attention(&cfg(64, 0, 16), &b, &t, &layout),
         "n_kv_heads",
         ">= 1",
     );
     err(
-        validate_attention(&cfg(64, 2, 16), &b, &t, &layout, 1),
+        validate_attention(&cfg(64, 2, 16), &b, &t, &layout),
         "n_heads",
         "group n_heads / n_kv_heads = 32",
     );
     err(
-        validate_attention(
-            &MsaAttentionConfig { head_dim: 64, ..m3 },
-            &b,
-            &t,
-            &layout,
-            1,
-        ),
+        validate_attention(&MsaAttentionConfig { head_dim: 64, ..m3 }, &b, &t, &layout),
         "head_dim",
         "64",
     );
     err(
-        validate_attention(&cfg(64, 4, 0), &b, &t, &layout, 1),
+        validate_attention(&cfg(64, 4, 0), &b, &t, &layout),
         "topk",
         "0",
     );
     err(
-        validate_attention(
-            &MsaAttentionConfig { scale: -0.5, ..m3 },
-            &b,
-            &t,
-            &layout,
-            1,
-        ),
+        validate_attention(&MsaAttentionConfig { scale: -0.5, ..m3 }, &b, &t, &layout),
         "scale",
         "-0.5",
     );
     err(
-        validate_attention(
-            &m3,
-            &RaggedBatch::new(&[0, 2, 3], &[255, 5]),
-            &t,
-            &layout,
-            1,
-        ),
+        validate_attention(&m3, &RaggedBatch::new(&[0, 2, 3], &[255, 5]), &t, &layout),
         "lookup",
         "max_pages = 2",
     );
     err(
-        validate_attention(&m3, &RaggedBatch::new(&[0, 3, 2], &cl), &t, &layout, 1),
+        validate_attention(&m3, &RaggedBatch::new(&[0, 3, 2], &cl), &t, &layout),
         "input_row_offsets",
         "offsets[2] = 2 < offsets[1] = 3",
     );
@@ -270,15 +253,12 @@ fn bad_input_is_a_clear_error() {
         ),
     ];
     for (bad, arg, needle) in bad_layouts {
-        err(validate_attention(&m3, &b, &t, &bad, 1), arg, needle);
+        err(validate_attention(&m3, &b, &t, &bad), arg, needle);
     }
+    // The layer is `run`'s (one plan serves every layer), checked there.
+    err(layout.check_layer(2), "layer", "num_layers = 2");
     err(
-        validate_attention(&m3, &b, &t, &layout, 2),
-        "layer",
-        "num_layers = 2",
-    );
-    err(
-        validate_attention(&m3, &b, &PageTable::new(&[3, 9, 1, 0], 2), &layout, 1),
+        validate_attention(&m3, &b, &PageTable::new(&[3, 9, 1, 0], 2), &layout),
         "lookup",
         "lookup[0][1] = 9",
     );
@@ -291,7 +271,6 @@ fn bad_input_is_a_clear_error() {
                 page_size: 64,
                 ..layout
             },
-            1,
         ),
         "page_size",
         "64",
@@ -319,7 +298,7 @@ fn gpu_step_errors_name_index_and_main_inputs() {
             "q" => inp.q = &short_bf16,
             _ => inp.kv_lookup = &short_u32,
         }
-        match step.run(&inp, &mut out, None) {
+        match step.run(&inp, 0, &mut out, None) {
             Err(Error::InvalidArgument { arg, .. }) => assert_eq!(arg, name),
             other => panic!("a short `{name}`: expected an error naming it, got {other:?}"),
         }

@@ -16,7 +16,7 @@ use sparse_attn::abi::msa::IdxWorkItem;
 use sparse_attn::msa_indexer::{plan_work, PlanOptions};
 use sparse_attn::{
     Error, Gpu, IndexerPath, KvDtype, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout,
-    RaggedBatch,
+    PagedLayoutExt, RaggedBatch,
 };
 use sparse_attn_reference::msa_indexer as reference;
 use sparse_attn_tests::data::{paged_pool, seeded, tensor, Fill, PagedPool, RaggedSpec};
@@ -90,19 +90,14 @@ fn run_gpu(gpu: &Gpu, c: &Case, inp: &Inputs) -> Vec<i32> {
     let mut idx = MsaIndexer::new(gpu, c.cfg).unwrap();
     idx.force_path(c.path);
     idx.set_decode_chunk(c.decode_chunk);
-    idx.plan(
-        &c.spec.as_batch(),
-        &inp.pool.table(),
-        &inp.pool.layout,
-        c.layer,
-    )
-    .unwrap();
+    idx.plan(&c.spec.as_batch(), &inp.pool.table(), &inp.pool.layout)
+        .unwrap();
     let n = c.cfg.num_index_heads * c.spec.num_rows() * c.cfg.topk;
     let mut out = gpu.upload(&vec![POISON; n]).unwrap();
     let q = gpu.upload(&inp.q).unwrap();
     let k = gpu.upload(&inp.pool.data).unwrap();
     let lookup = gpu.upload(&inp.pool.lookup).unwrap();
-    idx.run(&q, &k, &lookup, &mut out).unwrap();
+    idx.run(&q, &k, &lookup, c.layer, &mut out).unwrap();
     let got = gpu.download(&out).unwrap();
     if let Some(i) = got.iter().position(|&v| v == POISON) {
         panic!("{}: out_idxs[{i}] was never written", c.name);
@@ -412,41 +407,41 @@ fn bad_input_is_a_clear_error() {
     };
     let t = PageTable::new(&lookup, 2);
     let b = RaggedBatch::new(&off, &cl);
-    plan_work(&m3, &b, &t, &layout, 1, &o).expect("valid input");
+    plan_work(&m3, &b, &t, &layout, &o).expect("valid input");
 
     expect_err(
-        plan_work(&m3, &RaggedBatch::new(&[0, 3, 2], &cl), &t, &layout, 0, &o),
+        plan_work(&m3, &RaggedBatch::new(&[0, 3, 2], &cl), &t, &layout, &o),
         "input_row_offsets",
         "offsets[2] = 2 < offsets[1] = 3",
     );
     expect_err(
-        plan_work(&m3, &RaggedBatch::new(&[1, 3, 4], &cl), &t, &layout, 0, &o),
+        plan_work(&m3, &RaggedBatch::new(&[1, 3, 4], &cl), &t, &layout, &o),
         "input_row_offsets",
         "offsets[0] = 1",
     );
     expect_err(
-        plan_work(&m3, &RaggedBatch::new(&[0, 1], &cl), &t, &layout, 0, &o),
+        plan_work(&m3, &RaggedBatch::new(&[0, 1], &cl), &t, &layout, &o),
         "input_row_offsets",
         "batch + 1 = 3",
     );
     let bad_page = [5, 8, 7, 0];
     expect_err(
-        plan_work(&m3, &b, &PageTable::new(&bad_page, 2), &layout, 0, &o),
+        plan_work(&m3, &b, &PageTable::new(&bad_page, 2), &layout, &o),
         "lookup",
         "lookup[0][1] = 8",
     );
     expect_err(
-        plan_work(&m3, &RaggedBatch::new(&off, &[300, 0]), &t, &layout, 0, &o),
+        plan_work(&m3, &RaggedBatch::new(&off, &[300, 0]), &t, &layout, &o),
         "lookup",
         "max_pages = 2",
     );
     expect_err(
-        plan_work(&m3, &b, &PageTable::new(&lookup[..3], 2), &layout, 0, &o),
+        plan_work(&m3, &b, &PageTable::new(&lookup[..3], 2), &layout, &o),
         "lookup",
         "3 entries",
     );
     expect_err(
-        plan_work(&MsaIndexerConfig { topk: 0, ..m3 }, &b, &t, &layout, 0, &o),
+        plan_work(&MsaIndexerConfig { topk: 0, ..m3 }, &b, &t, &layout, &o),
         "topk",
         "got 0",
     );
@@ -459,7 +454,6 @@ fn bad_input_is_a_clear_error() {
             &b,
             &t,
             &layout,
-            0,
             &o,
         ),
         "block_size",
@@ -484,7 +478,7 @@ fn bad_input_is_a_clear_error() {
         ),
     ];
     for (bad, arg, needle) in bad_layouts {
-        expect_err(plan_work(&m3, &b, &t, &bad, 0, &o), arg, needle);
+        expect_err(plan_work(&m3, &b, &t, &bad, &o), arg, needle);
     }
     expect_err(
         plan_work(
@@ -492,7 +486,6 @@ fn bad_input_is_a_clear_error() {
             &b,
             &t,
             &layout,
-            0,
             &o,
         ),
         "head_dim",
@@ -507,7 +500,6 @@ fn bad_input_is_a_clear_error() {
                 head_dim: 64,
                 ..layout
             },
-            0,
             &o,
         ),
         "head_dim",
@@ -522,17 +514,13 @@ fn bad_input_is_a_clear_error() {
                 kv_dim: 2,
                 ..layout
             },
-            0,
             &o,
         ),
         "k_cache",
         "kv_dim 2",
     );
-    expect_err(
-        plan_work(&m3, &b, &t, &layout, 2, &o),
-        "layer",
-        "num_layers = 2",
-    );
+    // The layer is `run`'s (one plan serves every layer), checked there.
+    expect_err(layout.check_layer(2), "layer", "num_layers = 2");
     expect_err(
         plan_work(
             &MsaIndexerConfig {
@@ -542,7 +530,6 @@ fn bad_input_is_a_clear_error() {
             &b,
             &t,
             &layout,
-            0,
             &o,
         ),
         "num_index_heads",
@@ -550,26 +537,19 @@ fn bad_input_is_a_clear_error() {
     );
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0] {
         expect_err(
-            plan_work(
-                &MsaIndexerConfig { scale: bad, ..m3 },
-                &b,
-                &t,
-                &layout,
-                0,
-                &o,
-            ),
+            plan_work(&MsaIndexerConfig { scale: bad, ..m3 }, &b, &t, &layout, &o),
             "scale",
             "finite, nonzero",
         );
     }
     let negative = MsaIndexerConfig { scale: -0.5, ..m3 };
-    plan_work(&negative, &b, &t, &layout, 0, &o).expect("a negative scale is legal");
+    plan_work(&negative, &b, &t, &layout, &o).expect("a negative scale is legal");
     let forced = PlanOptions {
         force_path: Some(IndexerPath::Decode),
         ..o.clone()
     };
     expect_err(
-        plan_work(&m3, &b, &t, &layout, 0, &forced),
+        plan_work(&m3, &b, &t, &layout, &forced),
         "input_row_offsets",
         "3 new tokens",
     );
@@ -612,7 +592,6 @@ fn plan_covers_every_row_block_once() {
             &spec.as_batch(),
             &PageTable::new(&lookup, pages),
             &PagedLayout::index_k(1, 1, 128, 128),
-            0,
             &o,
         )
         .unwrap();
@@ -688,7 +667,7 @@ fn decode_batches_with_many_heads_take_the_prefill_kernel() {
         (32, IndexerPath::Prefill),
         (128, IndexerPath::Prefill),
     ] {
-        let w = plan_work(&cfg(h, 8, 0, 1), &b, &t, &layout, 0, &o).expect("valid input");
+        let w = plan_work(&cfg(h, 8, 0, 1), &b, &t, &layout, &o).expect("valid input");
         assert_eq!(w.path, path, "{h} heads");
     }
     let forced = PlanOptions {
@@ -696,7 +675,7 @@ fn decode_batches_with_many_heads_take_the_prefill_kernel() {
         ..o
     };
     expect_err(
-        plan_work(&cfg(32, 8, 0, 1), &b, &t, &layout, 0, &forced),
+        plan_work(&cfg(32, 8, 0, 1), &b, &t, &layout, &forced),
         "num_index_heads",
         "one 16-row tile",
     );

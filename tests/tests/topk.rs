@@ -97,7 +97,8 @@ fn compare(
     let d_scores = gpu.upload(scores).unwrap();
     let d_lens = row_lens.map(|l| gpu.upload(l).unwrap());
     let mut out = gpu.upload(&vec![POISON; rows * k]).unwrap();
-    op.run(&d_scores, d_lens.as_ref(), &mut out).unwrap();
+    op.run(&d_scores, d_lens.as_ref().map(|l| l as _), &mut out)
+        .unwrap();
     let got = gpu.download(&out).unwrap();
     if let Some(r) = (0..rows).find(|&r| got[r * k..(r + 1) * k] != want[r * k..(r + 1) * k]) {
         let s = (0..k).find(|&s| got[r * k + s] != want[r * k + s]).unwrap();

@@ -346,15 +346,15 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64, l2: usize
         };
         for parts in parts_list {
             att.force_partitions(parts);
-            att.plan(&batch, &PageTable::new(&perm, nblocks), &layout, 0)
+            att.plan(&batch, &PageTable::new(&perm, nblocks), &layout)
                 .unwrap();
             let ms = time_ms(gpu, args.reps, |i| {
-                att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                att.run(&q, &kv, &lookup, &sels[i % copies], 0, &mut out, None)
                     .unwrap()
             });
             let p = att.partitions().unwrap();
             let graph_ms = time_graph_ms(gpu, args.reps, |i| {
-                att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                att.run(&q, &kv, &lookup, &sels[i % copies], 0, &mut out, None)
                     .unwrap()
             });
             eprintln!(
@@ -370,11 +370,11 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64, l2: usize
                 // The same launches in plain stream order.
                 gpu.set_programmatic_launch(false);
                 let plain_ms = time_ms(gpu, args.reps, |i| {
-                    att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                    att.run(&q, &kv, &lookup, &sels[i % copies], 0, &mut out, None)
                         .unwrap()
                 });
                 let plain_graph_ms = time_graph_ms(gpu, args.reps, |i| {
-                    att.run(&q, &kv, &lookup, &sels[i % copies], &mut out, None)
+                    att.run(&q, &kv, &lookup, &sels[i % copies], 0, &mut out, None)
                         .unwrap()
                 });
                 gpu.set_programmatic_launch(true);
@@ -406,7 +406,7 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64, l2: usize
             .unwrap();
         let mut step = MsaStep::new(gpu, icfg, cfg, c.batch).unwrap();
         let t = PageTable::new(&perm, nblocks);
-        step.plan(&batch, &t, &ilayout, &t, &layout, 0).unwrap();
+        step.plan(&batch, &t, &ilayout, &t, &layout).unwrap();
         let inp = StepInputs {
             q_index: &qi,
             k_index: &ik,
@@ -415,12 +415,19 @@ fn bench_attention(gpu: &Gpu, c: &AttCase, args: &Args, copy_gbs: f64, l2: usize
             kv_cache: &kv,
             kv_lookup: &lookup,
         };
-        let ms = time_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
-        let graph_ms = time_graph_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
+        let ms = time_ms(gpu, args.reps, |_| {
+            step.run(&inp, 0, &mut out, None).unwrap()
+        });
+        let graph_ms = time_graph_ms(gpu, args.reps, |_| {
+            step.run(&inp, 0, &mut out, None).unwrap()
+        });
         gpu.set_programmatic_launch(false);
-        let plain_ms = time_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
-        let plain_graph_ms =
-            time_graph_ms(gpu, args.reps, |_| step.run(&inp, &mut out, None).unwrap());
+        let plain_ms = time_ms(gpu, args.reps, |_| {
+            step.run(&inp, 0, &mut out, None).unwrap()
+        });
+        let plain_graph_ms = time_graph_ms(gpu, args.reps, |_| {
+            step.run(&inp, 0, &mut out, None).unwrap()
+        });
         gpu.set_programmatic_launch(true);
         let idx_bytes = (c.batch * c.ctx * 256) as f64;
         eprintln!(
@@ -501,14 +508,16 @@ fn bench_prefill_attention(gpu: &Gpu, name: &'static str, len: usize, args: &Arg
     for (path, window) in runs {
         att.force_path(Some(path));
         att.force_block_major_window(window);
-        att.plan(&batch, &PageTable::new(&perm, nblocks), &layout, 0)
+        att.plan(&batch, &PageTable::new(&perm, nblocks), &layout)
             .unwrap();
         let reps = args.reps.min(5);
         let ms = time_ms(gpu, reps, |_| {
-            att.run(&q, &kv, &lookup, &d_sel, &mut out, None).unwrap()
+            att.run(&q, &kv, &lookup, &d_sel, 0, &mut out, None)
+                .unwrap()
         });
         let graph_ms = time_graph_ms(gpu, reps, |_| {
-            att.run(&q, &kv, &lookup, &d_sel, &mut out, None).unwrap()
+            att.run(&q, &kv, &lookup, &d_sel, 0, &mut out, None)
+                .unwrap()
         });
         let plan_ms = time_ms(gpu, reps, |_| att.run_device_plan(&lookup, &d_sel).unwrap());
         let tf = flops / (ms * 1e-3) / 1e12;
@@ -648,7 +657,6 @@ fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
                 &KvLayout::Paged {
                     layout,
                     pages: PageTable::new(&perm, max_pages),
-                    layer: 0,
                 },
             )
             .unwrap();
@@ -670,16 +678,19 @@ fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
         KvBuffers::Paged {
             kv_cache: &a,
             lookup: &lookup,
+            layer: 0,
         }
     } else {
         KvBuffers::Ragged { k: &a, v: &b }
     };
     let reps = args.reps.min(10);
     let ms = time_ms(gpu, reps, |_| {
-        op.run(&q, kv, sinks.as_ref(), &mut out, None).unwrap()
+        op.run(&q, kv, sinks.as_ref().map(|s| s as _), &mut out, None)
+            .unwrap()
     });
     let graph_ms = time_graph_ms(gpu, reps, |_| {
-        op.run(&q, kv, sinks.as_ref(), &mut out, None).unwrap()
+        op.run(&q, kv, sinks.as_ref().map(|s| s as _), &mut out, None)
+            .unwrap()
     });
     let flops = 4.0 * (cfg.n_heads * 128) as f64 * visible_pairs(&spec, c.mask);
     let tf = flops / (ms * 1e-3) / 1e12;
@@ -806,14 +817,16 @@ fn bench_indexer(gpu: &Gpu, c: &IdxCase, args: &Args, copy_gbs: f64, l2: usize) 
     let mut recs = Vec::new();
     for chunk in chunks {
         idx.set_decode_chunk(chunk);
-        idx.plan(&batch, &PageTable::new(&lookups[0], max_pages), &layout, 0)
+        idx.plan(&batch, &PageTable::new(&lookups[0], max_pages), &layout)
             .unwrap();
         let ms = time_ms(gpu, args.reps, |i| {
-            idx.run(&q, &kc, &d_lookups[i % copies], &mut out).unwrap()
+            idx.run(&q, &kc, &d_lookups[i % copies], 0, &mut out)
+                .unwrap()
         });
         let us = ms * 1e3;
         let graph_us = time_graph_ms(gpu, args.reps, |i| {
-            idx.run(&q, &kc, &d_lookups[i % copies], &mut out).unwrap()
+            idx.run(&q, &kc, &d_lookups[i % copies], 0, &mut out)
+                .unwrap()
         }) * 1e3;
         let (achieved, unit, limit_frac) = if decode {
             let gbs = bytes / (ms * 1e-3) / 1e9;
@@ -925,20 +938,19 @@ fn bench_mla_indexer(
         &spec.as_batch(),
         &layout,
         PageTable::new(&lookup, max_pages),
-        0,
     )
     .unwrap();
     let reps = args.reps.min(10);
     let logits_ms = time_ms(gpu, reps, |_| {
-        op.run_logits(&q, &qs, &pool, Some(&scales), &d_lookup)
+        op.run_logits(&q, &qs, &pool, Some(&scales), &d_lookup, 0)
             .unwrap()
     });
     let ms = time_ms(gpu, reps, |_| {
-        op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out)
+        op.run(&q, &qs, &pool, Some(&scales), &d_lookup, 0, &mut out)
             .unwrap()
     });
     let graph_ms = time_graph_ms(gpu, reps, |_| {
-        op.run(&q, &qs, &pool, Some(&scales), &d_lookup, &mut out)
+        op.run(&q, &qs, &pool, Some(&scales), &d_lookup, 0, &mut out)
             .unwrap()
     });
     let pairs = visible_pairs(spec, cfg.mask);

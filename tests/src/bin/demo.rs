@@ -176,7 +176,7 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
     let table = step.pool.table();
     let t0 = Instant::now();
     indexer
-        .plan(&batch, &table, &step.layout(), 0)
+        .plan(&batch, &table, &step.layout())
         .map_err(e("plan"))?;
     gpu.synchronize().map_err(e("plan"))?;
     let plan_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -190,7 +190,9 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
 
     // Warm-up, then REPS launches between events.
     for _ in 0..3 {
-        indexer.run(&q, &k, &lookup, &mut out).map_err(e("run"))?;
+        indexer
+            .run(&q, &k, &lookup, 0, &mut out)
+            .map_err(e("run"))?;
     }
     gpu.synchronize().map_err(e("run"))?;
     let ctx = gpu.context();
@@ -203,7 +205,9 @@ fn run_gpu_step(gpu: &Gpu, cfg: &MsaIndexerConfig, step: &Step) -> Result<bool, 
         let (a, b) = (event()?, event()?);
         a.record(gpu.stream())
             .map_err(|err| format!("recording an event: {err}"))?;
-        indexer.run(&q, &k, &lookup, &mut out).map_err(e("run"))?;
+        indexer
+            .run(&q, &k, &lookup, 0, &mut out)
+            .map_err(e("run"))?;
         b.record(gpu.stream())
             .map_err(|err| format!("recording an event: {err}"))?;
         b.synchronize()
@@ -320,12 +324,14 @@ fn msa_step(
         .map_err(e("alloc"))?;
     let mut lse = gpu.zeros::<f32>(rows * acfg.n_heads).map_err(e("alloc"))?;
     for _ in 0..3 {
-        step.run(&inp, &mut out, Some(&mut lse)).map_err(e("run"))?;
+        step.run(&inp, 0, &mut out, Some(&mut lse))
+            .map_err(e("run"))?;
     }
     gpu.synchronize().map_err(e("run"))?;
     let t0 = Instant::now();
     for _ in 0..REPS {
-        step.run(&inp, &mut out, Some(&mut lse)).map_err(e("run"))?;
+        step.run(&inp, 0, &mut out, Some(&mut lse))
+            .map_err(e("run"))?;
     }
     gpu.synchronize().map_err(e("run"))?;
     let us = t0.elapsed().as_secs_f64() * 1e6 / REPS as f64;
