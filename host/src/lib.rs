@@ -7,10 +7,24 @@
 //! needs only stable Rust and the NVIDIA driver (loaded at run time).
 //!
 //! Every op is `new` (configuration checked, kernels loaded, the workspace
-//! its bounds fix allocated), `plan` (the batch's host metadata validated,
-//! errors naming the argument; the workspace grown when needed, the plan
-//! uploaded) and `run` (launches only: no allocation, no host
-//! synchronisation, CUDA-graph capturable while the plan holds).
+//! its bounds fix allocated) or `new_in` (over the caller's [`Workspace`],
+//! which several ops and every layer can share; each op's
+//! `workspace_size(..)` gives the bytes for the caller's bounds), `plan`
+//! (the batch's host metadata validated, errors naming the argument; the
+//! private workspace grown when needed, the plan uploaded; no layer: one
+//! plan per step serves every layer) and `run` (the layer and the buffers;
+//! launches only: no allocation, no host synchronisation, CUDA-graph
+//! capturable while the plan holds).
+//!
+//! Engines: [`Gpu::from_stream`] (a cudarc stream, e.g. candle's) and
+//! [`Gpu::from_raw`] (a driver-API context and stream, for C and Python)
+//! make a handle whose launches go to the caller's stream; nothing
+//! synchronises it. `run` takes cudarc's [`DevicePtr`] / [`DevicePtrMut`]:
+//! slices, views at offsets, or [`RawBuffer`]s (pointer + length); see
+//! [`buffer`]. Lifetimes: `run` borrows its buffers only for the call (the
+//! work it enqueued uses them later: keep them alive until the stream has
+//! run it, as for any cudarc launch); an op keeps its [`Workspace`] (a
+//! shared handle) alive itself.
 //!
 //! ```no_run
 //! use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
