@@ -188,6 +188,21 @@ fn gpu_from_stream_and_from_raw_run_on_the_callers_stream() {
     let b = indexer_on(&raw, &mut rng2, 1);
     stream.synchronize().unwrap();
     assert_eq!(a, b, "from_raw and from_stream differ");
+
+    // A non-primary context (wrapped, never destroyed by the handle) and a
+    // stream of it.
+    let np = CudaContext::new_non_primary(0, 0).unwrap();
+    let np_stream = np.new_stream().unwrap();
+    {
+        // SAFETY: `np` and `np_stream` outlive the handle (this block) and
+        // its work (synchronised below).
+        let raw = unsafe { Gpu::from_raw(np.cu_ctx(), np_stream.cu_stream()) }.unwrap();
+        assert_eq!(raw.context().cu_ctx(), np.cu_ctx());
+        let (mut rng3, _) = seeded(Some(seed));
+        let c = indexer_on(&raw, &mut rng3, 1);
+        np_stream.synchronize().unwrap();
+        assert_eq!(a, c, "from_raw on a non-primary context differs");
+    }
 }
 
 /// `q` and `out` as views at an offset inside bigger buffers (and the
@@ -300,6 +315,9 @@ fn gpu_buffer_of_another_context_is_rejected() {
             .and_then(|e| e.arg()),
         Some("workspace")
     );
+    // The foreign buffers are freed on their own context's stream.
+    other.bind_to_thread().unwrap();
+    drop((foreign, ws));
 }
 
 /// The random data of a step whose pools have `layers` layers.
