@@ -349,23 +349,27 @@ impl MsaAttention {
             cfg.n_kv_heads,
             cfg.topk,
         );
-        // A partition stages at most ATT_MAX_SLOTS slots.
+        // A partition stages at most ATT_MAX_SLOTS slots. Partitions that
+        // do not merge inside a cluster write partials, which must fit in
+        // the workspace's `part_cap` (rows x partitions); one partition, or
+        // a cluster's worth, writes `out` directly.
         let min_parts = cfg.topk.div_ceil(ATT_MAX_SLOTS as usize).max(1);
+        let fit = (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1));
         let parts = self
             .force_parts
             .map_or(rule, |p| p.clamp(1, (ATT_MAX_PARTS as usize).min(cfg.topk)))
-            .min(self.part_cap / rows.max(1))
+            .min(fit.max(1))
             .max(min_parts);
+        let direct = parts == 1 || parts <= self.max_cluster as usize;
         ensure(
-            parts <= (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1)),
+            path != AttentionPath::QueryMajor || direct || parts <= fit,
             "topk",
             || {
                 format!(
                     "at most {} for {rows} rows ({} slots in each of at most {} partitions)",
-                    ATT_MAX_SLOTS as usize
-                        * (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1)),
+                    ATT_MAX_SLOTS as usize * fit.max(self.max_cluster as usize),
                     ATT_MAX_SLOTS,
-                    (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1)),
+                    fit.max(self.max_cluster as usize),
                 )
             },
             || cfg.topk.to_string(),

@@ -53,6 +53,10 @@ struct Args {
     /// Also sweep the split / chunk / window choices.
     #[arg(long)]
     sweep_chunk: bool,
+    /// Load the kernels from this PTX file instead of the embedded build
+    /// (a variant of the same sources, measured with the same binary).
+    #[arg(long, value_name = "FILE")]
+    ptx: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -986,7 +990,16 @@ fn main() {
         eprintln!("bench: no NVIDIA driver on this machine; nothing to measure");
         return;
     }
-    let gpu = Gpu::new(0).expect("opening device 0");
+    let gpu = match &args.ptx {
+        Some(path) => {
+            let ptx =
+                std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
+            println!("kernels from {path}");
+            Gpu::with_ptx(0, &ptx)
+        }
+        None => Gpu::new(0),
+    }
+    .expect("opening device 0");
     let props = gpu.props().clone();
     eprintln!(
         "device: {} ({} SMs, L2 {} MiB)",
