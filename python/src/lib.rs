@@ -393,13 +393,16 @@ fn host_table(
     batch: usize,
 ) -> PyResult<(Vec<u32>, usize)> {
     let py = obj.py();
-    // A 2-D list of lists flattens here; arrays flatten in host_u32.
-    let v = match obj.extract::<Vec<Vec<i64>>>() {
-        Ok(rows) => {
-            let flat: Vec<i64> = rows.into_iter().flatten().collect();
-            host_u32(PyTuple::new(py, flat)?.as_any(), arg)?
-        }
-        Err(_) => host_u32(obj, arg)?,
+    // Arrays (any shape) and flat sequences, else a list of rows.
+    let v = match host_u32(obj, arg) {
+        Ok(v) => v,
+        Err(e) => match obj.extract::<Vec<Vec<i64>>>() {
+            Ok(rows) => {
+                let flat: Vec<i64> = rows.into_iter().flatten().collect();
+                host_u32(PyTuple::new(py, flat)?.as_any(), arg)?
+            }
+            Err(_) => return Err(e),
+        },
     };
     if batch == 0 {
         return Ok((v, 0));
