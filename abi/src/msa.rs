@@ -93,6 +93,37 @@ impl IdxWorkItem {
     }
 }
 
+/// The device-side header of an op in graph mode (`set_graph_bounds`): what
+/// `plan` changes between steps that a captured launch must not bake in.
+/// `plan` rewrites `epoch` and `n_items` in place (same address every
+/// step); the kernels read them at run time.
+///
+/// The guard: a launch carries the `epoch` of the plan it was enqueued
+/// under (`graph_epoch` in its parameters). `plan` keeps the epoch while
+/// the launches it would enqueue are the same (grids, by-value parameters,
+/// buffer addresses) and changes it otherwise, and invalidates it when it
+/// fails. A kernel that finds another epoch here than its own was replayed
+/// from a graph its op's plan no longer matches: it sets `fault` and
+/// writes no result (the indexer's top-k writes `-1`, the attention
+/// NaN), never stale or misplaced values.
+#[repr(C, align(16))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GraphHeader {
+    /// The plan's epoch (see above).
+    pub epoch: u32,
+    /// Indexer score kernels: live work items (CTAs past it return); the
+    /// grid is the bound's.
+    pub n_items: u32,
+    /// Set to 1 by a kernel that found a stale epoch; sticky (only the host
+    /// clears it; `plan` does not touch it).
+    pub fault: u32,
+    /// Padding to 16 bytes (one load).
+    pub _pad: u32,
+}
+
+/// Word of [`GraphHeader::fault`] (the host reads and clears it alone).
+pub const GRAPH_FAULT_WORD: usize = 2;
+
 /// Parameters of `msa_indexer_scores_prefill` / `_decode`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -121,6 +152,11 @@ pub struct IdxScoreParams {
     pub score_stride: u32,
     /// Multiplies every q·k (any finite value; a negative one is folded into q).
     pub scale: f32,
+    /// Graph mode: the op's [`GraphHeader`] (live item count, epoch guard);
+    /// null: ordinary mode, `n_items` is the item count.
+    pub graph: DPtrMut<GraphHeader>,
+    /// Graph mode: the epoch of the plan this launch was enqueued under.
+    pub graph_epoch: u32,
 }
 
 /// Parameters of `msa_indexer_topk` and `msa_indexer_topk_long`.
@@ -149,6 +185,10 @@ pub struct IdxTopkParams {
     pub local_blocks: u32,
     /// Long-row kernel only: most survivors its shared memory holds.
     pub cap: u32,
+    /// Graph mode: the op's [`GraphHeader`] (epoch guard); null: none.
+    pub graph: DPtrMut<GraphHeader>,
+    /// Graph mode: the epoch of the plan this launch was enqueued under.
+    pub graph_epoch: u32,
 }
 
 // ------------------------------------------------------------------ query-major attention (decode)
@@ -249,6 +289,11 @@ pub struct MsaDecodeParams {
     /// memory; 0: partials go to `part_o` / `part_lse` (or straight to `out`
     /// when `parts == 1`).
     pub clustered: u32,
+    /// Graph mode: the op's [`GraphHeader`] (epoch guard: a stale launch
+    /// writes NaN); null: none.
+    pub graph: DPtrMut<GraphHeader>,
+    /// Graph mode: the epoch of the plan this launch was enqueued under.
+    pub graph_epoch: u32,
 }
 
 /// Parameters of `msa_attention_combine`.
@@ -522,6 +567,14 @@ mod tests {
             (32, 16)
         );
         assert_eq!((size_of::<RowInfo>(), align_of::<RowInfo>()), (16, 16));
+        assert_eq!(
+            (size_of::<GraphHeader>(), align_of::<GraphHeader>()),
+            (16, 16)
+        );
+        assert_eq!(
+            core::mem::offset_of!(GraphHeader, fault),
+            4 * GRAPH_FAULT_WORD
+        );
         assert_eq!((size_of::<PlanKey>(), align_of::<PlanKey>()), (16, 16));
         assert_eq!(
             (size_of::<BlockMajorItem>(), align_of::<BlockMajorItem>()),

@@ -48,6 +48,18 @@ pub enum Error {
         /// The op (`msa_indexer`, `msa_attention`).
         op: &'static str,
     },
+    /// A CUDA graph replayed launches of `op` that an incompatible `plan`
+    /// had made stale (graph mode, see [`crate::graph`]): they wrote no
+    /// result (selections `-1`, attention output NaN). Capture again after
+    /// the plan.
+    #[error(
+        "{op}: a CUDA graph replayed launches of an earlier, incompatible plan (they wrote no \
+         result); capture the graph again after `plan`"
+    )]
+    StaleGraph {
+        /// The op whose launches were stale (`msa_indexer`, `msa_attention`).
+        op: &'static str,
+    },
     /// A CUDA driver call failed.
     #[error("CUDA error while {context}: {source}")]
     Cuda {

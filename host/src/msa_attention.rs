@@ -19,6 +19,12 @@
 //! graph. The plan does not depend on the layer: `run` takes it, so one
 //! plan per step serves every layer. A plan holds until the next `plan`.
 //!
+//! Graph mode ([`MsaAttention::set_graph_bounds`], [`crate::graph`]): the
+//! decode grid depends on the number of rows only and the row records are
+//! rewritten in place, so a captured decode `run` stays valid while the
+//! sequences grow (within the bound); a launch replayed after an
+//! incompatible plan writes NaN (the device-side epoch guard).
+//!
 //! The scratch (split-K partials, the block-major partials and CSR) lives in
 //! a [`Workspace`] sized for `max_rows` ([`MsaAttention::workspace_size`]):
 //! the op's own ([`MsaAttention::new`]) or the caller's
@@ -49,6 +55,7 @@ use crate::batch::{
 };
 use crate::context::DeviceProps;
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
+use crate::graph::{GraphKey, GraphState};
 use crate::launch::{record_words, words_of, Bufs, Kernel};
 use crate::msa_block_major::{self, plan_keys, BlockMajorArgs, BlockMajorPtrs, MsaBlockMajor};
 use crate::workspace::{align_up, Scratch, Workspace};
@@ -117,7 +124,7 @@ pub fn attention_path(max_q_len: usize) -> AttentionPath {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Plan {
     batch: usize,
     rows: usize,
@@ -153,6 +160,7 @@ pub struct MsaAttention {
     force_parts: Option<usize>,
     force_path: Option<AttentionPath>,
     window: Option<usize>,
+    graph: GraphState<Plan>,
 }
 
 impl MsaAttention {
@@ -245,6 +253,7 @@ impl MsaAttention {
             force_parts: None,
             force_path: None,
             window: None,
+            graph: GraphState::new(),
         })
     }
 
@@ -286,6 +295,44 @@ impl MsaAttention {
         self.scratch.workspace()
     }
 
+    /// Graph mode (`Some(max_context)`, see [`crate::graph`]): decode
+    /// launches carry the plan's epoch and write NaN when replayed after an
+    /// incompatible plan; `plan` fails for a sequence longer than
+    /// `max_context` keys. `None`: ordinary mode. Clears the plan.
+    pub fn set_graph_bounds(&mut self, max_context: Option<usize>) -> Result<()> {
+        self.plan = None;
+        self.graph.set_bounds(&self.gpu, max_context)
+    }
+
+    /// The graph-mode bound, if set.
+    pub fn graph_bounds(&self) -> Option<usize> {
+        self.graph.max_context()
+    }
+
+    /// The current plan's [`GraphKey`] (`None` without a plan); see
+    /// [`crate::graph`]. A block-major (prefill) plan always gets a new one.
+    pub fn graph_key(&self) -> Option<GraphKey> {
+        self.graph.key(self.plan.is_some())
+    }
+
+    /// Whether a graph captured when [`MsaAttention::graph_key`] was `key`
+    /// is still valid for the current plan.
+    pub fn capture_compatible(&self, key: GraphKey) -> bool {
+        self.graph_key() == Some(key)
+    }
+
+    /// Graph mode: whether a replayed launch found its plan stale since the
+    /// last call (it then wrote NaN); clears the flag. Waits for the
+    /// stream. Always `false` outside graph mode.
+    pub fn take_graph_fault(&mut self) -> Result<bool> {
+        self.graph.fault(&self.gpu, true)
+    }
+
+    /// Makes every earlier plan's graph-mode launches stale and the key new.
+    pub(crate) fn invalidate_graphs(&mut self) -> Result<()> {
+        self.graph.invalidate(&self.gpu)
+    }
+
     /// Validates a ragged batch against the cache and uploads its rows'
     /// positions. `layout` is the main KV pool's shape (all layers: `run`
     /// picks one).
@@ -296,7 +343,29 @@ impl MsaAttention {
         layout: &PagedLayout,
     ) -> Result<()> {
         self.plan = None;
+        let r = self.plan_inner(batch, pages, layout);
+        if r.is_err() {
+            self.graph.clear();
+            self.graph.invalidate(&self.gpu)?;
+        }
+        r
+    }
+
+    fn plan_inner(
+        &mut self,
+        batch: &RaggedBatch,
+        pages: &PageTable,
+        layout: &PagedLayout,
+    ) -> Result<()> {
         validate_attention(&self.cfg, batch, pages, layout)?;
+        if let Some(max_context) = self.graph.max_context() {
+            ensure(
+                batch.max_seqlen_k() <= max_context as u64,
+                "cache_lengths",
+                || format!("sequences of at most max_context = {max_context} keys (graph bounds)"),
+                || format!("a sequence of {} keys", batch.max_seqlen_k()),
+            )?;
+        }
         let (n, rows, cfg) = (batch.batch(), batch.num_rows(), &self.cfg);
         ensure(
             rows <= self.max_rows,
@@ -374,14 +443,19 @@ impl MsaAttention {
             },
             || cfg.topk.to_string(),
         )?;
-        self.plan = Some(Plan {
+        let plan = Plan {
             batch: n,
             rows,
             max_pages: pages.max_pages,
             layout: *layout,
             parts,
             path,
-        });
+        };
+        // A block-major plan's launches follow the contexts (plan keys,
+        // CSR sizes): never the same as the last plan's.
+        let moved = path == AttentionPath::BlockMajor;
+        self.graph.planned(&self.gpu, plan.clone(), moved, 0)?;
+        self.plan = Some(plan);
         Ok(())
     }
 
@@ -517,14 +591,20 @@ impl MsaAttention {
             let args = self.block_major_args(p, layer);
             return self.block_major.run(&mut b, &args, &r);
         }
-        self.launch_decode(p, &r, layer)
+        self.launch_decode(&mut b, p, &r, layer)
     }
 
     /// The query-major (decode) kernel, and the combine kernel when the
     /// partitions do not merge inside a cluster. Up to `max_cluster`
     /// partitions merge inside a thread-block cluster; more write partials
     /// that the combine kernel merges (and then it writes `out` and `lse`).
-    fn launch_decode(&self, p: &Plan, r: &BlockMajorPtrs, layer: usize) -> Result<()> {
+    fn launch_decode<'a>(
+        &'a self,
+        b: &mut Bufs<'a>,
+        p: &Plan,
+        r: &BlockMajorPtrs,
+        layer: usize,
+    ) -> Result<()> {
         let (gpu, c) = (&self.gpu, &self.cfg);
         let parts = p.parts as u32;
         let clustered = parts > 1 && parts <= self.max_cluster;
@@ -551,6 +631,8 @@ impl MsaAttention {
             parts,
             scale: c.scale,
             clustered: clustered as u32,
+            graph: self.graph.header().map_or(DPtrMut::NULL, |h| b.rec_mut(h)),
+            graph_epoch: self.graph.epoch(),
         };
         let cfg = LaunchConfig {
             grid_dim: (params.num_rows * params.n_kv_heads * parts, 1, 1),

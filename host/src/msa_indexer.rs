@@ -18,6 +18,13 @@
 //! A plan holds until the next `plan`; it is invalidated by nothing else
 //! (the device page table must keep holding what `plan` was given).
 //!
+//! Graph mode ([`MsaIndexer::set_graph_bounds`]; the contract is
+//! [`crate::graph`]'s): the score grid and the score stride are fixed by
+//! the bound on the context, the live item count is read from a device
+//! header `plan` rewrites in place, so a captured `run` can be replayed
+//! while the sequences grow; [`MsaIndexer::graph_key`] says when a new
+//! capture is needed.
+//!
 //! The block scores live in a [`Workspace`] (scratch; see
 //! [`crate::workspace`]): the op's own ([`MsaIndexer::new`]) or the
 //! caller's ([`MsaIndexer::new_in`], sized by
@@ -40,6 +47,7 @@ use crate::batch::{
     RaggedBatch, RaggedBatchExt,
 };
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
+use crate::graph::{GraphKey, GraphState};
 use crate::launch::{record_words, words_of, Bufs, Kernel};
 use crate::workspace::{align_up, grow, Scratch, Workspace};
 use crate::Gpu;
@@ -57,8 +65,9 @@ pub enum IndexerPath {
     Prefill,
 }
 
-/// What the current plan launches.
-#[derive(Clone, Debug)]
+/// What the current plan launches (in graph mode: the bounds' grid and
+/// stride, not the batch's).
+#[derive(Clone, Debug, PartialEq)]
 struct Plan {
     path: IndexerPath,
     batch: usize,
@@ -88,6 +97,7 @@ pub struct MsaIndexer {
     plan: Option<Plan>,
     decode_chunk: Option<usize>,
     force_path: Option<IndexerPath>,
+    graph: GraphState<Plan>,
 }
 
 /// Decode split: blocks per work item, from the total work and the SM count.
@@ -161,6 +171,7 @@ impl MsaIndexer {
             plan: None,
             decode_chunk: None,
             force_path: None,
+            graph: GraphState::new(),
         })
     }
 
@@ -204,12 +215,64 @@ impl MsaIndexer {
             max_rows,
             Self::workspace_size(&self.cfg, max_rows, max_context),
         )
+        .map(|_| ())
     }
 
-    fn grow(&mut self, items: usize, rows: usize, scores_bytes: usize) -> Result<()> {
-        grow(&self.gpu, &mut self.items, words_of::<IdxWorkItem>(items))?;
-        grow(&self.gpu, &mut self.row_qpos, rows)?;
-        self.scratch.fit(&self.gpu, scores_bytes)
+    /// Graph mode (`Some(max_context)`): grids, strides and buffers for
+    /// sequences of at most `max_context` keys, the live counts read from
+    /// device memory, and replays of stale launches refused on the device
+    /// (see [`crate::graph`]); `plan` then fails for a longer sequence.
+    /// `None`: ordinary mode (every grid fitted to the batch). Clears the
+    /// plan.
+    pub fn set_graph_bounds(&mut self, max_context: Option<usize>) -> Result<()> {
+        self.plan = None;
+        if let Some(m) = max_context {
+            ensure(
+                m > 0 && m <= u32::MAX as usize,
+                "max_context",
+                || "1 ..= 2^32 - 1 keys".into(),
+                || m.to_string(),
+            )?;
+        }
+        self.graph.set_bounds(&self.gpu, max_context)
+    }
+
+    /// The graph-mode bound, if set.
+    pub fn graph_bounds(&self) -> Option<usize> {
+        self.graph.max_context()
+    }
+
+    /// The current plan's [`GraphKey`] (`None` without a plan): a graph
+    /// captured under a key may be replayed after later plans while the
+    /// key stays the same ([`crate::graph`]).
+    pub fn graph_key(&self) -> Option<GraphKey> {
+        self.graph.key(self.plan.is_some())
+    }
+
+    /// Whether a graph captured when [`MsaIndexer::graph_key`] was `key`
+    /// is still valid for the current plan.
+    pub fn capture_compatible(&self, key: GraphKey) -> bool {
+        self.graph_key() == Some(key)
+    }
+
+    /// Graph mode: whether a replayed launch found its plan stale since the
+    /// last call (it then wrote `-1` selections); clears the flag. Waits for
+    /// the stream. Always `false` outside graph mode.
+    pub fn take_graph_fault(&mut self) -> Result<bool> {
+        self.graph.fault(&self.gpu, true)
+    }
+
+    /// Makes every earlier plan's graph-mode launches stale and the key
+    /// new (a composite op whose other half changed).
+    pub(crate) fn invalidate_graphs(&mut self) -> Result<()> {
+        self.graph.invalidate(&self.gpu)
+    }
+
+    /// Makes room; whether a buffer moved (was reallocated).
+    fn grow(&mut self, items: usize, rows: usize, scores_bytes: usize) -> Result<bool> {
+        let a = grow(&self.gpu, &mut self.items, words_of::<IdxWorkItem>(items))?;
+        let b = grow(&self.gpu, &mut self.row_qpos, rows)?;
+        Ok(self.scratch.fit(&self.gpu, scores_bytes)? | a | b)
     }
 
     /// The workspace the block scores live in.
@@ -228,6 +291,20 @@ impl MsaIndexer {
         layout: &PagedLayout,
     ) -> Result<()> {
         self.plan = None;
+        let r = self.plan_inner(batch, pages, layout);
+        if r.is_err() {
+            self.graph.clear();
+            self.graph.invalidate(&self.gpu)?;
+        }
+        r
+    }
+
+    fn plan_inner(
+        &mut self,
+        batch: &RaggedBatch,
+        pages: &PageTable,
+        layout: &PagedLayout,
+    ) -> Result<()> {
         let opts = PlanOptions {
             sm_count: self.gpu.props().sm_count as usize,
             decode_chunk: self.decode_chunk,
@@ -236,10 +313,34 @@ impl MsaIndexer {
         let w = plan_work(&self.cfg, batch, pages, layout, &opts)?;
         let num_rows = w.row_qpos.len();
         let h = self.cfg.num_index_heads;
-        self.grow(
-            w.items.len().max(1),
+        // Graph mode: the grid and the stride of the bound, not the batch's.
+        let (grid, score_stride) = match self.graph.max_context() {
+            None => (w.items.len(), w.score_stride),
+            Some(max_context) => {
+                ensure(
+                    batch.max_seqlen_k() <= max_context as u64,
+                    "cache_lengths",
+                    || {
+                        format!(
+                            "sequences of at most max_context = {max_context} keys (graph bounds)"
+                        )
+                    },
+                    || format!("a sequence of {} keys", batch.max_seqlen_k()),
+                )?;
+                let grid = graph_grid(&self.cfg, batch, &opts, w.path, max_context);
+                ensure(
+                    w.items.len() <= grid,
+                    "max_context",
+                    || format!("a batch of at most {grid} work items (the graph-mode grid)"),
+                    || w.items.len().to_string(),
+                )?;
+                (grid, max_context.div_ceil(MSA_BLOCK as usize).max(1))
+            }
+        };
+        let moved = self.grow(
+            grid.max(1),
             num_rows.max(1),
-            Self::scores_bytes(h, num_rows, w.score_stride),
+            Self::scores_bytes(h, num_rows, score_stride),
         )?;
         let flat = record_words(&w.items);
         if !flat.is_empty() {
@@ -251,15 +352,18 @@ impl MsaIndexer {
                 .memcpy_htod(&w.row_qpos, &mut self.row_qpos.slice_mut(..num_rows))
                 .during(|| "uploading the indexer row positions".into())?;
         }
-        self.plan = Some(Plan {
+        let plan = Plan {
             path: w.path,
             batch: batch.batch(),
             num_rows,
             max_pages: pages.max_pages,
             layout: *layout,
-            n_items: w.items.len(),
-            score_stride: w.score_stride,
-        });
+            n_items: grid,
+            score_stride,
+        };
+        self.graph
+            .planned(&self.gpu, plan.clone(), moved, w.items.len() as u32)?;
+        self.plan = Some(plan);
         Ok(())
     }
 
@@ -366,6 +470,8 @@ impl MsaIndexer {
             batch: p.batch as u32,
             score_stride: p.score_stride as u32,
             scale: self.cfg.scale,
+            graph: self.graph.header().map_or(DPtrMut::NULL, |h| b.rec_mut(h)),
+            graph_epoch: self.graph.epoch(),
         };
         let cfg = LaunchConfig {
             grid_dim: (params.n_items, 1, 1),
@@ -399,6 +505,8 @@ impl MsaIndexer {
             init_blocks: self.cfg.init_blocks as u32,
             local_blocks: self.cfg.local_blocks as u32,
             cap,
+            graph: self.graph.header().map_or(DPtrMut::NULL, |h| b.rec_mut(h)),
+            graph_epoch: self.graph.epoch(),
         };
         let pairs = h * params.num_rows;
         let (kernel, grid, smem) = if long {
@@ -427,6 +535,44 @@ struct RunPtrs {
     lookup: DPtr<u32>,
     out: DPtrMut<i32>,
     scores: DPtrMut<f32>,
+}
+
+/// Graph mode's score grid for a batch of `batch`'s sequences and rows
+/// whose contexts are at most `max_context` keys: a bound on the work
+/// items [`plan_work`] makes for any such batch with the same sequences,
+/// rows and path (the CTAs past the live items return).
+///
+/// Decode, one item per `chunk` blocks of a row: `sum_r ceil(nb_r / c) <
+/// total / c + rows`. With the tuned chunk `c = clamp(ceil(total / (4 *
+/// SMs)), 4, 64)`, `total / c <= 4 * SMs` unless `c` is 64, where `total /
+/// 64 <= rows * max_blocks / 64`; with any chunk `>= 4`, at most `rows *
+/// ceil(max_blocks / 4)`. Prefill: tiles of `128 / heads` rows, at most
+/// `rows / tile_rows + batch` of them, each cut into `ceil(max_blocks /
+/// 32)` items at most.
+pub fn graph_grid(
+    cfg: &MsaIndexerConfig,
+    batch: &RaggedBatch,
+    opts: &PlanOptions,
+    path: IndexerPath,
+    max_context: usize,
+) -> usize {
+    let max_blocks = max_context.div_ceil(MSA_BLOCK as usize).max(1);
+    let rows = batch.num_rows();
+    match path {
+        IndexerPath::Decode => match opts.decode_chunk {
+            Some(c) => rows * max_blocks.div_ceil(c.clamp(1, IDX_MAX_ITEM_BLOCKS as usize)),
+            None => {
+                let tuned = (4 * opts.sm_count.max(1))
+                    .max(rows * max_blocks.div_ceil(IDX_MAX_ITEM_BLOCKS as usize))
+                    + rows;
+                tuned.min(rows * max_blocks.div_ceil(4))
+            }
+        },
+        IndexerPath::Prefill => {
+            let tile_rows = IDX_PREFILL_M_ROWS as usize / cfg.num_index_heads;
+            (rows.div_ceil(tile_rows) + batch.batch()) * max_blocks.div_ceil(PREFILL_CHUNK)
+        }
+    }
 }
 
 /// Knobs of [`plan_work`] besides the op's inputs.

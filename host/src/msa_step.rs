@@ -10,6 +10,36 @@
 //! until the next `plan` (the device page tables must keep holding what it
 //! was given).
 //!
+//! Graph replay across decode steps ([`crate::graph`] has the contract):
+//! after [`MsaStep::set_graph_bounds`]`(Some(max_context))` a decode step
+//! captured once can be replayed step after step while the sequences grow
+//! (re-plan before each replay, outside the graph), as long as
+//! [`MsaStep::capture_compatible`] holds for the key taken at capture; a
+//! replay after an incompatible plan writes NaN to `out` on the device and
+//! [`MsaStep::check_graph_replays`] reports it. In a serving loop:
+//!
+//! ```no_run
+//! # fn f(step: &mut sparse_attn::MsaStep, b: &sparse_attn::RaggedBatch, ip: &sparse_attn::PageTable,
+//! #      il: &sparse_attn::PagedLayout, kp: &sparse_attn::PageTable, kl: &sparse_attn::PagedLayout,
+//! #      capture: &mut dyn FnMut(&mut sparse_attn::MsaStep), replay: &dyn Fn())
+//! #      -> sparse_attn::Result<()> {
+//! step.set_graph_bounds(Some(32 * 1024))?; // once: contexts up to 32K keys
+//! let mut key = None;
+//! for _ in 0..100 {
+//!     step.plan(b, ip, il, kp, kl)?; // this step's batch (outside the graph)
+//!     match key {
+//!         Some(k) if step.capture_compatible(k) => replay(),
+//!         _ => {
+//!             capture(step); // step.run(..) for every layer, in a capture
+//!             key = step.graph_key();
+//!             replay();
+//!         }
+//!     }
+//! }
+//! step.check_graph_replays()?; // now and then: was a stale graph replayed?
+//! # Ok(()) }
+//! ```
+//!
 //! Workspace: [`MsaStep::new_in`] gives the indexer and the attention one
 //! [`Workspace`] (the indexer's scores are dead once its top-k ran, so the
 //! attention's partials reuse the bytes), of
@@ -23,7 +53,8 @@ use half::bf16;
 
 use crate::batch::{PageTable, PagedLayout, RaggedBatch};
 use crate::context::DeviceProps;
-use crate::error::{ensure, Result};
+use crate::error::{ensure, Error, Result};
+use crate::graph::{GraphKey, GraphState};
 use crate::msa_attention::{MsaAttention, MsaAttentionConfig};
 use crate::msa_indexer::{MsaIndexer, MsaIndexerConfig};
 use crate::workspace::Workspace;
@@ -58,6 +89,11 @@ pub struct MsaStep {
     /// `[n_kv_heads, num_rows, topk]` block ids of the planned batch.
     d_indices: CudaSlice<i32>,
     gpu: Gpu,
+    /// The step's key: the two ops' keys and the `d_indices` buffer.
+    graph: GraphState<(GraphKey, GraphKey)>,
+    /// Graph mode: earlier `d_indices` buffers, kept while the step lives
+    /// (a stale graph replayed anyway still writes and reads them).
+    retired: Vec<CudaSlice<i32>>,
 }
 
 /// The device inputs of one step: slices, views or
@@ -93,6 +129,8 @@ impl MsaStep {
             attention: MsaAttention::new(gpu, att, max_rows)?,
             d_indices: gpu.zeros(1)?,
             gpu: gpu.clone(),
+            graph: GraphState::new(),
+            retired: Vec::new(),
         })
     }
 
@@ -112,6 +150,8 @@ impl MsaStep {
             attention: MsaAttention::new_in(gpu, att, max_rows, workspace)?,
             d_indices: gpu.zeros(1)?,
             gpu: gpu.clone(),
+            graph: GraphState::new(),
+            retired: Vec::new(),
         })
     }
 
@@ -146,9 +186,65 @@ impl MsaStep {
         )
     }
 
+    /// Graph mode for both ops (`Some(max_context)`: sequences of at most
+    /// `max_context` keys; see the module docs and [`crate::graph`]);
+    /// `None`: ordinary mode. Clears the plan. Graph mode changes no result:
+    /// a step gives the same bits in either mode.
+    pub fn set_graph_bounds(&mut self, max_context: Option<usize>) -> Result<()> {
+        self.indexer.set_graph_bounds(max_context)?;
+        self.attention.set_graph_bounds(max_context)?;
+        self.graph.set_bounds(&self.gpu, None)
+    }
+
+    /// The graph-mode bound, if set.
+    pub fn graph_bounds(&self) -> Option<usize> {
+        self.indexer.graph_bounds()
+    }
+
+    /// The current plan's [`GraphKey`] (`None` without a plan): a graph
+    /// captured while it was `k` may be replayed after later plans exactly
+    /// while [`MsaStep::capture_compatible`]`(k)` holds. In graph mode
+    /// growing contexts keep it; a change of the number of sequences or
+    /// rows, of a layout or page-table stride, of the path (a sequence
+    /// with several new tokens), or a failed plan change it (the list:
+    /// [`crate::graph`]).
+    pub fn graph_key(&self) -> Option<GraphKey> {
+        // The ops' keys as the step's last plan left them (not after a
+        // plan of one op alone).
+        match (self.indexer.graph_key(), self.attention.graph_key()) {
+            (Some(ik), Some(ak)) => self.graph.key(self.graph.is_last(&(ik, ak))),
+            _ => None,
+        }
+    }
+
+    /// Whether a graph captured when [`MsaStep::graph_key`] was `key` is
+    /// still valid for the current plan.
+    pub fn capture_compatible(&self, key: GraphKey) -> bool {
+        self.graph_key() == Some(key)
+    }
+
+    /// Graph mode: fails with [`Error::StaleGraph`] if a replayed launch of
+    /// either op found its plan stale since the last call (its output was
+    /// NaN), and clears the flags. Waits for the stream (call it outside
+    /// the hot loop, e.g. every few hundred steps or when an output is
+    /// NaN).
+    pub fn check_graph_replays(&mut self) -> Result<()> {
+        let idx = self.indexer.take_graph_fault()?;
+        let att = self.attention.take_graph_fault()?;
+        match (idx, att) {
+            (true, _) => Err(Error::StaleGraph { op: "msa_indexer" }),
+            (_, true) => Err(Error::StaleGraph {
+                op: "msa_attention",
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Plans both ops for a ragged batch (may allocate `d_indices` when the
     /// number of rows changes; `run` never allocates). The layouts are the
     /// pools' shapes with all their layers: the plan serves every layer.
+    /// The [`MsaStep::graph_key`] after it says whether a captured step
+    /// may still be replayed.
     pub fn plan(
         &mut self,
         batch: &RaggedBatch,
@@ -157,6 +253,43 @@ impl MsaStep {
         kv_pages: &PageTable,
         kv_layout: &PagedLayout,
     ) -> Result<()> {
+        let r = self.plan_inner(batch, index_pages, index_layout, kv_pages, kv_layout);
+        let keys = (self.indexer.graph_key(), self.attention.graph_key());
+        match (r, keys) {
+            (Ok(moved), (Some(ik), Some(ak))) => {
+                let before = self.graph_key();
+                self.graph.planned(&self.gpu, (ik, ak), moved, 0)?;
+                if self.graph_key() != before {
+                    // The step's launches changed: a captured step is stale
+                    // as a whole, each op's half included.
+                    self.indexer.invalidate_graphs()?;
+                    self.attention.invalidate_graphs()?;
+                    let keys = (self.indexer.graph_key(), self.attention.graph_key());
+                    if let (Some(ik), Some(ak)) = keys {
+                        self.graph.planned(&self.gpu, (ik, ak), false, 0)?;
+                    }
+                }
+                Ok(())
+            }
+            (r, _) => {
+                self.graph.clear();
+                self.graph.invalidate(&self.gpu)?;
+                self.indexer.invalidate_graphs()?;
+                self.attention.invalidate_graphs()?;
+                r.map(|_| ())
+            }
+        }
+    }
+
+    /// Plans both ops; whether `d_indices` moved.
+    fn plan_inner(
+        &mut self,
+        batch: &RaggedBatch,
+        index_pages: &PageTable,
+        index_layout: &PagedLayout,
+        kv_pages: &PageTable,
+        kv_layout: &PagedLayout,
+    ) -> Result<bool> {
         ensure(
             batch.num_rows() > 0,
             "input_row_offsets",
@@ -172,9 +305,13 @@ impl MsaStep {
         let c = self.attention.config();
         let len = c.n_kv_heads * batch.num_rows() * c.topk;
         if self.d_indices.len() != len {
-            self.d_indices = self.gpu.zeros(len)?;
+            let old = std::mem::replace(&mut self.d_indices, self.gpu.zeros(len)?);
+            if self.graph_bounds().is_some() {
+                self.retired.push(old);
+            }
+            return Ok(true);
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Indexer, then attention, on the stream, on layer `layer` of both

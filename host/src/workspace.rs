@@ -185,15 +185,16 @@ impl Scratch {
         }
     }
 
-    /// Makes room for `bytes`: grows a private workspace, checks a shared one.
-    pub(crate) fn fit(&mut self, gpu: &Gpu, bytes: usize) -> Result<()> {
+    /// Makes room for `bytes`: grows a private workspace, checks a shared
+    /// one. Whether the memory moved (was reallocated).
+    pub(crate) fn fit(&mut self, gpu: &Gpu, bytes: usize) -> Result<bool> {
         if self.shared {
-            self.require(bytes, "what this plan needs")
+            self.require(bytes, "what this plan needs").map(|_| false)
+        } else if self.ws.bytes() < bytes {
+            self.ws = Workspace::new(gpu, bytes)?;
+            Ok(true)
         } else {
-            if self.ws.bytes() < bytes {
-                self.ws = Workspace::new(gpu, bytes)?;
-            }
-            Ok(())
+            Ok(false)
         }
     }
 
@@ -203,14 +204,15 @@ impl Scratch {
 }
 
 /// Makes `buf` hold at least `len` elements (at least one), reallocating
-/// (zeroed) only when it is shorter.
+/// (zeroed) only when it is shorter. Whether it moved (was reallocated).
 pub(crate) fn grow<T: DeviceRepr + ValidAsZeroBits>(
     gpu: &Gpu,
     buf: &mut CudaSlice<T>,
     len: usize,
-) -> Result<()> {
+) -> Result<bool> {
     if buf.len() < len.max(1) {
         *buf = gpu.zeros(len.max(1))?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }

@@ -43,6 +43,7 @@ use sparse_attn_abi::msa::*;
 
 use crate::arch::*;
 use crate::tile::frag::load_row_frags;
+use crate::tile::graph::{header_epoch, set_fault};
 use crate::tile::paged::{page_of, PagedBlock};
 use crate::tile::pipeline::CpAsyncRing;
 use crate::tile::softmax::{merge_normalised, merge_weight, LseState, LN2, LOG2E};
@@ -229,6 +230,9 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(p: MsaDecodeParams) {
         return;
     };
     let cta = DecodeCta::new(&p, at);
+    // Graph mode: the header's epoch, loaded now and tested only by the
+    // epilogue (nothing waits for it before then).
+    let epoch = header_epoch(p.graph, p.graph_epoch);
     // The prologue's global loads (the row record, issued by `new`; the
     // slot id; Q) are all issued before anything waits for one of them: one
     // round trip before the first barrier when every slot is -1 (SASS: the
@@ -247,7 +251,11 @@ pub unsafe extern "ptx-kernel" fn msa_attention_partial(p: MsaDecodeParams) {
     let (st, o) = mainloop(&p, &cta, &a, slots);
     sync_threads(); // the stages are free: the epilogue's map lies over them
     merge_warps(st, &o);
-    write_partial(&p, &cta);
+    let stale = epoch != p.graph_epoch;
+    if stale && thread_idx_x() == 0 {
+        set_fault(p.graph);
+    }
+    write_partial(&p, &cta, stale);
     if p.clustered != 0 {
         cluster_merge(&p, cta.head0(&p), cta.group);
     }
@@ -414,9 +422,11 @@ unsafe fn merge_warps(mut st: [LseState; 2], o: &[[f32; 4]; D_TILES]) {
 /// Writes the CTA's normalised partial: thread `d` owns dim `d` of every
 /// head (shared-memory reads without bank conflicts, coalesced writes); to
 /// shared memory for the cluster merge, to `out` / `lse` with one
-/// partition, else to `part_o` / `part_lse`.
+/// partition, else to `part_o` / `part_lse`. A `stale` graph launch
+/// writes NaN with a log2-sum-exp of `+inf`, which every merge after it
+/// turns into NaN (`inf - inf`), so no stale value reaches `out`.
 #[inline(always)]
-unsafe fn write_partial(p: &MsaDecodeParams, cta: &DecodeCta) {
+unsafe fn write_partial(p: &MsaDecodeParams, cta: &DecodeCta, stale: bool) {
     let (os, hl) = (merge_at!(os), merge_at!(hl));
     let (fin_o, fin_lse) = (merge_at!(fin_o), merge_at!(fin_lse));
     let d = thread_idx_x();
@@ -429,7 +439,10 @@ unsafe fn write_partial(p: &MsaDecodeParams, cta: &DecodeCta) {
         // NaN: 0 either way.
         let inv = ld_shared_f32(hl + m * 8);
         v = if inv == 0.0 { 0.0 } else { v * inv };
-        let lse2 = ld_shared_f32(hl + m * 8 + 4);
+        let mut lse2 = ld_shared_f32(hl + m * 8 + 4);
+        if stale {
+            (v, lse2) = (f32::NAN, f32::INFINITY);
+        }
         let row_head = (cta.head0(p) + m) as usize;
         let part_at = cta.part as usize * (p.num_rows * p.n_heads) as usize + row_head;
         if p.clustered != 0 {

@@ -32,6 +32,7 @@ use sparse_attn_abi::msa::*;
 
 use crate::arch::*;
 use crate::tile::frag::load_row_frags;
+use crate::tile::graph::{header_epoch, header_items, set_fault, stale};
 use crate::tile::paged::{page_of, PagedBlock};
 use crate::tile::pipeline::CpAsyncRing;
 use crate::tile::swizzle::{Rows256, TileLayout};
@@ -82,6 +83,25 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_scores_prefill(p: IdxScoreParams) 
 pub unsafe extern "ptx-kernel" fn msa_indexer_scores_decode(p: IdxScoreParams) {
     grid_prologue();
     scores::<1, WARPS>(&p);
+}
+
+/// The work items to run: `n_items`, or in graph mode the header's count
+/// (at most `n_items`, the grid), none when the launch is stale.
+#[inline(always)]
+unsafe fn live_items(p: &IdxScoreParams) -> u32 {
+    if p.graph.is_null() {
+        return p.n_items;
+    }
+    // Both words loaded before either is tested: one round trip.
+    let (epoch, n) = (header_epoch(p.graph, p.graph_epoch), header_items(p.graph));
+    if epoch != p.graph_epoch {
+        if thread_idx_x() == 0 {
+            set_fault(p.graph);
+        }
+        0
+    } else {
+        n.min(p.n_items)
+    }
 }
 
 /// A work item, clamped so corrupt metadata can never address out of bounds.
@@ -149,7 +169,7 @@ unsafe fn load_q_rows<const MT: usize, const WN: u32>(p: &IdxScoreParams, it: &I
 #[inline(always)]
 unsafe fn scores<const MT: usize, const WN: u32>(p: &IdxScoreParams) {
     let cta = block_idx_x();
-    if cta >= p.n_items || p.batch == 0 || p.cache.num_pages == 0 || p.num_index_heads == 0 {
+    if cta >= live_items(p) || p.batch == 0 || p.cache.num_pages == 0 || p.num_index_heads == 0 {
         return;
     }
     let it = clamp_item(p, ld_record(p.items.ptr().add(cta as usize)));
@@ -314,6 +334,10 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk(p: IdxTopkParams) {
     if p.num_rows == 0 || pair >= p.num_rows * p.num_index_heads {
         return;
     }
+    if stale(p.graph, p.graph_epoch) {
+        fill_none(&p, pair, lane_id(), 32);
+        return;
+    }
     let keys = BlockKeys::new(&p, pair);
     let o = p.out.ptr().add(pair as usize * p.topk as usize);
     let emit = |slot: u32, k: u64| {
@@ -336,6 +360,18 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk(p: IdxTopkParams) {
     }
 }
 
+/// A stale graph launch's output for `pair`: every slot `-1` (thread `i`
+/// of `n` writes slots `i, i + n, …`).
+#[inline(always)]
+unsafe fn fill_none(p: &IdxTopkParams, pair: u32, i: u32, n: u32) {
+    let o = p.out.ptr().add(pair as usize * p.topk as usize);
+    let mut s = i;
+    while s < p.topk {
+        st_global(o.add(s as usize), -1);
+        s += n;
+    }
+}
+
 const _: () = assert!(idx_smem_topk_long(7) == cta_threshold_smem(IDX_TOPK_WARPS * 32, 7));
 
 /// Top-k for long rows (decode): one CTA of `IDX_TOPK_WARPS * 32` threads
@@ -348,6 +384,10 @@ pub unsafe extern "ptx-kernel" fn msa_indexer_topk_long(p: IdxTopkParams) {
     const T: u32 = IDX_TOPK_WARPS * 32;
     let pair = block_idx_x();
     if p.num_rows == 0 || pair >= p.num_rows * p.num_index_heads || p.topk == 0 {
+        return;
+    }
+    if stale(p.graph, p.graph_epoch) {
+        fill_none(&p, pair, thread_idx_x(), T);
         return;
     }
     let keys = BlockKeys::new(&p, pair);

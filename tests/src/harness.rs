@@ -5,6 +5,7 @@
 //! so no conversion sits here.
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
 use half::bf16;
 use rand::Rng;
 use sparse_attn::{
@@ -265,15 +266,21 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
 /// Captures what `run` enqueues on the GPU's stream into a CUDA graph and
 /// launches the graph twice (the caller compares the results).
 pub fn capture_and_replay(gpu: &Gpu, run: impl FnOnce()) {
+    let graph = capture(gpu, run);
+    graph.launch().unwrap();
+    graph.launch().unwrap();
+}
+
+/// Captures what `run` enqueues on the GPU's stream into an instantiated
+/// CUDA graph (`graph.launch()` replays it on that stream).
+pub fn capture(gpu: &Gpu, run: impl FnOnce()) -> CudaGraph {
     let stream = gpu.stream();
     stream
         .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         .unwrap();
     run();
-    let graph = stream
+    stream
         .end_capture(CUgraphInstantiate_flags(0))
         .unwrap()
-        .expect("the capture recorded no work");
-    graph.launch().unwrap();
-    graph.launch().unwrap();
+        .expect("the capture recorded no work")
 }

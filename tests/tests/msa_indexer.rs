@@ -13,7 +13,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::abi::msa::IdxWorkItem;
-use sparse_attn::msa_indexer::{plan_work, PlanOptions};
+use sparse_attn::msa_indexer::{graph_grid, plan_work, PlanOptions};
 use sparse_attn::{
     Error, Gpu, IndexerPath, KvDtype, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout,
     PagedLayoutExt, RaggedBatch,
@@ -646,6 +646,61 @@ fn plan_covers_every_row_block_once() {
                 "row {r} block {blk} covered twice"
             );
         }
+    }
+}
+
+/// Graph mode's score grid bounds the work items of every batch with the
+/// same rows whose contexts stay within the bound, on both paths, with the
+/// tuned decode chunk (any SM count) and forced ones; at the bound itself
+/// too (every row as long as allowed).
+#[test]
+fn graph_grid_bounds_every_batch_within_the_context() {
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    for trial in 0..400 {
+        let n = rng.gen_range(1..40);
+        let decode = trial % 3 != 0;
+        let max_context: usize = rng.gen_range(1..300_000);
+        let q: Vec<u32> = (0..n)
+            .map(|_| if decode { 1 } else { rng.gen_range(0..300) })
+            .collect();
+        let c: Vec<u32> = (0..n)
+            .map(|b| {
+                let room = max_context.saturating_sub(q[b] as usize) as u32;
+                match trial % 4 {
+                    0 => room, // at the bound
+                    _ => rng.gen_range(0..=room),
+                }
+            })
+            .collect();
+        let spec = RaggedSpec::prefill(&q, &c);
+        if spec.num_rows() == 0 || spec.max_seqlen_k() > max_context {
+            continue;
+        }
+        let pages = max_context.div_ceil(128);
+        let lookup = vec![0u32; n * pages];
+        let cfg = cfg(*[1, 4, 8, 16].get(rng.gen_range(0..4)).unwrap(), 16, 0, 1);
+        let o = PlanOptions {
+            sm_count: rng.gen_range(1..200),
+            decode_chunk: (trial % 5 == 1).then(|| rng.gen_range(1..80)),
+            ..Default::default()
+        };
+        let w = plan_work(
+            &cfg,
+            &spec.as_batch(),
+            &PageTable::new(&lookup, pages),
+            &PagedLayout::index_k(1, 1, 128, 128),
+            &o,
+        )
+        .unwrap();
+        let grid = graph_grid(&cfg, &spec.as_batch(), &o, w.path, max_context);
+        assert!(
+            w.items.len() <= grid,
+            "trial {trial} (seed {seed}): {} items > graph grid {grid} ({:?}, {n} rows, max_context {max_context}, {o:?})",
+            w.items.len(),
+            w.path
+        );
+        assert!(w.score_stride <= max_context.div_ceil(128));
     }
 }
 

@@ -19,10 +19,13 @@
 //!   (12-bit digits, histograms summed through distributed shared memory),
 //!   over [`row_chunk`]'s key sets (a row's chunk kept in shared memory or
 //!   re-read, keys gathered in shared memory);
-//! - [`bitonic`]: a CTA's bitonic sort of up to 2048 keys in registers.
+//! - [`bitonic`]: a CTA's bitonic sort of up to 2048 keys in registers;
+//! - [`graph`]: graph mode's device-side header (live counts, the epoch
+//!   guard against replays of a stale plan).
 
 pub mod bitonic;
 pub mod frag;
+pub mod graph;
 pub mod mask;
 pub mod paged;
 pub mod pipeline;
