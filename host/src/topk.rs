@@ -38,6 +38,8 @@ pub struct TopK {
     /// Largest cluster resident on this device (16, or 8 where 16 do not fit).
     max_cluster: u32,
     plan: Option<Plan>,
+    /// Measurement only: the cluster size `plan` uses instead of its own.
+    force_cluster: Option<u32>,
 }
 
 /// A planned shape.
@@ -60,6 +62,7 @@ impl TopK {
             kernel,
             max_cluster: TOPK_MAX_CLUSTER,
             plan: None,
+            force_cluster: None,
         };
         if op.resident_clusters(TOPK_MAX_CLUSTER)? == 0 {
             op.max_cluster = 8;
@@ -77,6 +80,14 @@ impl TopK {
                 block_dim: (TOPK_THREADS, 1, 1),
                 shared_mem_bytes: TOPK_SMEM,
             })
+    }
+
+    /// Measurement only: `plan` uses clusters of `cluster` CTAs a row (a
+    /// power of two up to the device's largest) instead of its own choice;
+    /// any size computes the same result.
+    #[doc(hidden)]
+    pub fn force_cluster(&mut self, cluster: Option<u32>) {
+        self.force_cluster = cluster;
     }
 
     /// CTAs per row of the current plan (the cluster size), if planned.
@@ -129,6 +140,9 @@ impl TopK {
             .next_power_of_two();
         while cluster > 1 && (self.resident_clusters(cluster)? as usize) < rows {
             cluster /= 2;
+        }
+        if let Some(c) = self.force_cluster {
+            cluster = c.clamp(1, self.max_cluster).next_power_of_two();
         }
         // A multiple of 4: every CTA's chunk then starts at the row's own
         // 16-byte alignment (the kernel's vector loads).

@@ -57,6 +57,9 @@ struct Args {
     /// (a variant of the same sources, measured with the same binary).
     #[arg(long, value_name = "FILE")]
     ptx: Option<String>,
+    /// Top-k: CTAs a row (the cluster size) instead of the planner's choice.
+    #[arg(long, value_name = "N")]
+    topk_cluster: Option<u32>,
 }
 
 fn parse_args() -> Args {
@@ -729,6 +732,7 @@ fn bench_topk(
     let d_scores = gpu.upload(&scores).unwrap();
     let mut out = gpu.zeros::<i32>(rows * k).unwrap();
     let mut op = TopK::new(gpu).unwrap();
+    op.force_cluster(args.topk_cluster);
     op.plan(rows, n, k).unwrap();
     let ms = time_ms(gpu, args.reps, |_| {
         op.run(&d_scores, None, &mut out).unwrap()
