@@ -26,6 +26,9 @@
 //! run it, as for any cudarc launch); an op keeps its [`Workspace`] (a
 //! shared handle) alive itself.
 //!
+//! candle: with the `candle` feature, `sparse_attn::candle` runs the ops
+//! on candle `Tensor`s on candle's CUDA device and stream (`MsaStepOp`).
+//!
 //! ```no_run
 //! use sparse_attn::{Gpu, MsaIndexer, MsaIndexerConfig, PageTable, PagedLayout, RaggedBatch};
 //! # fn main() -> sparse_attn::Result<()> {
@@ -51,6 +54,8 @@
 
 pub mod batch;
 pub mod buffer;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod context;
 pub mod dense_prefill;
 pub mod error;
