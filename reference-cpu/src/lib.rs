@@ -14,8 +14,8 @@
 //!
 //! Modules:
 //! - [`dense_prefill`]: dense flash prefill, paged or ragged (cross-attention)
-//!   K/V, masks and sinks (`spec/dense-prefill.md`).
-//! - [`paged`]: the borrowed bf16 view of a MAX-layout paged cache (its
+//!   K/V, masks and sinks, bf16 or FP8 e4m3 inputs (`spec/dense-prefill.md`).
+//! - [`paged`]: the borrowed bf16 (and FP8 e4m3) views of a MAX-layout paged cache (its
 //!   layout and page table are [`abi::batch`]'s).
 //! - [`mla_indexer`]: the MLA FP8 lightning indexer, top-k tokens per
 //!   query row from an FP8 index-K cache (`spec/mla-fp8-indexer.md`).

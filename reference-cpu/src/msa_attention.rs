@@ -159,7 +159,7 @@ pub(crate) fn group_scores<'a>(
 }
 
 /// `a · b` in four interleaved f64 chains.
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut s = [0.0f64; 4];
     let ca = a.chunks_exact(4);
     let cb = b.chunks_exact(4);

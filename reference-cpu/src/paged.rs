@@ -1,4 +1,5 @@
-//! A borrowed bf16 paged KV cache in MAX's layout, as the reference reads it.
+//! A borrowed bf16 (or FP8 e4m3, [`PagedCacheFp8`]) paged KV cache in MAX's
+//! layout, as the reference reads it.
 //!
 //! The shape ([`PagedLayout`]) and the page table ([`PageTable`]) are the
 //! abi crate's (`sparse_attn_abi::batch`, re-exported here), the same types
@@ -57,49 +58,140 @@ impl PagedCache<'_> {
         head: usize,
         t: usize,
     ) -> Result<&[bf16], String> {
-        let l = &self.layout;
-        if l.dtype != KvDtype::Bf16 {
+        if self.layout.dtype != KvDtype::Bf16 {
             return Err(format!(
                 "the pool holds bf16 values, layout says {:?}",
+                self.layout.dtype
+            ));
+        }
+        let off = locate(
+            &self.layout,
+            self.data.len(),
+            &self.pages,
+            b,
+            kv,
+            layer,
+            head,
+            t,
+        )?;
+        Ok(&self.data[off..off + self.layout.head_dim])
+    }
+}
+
+/// Borrowed view of an FP8 e4m3 paged pool (`layout.dtype` must be
+/// [`KvDtype::Fp8E4m3`]: one byte an element, the same layout as the bf16
+/// pool) plus its page table and, optionally, the pool's per-token scales.
+///
+/// The value of an element is `e4m3_to_f32(byte) * token_scale`, where
+/// `token_scale` is entry `offset(page, kv, layer, slot, head) / head_dim` of
+/// `scales: f32 [num_pages, kv_dim, num_layers, page_size, n_heads]`
+/// ([`KvDtype::Fp8E4m3`]'s scale tensor), or 1 when `scales` is `None` (a
+/// pool quantised with per-tensor scales only, which the op then takes as
+/// its descales).
+#[derive(Clone, Copy, Debug)]
+pub struct PagedCacheFp8<'a> {
+    /// Shape of `data` (its dtype must be [`KvDtype::Fp8E4m3`]).
+    pub layout: PagedLayout,
+    /// The pool, `layout.elements()` e4m3 bytes in the layout above.
+    pub data: &'a [u8],
+    /// Per-token, per-head scales (`layout.elements() / head_dim` values), or
+    /// `None`: every scale 1.
+    pub scales: Option<&'a [f32]>,
+    /// Page table `u32 [batch, max_pages]`, row-major.
+    pub pages: PageTable<'a>,
+}
+
+impl PagedCacheFp8<'_> {
+    /// The `head_dim` e4m3 bytes of logical token `t` of sequence `b` and
+    /// their token scale (1 without `scales`). Panics with a description
+    /// when the token is not addressable; see [`PagedCacheFp8::try_row`].
+    pub fn row(&self, b: usize, kv: usize, layer: usize, head: usize, t: usize) -> (&[u8], f32) {
+        match self.try_row(b, kv, layer, head, t) {
+            Ok(r) => r,
+            Err(e) => panic!("PagedCacheFp8::row: {e}"),
+        }
+    }
+
+    /// Checked variant of [`PagedCacheFp8::row`].
+    pub fn try_row(
+        &self,
+        b: usize,
+        kv: usize,
+        layer: usize,
+        head: usize,
+        t: usize,
+    ) -> Result<(&[u8], f32), String> {
+        let l = &self.layout;
+        if l.dtype != KvDtype::Fp8E4m3 {
+            return Err(format!(
+                "the pool holds e4m3 bytes (KvDtype::Fp8E4m3), layout says {:?}",
                 l.dtype
             ));
         }
-        if l.page_size == 0 {
-            return Err("page_size is 0".into());
-        }
-        if kv >= l.kv_dim || layer >= l.num_layers || head >= l.n_heads {
-            return Err(format!(
-                "kv {kv} / layer {layer} / head {head} out of range for {l:?}"
-            ));
-        }
-        if self.data.len() != l.elements() {
-            return Err(format!(
-                "data has {} elements, layout {l:?} needs {}",
-                self.data.len(),
-                l.elements()
-            ));
-        }
-        let col = t / l.page_size;
-        if col >= self.pages.max_pages {
-            return Err(format!(
-                "token {t} of sequence {b} needs page column {col}, lookup has max_pages {}",
-                self.pages.max_pages
-            ));
-        }
-        let page = self
-            .pages
-            .page(b, col)
-            .ok_or_else(|| format!("sequence {b} out of range of the page table"))?
-            as usize;
-        if page >= l.num_pages {
-            return Err(format!(
-                "lookup[{b}, {col}] = {page} is out of the pool of {} pages",
-                l.num_pages
-            ));
-        }
-        let off = l.offset(page, kv, layer, t % l.page_size, head);
-        Ok(&self.data[off..off + l.head_dim])
+        let off = locate(l, self.data.len(), &self.pages, b, kv, layer, head, t)?;
+        let scale = match self.scales {
+            None => 1.0,
+            Some(_) if l.head_dim == 0 => 1.0,
+            Some(s) => {
+                let n = l.elements() / l.head_dim;
+                if s.len() != n {
+                    return Err(format!(
+                        "scales has {} entries, layout {l:?} needs {n}",
+                        s.len()
+                    ));
+                }
+                s[off / l.head_dim]
+            }
+        };
+        Ok((&self.data[off..off + l.head_dim], scale))
     }
+}
+
+/// Offset of the `head_dim`-long row of token `t` of sequence `b` in a pool
+/// of `len` elements, or why it is not addressable.
+#[allow(clippy::too_many_arguments)]
+fn locate(
+    l: &PagedLayout,
+    len: usize,
+    pages: &PageTable,
+    b: usize,
+    kv: usize,
+    layer: usize,
+    head: usize,
+    t: usize,
+) -> Result<usize, String> {
+    if l.page_size == 0 {
+        return Err("page_size is 0".into());
+    }
+    if kv >= l.kv_dim || layer >= l.num_layers || head >= l.n_heads {
+        return Err(format!(
+            "kv {kv} / layer {layer} / head {head} out of range for {l:?}"
+        ));
+    }
+    if len != l.elements() {
+        return Err(format!(
+            "data has {len} elements, layout {l:?} needs {}",
+            l.elements()
+        ));
+    }
+    let col = t / l.page_size;
+    if col >= pages.max_pages {
+        return Err(format!(
+            "token {t} of sequence {b} needs page column {col}, lookup has max_pages {}",
+            pages.max_pages
+        ));
+    }
+    let page = pages
+        .page(b, col)
+        .ok_or_else(|| format!("sequence {b} out of range of the page table"))?
+        as usize;
+    if page >= l.num_pages {
+        return Err(format!(
+            "lookup[{b}, {col}] = {page} is out of the pool of {} pages",
+            l.num_pages
+        ));
+    }
+    Ok(l.offset(page, kv, layer, t % l.page_size, head))
 }
 
 #[cfg(test)]
