@@ -12,7 +12,7 @@ use rand::Rng;
 use sparse_attn_abi::batch::{KvDtype, Mask, RaggedBatch};
 use sparse_attn_abi::fp8::{e4m3_to_f32, f32_to_e4m3};
 use sparse_attn_reference::dense_prefill::{
-    check_dense_prefill_fp8, dense_prefill, dense_prefill_fp8, DenseKv, DenseKvFp8,
+    check_dense_prefill_fp8, dense_prefill, dense_prefill_fp8, validate_fp8, DenseKv, DenseKvFp8,
     DensePrefillConfig, DenseQ, Descale, Fp8Reference, KvDescales, BF16_REL, FP8_ACC_REL,
 };
 use sparse_attn_reference::msa_attention::AttentionOutput;
@@ -554,4 +554,129 @@ fn simulated_fp8_kernel_passes_and_wrong_outputs_fail() {
         bn[i] = bf16::NAN;
         assert!(check_dense_prefill_fp8(&bn, Some(&gl), &r, &c.cfg).is_err());
     }
+}
+
+/// The case's Q as e4m3 with descale 1.
+fn fp8_q(c: &Fp8Case) -> DenseQ<'_> {
+    DenseQ::Fp8 {
+        q: &c.q,
+        descale: 1.0,
+    }
+}
+
+/// `validate_fp8` refuses malformed inputs with a message that names the
+/// argument: descales of the wrong length or not finite, Q of the wrong
+/// length, a pool that is not e4m3, pool scales of the wrong length, ragged
+/// K / V of the wrong length. The well-formed case passes (so the test
+/// cannot pass by refusing everything).
+#[test]
+fn validate_fp8_names_what_is_wrong() {
+    let (mut rng, _) = seeded(None);
+    let q_lens = [3u32, 65];
+    let kv_lens = [70u32, 129];
+    let paged = make_case(
+        &mut rng,
+        &q_lens,
+        &kv_lens,
+        true,
+        Mask::Causal,
+        false,
+        2,
+        4,
+        64,
+        Fill::Normal,
+    );
+    let ragged = make_case(
+        &mut rng,
+        &q_lens,
+        &kv_lens,
+        false,
+        Mask::None,
+        false,
+        2,
+        4,
+        64,
+        Fill::Normal,
+    );
+    let expect_err = |r: Result<usize, String>, name: &str| {
+        let e = r.expect_err(name);
+        assert!(e.contains(name), "error {e:?} does not name {name}");
+    };
+    for c in [&paged, &ragged] {
+        let batch = c.spec.as_batch();
+        let ok = validate_fp8(&fp8_q(c), &batch, &c.kv(), &PER_TENSOR_1, None, &c.cfg);
+        assert_eq!(ok, Ok(c.spec.num_rows()));
+        let short = [1.0f32];
+        let wrong_len = KvDescales {
+            k: Descale::PerKvHead(&short),
+            v: Descale::PerTensor(1.0),
+        };
+        expect_err(
+            validate_fp8(&fp8_q(c), &batch, &c.kv(), &wrong_len, None, &c.cfg),
+            "k_descale",
+        );
+        for bad in [f32::NAN, f32::INFINITY] {
+            let d = KvDescales {
+                k: Descale::PerTensor(1.0),
+                v: Descale::PerTensor(bad),
+            };
+            expect_err(
+                validate_fp8(&fp8_q(c), &batch, &c.kv(), &d, None, &c.cfg),
+                "v_descale",
+            );
+            let q = DenseQ::Fp8 {
+                q: &c.q,
+                descale: bad,
+            };
+            expect_err(
+                validate_fp8(&q, &batch, &c.kv(), &PER_TENSOR_1, None, &c.cfg),
+                "q_descale",
+            );
+        }
+        let q = DenseQ::Fp8 {
+            q: &c.q[1..],
+            descale: 1.0,
+        };
+        assert!(validate_fp8(&q, &batch, &c.kv(), &PER_TENSOR_1, None, &c.cfg).is_err());
+    }
+    // The pool: not e4m3, scales of the wrong length.
+    let batch = paged.spec.as_batch();
+    let DenseKvFp8::Paged { cache, layer } = paged.kv() else {
+        unreachable!()
+    };
+    let mut bf16_pool = cache;
+    bf16_pool.layout.dtype = KvDtype::Bf16;
+    let kv = DenseKvFp8::Paged {
+        cache: bf16_pool,
+        layer,
+    };
+    assert!(validate_fp8(&fp8_q(&paged), &batch, &kv, &PER_TENSOR_1, None, &paged.cfg).is_err());
+    let scales = vec![1.0f32; 7];
+    let mut scaled = cache;
+    scaled.scales = Some(&scales);
+    let kv = DenseKvFp8::Paged {
+        cache: scaled,
+        layer,
+    };
+    expect_err(
+        validate_fp8(&fp8_q(&paged), &batch, &kv, &PER_TENSOR_1, None, &paged.cfg),
+        "scales",
+    );
+    // Ragged K shorter than its offsets say.
+    let batch = ragged.spec.as_batch();
+    let kv = DenseKvFp8::Ragged {
+        k: &ragged.k[..ragged.k.len() - 1],
+        v: &ragged.v,
+        kv_row_offsets: &ragged.kv_row_offsets,
+    };
+    let e = validate_fp8(
+        &fp8_q(&ragged),
+        &batch,
+        &kv,
+        &PER_TENSOR_1,
+        None,
+        &ragged.cfg,
+    )
+    .expect_err("k too short");
+    assert!(e.starts_with("k has"), "{e}");
 }
