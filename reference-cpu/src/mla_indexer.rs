@@ -49,7 +49,7 @@
 //!   where the kernel's f32 arithmetic is exact.
 
 use rayon::prelude::*;
-use sparse_attn_abi::batch::{KvDtype, Mask, PageTable, PagedLayout, RaggedBatch, RowPos};
+use sparse_attn_abi::batch::{KvDtype, Mask, RaggedBatch, RowPos};
 use sparse_attn_abi::fp8::e4m3_to_f32;
 
 use crate::msa_indexer::rank_cmp;
@@ -78,48 +78,14 @@ pub const HEAD_DIM: usize = 128;
 /// near-ties within it may come in either order.
 pub const TOL_FACTOR: f64 = 1.0 / 1024.0;
 
-/// The FP8 index-K cache: one layer of it is read.
-///
-/// `layout` is [`PagedLayout::index_k_fp8`]'s: `kv_dim 1`, `n_heads 1`,
-/// `head_dim 128`, `dtype` [`KvDtype::Fp8E4m3`] (the scales in `scales`,
-/// `f32 [num_pages, 1, num_layers, page_size, 1]`: the scale of the row at
-/// `layout.offset(page, 0, layer, slot, 0)` is entry `offset / 128`, the
-/// block stride being `page_size * 128`) or [`KvDtype::Fp8E4m3Fused`] (the
-/// scale a little-endian f32 at byte `layout.scale_offset(page, 0, layer,
-/// slot, 0)` of `pool`; `scales` is `None`).
-#[derive(Clone, Copy, Debug)]
-pub struct Fp8IndexK<'a> {
-    /// Shape and scale placement of `pool`.
-    pub layout: PagedLayout,
-    /// `layout.elements()` bytes: e4m3 rows (and, fused, their scales).
-    pub pool: &'a [u8],
-    /// The separate scale tensor (`layout.scale_elements()` entries) for
-    /// [`KvDtype::Fp8E4m3`]; `None` for [`KvDtype::Fp8E4m3Fused`].
-    pub scales: Option<&'a [f32]>,
-    /// Page table `lookup: u32 [batch, max_pages]`.
-    pub pages: PageTable<'a>,
-}
-
-impl Fp8IndexK<'_> {
-    /// The 128 e4m3 bytes and the scale of token `s` of sequence `b` in
-    /// `layer`: slot `s % page_size` of page `lookup[b * max_pages + s /
-    /// page_size]`. Panics when out of range (call [`validate`] first).
-    pub fn key(&self, b: usize, layer: usize, s: usize) -> (&[u8], f32) {
-        let l = &self.layout;
-        let page = self.pages.lookup[b * self.pages.max_pages + s / l.page_size] as usize;
-        let slot = s % l.page_size;
-        let off = l.offset(page, 0, layer, slot, 0);
-        let bytes = &self.pool[off..off + HEAD_DIM];
-        let scale = if l.dtype.fused_scales() {
-            let so = l.scale_offset(page, 0, layer, slot, 0);
-            let b4: [u8; 4] = self.pool[so..so + 4].try_into().expect("4 bytes");
-            f32::from_le_bytes(b4)
-        } else {
-            self.scales.expect("Fp8E4m3 cache without scales")[off / l.head_dim]
-        };
-        (bytes, scale)
-    }
-}
+/// The FP8 index-K cache: one layer of it is read. A
+/// [`PagedCacheFp8`](crate::paged::PagedCacheFp8) whose `layout` is
+/// [`PagedLayout::index_k_fp8`](sparse_attn_abi::batch::PagedLayout::index_k_fp8)'s: `kv_dim 1`, `n_heads 1`, `head_dim 128`,
+/// `dtype` [`KvDtype::Fp8E4m3`] (the scales in `scales`, which this op
+/// requires) or [`KvDtype::Fp8E4m3Fused`] (the scales inside the pool;
+/// `scales` is `None`). [`PagedCacheFp8::key`](crate::paged::PagedCacheFp8::key)
+/// reads a token.
+pub type Fp8IndexK<'a> = crate::paged::PagedCacheFp8<'a>;
 
 /// Checks the inputs of the op (`q_len` and `qs_len` are the element
 /// counts of `q` and `qs`); a description of the first problem otherwise.
@@ -164,7 +130,7 @@ pub fn validate(
             "index-K cache layout {l:?}: kv_dim 1, n_heads 1, head_dim {HEAD_DIM} expected"
         ));
     }
-    crate::paged::check_pool(l, layer, cache.pool.len())?;
+    crate::paged::check_pool(l, layer, cache.data.len())?;
     match (l.dtype.has_scales(), cache.scales) {
         (true, None) => return Err("Fp8E4m3 cache without its scale tensor".into()),
         (false, Some(_)) => {
@@ -459,6 +425,7 @@ pub fn check_exact(gpu: &[i32], want: &[i32], rows: usize, top_k: usize) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sparse_attn_abi::batch::{PageTable, PagedLayout};
     use sparse_attn_abi::fp8::f32_to_e4m3;
 
     /// A hand-made FP8 cache: 2 layers (data in layer 1), pages handed to
@@ -532,7 +499,7 @@ mod tests {
         fn cache(&self) -> Fp8IndexK<'_> {
             Fp8IndexK {
                 layout: self.layout,
-                pool: &self.data,
+                data: &self.data,
                 scales: (!self.layout.dtype.fused_scales()).then_some(&self.scales[..]),
                 pages: PageTable::new(&self.lookup, self.max_pages),
             }
@@ -832,7 +799,7 @@ mod tests {
         };
         assert!(validate(q, qs, &batch, &bad, 1, &c).is_err());
         let trunc = Fp8IndexK {
-            pool: &pool.data[1..],
+            data: &pool.data[1..],
             ..pool.cache()
         };
         assert!(validate(q, qs, &batch, &trunc, 1, &c).is_err());

@@ -64,7 +64,7 @@ impl PagedCache<'_> {
                 self.layout.dtype
             ));
         }
-        let off = locate(
+        let (_, off) = locate(
             &self.layout,
             self.data.len(),
             &self.pages,
@@ -78,24 +78,29 @@ impl PagedCache<'_> {
     }
 }
 
-/// Borrowed view of an FP8 e4m3 paged pool (`layout.dtype` must be
-/// [`KvDtype::Fp8E4m3`]: one byte an element, the same layout as the bf16
-/// pool) plus its page table and, optionally, the pool's per-token scales.
+/// Borrowed view of an FP8 e4m3 paged pool (one byte an element, the same
+/// layout as the bf16 pool) plus its page table and its per-token scales:
 ///
-/// The value of an element is `e4m3_to_f32(byte) * token_scale`, where
-/// `token_scale` is entry `offset(page, kv, layer, slot, head) / head_dim` of
-/// `scales: f32 [num_pages, kv_dim, num_layers, page_size, n_heads]`
-/// ([`KvDtype::Fp8E4m3`]'s scale tensor), or 1 when `scales` is `None` (a
-/// pool quantised with per-tensor scales only, which the op then takes as
-/// its descales).
+/// - [`KvDtype::Fp8E4m3`]: the scales apart, `scales: f32 [num_pages,
+///   kv_dim, num_layers, page_size, n_heads]` (the row at element `offset`
+///   has entry `offset / head_dim`), or `None`: every scale 1 (a pool
+///   quantised with per-tensor scales only, which an op then takes as its
+///   descales);
+/// - [`KvDtype::Fp8E4m3Fused`]: each block's rows followed by their f32
+///   scales inside `data` ([`PagedLayout::scale_offset`]); `scales` is
+///   `None`.
+///
+/// The value of an element is `e4m3_to_f32(byte) * token_scale`. The MLA
+/// indexer's index-K cache (`kv_dim` 1, `n_heads` 1) is one of these.
 #[derive(Clone, Copy, Debug)]
 pub struct PagedCacheFp8<'a> {
-    /// Shape of `data` (its dtype must be [`KvDtype::Fp8E4m3`]).
+    /// Shape of `data` (its dtype [`KvDtype::Fp8E4m3`] or
+    /// [`KvDtype::Fp8E4m3Fused`]).
     pub layout: PagedLayout,
-    /// The pool, `layout.elements()` e4m3 bytes in the layout above.
+    /// The pool, `layout.elements()` bytes in the layout above.
     pub data: &'a [u8],
-    /// Per-token, per-head scales (`layout.elements() / head_dim` values), or
-    /// `None`: every scale 1.
+    /// The separate scales (`layout.elements() / head_dim` values) of a
+    /// [`KvDtype::Fp8E4m3`] pool, or `None`.
     pub scales: Option<&'a [f32]>,
     /// Page table `u32 [batch, max_pages]`, row-major.
     pub pages: PageTable<'a>,
@@ -103,8 +108,8 @@ pub struct PagedCacheFp8<'a> {
 
 impl PagedCacheFp8<'_> {
     /// The `head_dim` e4m3 bytes of logical token `t` of sequence `b` and
-    /// their token scale (1 without `scales`). Panics with a description
-    /// when the token is not addressable; see [`PagedCacheFp8::try_row`].
+    /// their token scale. Panics with a description when the token is not
+    /// addressable; see [`PagedCacheFp8::try_row`].
     pub fn row(&self, b: usize, kv: usize, layer: usize, head: usize, t: usize) -> (&[u8], f32) {
         match self.try_row(b, kv, layer, head, t) {
             Ok(r) => r,
@@ -122,33 +127,71 @@ impl PagedCacheFp8<'_> {
         t: usize,
     ) -> Result<(&[u8], f32), String> {
         let l = &self.layout;
-        if l.dtype != KvDtype::Fp8E4m3 {
+        if !matches!(l.dtype, KvDtype::Fp8E4m3 | KvDtype::Fp8E4m3Fused) {
             return Err(format!(
-                "the pool holds e4m3 bytes (KvDtype::Fp8E4m3), layout says {:?}",
+                "the pool holds e4m3 bytes (KvDtype::Fp8E4m3 or Fp8E4m3Fused), layout says {:?}",
                 l.dtype
             ));
         }
-        let off = locate(l, self.data.len(), &self.pages, b, kv, layer, head, t)?;
-        let scale = match self.scales {
-            None => 1.0,
-            Some(_) if l.head_dim == 0 => 1.0,
-            Some(s) => {
-                let n = l.elements() / l.head_dim;
-                if s.len() != n {
-                    return Err(format!(
-                        "scales has {} entries, layout {l:?} needs {n}",
-                        s.len()
-                    ));
-                }
-                s[off / l.head_dim]
+        let (page, off) = locate(l, self.data.len(), &self.pages, b, kv, layer, head, t)?;
+        if let (Some(s), true) = (self.scales, l.head_dim > 0 && !l.dtype.fused_scales()) {
+            let n = l.elements() / l.head_dim;
+            if s.len() != n {
+                return Err(format!(
+                    "scales has {} entries, layout {l:?} needs {n}",
+                    s.len()
+                ));
             }
-        };
-        Ok((&self.data[off..off + l.head_dim], scale))
+        }
+        let slot = t % l.page_size;
+        Ok((
+            &self.data[off..off + l.head_dim],
+            self.scale(page, kv, layer, slot, head, off),
+        ))
+    }
+
+    /// Index-K caches (`kv_dim` 1, `n_heads` 1): the bytes and scale of
+    /// token `s` of sequence `b` in `layer`, without [`PagedCacheFp8::try_row`]'s
+    /// checks (the caller validated the cache; out of range panics).
+    pub fn key(&self, b: usize, layer: usize, s: usize) -> (&[u8], f32) {
+        let l = &self.layout;
+        let page = self.pages.lookup[b * self.pages.max_pages + s / l.page_size] as usize;
+        let slot = s % l.page_size;
+        let off = l.offset(page, 0, layer, slot, 0);
+        (
+            &self.data[off..off + l.head_dim],
+            self.scale(page, 0, layer, slot, 0, off),
+        )
+    }
+
+    /// The token scale of the row at element `off` (`page`, `kv`, `layer`,
+    /// `slot`, `head`): from the pool ([`KvDtype::Fp8E4m3Fused`]), from
+    /// `scales`, or 1.
+    fn scale(
+        &self,
+        page: usize,
+        kv: usize,
+        layer: usize,
+        slot: usize,
+        head: usize,
+        off: usize,
+    ) -> f32 {
+        let l = &self.layout;
+        if l.dtype.fused_scales() {
+            let at = l.scale_offset(page, kv, layer, slot, head);
+            let b4: [u8; 4] = self.data[at..at + 4].try_into().expect("4 bytes");
+            f32::from_le_bytes(b4)
+        } else {
+            match self.scales {
+                Some(s) if l.head_dim > 0 => s[off / l.head_dim],
+                _ => 1.0,
+            }
+        }
     }
 }
 
-/// Offset of the `head_dim`-long row of token `t` of sequence `b` in a pool
-/// of `len` elements, or why it is not addressable.
+/// Page and offset of the `head_dim`-long row of token `t` of sequence `b`
+/// in a pool of `len` elements, or why it is not addressable.
 #[allow(clippy::too_many_arguments)]
 fn locate(
     l: &PagedLayout,
@@ -159,7 +202,7 @@ fn locate(
     layer: usize,
     head: usize,
     t: usize,
-) -> Result<usize, String> {
+) -> Result<(usize, usize), String> {
     if l.page_size == 0 {
         return Err("page_size is 0".into());
     }
@@ -191,7 +234,7 @@ fn locate(
             l.num_pages
         ));
     }
-    Ok(l.offset(page, kv, layer, t % l.page_size, head))
+    Ok((page, l.offset(page, kv, layer, t % l.page_size, head)))
 }
 
 #[cfg(test)]

@@ -627,7 +627,7 @@ impl Fp8Pool {
     pub fn cache(&self) -> Fp8IndexK<'_> {
         Fp8IndexK {
             layout: self.layout,
-            pool: &self.data,
+            data: &self.data,
             scales: (!self.layout.dtype.fused_scales()).then_some(&self.scales[..]),
             pages: self.table(),
         }
