@@ -131,8 +131,48 @@ pub struct DensePrefillParams {
     pub v_row_off: u32,
 }
 
+/// FP8 (e4m3) variant: bytes of one 128-row × 128-dim e4m3 tile (Q, a K,
+/// a V or a transposed-V stage): one 128-byte swizzle span a row.
+pub const DP8_TILE_BYTES: u32 = 128 * DP_HEAD_DIM;
+/// FP8 variant: K / V stages of the ring (each V stage also has its
+/// transposed copy): Q + 2 × (K + V + Vᵀ) = 112 KiB.
+pub const DP8_STAGES: u32 = 2;
+/// FP8 variant: the producer warpgroup's registers (warp 0 issues the
+/// copies; warps 1–3 transpose V, 4 words a unit), and the consumers'
+/// (`40 + 2 · 232 = 504 = 3 · 168`, the pool).
+pub const DP8_PRODUCER_REGS: u32 = 40;
+/// FP8 variant: registers of a consumer warpgroup.
+pub const DP8_CONSUMER_REGS: u32 = 232;
+/// FP8 variant: threads of the producer warpgroup that transpose V
+/// (warps 1–3).
+pub const DP8_TRANSPOSERS: u32 = 96;
+/// FP8 variant: dynamic shared memory (tiles and barriers).
+pub const DP8_SMEM: u32 = DP8_TILE_BYTES * (1 + 3 * DP8_STAGES) + 256;
+
+/// Parameters of `dense_prefill_fp8`: those of the bf16 kernel (the tensor
+/// maps are of e4m3 bytes: boxes of 128 bytes × 1 head × `box_rows`) and
+/// the descales. The value of an element is `e4m3 · descale`: Q's is
+/// `q_descale[0]`, K's and V's `k_descale[kh · descale_stride]` and
+/// `v_descale[kh · descale_stride]` (`descale_stride` 0: one for the
+/// tensor; 1: one per KV head).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DensePrefillFp8Params {
+    /// Everything the bf16 kernel takes (`out` and `lse` as there).
+    pub base: DensePrefillParams,
+    /// `f32 [1]`.
+    pub q_descale: DPtr<f32>,
+    /// `f32 [1]` or `f32 [n_kv_heads]`.
+    pub k_descale: DPtr<f32>,
+    /// As `k_descale`.
+    pub v_descale: DPtr<f32>,
+    /// 0 (per tensor) or 1 (per KV head).
+    pub descale_stride: u32,
+}
+
 kernel_params! {
     DensePrefillParams => ["dense_prefill"],
+    DensePrefillFp8Params => ["dense_prefill_fp8"],
 }
 
 // What fits on one SM: the shared memory, and the `setmaxnreg` budgets in
@@ -144,3 +184,7 @@ const _: () = assert!(
     DP_PRODUCER_REGS + DP_CONSUMERS * DP_CONSUMER_REGS <= (1 + DP_CONSUMERS) * DP_ENTRY_REGS
 );
 const _: () = assert!(DP_BLOCK_M == 128);
+const _: () = assert!(DP8_SMEM <= 227 * 1024);
+const _: () = assert!(
+    DP8_PRODUCER_REGS + DP_CONSUMERS * DP8_CONSUMER_REGS <= (1 + DP_CONSUMERS) * DP_ENTRY_REGS
+);

@@ -195,6 +195,7 @@ pub struct PagedKv {
 /// choice.
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),
+    ("dense_prefill_fp8", dense::DP_THREADS, 1),
     ("mla_logits_h64", mla::MI_THREADS, 1),
     ("mla_logits_h64_q1", mla::MI_THREADS, 1),
     ("mla_logits_h64_n64", mla::MI_THREADS, 1),
@@ -231,6 +232,7 @@ mod tests {
     fn launch_bounds_cover_the_parameter_structs() {
         let kernels: &[&[&str]] = &[
             <dense::DensePrefillParams as crate::KernelParams>::KERNELS,
+            <dense::DensePrefillFp8Params as crate::KernelParams>::KERNELS,
             <mla::MlaLogitsParams as crate::KernelParams>::KERNELS,
             <msa::IdxScoreParams as crate::KernelParams>::KERNELS,
             <msa::IdxTopkParams as crate::KernelParams>::KERNELS,

@@ -69,25 +69,48 @@ pub enum KvLayout<'a> {
 /// The device buffers `run` reads K/V from, matching the planned
 /// [`KvLayout`]: slices, views or [`crate::RawBuffer`]s (a `&CudaSlice`
 /// coerces).
-#[derive(Clone, Copy)]
-pub enum KvBuffers<'a> {
+/// `T`: bf16, or `u8` (e4m3 bytes) for [`DensePrefillFp8`].
+pub enum KvBuffers<'a, T = bf16> {
     /// The pool (`layout.elements()` values), the page table, and the
     /// layer read.
     Paged {
-        /// `bf16 [num_pages, 2, num_layers, page_size, n_kv_heads, 128]`.
-        kv_cache: &'a dyn DevicePtr<bf16>,
+        /// `[num_pages, 2, num_layers, page_size, n_kv_heads, 128]`.
+        kv_cache: &'a dyn DevicePtr<T>,
         /// `u32 [batch, max_pages]`.
         lookup: &'a dyn DevicePtr<u32>,
         /// The layer of the pool this run reads (below `num_layers`).
         layer: usize,
     },
-    /// `bf16 [kv_rows, n_kv_heads, 128]` each.
+    /// `[kv_rows, n_kv_heads, 128]` each.
     Ragged {
         /// Keys.
-        k: &'a dyn DevicePtr<bf16>,
+        k: &'a dyn DevicePtr<T>,
         /// Values.
-        v: &'a dyn DevicePtr<bf16>,
+        v: &'a dyn DevicePtr<T>,
     },
+}
+
+impl<T> Clone for KvBuffers<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for KvBuffers<'_, T> {}
+
+/// The element type of Q, K and V of an op.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Elem {
+    Bf16,
+    E4m3,
+}
+
+impl Elem {
+    fn bytes(self) -> u64 {
+        match self {
+            Elem::Bf16 => 2,
+            Elem::E4m3 => 1,
+        }
+    }
 }
 
 /// What a plan fixed.
@@ -121,13 +144,14 @@ struct KvPlan {
 /// The dense flash prefill. `new` checks the configuration; `plan` takes
 /// a batch's shape; `run` launches.
 pub struct DensePrefill {
-    gpu: Gpu,
+    pub(crate) gpu: Gpu,
     cfg: DensePrefillConfig,
+    pub(crate) elem: Elem,
     kernel: Kernel<DensePrefillParams>,
     /// [`DenseTile`]s as words, longest first.
-    tiles: CudaSlice<u32>,
+    pub(crate) tiles: CudaSlice<u32>,
     /// `DP_TMAPS` tensor maps.
-    tmaps: TensorMaps,
+    pub(crate) tmaps: TensorMaps,
     plan: Option<Plan>,
 }
 
@@ -173,6 +197,7 @@ impl DensePrefill {
         Ok(DensePrefill {
             gpu: gpu.clone(),
             cfg,
+            elem: Elem::Bf16,
             kernel: gpu.kernel("dense_prefill", DP_SMEM)?,
             tiles: gpu.zeros(1)?,
             tmaps: TensorMaps::new(gpu, DP_TMAPS)?,
@@ -236,7 +261,10 @@ impl DensePrefill {
                     || ps.to_string(),
                 )?;
                 let want = CacheExpect {
-                    dtypes: &[KvDtype::Bf16],
+                    dtypes: match self.elem {
+                        Elem::Bf16 => &[KvDtype::Bf16],
+                        Elem::E4m3 => &[KvDtype::Fp8E4m3],
+                    },
                     name: "kv_cache",
                     shape: "[num_pages, 2, num_layers, page_size, n_kv_heads, 128]",
                     kv_dim: 2,
@@ -306,8 +334,45 @@ impl DensePrefill {
         Q: DevicePtr<bf16> + ?Sized,
         O: DevicePtrMut<bf16> + ?Sized,
     {
+        let gpu = self.gpu.clone();
+        let mut b = Bufs::new(&gpu);
+        let Some((mut params, cfg)) = self.prepare(&mut b, q, kv, sinks, out, lse)? else {
+            return Ok(());
+        };
+        (params.tmaps, params.tiles) = (b.r(self.tmaps.device()), b.rec(&self.tiles));
+        // SAFETY: every buffer's length was checked against the plan; the
+        // kernel clamps page ids and tile rows, and TMA zero-fills reads
+        // past a tensor.
+        unsafe {
+            self.gpu
+                .launch(&self.kernel, "the dense prefill kernel", &params)
+                .run(cfg)
+        }
+    }
+
+    /// What a run of either element type checks and binds: the buffers'
+    /// lengths, the tensor maps; the kernel's parameters (but the op's
+    /// `tmaps` and `tiles`, which the caller binds) and launch shape, or
+    /// `None` when there is nothing to compute.
+    pub(crate) fn prepare<'a, 'b: 'a, T, Q, O>(
+        &mut self,
+        b: &mut Bufs<'a>,
+        q: &'a Q,
+        kv: KvBuffers<'a, T>,
+        sinks: Option<&'a dyn DevicePtr<f32>>,
+        out: &'a mut O,
+        lse: Option<&'a mut (dyn DevicePtrMut<f32> + 'b)>,
+    ) -> Result<Option<(DensePrefillParams, LaunchConfig)>>
+    where
+        T: crate::launch::DeviceElem,
+        Q: DevicePtr<T> + ?Sized,
+        O: DevicePtrMut<bf16> + ?Sized,
+    {
         let p = self.plan.clone().ok_or(Error::NotPlanned {
-            op: "dense_prefill",
+            op: match self.elem {
+                Elem::Bf16 => "dense_prefill",
+                Elem::E4m3 => "dense_prefill_fp8",
+            },
         })?;
         let c = self.cfg;
         let d = DP_HEAD_DIM as usize;
@@ -349,10 +414,9 @@ impl DensePrefill {
         }
         self.check_buffers(&p, &kv)?;
         if p.rows == 0 || p.num_tiles == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let mut b = Bufs::new(&self.gpu);
-        let (q, kv_addrs) = (b.input("q", q)?, kv_addresses(&mut b, &kv)?);
+        let (q, kv_addrs) = (b.input("q", q)?, kv_addresses(b, &kv)?);
         let user = UserPtrs {
             lookup: match kv {
                 KvBuffers::Paged { lookup, .. } => b.input("lookup", lookup)?,
@@ -362,13 +426,9 @@ impl DensePrefill {
             out: b.output("out", out)?,
             lse: b.opt_output("lse", lse)?,
         };
-        let maps = encode_maps(&self.cfg, &p, q.addr(), kv_addrs)?;
+        let maps = encode_maps(&self.cfg, self.elem, &p, q.addr(), kv_addrs)?;
         self.tmaps.bind(b.gpu(), maps, "dense prefill")?;
-        let params = DensePrefillParams {
-            tmaps: b.r(self.tmaps.device()),
-            tiles: b.rec(&self.tiles),
-            ..params(&self.cfg, &p, &kv, &user)
-        };
+        let params = params(&self.cfg, &p, &kv, &user);
         let cfg = LaunchConfig {
             // One CTA per (tile, head). A persistent grid (one CTA per SM
             // walking the items, the next item's loads under this one's
@@ -377,20 +437,16 @@ impl DensePrefill {
             // fewer per consumer thread).
             grid_dim: ((p.num_tiles * c.n_heads) as u32, 1, 1),
             block_dim: (DP_THREADS, 1, 1),
-            shared_mem_bytes: DP_SMEM,
+            shared_mem_bytes: match self.elem {
+                Elem::Bf16 => DP_SMEM,
+                Elem::E4m3 => DP8_SMEM,
+            },
         };
-        // SAFETY: every buffer's length was checked against the plan; the
-        // kernel clamps page ids and tile rows, and TMA zero-fills reads
-        // past a tensor.
-        unsafe {
-            self.gpu
-                .launch(&self.kernel, "the dense prefill kernel", &params)
-                .run(cfg)
-        }
+        Ok(Some((params, cfg)))
     }
 
     /// Checks the K/V buffers against the plan (lengths, and the layer).
-    fn check_buffers(&self, p: &Plan, kv: &KvBuffers) -> Result<()> {
+    fn check_buffers<T>(&self, p: &Plan, kv: &KvBuffers<T>) -> Result<()> {
         let per_row = self.cfg.n_kv_heads * DP_HEAD_DIM as usize;
         match (*kv, p.paged) {
             (
@@ -454,22 +510,32 @@ struct UserPtrs {
 }
 
 /// The K and V addresses of a run's buffers (the pool's twice when paged).
-fn kv_addresses<'a>(b: &mut Bufs<'a>, kv: &KvBuffers<'a>) -> Result<(u64, u64)> {
+fn kv_addresses<'a, T: crate::launch::DeviceElem>(
+    b: &mut Bufs<'a>,
+    kv: &KvBuffers<'a, T>,
+) -> Result<(u64, u64)> {
     Ok(match *kv {
         KvBuffers::Paged { kv_cache, .. } => {
-            let a = b.input::<bf16, _>("kv_cache", kv_cache)?.addr();
+            let a = b.input::<T, _>("kv_cache", kv_cache)?.addr();
             (a, a)
         }
         KvBuffers::Ragged { k, v } => (
-            b.input::<bf16, _>("k", k)?.addr(),
-            b.input::<bf16, _>("v", v)?.addr(),
+            b.input::<T, _>("k", k)?.addr(),
+            b.input::<T, _>("v", v)?.addr(),
         ),
     })
 }
 
 /// The three tensor maps (Q, K, V) of a run at these addresses.
-fn encode_maps(cfg: &DensePrefillConfig, p: &Plan, q: u64, kv: (u64, u64)) -> Result<Vec<u8>> {
+fn encode_maps(
+    cfg: &DensePrefillConfig,
+    elem: Elem,
+    p: &Plan,
+    q: u64,
+    kv: (u64, u64),
+) -> Result<Vec<u8>> {
     let mut maps = Vec::with_capacity(DP_TMAPS * DP_TMAP_BYTES);
+    let encode_tmap = |addr, heads, rows, box_rows| encode_tmap(elem, addr, heads, rows, box_rows);
     maps.extend(encode_tmap(q, cfg.n_heads, p.rows, DP_BLOCK_M)?);
     match p.paged {
         Some(PagedPlan { layout: l, .. }) => {
@@ -490,7 +556,12 @@ fn encode_maps(cfg: &DensePrefillConfig, p: &Plan, q: u64, kv: (u64, u64)) -> Re
 
 /// The kernel's parameters for the planned batch but the op's own buffers
 /// (tensor maps, tiles).
-fn params(cfg: &DensePrefillConfig, p: &Plan, kv: &KvBuffers, u: &UserPtrs) -> DensePrefillParams {
+fn params<T>(
+    cfg: &DensePrefillConfig,
+    p: &Plan,
+    kv: &KvBuffers<T>,
+    u: &UserPtrs,
+) -> DensePrefillParams {
     let (causal, window) = match cfg.mask {
         Mask::None => (0, DP_NO_WINDOW),
         Mask::Causal => (1, DP_NO_WINDOW),
@@ -570,17 +641,28 @@ pub fn plan_tiles(
     tiles
 }
 
-/// A TMA map of a bf16 tensor `[rows, heads, 128]` at `addr`: boxes of 64
-/// dims × 1 head × `box_rows` rows, 128-byte swizzled (the kernel's
-/// `Slabs128` tiles), rows past the tensor zero-filled.
-fn encode_tmap(addr: u64, heads: usize, rows: usize, box_rows: u32) -> Result<[u8; DP_TMAP_BYTES]> {
-    let row_bytes = 2 * DP_HEAD_DIM as u64;
+/// A TMA map of a tensor `[rows, heads, 128]` at `addr`: boxes of 128
+/// bytes (64 bf16 or 128 e4m3 dims) × 1 head × `box_rows` rows, 128-byte
+/// swizzled (the kernels' `Slabs128` tiles), rows past the tensor
+/// zero-filled.
+fn encode_tmap(
+    elem: Elem,
+    addr: u64,
+    heads: usize,
+    rows: usize,
+    box_rows: u32,
+) -> Result<[u8; DP_TMAP_BYTES]> {
+    let row_bytes = elem.bytes() * DP_HEAD_DIM as u64;
     let dims = [DP_HEAD_DIM as u64, heads as u64, rows as u64];
+    let (t, box_dims) = match elem {
+        Elem::Bf16 => (TmaElem::Bf16, 64),
+        Elem::E4m3 => (TmaElem::U8, 128),
+    };
     encode_tiled(
-        TmaElem::Bf16,
+        t,
         addr,
         &dims,
         &[row_bytes, heads as u64 * row_bytes],
-        &[64, 1, box_rows],
+        &[box_dims, 1, box_rows],
     )
 }

@@ -68,13 +68,13 @@ struct Smem {
 const _: () = assert!(size_of::<Smem>() as u32 <= DP_SMEM);
 
 /// A CTA's work.
-struct Work {
-    t: DenseTile,
-    h: u32,
-    kh: u32,
+pub(crate) struct Work {
+    pub(crate) t: DenseTile,
+    pub(crate) h: u32,
+    pub(crate) kh: u32,
     /// Key tiles `n0 .. n1`.
-    n0: u32,
-    n1: u32,
+    pub(crate) n0: u32,
+    pub(crate) n1: u32,
     /// Keys of the first row and of the last row.
     first: KeyRange,
     last: KeyRange,
@@ -85,7 +85,7 @@ impl Work {
     /// see all of it (the last row has the highest window start, the first
     /// row the lowest end).
     #[inline(always)]
-    fn masked(&self, j: u32) -> bool {
+    pub(crate) fn masked(&self, j: u32) -> bool {
         let kb = j * DP_BLOCK_N;
         !(kb >= self.last.lo && kb + DP_BLOCK_N <= self.first.hi)
     }
@@ -94,8 +94,14 @@ impl Work {
 /// The K and V rings.
 #[inline(always)]
 fn rings() -> (Ring, Ring) {
-    let k = Ring { full: crate::smem_addr!(Smem, k_full), empty: crate::smem_addr!(Smem, k_empty) };
-    let v = Ring { full: crate::smem_addr!(Smem, v_full), empty: crate::smem_addr!(Smem, v_empty) };
+    let k = Ring {
+        full: crate::smem_addr!(Smem, k_full),
+        empty: crate::smem_addr!(Smem, k_empty),
+    };
+    let v = Ring {
+        full: crate::smem_addr!(Smem, v_full),
+        empty: crate::smem_addr!(Smem, v_empty),
+    };
     (k, v)
 }
 
@@ -113,11 +119,16 @@ pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
         fence_mbarrier_init();
     }
     sync_threads();
-    let wg = warp_id() / 4;
+    let wg = warp_id_uniform() / 4;
     if wg == 0 {
         setmaxnreg_dec::<DP_PRODUCER_REGS>();
         if warp_id() == 0 {
-            produce(&p, &w);
+            let at = Dst {
+                q: crate::smem_addr!(Smem, q),
+                k: crate::smem_addr!(Smem, k),
+                v: crate::smem_addr!(Smem, v),
+            };
+            produce::<2, DP_STAGES>(&p, &w, at, crate::smem_addr!(Smem, q_full), &kr, &vr);
         }
         return;
     }
@@ -127,7 +138,7 @@ pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
 
 /// The CTA's tile, head and key tiles; `None` past the last tile.
 #[inline(always)]
-unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
+pub(crate) unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
     let nh = p.n_heads.max(1);
     let (ti, h) = (block_idx_x() / nh, block_idx_x() % nh);
     if ti >= p.num_tiles || p.n_kv_heads == 0 {
@@ -138,42 +149,74 @@ unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
     let kh = (h / (nh / p.n_kv_heads).max(1)).min(p.n_kv_heads - 1);
     let causal = p.causal != 0;
     let first = KeyRange::of(t.q_pos0, t.num_keys, causal, p.window);
-    let last = KeyRange::of(t.q_pos0.saturating_add(t.rows - 1), t.num_keys, causal, p.window);
+    let last = KeyRange::of(
+        t.q_pos0.saturating_add(t.rows - 1),
+        t.num_keys,
+        causal,
+        p.window,
+    );
     let n0 = first.lo / DP_BLOCK_N;
     let n1 = last.hi.div_ceil(DP_BLOCK_N).max(n0);
-    Some(Work { t, h, kh, n0, n1, first, last })
+    Some(Work {
+        t,
+        h,
+        kh,
+        n0,
+        n1,
+        first,
+        last,
+    })
 }
 
 // ------------------------------------------------------------------ producer
 
+/// Shared addresses of the Q tile and of the first K and V stages.
+#[derive(Clone, Copy)]
+pub(crate) struct Dst {
+    pub(crate) q: u32,
+    pub(crate) k: u32,
+    pub(crate) v: u32,
+}
+
 /// The producer warp: Q, then K and V of every key tile, each stage once
-/// the consumers have released it. Lane 0 waits for the stage and posts
-/// its bytes; for paged K/V, lane `b` looks up and copies the tile's box
-/// `b` (a page, or 128 keys of a larger one), the page looked up once for
-/// K and V and before the wait. (One thread doing the 8 lookups and 32
-/// copies of a tile of 16-token pages one after another: `-paged16`
-/// 454–459 TFLOP/s; a lane per page: 493–514, H200, 2026-12-02.)
+/// the consumers have released it. Tiles are `SLABS` slabs of 128 rows of
+/// 128 bytes (bf16: 2, dims 0..64 and 64..128; e4m3: 1). Lane 0 waits for
+/// the stage and posts its bytes; for paged K/V, lane `b` looks up and
+/// copies the tile's box `b` (a page, or 128 keys of a larger one), the
+/// page looked up once for K and V and before the wait. (One thread doing
+/// the 8 lookups and 32 copies of a tile of 16-token pages one after
+/// another: `-paged16` 454–459 TFLOP/s; a lane per page: 493–514, H200,
+/// 2026-12-02.)
 #[inline(always)]
-unsafe fn produce(p: &DensePrefillParams, w: &Work) {
+pub(crate) unsafe fn produce<const SLABS: u32, const STAGES: u32>(
+    p: &DensePrefillParams,
+    w: &Work,
+    at: Dst,
+    q_full: u32,
+    kr: &MbarRing<STAGES>,
+    vr: &MbarRing<STAGES>,
+) {
+    let tile = SLABS * SLAB;
     let maps = p.tmaps.ptr();
     let (qmap, kmap, vmap) = (maps, maps.add(DP_TMAP_BYTES), maps.add(2 * DP_TMAP_BYTES));
-    let (kr, vr) = rings();
     let lane = lane_id();
     if lane == 0 {
-        let q_full = crate::smem_addr!(Smem, q_full);
-        mbarrier_arrive_expect_tx(q_full, DP_TILE_BYTES);
-        for slab in 0..2 {
-            let at = [64 * slab as i32, w.h as i32, w.t.row0 as i32];
-            tma_load_3d(crate::smem_addr!(Smem, q) + slab * SLAB, qmap, q_full, at);
+        mbarrier_arrive_expect_tx(q_full, tile);
+        for slab in 0..SLABS {
+            let at_q = [64 * slab as i32, w.h as i32, w.t.row0 as i32];
+            tma_load_3d(at.q + slab * SLAB, qmap, q_full, at_q);
         }
     }
-    let (ks, vs) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, v));
-    let box_rows = if p.page_size == 0 { DP_BLOCK_N } else { p.box_rows.clamp(1, DP_BLOCK_N) };
+    let box_rows = if p.page_size == 0 {
+        DP_BLOCK_N
+    } else {
+        p.box_rows.clamp(1, DP_BLOCK_N)
+    };
     let mine = lane < DP_BLOCK_N / box_rows;
     let plane = |paged_off: u32| if p.page_size == 0 { 0 } else { paged_off };
     for j in w.n0..w.n1 {
         let i = j - w.n0;
-        let stage = (i % DP_STAGES) * DP_TILE_BYTES;
+        let stage = (i % STAGES) * tile;
         let tok = j * DP_BLOCK_N + lane * box_rows;
         let row = if !mine {
             0
@@ -182,16 +225,19 @@ unsafe fn produce(p: &DensePrefillParams, w: &Work) {
         } else {
             page_id(p, w.t.seq, tok / p.page_size) * p.page_rows + tok % p.page_size
         };
-        for (ring, map, dst, off) in [(&kr, kmap, ks, plane(p.k_row_off)), (&vr, vmap, vs, plane(p.v_row_off))] {
+        for (ring, map, dst, off) in [
+            (kr, kmap, at.k, plane(p.k_row_off)),
+            (vr, vmap, at.v, plane(p.v_row_off)),
+        ] {
             if lane == 0 {
-                ring.acquire(i, DP_TILE_BYTES);
+                ring.acquire(i, tile);
             }
             sync_warp();
             if mine {
                 let dst = dst + stage + lane * box_rows * 128;
-                for slab in 0..2 {
-                    let at = [64 * slab as i32, w.kh as i32, (row + off) as i32];
-                    tma_load_3d(dst + slab * SLAB, map, ring.full_bar(i), at);
+                for slab in 0..SLABS {
+                    let at_kv = [64 * slab as i32, w.kh as i32, (row + off) as i32];
+                    tma_load_3d(dst + slab * SLAB, map, ring.full_bar(i), at_kv);
                 }
             }
         }
@@ -210,7 +256,7 @@ unsafe fn page_id(p: &DensePrefillParams, seq: u32, blk: u32) -> u32 {
 
 /// This thread's two rows (`g` and `g + 8` of its warp's 16) in the tile.
 #[inline(always)]
-fn my_rows(c: u32) -> [u32; 2] {
+pub(crate) fn my_rows(c: u32) -> [u32; 2] {
     let r = c * 64 + (warp_id() % 4) * 16 + lane_id() / 4;
     [r, r + 8]
 }
@@ -237,7 +283,8 @@ unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
     let (kr, vr) = rings();
     let rows = my_rows(c);
     let causal = p.causal != 0;
-    let lim = rows.map(|r| KeyRange::of(w.t.q_pos0.saturating_add(r), w.t.num_keys, causal, p.window));
+    let lim =
+        rows.map(|r| KeyRange::of(w.t.q_pos0.saturating_add(r), w.t.num_keys, causal, p.window));
     let qa = crate::smem_addr!(Smem, q) + c * 64 * 128;
     let (ks, vs) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, v));
     let stage = |i: u32| (i % DP_STAGES) * DP_TILE_BYTES;
@@ -246,7 +293,7 @@ unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
     let n = w.n1 - w.n0;
     mbarrier_wait(crate::smem_addr!(Smem, q_full), 0);
     if n == 0 {
-        return epilogue(p, w, rows, st, &o);
+        return epilogue(p, w, rows, st, &o, 1.0);
     }
     // Tile 0: S alone.
     let turn = PingPong::start(c);
@@ -298,12 +345,12 @@ unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
     turn.pass(true);
     wgmma_wait0(&mut o, &pa);
     release(&vr, n - 1);
-    epilogue(p, w, rows, st, &o);
+    epilogue(p, w, rows, st, &o, 1.0);
 }
 
 /// One arrival per consumer warp on use `i`'s empty barrier.
 #[inline(always)]
-unsafe fn release(r: &Ring, i: u32) {
+pub(crate) unsafe fn release<const S: u32>(r: &MbarRing<S>, i: u32) {
     if lane_id() == 0 {
         r.release(i);
     }
@@ -315,13 +362,13 @@ unsafe fn release(r: &Ring, i: u32) {
 /// while the other's products run it does its softmax. Warpgroup 1 passes
 /// first (so 0 starts) and does not pass after its last turn (every
 /// arrival is matched).
-struct PingPong {
+pub(crate) struct PingPong {
     c: u32,
 }
 
 impl PingPong {
     #[inline(always)]
-    fn start(c: u32) -> Self {
+    pub(crate) fn start(c: u32) -> Self {
         if c == 1 {
             named_barrier_arrive(3, 2 * WG);
         }
@@ -329,12 +376,12 @@ impl PingPong {
     }
 
     #[inline(always)]
-    fn wait(&self) {
+    pub(crate) fn wait(&self) {
         named_barrier_sync(3 + self.c, 2 * WG);
     }
 
     #[inline(always)]
-    fn pass(&self, last: bool) {
+    pub(crate) fn pass(&self, last: bool) {
         if !(last && self.c == 1) {
             named_barrier_arrive(3 + (1 - self.c), 2 * WG);
         }
@@ -343,7 +390,7 @@ impl PingPong {
 
 /// O rows g and g + 8 times their softmax corrections.
 #[inline(always)]
-fn rescale(o: &mut [[f32; 4]; 16], corr: [f32; 2]) {
+pub(crate) fn rescale(o: &mut [[f32; 4]; 16], corr: [f32; 2]) {
     crate::unroll!(16, D => {
         crate::unroll!(4, E => { o[D][E] *= corr[E >> 1]; });
     });
@@ -368,7 +415,7 @@ fn scores_issue(s: &mut [[f32; 4]; 16], qa: u32, ks: u32) {
 /// must be rescaled by. The row maximum is taken over the raw scores
 /// (`scale > 0`).
 #[inline(always)]
-fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: f32) -> [f32; 2] {
+pub(crate) fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: f32) -> [f32; 2] {
     let mut mx = [f32::NEG_INFINITY; 2];
     crate::unroll!(16, J => {
         crate::unroll!(2, H => { mx[H] = fmax(mx[H], fmax(s[J][2 * H], s[J][2 * H + 1])); });
@@ -422,10 +469,22 @@ fn pv_issue(o: &mut [[f32; 4]; 16], pa: &[[u32; 4]; 8], vs: u32) {
 // ------------------------------------------------------------------ epilogue
 
 /// Sums each row's partial sums over its quad, adds the sink, normalises
-/// and writes the rows of the tile (bf16 pairs) and their lse.
+/// (and multiplies by `vscale`, V's descale in FP8) and writes the rows of
+/// the tile (bf16 pairs) and their lse.
 #[inline(always)]
-unsafe fn epilogue(p: &DensePrefillParams, w: &Work, rows: [u32; 2], mut st: [LseState; 2], o: &[[f32; 4]; 16]) {
-    let sink = if p.sinks.is_null() { f32::NEG_INFINITY } else { ld_global_nc(p.sinks.ptr().add(w.h as usize)) * LOG2E };
+pub(crate) unsafe fn epilogue(
+    p: &DensePrefillParams,
+    w: &Work,
+    rows: [u32; 2],
+    mut st: [LseState; 2],
+    o: &[[f32; 4]; 16],
+    vscale: f32,
+) {
+    let sink = if p.sinks.is_null() {
+        f32::NEG_INFINITY
+    } else {
+        ld_global_nc(p.sinks.ptr().add(w.h as usize)) * LOG2E
+    };
     let c2 = 2 * (lane_id() & 3) as usize;
     crate::unroll!(2, H => {
         let l = st[H].l + shfl_xor_f32(st[H].l, 1);
@@ -437,7 +496,7 @@ unsafe fn epilogue(p: &DensePrefillParams, w: &Work, rows: [u32; 2], mut st: [Ls
             corr = cr;
         }
         let (inv, lse2) = st[H].finish();
-        let f = inv * corr;
+        let f = inv * corr * vscale;
         let (r, row) = (rows[H], w.t.row0 + rows[H]);
         if r < w.t.rows && row < p.num_rows {
             let at = (row * p.n_heads + w.h) as usize;

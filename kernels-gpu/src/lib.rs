@@ -24,10 +24,11 @@
 
 pub mod arch;
 pub mod dense_prefill;
+pub mod dense_prefill_fp8;
 pub mod mla_indexer;
 pub mod msa_attention;
-pub mod msa_indexer;
 pub mod msa_block_major;
+pub mod msa_indexer;
 pub mod tile;
 pub mod topk;
 

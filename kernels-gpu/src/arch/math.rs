@@ -63,6 +63,50 @@ pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
     r
 }
 
+/// Four f32 rounded to e4m3 (`cvt.rn.satfinite.e4m3x2.f32`, twice: to
+/// nearest, ties to even, out-of-range values to ±448, NaN to NaN), `b0`
+/// in the lowest byte. (The instruction puts its first source in the upper
+/// byte.)
+#[inline(always)]
+pub fn pack_e4m3x4(b0: f32, b1: f32, b2: f32, b3: f32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("{{ .reg .b16 lo, hi;\n",
+             "cvt.rn.satfinite.e4m3x2.f32 lo, {b1}, {b0};\n",
+             "cvt.rn.satfinite.e4m3x2.f32 hi, {b3}, {b2};\n",
+             "mov.b32 {r}, {{lo, hi}}; }}",
+             r = out(reg32) r, b0 = in(reg32) b0, b1 = in(reg32) b1, b2 = in(reg32) b2,
+             b3 = in(reg32) b3, options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// `prmt.b32 d, a, b, sel`: byte `i` of the result is byte `sel`'s nibble
+/// `i` (0–7) of the pair `b:a` (0–3 from `a`, 4–7 from `b`).
+#[inline(always)]
+pub fn prmt(a: u32, b: u32, sel: u32) -> u32 {
+    let r: u32;
+    unsafe {
+        asm!("prmt.b32 {r}, {a}, {b}, {s};", r = out(reg32) r, a = in(reg32) a, b = in(reg32) b,
+             s = in(reg32) sel, options(nomem, nostack, pure));
+    }
+    r
+}
+
+/// The 4 × 4 byte transpose: byte `k` of result `j` is byte `j` of `w[k]`
+/// (8 `prmt`).
+#[inline(always)]
+pub fn transpose_bytes4x4(w: [u32; 4]) -> [u32; 4] {
+    let (a_lo, a_hi) = (prmt(w[0], w[1], 0x5140), prmt(w[0], w[1], 0x7362));
+    let (b_lo, b_hi) = (prmt(w[2], w[3], 0x5140), prmt(w[2], w[3], 0x7362));
+    [
+        prmt(a_lo, b_lo, 0x5410),
+        prmt(a_lo, b_lo, 0x7632),
+        prmt(a_hi, b_hi, 0x5410),
+        prmt(a_hi, b_hi, 0x7632),
+    ]
+}
+
 /// `max.f32` (IEEE maxNum: a NaN operand loses to a number).
 #[inline(always)]
 pub fn fmax(a: f32, b: f32) -> f32 {

@@ -39,6 +39,16 @@ pub fn warp_id() -> u32 {
     thread_idx_x() >> 5
 }
 
+/// [`warp_id`] broadcast from lane 0, so that ptxas knows it is the same
+/// in every lane (CUTLASS's `canonical_warp_idx_sync` does the same): what
+/// is computed from it can live in uniform registers, as a `wgmma`
+/// descriptor must, instead of being moved there (`R2UR`) at every use.
+/// The whole warp must call it.
+#[inline(always)]
+pub fn warp_id_uniform() -> u32 {
+    super::warp::shfl_lane0_u32(warp_id())
+}
+
 /// `barrier.sync 0`: block-wide barrier; also orders shared-memory accesses.
 ///
 /// The non-`.aligned` form on purpose: LLVM may duplicate a barrier into the
@@ -70,7 +80,9 @@ pub fn named_barrier_sync(id: u32, n: u32) {
 /// (the producer side of a [`named_barrier_sync`]).
 #[inline(always)]
 pub fn named_barrier_arrive(id: u32, n: u32) {
-    unsafe { asm!("barrier.arrive {id}, {n};", id = in(reg32) id, n = in(reg32) n, options(nostack)) }
+    unsafe {
+        asm!("barrier.arrive {id}, {n};", id = in(reg32) id, n = in(reg32) n, options(nostack))
+    }
 }
 
 /// `setmaxnreg.inc.sync.aligned.u32 N` (sm_90a): raises this warpgroup's

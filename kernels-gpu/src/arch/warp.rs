@@ -24,6 +24,23 @@ extern "C" {
     fn llvm_shfl_sync_bfly_i32(member_mask: i32, value: i32, lane_mask: i32, clamp: i32) -> i32;
 }
 
+/// `shfl.sync.idx.b32` from lane 0 with all lanes taking part: lane 0's
+/// value in every lane. Convergent, as [`shfl_xor_u32`].
+///
+/// ptxas treats the result as warp-uniform and may keep it (and what is
+/// computed from it) in uniform registers, which `wgmma` descriptors and
+/// barrier ids need: see [`warp_id_uniform`](super::thread::warp_id_uniform).
+#[inline(always)]
+pub fn shfl_lane0_u32(v: u32) -> u32 {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_shfl_sync_idx_i32(-1, v as i32, 0, 0x1f) as u32 }
+}
+
+extern "C" {
+    #[link_name = "llvm.nvvm.shfl.sync.idx.i32"]
+    fn llvm_shfl_sync_idx_i32(member_mask: i32, value: i32, lane: i32, clamp: i32) -> i32;
+}
+
 /// `shfl.sync.down.b32` with all lanes taking part: the value of lane
 /// `lane + delta` (a lane past 31 gets its own value back). Convergent, as
 /// [`shfl_xor_u32`].

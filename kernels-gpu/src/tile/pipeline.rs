@@ -11,7 +11,8 @@
 //! block-major run and the lightning indexer can take it next).
 
 use crate::arch::{
-    cp_async_commit, cp_async_wait, mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init, mbarrier_wait, sync_threads,
+    cp_async_commit, cp_async_wait, mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init,
+    mbarrier_wait, sync_threads,
 };
 
 /// `STAGES` stages of `STAGE_BYTES` at `base`; `WAIT` must be `STAGES - 2`
@@ -21,7 +22,9 @@ pub struct CpAsyncRing<const STAGES: u32, const WAIT: u32, const STAGE_BYTES: u3
     pub base: u32,
 }
 
-impl<const STAGES: u32, const WAIT: u32, const STAGE_BYTES: u32> CpAsyncRing<STAGES, WAIT, STAGE_BYTES> {
+impl<const STAGES: u32, const WAIT: u32, const STAGE_BYTES: u32>
+    CpAsyncRing<STAGES, WAIT, STAGE_BYTES>
+{
     const CHECK: () = assert!(STAGES >= 2 && WAIT == STAGES - 2);
 
     /// Shared address of the stage tile `i` uses.
@@ -80,8 +83,15 @@ impl<const STAGES: u32> MbarRing<STAGES> {
     /// producer's), empty with `consumers` arrivals.
     #[inline(always)]
     pub unsafe fn init(&self, consumers: u32) {
+        self.init_counts(1, consumers);
+    }
+
+    /// As [`MbarRing::init`] for a ring that threads fill with plain stores:
+    /// `producers` arrivals ([`MbarRing::post`]) complete a full barrier.
+    #[inline(always)]
+    pub unsafe fn init_counts(&self, producers: u32, consumers: u32) {
         for s in 0..STAGES {
-            mbarrier_init(self.full + 8 * s, 1);
+            mbarrier_init(self.full + 8 * s, producers);
             mbarrier_init(self.empty + 8 * s, consumers);
         }
     }
@@ -97,9 +107,25 @@ impl<const STAGES: u32> MbarRing<STAGES> {
     /// [`MbarRing::full_bar`] next.
     #[inline(always)]
     pub unsafe fn acquire(&self, i: u32, bytes: u32) {
+        self.wait_free(i);
+        mbarrier_arrive_expect_tx(self.full_bar(i), bytes);
+    }
+
+    /// Producer: waits until use `i`'s stage is free (every consumer has
+    /// released its previous use).
+    #[inline(always)]
+    pub unsafe fn wait_free(&self, i: u32) {
         let (s, ph) = Self::slot(i);
         mbarrier_wait(self.empty + 8 * s, ph ^ 1);
-        mbarrier_arrive_expect_tx(self.full + 8 * s, bytes);
+    }
+
+    /// Producer of a ring filled with plain stores (after a
+    /// `fence.proxy.async` where `wgmma` reads it): one arrival on use
+    /// `i`'s full barrier, once per producer counted at
+    /// [`MbarRing::init_counts`].
+    #[inline(always)]
+    pub unsafe fn post(&self, i: u32) {
+        mbarrier_arrive(self.full_bar(i));
     }
 
     /// The full barrier of use `i` (the copies' completion target).

@@ -44,7 +44,10 @@ impl<const ROWS: u32> Slabs128<ROWS> {
     /// 8-row groups.
     #[inline(always)]
     pub fn k_major_desc(base: u32, ks: u32) -> u64 {
-        wgmma_desc_sw128(base + (ks / 4) * Self::SLAB_BYTES + (ks % 4) * 32, 16, 1024)
+        desc_offset(
+            wgmma_desc_sw128(base, 16, 1024),
+            (ks / 4) * Self::SLAB_BYTES + (ks % 4) * 32,
+        )
     }
 
     /// Descriptor of k-step `ks` (rows `16 ks .. 16 ks + 16`) of the tile at
@@ -53,6 +56,19 @@ impl<const ROWS: u32> Slabs128<ROWS> {
     /// column blocks, `sbo` 1024 between 8-row groups.
     #[inline(always)]
     pub fn mn_major_desc(base: u32, ks: u32) -> u64 {
-        wgmma_desc_sw128(base + ks * 2048, Self::SLAB_BYTES, 1024)
+        desc_offset(wgmma_desc_sw128(base, Self::SLAB_BYTES, 1024), ks * 2048)
     }
+}
+
+/// The descriptor of the operand `bytes` (a multiple of 16) past the one
+/// `desc` describes: its start-address field (address / 16, 14 bits) plus
+/// `bytes / 16`. A shared-memory address stays under 256 KiB, so the field
+/// does not carry into the next one. The per-k-step descriptors of a tile
+/// are then one base descriptor plus constants: a 64-bit add each, where
+/// building each from its address took 6 uniform-datapath instructions
+/// (`dense_prefill`'s key-tile loop: 526 SASS instructions, FlashAttention-3's
+/// causal loop 469).
+#[inline(always)]
+pub fn desc_offset(desc: u64, bytes: u32) -> u64 {
+    desc + (bytes >> 4) as u64
 }

@@ -24,9 +24,9 @@ use cudarc::driver::sys::CUevent_flags;
 use rand::Rng;
 use serde_json::{json, Value};
 use sparse_attn::{
-    AttentionPath, CudaSlice, DensePrefill, DensePrefillConfig, Gpu, KvBuffers, KvLayout, Mask,
-    MlaIndexer, MlaIndexerConfig, MsaAttention, MsaAttentionConfig, MsaIndexer, MsaIndexerConfig,
-    MsaStep, PageTable, PagedLayout, RaggedBatch, StepInputs, TopK,
+    AttentionPath, CudaSlice, DensePrefill, DensePrefillConfig, DensePrefillFp8, Fp8Descales, Gpu,
+    KvBuffers, KvLayout, Mask, MlaIndexer, MlaIndexerConfig, MsaAttention, MsaAttentionConfig,
+    MsaIndexer, MsaIndexerConfig, MsaStep, PageTable, PagedLayout, RaggedBatch, StepInputs, TopK,
 };
 use sparse_attn_tests::data::{seeded, tensor, Fill, RaggedSpec};
 
@@ -610,6 +610,123 @@ fn dense_cases() -> Vec<DenseCase> {
     ]
 }
 
+/// The FP8 dense prefill cases: the bf16 cases' shapes on e4m3 Q, K, V.
+fn dense_fp8_cases() -> Vec<DenseCase> {
+    const K16: &[u32] = &[16384];
+    let c = |name, mask, page_size| DenseCase {
+        name,
+        q_lens: K16,
+        mask,
+        page_size,
+        sinks: false,
+    };
+    vec![
+        c("dense-prefill-16k-fp8", Mask::None, None),
+        c("dense-prefill-16k-causal-fp8", Mask::Causal, None),
+        c("dense-prefill-16k-paged128-fp8", Mask::Causal, Some(128)),
+    ]
+}
+
+/// `len` e4m3 bytes of normal samples (a 32 MiB pattern repeated).
+fn random_fp8(gpu: &Gpu, rng: &mut impl Rng, len: usize) -> CudaSlice<u8> {
+    let pattern = sparse_attn_tests::data::fp8_tensor(
+        rng,
+        len.min(32 << 20),
+        sparse_attn_tests::data::Fp8Fill::Random,
+    );
+    let mut pool = gpu.zeros::<u8>(len).unwrap();
+    let mut at = 0;
+    while at < len {
+        let n = pattern.len().min(len - at);
+        gpu.stream()
+            .memcpy_htod(&pattern[..n], &mut pool.slice_mut(at..at + n))
+            .unwrap();
+        at += n;
+    }
+    pool
+}
+
+fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
+    let (mut rng, seed) = seeded(None);
+    let cfg = DensePrefillConfig {
+        mask: c.mask,
+        ..DensePrefillConfig::llama_gqa()
+    };
+    let spec = RaggedSpec::prefill(c.q_lens, &vec![0; c.q_lens.len()]);
+    let rows = spec.num_rows();
+    let kv_row = cfg.n_kv_heads * 128;
+    let q = random_fp8(gpu, &mut rng, rows * cfg.n_heads * 128);
+    let mut out = gpu.zeros::<half::bf16>(rows * cfg.n_heads * 128).unwrap();
+    let ds = [
+        gpu.upload(&[0.5f32]).unwrap(),
+        gpu.upload(&[0.25f32]).unwrap(),
+        gpu.upload(&[2.0f32]).unwrap(),
+    ];
+    let descales = Fp8Descales {
+        q: &ds[0],
+        k: &ds[1],
+        v: &ds[2],
+    };
+    let mut op = DensePrefillFp8::new(gpu, cfg).unwrap();
+    let (a, b, lookup, perm);
+    match c.page_size {
+        Some(ps) => {
+            let pages = spec.seqlen_k(0).div_ceil(ps);
+            let layout = PagedLayout {
+                dtype: sparse_attn::batch::KvDtype::Fp8E4m3,
+                ..PagedLayout::kv(pages, 1, ps, cfg.n_kv_heads, 128)
+            };
+            let mut p: Vec<u32> = (0..pages as u32).collect();
+            for i in (1..p.len()).rev() {
+                p.swap(i, rng.gen_range(0..=i));
+            }
+            perm = p;
+            a = random_fp8(gpu, &mut rng, layout.elements());
+            b = gpu.zeros::<u8>(1).unwrap();
+            lookup = gpu.upload(&perm).unwrap();
+            let pages = KvLayout::Paged {
+                layout,
+                pages: PageTable::new(&perm, perm.len()),
+            };
+            op.plan(&spec.as_batch(), &pages).unwrap();
+        }
+        None => {
+            a = random_fp8(gpu, &mut rng, rows * kv_row);
+            b = random_fp8(gpu, &mut rng, rows * kv_row);
+            lookup = gpu.zeros::<u32>(1).unwrap();
+            let kv = KvLayout::Ragged {
+                kv_row_offsets: &spec.offsets,
+            };
+            op.plan(&spec.as_batch(), &kv).unwrap();
+        }
+    }
+    let kv = if c.page_size.is_some() {
+        KvBuffers::Paged {
+            kv_cache: &a,
+            lookup: &lookup,
+            layer: 0,
+        }
+    } else {
+        KvBuffers::Ragged { k: &a, v: &b }
+    };
+    let reps = args.reps.min(10);
+    let ms = time_ms(gpu, reps, |_| {
+        op.run(&q, kv, descales, None, &mut out, None).unwrap()
+    });
+    let flops = 4.0 * (cfg.n_heads * 128) as f64 * visible_pairs(&spec, c.mask);
+    let tf = flops / (ms * 1e-3) / 1e12;
+    eprintln!(
+        "{:<28} {:>9.1} us  {tf:>6.1} TFLOP/s (seed {seed})",
+        c.name,
+        ms * 1e3
+    );
+    vec![json!({
+        "case": c.name, "op": "dense_prefill_fp8", "our_us": ms * 1e3,
+        "achieved": tf, "unit": "TFLOP/s", "fraction_of_limit": Value::Null, "flops": flops,
+        "note": "32 / 8 heads of 128, e4m3 Q/K/V, bf16 out; TFLOP/s = 4 * n_heads * 128 * visible pairs / time",
+    })]
+}
+
 /// Visible (query, key) pairs of a self-attention batch under `mask`.
 fn visible_pairs(spec: &RaggedSpec, mask: Mask) -> f64 {
     (0..spec.batch())
@@ -1057,6 +1174,9 @@ fn main() {
     }
     for c in dense_cases().iter().filter(|c| want(c.name)) {
         all.extend(bench_dense_prefill(&gpu, c, &args));
+    }
+    for c in dense_fp8_cases().iter().filter(|c| want(c.name)) {
+        all.extend(bench_dense_prefill_fp8(&gpu, c, &args));
     }
     for (name, rows, n) in [
         ("topk-64x128k", 64, 128 * 1024),
