@@ -133,7 +133,16 @@ pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
         return;
     }
     setmaxnreg_inc::<DP_CONSUMER_REGS>();
-    consume(&p, &w, wg - 1);
+    let c = wg - 1;
+    let at = Stages {
+        qa: crate::smem_addr!(Smem, q) + c * 64 * 128,
+        k: crate::smem_addr!(Smem, k),
+        kr,
+        v: crate::smem_addr!(Smem, v),
+        vr,
+        q_full: crate::smem_addr!(Smem, q_full),
+    };
+    consume::<Bf16, DP_STAGES>(&p, &w, c, &at, (p.scale_log2, 1.0));
 }
 
 /// The CTA's tile, head and key tiles; `None` past the last tile.
@@ -261,8 +270,111 @@ pub(crate) fn my_rows(c: u32) -> [u32; 2] {
     [r, r + 8]
 }
 
+/// The element type's part of the consumer loop: its two products and P
+/// as the A operand of P V. `bf16` here, `e4m3` in `dense_prefill_fp8`.
+pub(crate) trait Operands {
+    /// P in the A-operand layout of P V.
+    type P: Copy;
+    /// Bytes of a K or V stage.
+    const STAGE_BYTES: u32;
+    /// Whether V rows past the sequence's end must be zeroed in the last
+    /// stage before P V (the FP8 transposer writes zeros there itself).
+    const ZERO_V_TAIL: bool;
+    /// Issues S = Q Kᵀ for the warpgroup's 64 rows (`qa`) and the stage
+    /// `ks` (committed, not waited for).
+    fn scores_issue(s: &mut Acc, qa: u32, ks: u32);
+    /// Issues O += P V from the stage `vs` (committed, not waited for).
+    fn pv_issue(o: &mut Acc, pa: &Self::P, vs: u32);
+    /// P (f32, the accumulator layout) as A fragments.
+    fn pack_p(s: &Acc) -> Self::P;
+    /// `wgmma.fence` with O and P tied.
+    fn fence(o: &mut Acc, pa: &Self::P);
+    /// Waits for the S product, `pending` younger groups still in flight
+    /// (0 or 1).
+    fn wait_s<const PENDING: u32>(s: &mut Acc);
+    /// Waits for every product, O and P tied.
+    fn wait_o(o: &mut Acc, pa: &Self::P);
+}
+
+/// An `M64N128` f32 accumulator (S or O of a warpgroup).
+pub(crate) type Acc = [[f32; 4]; 16];
+
+/// bf16 operands: 8 k16 steps a product.
+struct Bf16;
+
+impl Operands for Bf16 {
+    type P = [[u32; 4]; 8];
+    const STAGE_BYTES: u32 = DP_TILE_BYTES;
+    const ZERO_V_TAIL: bool = true;
+
+    #[inline(always)]
+    fn scores_issue(s: &mut Acc, qa: u32, ks: u32) {
+        wgmma_fence(s, &NO_A);
+        crate::unroll!(8, KS => {
+            let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
+            wgmma_m64n128k16_bf16_ss::<0, 0>(s, a, b, KS > 0);
+        });
+        wgmma_commit();
+    }
+
+    /// B: the V stage, N-major, 16 keys per k-step.
+    #[inline(always)]
+    fn pv_issue(o: &mut Acc, pa: &Self::P, vs: u32) {
+        wgmma_fence(o, pa);
+        crate::unroll!(8, KS => {
+            wgmma_m64n128k16_bf16::<1>(o, pa[KS], Tile::mn_major_desc(vs, KS as u32), true);
+        });
+        wgmma_commit();
+    }
+
+    /// Two n-tiles of 8 keys are one k16 step.
+    #[inline(always)]
+    fn pack_p(p: &Acc) -> Self::P {
+        let mut pa = [[0u32; 4]; 8];
+        crate::unroll!(16, J => {
+            pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[J][0], p[J][1]);
+            pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[J][2], p[J][3]);
+        });
+        pa
+    }
+
+    #[inline(always)]
+    fn fence(o: &mut Acc, pa: &Self::P) {
+        wgmma_fence(o, pa);
+    }
+
+    #[inline(always)]
+    fn wait_s<const PENDING: u32>(s: &mut Acc) {
+        if PENDING == 0 {
+            wgmma_wait0(s, &NO_A);
+        } else {
+            wgmma_wait1(s, &NO_A);
+        }
+    }
+
+    #[inline(always)]
+    fn wait_o(o: &mut Acc, pa: &Self::P) {
+        wgmma_wait0(o, pa);
+    }
+}
+
+/// Shared addresses and rings of the consumer loop.
+pub(crate) struct Stages<const S: u32> {
+    /// This warpgroup's 64 query rows.
+    pub(crate) qa: u32,
+    /// The first K stage and the K ring.
+    pub(crate) k: u32,
+    pub(crate) kr: MbarRing<S>,
+    /// The first stage P V reads (V, or Vᵀ in FP8) and its ring.
+    pub(crate) v: u32,
+    pub(crate) vr: MbarRing<S>,
+    /// Q's full barrier.
+    pub(crate) q_full: u32,
+}
+
 /// Consumer warpgroup `c`: the online softmax of its 64 rows over the key
-/// tiles, then the epilogue.
+/// tiles (scores times `sl2`, the scale in log2 units), then the epilogue
+/// (times `vscale`).
 ///
 /// FA3's two overlaps: inside the warpgroup, tile `i`'s S = Q Kᵀ and tile
 /// `i - 1`'s O += P V are issued together and tile `i`'s softmax is written
@@ -270,7 +382,7 @@ pub(crate) fn my_rows(c: u32) -> [u32; 2] {
 /// the two warpgroups, [`PingPong`] lets one issue its products while the
 /// other runs its softmax.
 ///
-/// In the SASS, ptxas moves the wait for P V (`wgmma_wait0` below) up to
+/// In the SASS, ptxas moves the wait for P V (`wait_o` below) up to
 /// the top of the softmax, by its own estimate of when P V lands, so the
 /// softmax runs after P V and only the other warpgroup's products overlap
 /// it. Holding the wait after the softmax (a shared store of the row sums
@@ -279,73 +391,80 @@ pub(crate) fn my_rows(c: u32) -> [u32; 2] {
 /// against 490 (H200, 2026-12-02, the two builds back to back; with V
 /// loaded a tile behind K as well, 563 and 469).
 #[inline(always)]
-unsafe fn consume(p: &DensePrefillParams, w: &Work, c: u32) {
-    let (kr, vr) = rings();
+pub(crate) unsafe fn consume<E: Operands, const S: u32>(
+    p: &DensePrefillParams,
+    w: &Work,
+    c: u32,
+    at: &Stages<S>,
+    (sl2, vscale): (f32, f32),
+) {
+    let (kr, vr) = (&at.kr, &at.vr);
     let rows = my_rows(c);
     let causal = p.causal != 0;
     let lim =
         rows.map(|r| KeyRange::of(w.t.q_pos0.saturating_add(r), w.t.num_keys, causal, p.window));
-    let qa = crate::smem_addr!(Smem, q) + c * 64 * 128;
-    let (ks, vs) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, v));
-    let stage = |i: u32| (i % DP_STAGES) * DP_TILE_BYTES;
+    let stage = |i: u32| (i % S) * E::STAGE_BYTES;
     let mut st = [LseState::EMPTY; 2];
     let mut o = [[0f32; 4]; 16];
-    let n = w.n1 - w.n0;
-    mbarrier_wait(crate::smem_addr!(Smem, q_full), 0);
+    // Broadcast from lane 0: ptxas then keeps the loop counter, the stage
+    // addresses and the wgmma descriptors in uniform registers (FP8: 461
+    // SASS instructions a key tile instead of 486 with 16 R2UR moves).
+    let n = shfl_lane0_u32(w.n1 - w.n0);
+    mbarrier_wait(at.q_full, 0);
     if n == 0 {
-        return epilogue(p, w, rows, st, &o, 1.0);
+        return epilogue(p, w, rows, st, &o, vscale);
     }
     // Tile 0: S alone.
     let turn = PingPong::start(c);
     turn.wait();
     kr.wait(0);
     let mut s = [[0f32; 4]; 16];
-    scores_issue(&mut s, qa, ks);
+    E::scores_issue(&mut s, at.qa, at.k);
     turn.pass(false);
-    wgmma_wait0(&mut s, &NO_A);
-    release(&kr, 0);
+    E::wait_s::<0>(&mut s);
+    release(kr, 0);
     if w.masked(w.n0) {
         mask_fragment(&mut s, w.n0 * DP_BLOCK_N, lim);
     }
-    softmax_step(&mut st, &mut s, p.scale_log2);
-    let mut pa = pack_p(&s);
+    softmax_step(&mut st, &mut s, sl2);
+    let mut pa = E::pack_p(&s);
     // Tile i's S with tile i - 1's P V, tile i's softmax while P V runs.
     for i in 1..n {
         let j = w.n0 + i;
-        wgmma_fence(&mut o, &pa); // O's rescale and P are written before the S product starts
+        E::fence(&mut o, &pa); // O's rescale and P are written before the S product starts
         turn.wait();
         kr.wait(i);
-        scores_issue(&mut s, qa, ks + stage(i));
+        E::scores_issue(&mut s, at.qa, at.k + stage(i));
         vr.wait(i - 1);
-        pv_issue(&mut o, &pa, vs + stage(i - 1));
+        E::pv_issue(&mut o, &pa, at.v + stage(i - 1));
         turn.pass(false);
-        wgmma_wait1(&mut s, &NO_A);
-        release(&kr, i);
+        E::wait_s::<1>(&mut s);
+        release(kr, i);
         if w.masked(j) {
             mask_fragment(&mut s, j * DP_BLOCK_N, lim);
         }
-        let corr = softmax_step(&mut st, &mut s, p.scale_log2);
-        wgmma_wait0(&mut o, &pa);
-        release(&vr, i - 1);
-        // P goes to bf16 once P V has landed: packed while it runs, the new
+        let corr = softmax_step(&mut st, &mut s, sl2);
+        E::wait_o(&mut o, &pa);
+        release(vr, i - 1);
+        // P is packed once P V has landed: packed while it runs, the new
         // P took registers of the P that P V reads and ptxas serialized
         // every wgmma (C7513).
-        pa = pack_p(&s);
+        pa = E::pack_p(&s);
         rescale(&mut o, corr);
     }
     // The last tile's P V, its keys past the sequence's end zeroed first.
-    wgmma_fence(&mut o, &pa);
+    E::fence(&mut o, &pa);
     turn.wait();
     vr.wait(n - 1);
     let kb = (w.n1 - 1) * DP_BLOCK_N;
-    if kb + DP_BLOCK_N > w.t.num_keys {
-        zero_v_tail(vs + stage(n - 1), w.t.num_keys.max(kb) - kb, c);
+    if E::ZERO_V_TAIL && kb + DP_BLOCK_N > w.t.num_keys {
+        zero_v_tail(at.v + stage(n - 1), w.t.num_keys.max(kb) - kb, c);
     }
-    pv_issue(&mut o, &pa, vs + stage(n - 1));
+    E::pv_issue(&mut o, &pa, at.v + stage(n - 1));
     turn.pass(true);
-    wgmma_wait0(&mut o, &pa);
-    release(&vr, n - 1);
-    epilogue(p, w, rows, st, &o, 1.0);
+    E::wait_o(&mut o, &pa);
+    release(vr, n - 1);
+    epilogue(p, w, rows, st, &o, vscale);
 }
 
 /// One arrival per consumer warp on use `i`'s empty barrier.
@@ -396,19 +515,6 @@ pub(crate) fn rescale(o: &mut [[f32; 4]; 16], corr: [f32; 2]) {
     });
 }
 
-/// Issues S = Q Kᵀ for the warpgroup's 64 rows (`qa`) and the 128 keys of
-/// the stage `ks`, both operands K-major in shared memory (committed, not
-/// waited for).
-#[inline(always)]
-fn scores_issue(s: &mut [[f32; 4]; 16], qa: u32, ks: u32) {
-    wgmma_fence(s, &NO_A);
-    crate::unroll!(8, KS => {
-        let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
-        wgmma_m64n128k16_bf16_ss::<0, 0>(s, a, b, KS > 0);
-    });
-    wgmma_commit();
-}
-
 /// One online-softmax step for rows g and g + 8: the running maxima move
 /// to the tile's, the (per-thread partial) sums are rescaled, and S is
 /// replaced by P = 2^(S · scale · log2 e - m) (f32). Returns the factors O
@@ -433,18 +539,6 @@ pub(crate) fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: 
     corr
 }
 
-/// P (f32, the accumulator layout) as `wgmma` A fragments: two n-tiles of
-/// 8 keys are one k16 step.
-#[inline(always)]
-fn pack_p(p: &[[f32; 4]; 16]) -> [[u32; 4]; 8] {
-    let mut pa = [[0u32; 4]; 8];
-    crate::unroll!(16, J => {
-        pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[J][0], p[J][1]);
-        pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[J][2], p[J][3]);
-    });
-    pa
-}
-
 /// Zeroes V rows `from ..` of the stage at `vs` (keys past the sequence's
 /// end) for consumer warpgroup `c`. Both warpgroups write the same zeros
 /// before their own P V, so neither can see the other's garbage.
@@ -453,17 +547,6 @@ unsafe fn zero_v_tail(vs: u32, from: u32, c: u32) {
     PagedBlock::<DP_BLOCK_N, 256>::zero_tail::<Tile, WG>(vs, from, thread_idx_x() % WG);
     fence_proxy_async_shared();
     named_barrier_sync(1 + c, WG);
-}
-
-/// Issues O += P V (B: the V stage, N-major, 16 keys per k-step;
-/// committed, not waited for).
-#[inline(always)]
-fn pv_issue(o: &mut [[f32; 4]; 16], pa: &[[u32; 4]; 8], vs: u32) {
-    wgmma_fence(o, pa);
-    crate::unroll!(8, KS => {
-        wgmma_m64n128k16_bf16::<1>(o, pa[KS], Tile::mn_major_desc(vs, KS as u32), true);
-    });
-    wgmma_commit();
 }
 
 // ------------------------------------------------------------------ epilogue

@@ -23,12 +23,8 @@ use core::mem::size_of;
 use sparse_attn_abi::dense::*;
 
 use crate::arch::*;
-use crate::dense_prefill::{
-    epilogue, my_rows, produce, release, rescale, schedule, softmax_step, Dst, PingPong, Work,
-};
-use crate::tile::mask::{mask_fragment, KeyRange};
+use crate::dense_prefill::{consume, produce, schedule, Acc, Dst, Operands, Stages, Work};
 use crate::tile::pipeline::MbarRing;
-use crate::tile::softmax::LseState;
 use crate::tile::swizzle::Slabs128;
 
 /// An e4m3 tile: one slab of 128 rows of 128 bytes (a k32 step is 32 bytes,
@@ -108,7 +104,7 @@ pub unsafe extern "ptx-kernel" fn dense_prefill_fp8(p: DensePrefillFp8Params) {
         return;
     }
     setmaxnreg_inc::<DP8_CONSUMER_REGS>();
-    consume(&p, &w, wg - 1);
+    consume_fp8(&p, &w, wg - 1);
 }
 
 // ------------------------------------------------------------------ transposers
@@ -174,119 +170,91 @@ unsafe fn transpose_v(w: &Work, x: u32) {
 
 // ------------------------------------------------------------------ consumers
 
-/// Consumer warpgroup `c`: as the bf16 kernel's (`dense_prefill::consume`)
-/// on e4m3 operands, P V reading the Vᵀ ring.
+/// e4m3 operands: 4 k32 steps a product; P V reads the Vᵀ stages.
+struct E4m3;
+
+impl Operands for E4m3 {
+    type P = [[u32; 4]; 4];
+    const STAGE_BYTES: u32 = DP8_TILE_BYTES;
+    const ZERO_V_TAIL: bool = false;
+
+    /// Both operands in shared memory, K-major.
+    #[inline(always)]
+    fn scores_issue(s: &mut Acc, qa: u32, ks: u32) {
+        wgmma_fence_e4m3(s, &NO_A);
+        crate::unroll!(4, KS => {
+            let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
+            wgmma_m64n128k32_e4m3_ss(s, a, b, KS > 0);
+        });
+        wgmma_commit();
+    }
+
+    /// B: the Vᵀ stage, K-major.
+    #[inline(always)]
+    fn pv_issue(o: &mut Acc, pa: &Self::P, ts: u32) {
+        wgmma_fence_e4m3(o, pa);
+        crate::unroll!(4, KS => {
+            wgmma_m64n128k32_e4m3(o, pa[KS], Tile::k_major_desc(ts, KS as u32), true);
+        });
+        wgmma_commit();
+    }
+
+    /// k32 step `ks` is n-tiles `4 ks .. 4 ks + 4`: register 0 (row g)
+    /// holds this thread's two keys of n-tiles `4 ks` and `4 ks + 1`,
+    /// register 1 the same of row g + 8, registers 2 and 3 those of n-tiles
+    /// `4 ks + 2` and `+ 3` ([`key_of`]).
+    #[inline(always)]
+    fn pack_p(p: &Acc) -> Self::P {
+        let mut pa = [[0u32; 4]; 4];
+        crate::unroll!(4, KS => {
+            crate::unroll!(2, H => {
+                let (a, b) = (p[4 * KS + 2 * H], p[4 * KS + 2 * H + 1]);
+                pa[KS][2 * H] = pack_e4m3x4(a[0], a[1], b[0], b[1]);
+                pa[KS][2 * H + 1] = pack_e4m3x4(a[2], a[3], b[2], b[3]);
+            });
+        });
+        pa
+    }
+
+    #[inline(always)]
+    fn fence(o: &mut Acc, pa: &Self::P) {
+        wgmma_fence_e4m3(o, pa);
+    }
+
+    #[inline(always)]
+    fn wait_s<const PENDING: u32>(s: &mut Acc) {
+        if PENDING == 0 {
+            wgmma_wait0_e4m3(s, &NO_A);
+        } else {
+            wgmma_wait1_e4m3(s, &NO_A);
+        }
+    }
+
+    #[inline(always)]
+    fn wait_o(o: &mut Acc, pa: &Self::P) {
+        wgmma_wait0_e4m3(o, pa);
+    }
+}
+
+/// Consumer warpgroup `c`: the bf16 kernel's loop
+/// ([`crate::dense_prefill::consume`]) on e4m3 operands, the descales
+/// folded into the exponent's scale and the epilogue's factor.
 #[inline(always)]
-unsafe fn consume(p: &DensePrefillFp8Params, w: &Work, c: u32) {
-    let b = &p.base;
+unsafe fn consume_fp8(p: &DensePrefillFp8Params, w: &Work, c: u32) {
     let (kr, _, tr) = rings();
-    let rows = my_rows(c);
-    let causal = b.causal != 0;
-    let lim =
-        rows.map(|r| KeyRange::of(w.t.q_pos0.saturating_add(r), w.t.num_keys, causal, b.window));
     let at = (w.kh * p.descale_stride) as usize;
-    let sl2 =
-        b.scale_log2 * ld_global_nc(p.q_descale.ptr()) * ld_global_nc(p.k_descale.ptr().add(at));
+    let sl2 = p.base.scale_log2 * ld_global_nc(p.q_descale.ptr()) * ld_global_nc(p.k_descale.ptr().add(at));
     // The row maxima are taken on the raw scores: a product of descales
     // that is not finite and > 0 makes the rows NaN, not wrong.
-    let sl2 = if sl2 > 0.0 && sl2 < f32::INFINITY {
-        sl2
-    } else {
-        f32::NAN
-    };
+    let sl2 = if sl2 > 0.0 && sl2 < f32::INFINITY { sl2 } else { f32::NAN };
     let vscale = ld_global_nc(p.v_descale.ptr().add(at));
-    let qa = crate::smem_addr!(Smem, q) + c * 64 * 128;
-    let (ks, ts) = (crate::smem_addr!(Smem, k), crate::smem_addr!(Smem, vt));
-    let stage = |i: u32| (i % DP8_STAGES) * DP8_TILE_BYTES;
-    let mut st = [LseState::EMPTY; 2];
-    let mut o = [[0f32; 4]; 16];
-    let n = w.n1 - w.n0;
-    mbarrier_wait(crate::smem_addr!(Smem, q_full), 0);
-    if n == 0 {
-        return epilogue(b, w, rows, st, &o, vscale);
-    }
-    // Tile 0: S alone.
-    let turn = PingPong::start(c);
-    turn.wait();
-    kr.wait(0);
-    let mut s = [[0f32; 4]; 16];
-    scores_issue(&mut s, qa, ks);
-    turn.pass(false);
-    wgmma_wait0_e4m3(&mut s, &NO_A);
-    release(&kr, 0);
-    if w.masked(w.n0) {
-        mask_fragment(&mut s, w.n0 * DP_BLOCK_N, lim);
-    }
-    softmax_step(&mut st, &mut s, sl2);
-    let mut pa = pack_p(&s);
-    // Tile i's S with tile i - 1's P V, tile i's softmax while P V runs.
-    for i in 1..n {
-        let j = w.n0 + i;
-        wgmma_fence_e4m3(&mut o, &pa);
-        turn.wait();
-        kr.wait(i);
-        scores_issue(&mut s, qa, ks + stage(i));
-        tr.wait(i - 1);
-        pv_issue(&mut o, &pa, ts + stage(i - 1));
-        turn.pass(false);
-        wgmma_wait1_e4m3(&mut s, &NO_A);
-        release(&kr, i);
-        if w.masked(j) {
-            mask_fragment(&mut s, j * DP_BLOCK_N, lim);
-        }
-        let corr = softmax_step(&mut st, &mut s, sl2);
-        wgmma_wait0_e4m3(&mut o, &pa);
-        release(&tr, i - 1);
-        pa = pack_p(&s);
-        rescale(&mut o, corr);
-    }
-    // The last tile's P V (its keys past the sequence's end are zeros in Vᵀ).
-    wgmma_fence_e4m3(&mut o, &pa);
-    turn.wait();
-    tr.wait(n - 1);
-    pv_issue(&mut o, &pa, ts + stage(n - 1));
-    turn.pass(true);
-    wgmma_wait0_e4m3(&mut o, &pa);
-    release(&tr, n - 1);
-    epilogue(b, w, rows, st, &o, vscale);
-}
-
-/// Issues S = Q Kᵀ (e4m3, 4 k32 steps) for the warpgroup's 64 rows (`qa`)
-/// and the 128 keys of the stage `ks` (committed, not waited for).
-#[inline(always)]
-fn scores_issue(s: &mut [[f32; 4]; 16], qa: u32, ks: u32) {
-    wgmma_fence_e4m3(s, &NO_A);
-    crate::unroll!(4, KS => {
-        let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
-        wgmma_m64n128k32_e4m3_ss(s, a, b, KS > 0);
-    });
-    wgmma_commit();
-}
-
-/// P (f32, the accumulator layout) as e4m3 A fragments: k32 step `ks` is
-/// n-tiles `4 ks .. 4 ks + 4`; register 0 (row g) holds this thread's two
-/// keys of n-tiles `4 ks` and `4 ks + 1`, register 1 the same of row g + 8,
-/// registers 2 and 3 those of n-tiles `4 ks + 2` and `+ 3` ([`key_of`]).
-#[inline(always)]
-fn pack_p(p: &[[f32; 4]; 16]) -> [[u32; 4]; 4] {
-    let mut pa = [[0u32; 4]; 4];
-    crate::unroll!(4, KS => {
-        crate::unroll!(2, H => {
-            let (a, b) = (p[4 * KS + 2 * H], p[4 * KS + 2 * H + 1]);
-            pa[KS][2 * H] = pack_e4m3x4(a[0], a[1], b[0], b[1]);
-            pa[KS][2 * H + 1] = pack_e4m3x4(a[2], a[3], b[2], b[3]);
-        });
-    });
-    pa
-}
-
-/// Issues O += P V (e4m3, 4 k32 steps; B: the Vᵀ stage at `ts`, K-major;
-/// committed, not waited for).
-#[inline(always)]
-fn pv_issue(o: &mut [[f32; 4]; 16], pa: &[[u32; 4]; 4], ts: u32) {
-    wgmma_fence_e4m3(o, pa);
-    crate::unroll!(4, KS => {
-        wgmma_m64n128k32_e4m3(o, pa[KS], Tile::k_major_desc(ts, KS as u32), true);
-    });
-    wgmma_commit();
+    let stages = Stages {
+        qa: crate::smem_addr!(Smem, q) + c * 64 * 128,
+        k: crate::smem_addr!(Smem, k),
+        kr,
+        v: crate::smem_addr!(Smem, vt),
+        vr: tr,
+        q_full: crate::smem_addr!(Smem, q_full),
+    };
+    consume::<E4m3, DP8_STAGES>(&p.base, w, c, &stages, (sl2, vscale));
 }

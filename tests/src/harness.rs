@@ -103,24 +103,44 @@ pub fn run_attention(
     att.force_path(path);
     att.plan(&inp.spec.as_batch(), &inp.pool.table(), &inp.pool.layout)
         .unwrap();
-    let n = inp.spec.num_rows() * c.n_heads;
-    let mut out = gpu.upload(&vec![bf16::from_bits(0x7fc1); n * 128]).unwrap(); // NaN poison
-    let mut lse = gpu.upload(&vec![f32::from_bits(0x7fc0_0001); n]).unwrap();
     let (q, kv) = (
         gpu.upload(&inp.q).unwrap(),
         gpu.upload(&inp.pool.data).unwrap(),
     );
     let lookup = gpu.upload(&inp.pool.lookup).unwrap();
     let di = gpu.upload(&inp.d_indices).unwrap();
-    att.run(&q, &kv, &lookup, &di, 1, &mut out, Some(&mut lse))
+    poisoned_run(gpu, inp.spec.num_rows() * c.n_heads, |out, lse| {
+        att.run(&q, &kv, &lookup, &di, 1, out, Some(lse)).unwrap()
+    })
+}
+
+/// NaN bits every output element is poisoned with before a launch.
+pub const POISON_OUT: u16 = 0x7fc1;
+/// NaN bits every lse element is poisoned with before a launch.
+pub const POISON_LSE: u32 = 0x7fc0_0001;
+
+/// Runs `run(out, lse)` on `rows` rows of `n_heads` heads (bf16 `out` of
+/// 128 a head, f32 `lse`) poisoned with NaN bits; checks that every
+/// element was written; returns `(out, lse)`.
+pub fn poisoned_run(
+    gpu: &Gpu,
+    rows_heads: usize,
+    run: impl FnOnce(&mut CudaSlice<bf16>, &mut CudaSlice<f32>),
+) -> (Vec<bf16>, Vec<f32>) {
+    let mut out = gpu
+        .upload(&vec![bf16::from_bits(POISON_OUT); rows_heads * 128])
         .unwrap();
+    let mut lse = gpu
+        .upload(&vec![f32::from_bits(POISON_LSE); rows_heads])
+        .unwrap();
+    run(&mut out, &mut lse);
     let (out, lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
     assert!(
-        !out.iter().any(|v| v.to_bits() == 0x7fc1),
+        !out.iter().any(|v| v.to_bits() == POISON_OUT),
         "an output element was never written"
     );
     assert!(
-        !lse.iter().any(|v| v.to_bits() == 0x7fc0_0001),
+        !lse.iter().any(|v| v.to_bits() == POISON_LSE),
         "an lse element was never written"
     );
     (out, lse)

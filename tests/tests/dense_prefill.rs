@@ -26,7 +26,9 @@ use sparse_attn_reference::dense_prefill::{
 use sparse_attn_tests::data::{
     paged_pool, ragged_kv, seeded, tensor, Fill, PagedPool, RaggedKv, RaggedSpec,
 };
-use sparse_attn_tests::harness::{capture_and_replay, gpu_or_skip as gpu};
+use sparse_attn_tests::harness::{
+    capture_and_replay, gpu_or_skip as gpu, poisoned_run, POISON_OUT,
+};
 
 /// K/V of a case.
 enum Kv {
@@ -179,31 +181,14 @@ impl Dev {
     }
 }
 
-const POISON_OUT: u16 = 0x7fc1;
-const POISON_LSE: u32 = 0x7fc0_0001;
-
 /// Plans and runs the case with poisoned outputs; every element must be written.
 fn run(gpu: &Gpu, c: &Case) -> (Vec<bf16>, Vec<f32>) {
     let mut op = DensePrefill::new(gpu, c.cfg).unwrap();
     op.plan(&c.spec.as_batch(), &c.layout()).unwrap();
     let d = Dev::new(gpu, c);
-    let n = c.spec.num_rows() * c.cfg.n_heads;
-    let mut out = gpu
-        .upload(&vec![bf16::from_bits(POISON_OUT); n * 128])
-        .unwrap();
-    let mut lse = gpu.upload(&vec![f32::from_bits(POISON_LSE); n]).unwrap();
-    op.run(&d.q, d.kv(c), d.sinks(), &mut out, Some(&mut lse))
-        .unwrap();
-    let (out, lse) = (gpu.download(&out).unwrap(), gpu.download(&lse).unwrap());
-    assert!(
-        !out.iter().any(|v| v.to_bits() == POISON_OUT),
-        "an output element was never written"
-    );
-    assert!(
-        !lse.iter().any(|v| v.to_bits() == POISON_LSE),
-        "an lse element was never written"
-    );
-    (out, lse)
+    poisoned_run(gpu, c.spec.num_rows() * c.cfg.n_heads, |out, lse| {
+        op.run(&d.q, d.kv(c), d.sinks(), out, Some(lse)).unwrap()
+    })
 }
 
 fn check(gpu: &Gpu, name: &str, c: &Case) {

@@ -259,8 +259,16 @@ fn att_cases() -> Vec<AttCase> {
 /// A device pool of `len` bf16 filled with random values (a 64 MiB random
 /// pattern repeated: only its values matter, the kernels read scattered pages).
 fn random_pool(gpu: &Gpu, rng: &mut impl Rng, len: usize) -> CudaSlice<half::bf16> {
-    let pattern = tensor(rng, len.min(32 << 20), Fill::Normal);
-    let mut pool = gpu.zeros::<half::bf16>(len).unwrap();
+    repeated(gpu, &tensor(rng, len.min(32 << 20), Fill::Normal), len)
+}
+
+/// `len` elements of `pattern` repeated, on the device.
+fn repeated<T: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    pattern: &[T],
+    len: usize,
+) -> CudaSlice<T> {
+    let mut pool = gpu.zeros::<T>(len).unwrap();
     let mut at = 0;
     while at < len {
         let n = pattern.len().min(len - at);
@@ -634,16 +642,7 @@ fn random_fp8(gpu: &Gpu, rng: &mut impl Rng, len: usize) -> CudaSlice<u8> {
         len.min(32 << 20),
         sparse_attn_tests::data::Fp8Fill::Random,
     );
-    let mut pool = gpu.zeros::<u8>(len).unwrap();
-    let mut at = 0;
-    while at < len {
-        let n = pattern.len().min(len - at);
-        gpu.stream()
-            .memcpy_htod(&pattern[..n], &mut pool.slice_mut(at..at + n))
-            .unwrap();
-        at += n;
-    }
-    pool
+    repeated(gpu, &pattern, len)
 }
 
 fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
