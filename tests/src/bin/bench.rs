@@ -699,15 +699,7 @@ fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> 
             op.plan(&spec.as_batch(), &kv).unwrap();
         }
     }
-    let kv = if c.page_size.is_some() {
-        KvBuffers::Paged {
-            kv_cache: &a,
-            lookup: &lookup,
-            layer: 0,
-        }
-    } else {
-        KvBuffers::Ragged { k: &a, v: &b }
-    };
+    let kv = kv_buffers(c.page_size.is_some(), &a, &b, &lookup);
     let reps = args.reps.min(10);
     let ms = time_ms(gpu, reps, |_| {
         op.run(&q, kv, descales, None, &mut out, None).unwrap()
@@ -724,6 +716,28 @@ fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> 
         "achieved": tf, "unit": "TFLOP/s", "fraction_of_limit": Value::Null, "flops": flops,
         "note": "32 / 8 heads of 128, e4m3 Q/K/V, bf16 out; TFLOP/s = 4 * n_heads * 128 * visible pairs / time",
     })]
+}
+
+/// The K/V buffers of a dense case: the pool `a` (layer 0) and its page
+/// table when paged, else `a` and `b` as K and V.
+fn kv_buffers<'a, T>(
+    paged: bool,
+    a: &'a CudaSlice<T>,
+    b: &'a CudaSlice<T>,
+    lookup: &'a CudaSlice<u32>,
+) -> KvBuffers<'a, T>
+where
+    CudaSlice<T>: sparse_attn::DevicePtr<T>,
+{
+    if paged {
+        KvBuffers::Paged {
+            kv_cache: a,
+            lookup,
+            layer: 0,
+        }
+    } else {
+        KvBuffers::Ragged { k: a, v: b }
+    }
 }
 
 /// Visible (query, key) pairs of a self-attention batch under `mask`.
@@ -797,15 +811,7 @@ fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
             .unwrap();
         }
     }
-    let kv = if c.page_size.is_some() {
-        KvBuffers::Paged {
-            kv_cache: &a,
-            lookup: &lookup,
-            layer: 0,
-        }
-    } else {
-        KvBuffers::Ragged { k: &a, v: &b }
-    };
+    let kv = kv_buffers(c.page_size.is_some(), &a, &b, &lookup);
     let reps = args.reps.min(10);
     let ms = time_ms(gpu, reps, |_| {
         op.run(&q, kv, sinks.as_ref().map(|s| s as _), &mut out, None)
