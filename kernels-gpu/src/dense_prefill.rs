@@ -406,10 +406,11 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
     let stage = |i: u32| (i % S) * E::STAGE_BYTES;
     let mut st = [LseState::EMPTY; 2];
     let mut o = [[0f32; 4]; 16];
-    // Broadcast from lane 0: ptxas then keeps the loop counter, the stage
-    // addresses and the wgmma descriptors in uniform registers (FP8: 461
-    // SASS instructions a key tile instead of 486 with 16 R2UR moves).
-    let n = shfl_lane0_u32(w.n1 - w.n0);
+    // (Broadcasting `n` from lane 0, `shfl_lane0_u32`, let ptxas keep the
+    // FP8 loop's counter, stage addresses and wgmma descriptors in uniform
+    // registers: 461 SASS instructions a key tile instead of 486 with 16
+    // R2UR moves; not yet run on a GPU, so not in.)
+    let n = w.n1 - w.n0;
     mbarrier_wait(at.q_full, 0);
     if n == 0 {
         return epilogue(p, w, rows, st, &o, vscale);
