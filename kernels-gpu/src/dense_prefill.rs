@@ -310,8 +310,9 @@ impl Operands for Bf16 {
     #[inline(always)]
     fn scores_issue(s: &mut Acc, qa: u32, ks: u32) {
         wgmma_fence(s, &NO_A);
+        let (qd, kd) = (Tile::k_major_desc(qa, 0), Tile::k_major_desc(ks, 0));
         crate::unroll!(8, KS => {
-            let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
+            let (a, b) = (Tile::k_major_step(qd, KS as u32), Tile::k_major_step(kd, KS as u32));
             wgmma_m64n128k16_bf16_ss::<0, 0>(s, a, b, KS > 0);
         });
         wgmma_commit();
@@ -321,8 +322,9 @@ impl Operands for Bf16 {
     #[inline(always)]
     fn pv_issue(o: &mut Acc, pa: &Self::P, vs: u32) {
         wgmma_fence(o, pa);
+        let vd = Tile::mn_major_desc(vs, 0);
         crate::unroll!(8, KS => {
-            wgmma_m64n128k16_bf16::<1>(o, pa[KS], Tile::mn_major_desc(vs, KS as u32), true);
+            wgmma_m64n128k16_bf16::<1>(o, pa[KS], Tile::mn_major_step(vd, KS as u32), true);
         });
         wgmma_commit();
     }

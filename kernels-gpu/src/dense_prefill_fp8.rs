@@ -182,8 +182,9 @@ impl Operands for E4m3 {
     #[inline(always)]
     fn scores_issue(s: &mut Acc, qa: u32, ks: u32) {
         wgmma_fence_e4m3(s, &NO_A);
+        let (qd, kd) = (Tile::k_major_desc(qa, 0), Tile::k_major_desc(ks, 0));
         crate::unroll!(4, KS => {
-            let (a, b) = (Tile::k_major_desc(qa, KS as u32), Tile::k_major_desc(ks, KS as u32));
+            let (a, b) = (Tile::k_major_step(qd, KS as u32), Tile::k_major_step(kd, KS as u32));
             wgmma_m64n128k32_e4m3_ss(s, a, b, KS > 0);
         });
         wgmma_commit();
@@ -193,8 +194,9 @@ impl Operands for E4m3 {
     #[inline(always)]
     fn pv_issue(o: &mut Acc, pa: &Self::P, ts: u32) {
         wgmma_fence_e4m3(o, pa);
+        let td = Tile::k_major_desc(ts, 0);
         crate::unroll!(4, KS => {
-            wgmma_m64n128k32_e4m3(o, pa[KS], Tile::k_major_desc(ts, KS as u32), true);
+            wgmma_m64n128k32_e4m3(o, pa[KS], Tile::k_major_step(td, KS as u32), true);
         });
         wgmma_commit();
     }

@@ -44,10 +44,20 @@ impl<const ROWS: u32> Slabs128<ROWS> {
     /// 8-row groups.
     #[inline(always)]
     pub fn k_major_desc(base: u32, ks: u32) -> u64 {
-        desc_offset(
-            wgmma_desc_sw128(base, 16, 1024),
-            (ks / 4) * Self::SLAB_BYTES + (ks % 4) * 32,
-        )
+        wgmma_desc_sw128(base + Self::k_step_bytes(ks), 16, 1024)
+    }
+
+    /// [`Self::k_major_desc`] from the descriptor of k-step 0 (`desc0`):
+    /// one 64-bit add of a constant ([`desc_offset`]).
+    #[inline(always)]
+    pub fn k_major_step(desc0: u64, ks: u32) -> u64 {
+        desc_offset(desc0, Self::k_step_bytes(ks))
+    }
+
+    /// Bytes from a tile's start to its K-major k-step `ks`.
+    #[inline(always)]
+    const fn k_step_bytes(ks: u32) -> u32 {
+        (ks / 4) * Self::SLAB_BYTES + (ks % 4) * 32
     }
 
     /// Descriptor of k-step `ks` (rows `16 ks .. 16 ks + 16`) of the tile at
@@ -56,7 +66,13 @@ impl<const ROWS: u32> Slabs128<ROWS> {
     /// column blocks, `sbo` 1024 between 8-row groups.
     #[inline(always)]
     pub fn mn_major_desc(base: u32, ks: u32) -> u64 {
-        desc_offset(wgmma_desc_sw128(base, Self::SLAB_BYTES, 1024), ks * 2048)
+        wgmma_desc_sw128(base + ks * 2048, Self::SLAB_BYTES, 1024)
+    }
+
+    /// [`Self::mn_major_desc`] from the descriptor of k-step 0.
+    #[inline(always)]
+    pub fn mn_major_step(desc0: u64, ks: u32) -> u64 {
+        desc_offset(desc0, ks * 2048)
     }
 }
 
@@ -66,8 +82,11 @@ impl<const ROWS: u32> Slabs128<ROWS> {
 /// does not carry into the next one. The per-k-step descriptors of a tile
 /// are then one base descriptor plus constants: a 64-bit add each, where
 /// building each from its address took 6 uniform-datapath instructions
-/// (`dense_prefill`'s key-tile loop: 526 SASS instructions, FlashAttention-3's
-/// causal loop 469).
+/// (`dense_prefill`'s key-tile loop: 526 SASS instructions, 461 with the
+/// `_step` forms; FlashAttention-3's causal loop 469). In
+/// `msa_block_major_run`, whose descriptor bases live in vector registers,
+/// the `_step` forms made the loops 30 instructions longer (more `R2UR`):
+/// it keeps the address forms.
 #[inline(always)]
 pub fn desc_offset(desc: u64, bytes: u32) -> u64 {
     desc + (bytes >> 4) as u64
