@@ -59,7 +59,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use cudarc::driver::CudaSlice;
 
 use crate::abi::msa::{GraphHeader, GRAPH_FAULT_WORD};
-use crate::error::{CudaContextExt, Result};
+use crate::error::{ensure, CudaContextExt, Result};
 use crate::Gpu;
 
 /// Identifies the launches of one op's plan: equal keys, same launches
@@ -103,8 +103,18 @@ impl<S: PartialEq> GraphState<S> {
     }
 
     /// Enters graph mode with `max_context` (allocating the header once),
-    /// or leaves it (`None`). Either way the next plan gets a new key.
+    /// or leaves it (`None`); a bound outside `1 ..= 2^32 - 1` keys is an
+    /// error naming `max_context`, for every op. Either way the next plan
+    /// gets a new key.
     pub(crate) fn set_bounds(&mut self, gpu: &Gpu, max_context: Option<usize>) -> Result<()> {
+        if let Some(m) = max_context {
+            ensure(
+                m > 0 && m <= u32::MAX as usize,
+                "max_context",
+                || "1 ..= 2^32 - 1 keys".into(),
+                || m.to_string(),
+            )?;
+        }
         if max_context.is_some() && self.header.is_none() {
             self.header = Some(gpu.zeros(4)?);
         }

@@ -226,14 +226,6 @@ impl MsaIndexer {
     /// plan.
     pub fn set_graph_bounds(&mut self, max_context: Option<usize>) -> Result<()> {
         self.plan = None;
-        if let Some(m) = max_context {
-            ensure(
-                m > 0 && m <= u32::MAX as usize,
-                "max_context",
-                || "1 ..= 2^32 - 1 keys".into(),
-                || m.to_string(),
-            )?;
-        }
         self.graph.set_bounds(&self.gpu, max_context)
     }
 

@@ -211,10 +211,19 @@ impl MsaStep {
     pub fn graph_key(&self) -> Option<GraphKey> {
         // The ops' keys as the step's last plan left them (not after a
         // plan of one op alone).
-        match (self.indexer.graph_key(), self.attention.graph_key()) {
-            (Some(ik), Some(ak)) => self.graph.key(self.graph.is_last(&(ik, ak))),
-            _ => None,
-        }
+        self.op_keys()
+            .and_then(|keys| self.graph.key(self.graph.is_last(&keys)))
+    }
+
+    /// Both ops' graph keys, when both have a plan.
+    fn op_keys(&self) -> Option<(GraphKey, GraphKey)> {
+        self.indexer.graph_key().zip(self.attention.graph_key())
+    }
+
+    /// Makes both ops' earlier graph-mode launches stale.
+    fn invalidate_ops(&mut self) -> Result<()> {
+        self.indexer.invalidate_graphs()?;
+        self.attention.invalidate_graphs()
     }
 
     /// Whether a graph captured when [`MsaStep::graph_key`] was `key` is
@@ -254,19 +263,16 @@ impl MsaStep {
         kv_layout: &PagedLayout,
     ) -> Result<()> {
         let r = self.plan_inner(batch, index_pages, index_layout, kv_pages, kv_layout);
-        let keys = (self.indexer.graph_key(), self.attention.graph_key());
-        match (r, keys) {
-            (Ok(moved), (Some(ik), Some(ak))) => {
+        match (r, self.op_keys()) {
+            (Ok(moved), Some(keys)) => {
                 let before = self.graph_key();
-                self.graph.planned(&self.gpu, (ik, ak), moved, 0)?;
+                self.graph.planned(&self.gpu, keys, moved, 0)?;
                 if self.graph_key() != before {
                     // The step's launches changed: a captured step is stale
                     // as a whole, each op's half included.
-                    self.indexer.invalidate_graphs()?;
-                    self.attention.invalidate_graphs()?;
-                    let keys = (self.indexer.graph_key(), self.attention.graph_key());
-                    if let (Some(ik), Some(ak)) = keys {
-                        self.graph.planned(&self.gpu, (ik, ak), false, 0)?;
+                    self.invalidate_ops()?;
+                    if let Some(keys) = self.op_keys() {
+                        self.graph.planned(&self.gpu, keys, false, 0)?;
                     }
                 }
                 Ok(())
@@ -274,8 +280,7 @@ impl MsaStep {
             (r, _) => {
                 self.graph.clear();
                 self.graph.invalidate(&self.gpu)?;
-                self.indexer.invalidate_graphs()?;
-                self.attention.invalidate_graphs()?;
+                self.invalidate_ops()?;
                 r.map(|_| ())
             }
         }

@@ -105,9 +105,7 @@ impl DenseKv<'_> {
     pub fn num_keys(&self, batch: &RaggedBatch, b: usize) -> usize {
         match self {
             DenseKv::Paged { .. } => batch.seqlen_k(b) as usize,
-            DenseKv::Ragged { kv_row_offsets, .. } => {
-                (kv_row_offsets[b + 1] - kv_row_offsets[b]) as usize
-            }
+            DenseKv::Ragged { kv_row_offsets, .. } => ragged_keys(kv_row_offsets, b),
         }
     }
 
@@ -127,15 +125,29 @@ impl DenseKv<'_> {
                 k,
                 v,
                 kv_row_offsets,
-            } => {
-                let d = cfg.head_dim;
-                let r = kv_row_offsets[b] as usize + s;
-                let off = (r * cfg.n_kv_heads + kh) * d;
-                let src = if which == 0 { k } else { v };
-                &src[off..off + d]
-            }
+            } => ragged_row([k, v][which], kv_row_offsets, b, kh, s, cfg),
         }
     }
+}
+
+/// Keys of sequence `b` of contiguous ragged K/V.
+fn ragged_keys(kv_row_offsets: &[u32], b: usize) -> usize {
+    (kv_row_offsets[b + 1] - kv_row_offsets[b]) as usize
+}
+
+/// The `head_dim` elements of key `s` of sequence `b`, KV head `kh`, in a
+/// contiguous ragged K or V tensor `[total_kv_rows, n_kv_heads, head_dim]`.
+fn ragged_row<'a, T>(
+    t: &'a [T],
+    kv_row_offsets: &[u32],
+    b: usize,
+    kh: usize,
+    s: usize,
+    cfg: &DensePrefillConfig,
+) -> &'a [T] {
+    let d = cfg.head_dim;
+    let off = ((kv_row_offsets[b] as usize + s) * cfg.n_kv_heads + kh) * d;
+    &t[off..off + d]
 }
 
 fn check_offsets(name: &str, offsets: &[u32], batch: usize) -> Result<(), String> {
@@ -619,9 +631,7 @@ impl KvRows for Fp8Rows<'_> {
     fn num_keys(&self, batch: &RaggedBatch, b: usize) -> usize {
         match &self.kv {
             DenseKvFp8::Paged { .. } => batch.seqlen_k(b) as usize,
-            DenseKvFp8::Ragged { kv_row_offsets, .. } => {
-                (kv_row_offsets[b + 1] - kv_row_offsets[b]) as usize
-            }
+            DenseKvFp8::Ragged { kv_row_offsets, .. } => ragged_keys(kv_row_offsets, b),
         }
     }
 
@@ -645,13 +655,10 @@ impl KvRows for Fp8Rows<'_> {
                 k,
                 v,
                 kv_row_offsets,
-            } => {
-                let d = cfg.head_dim;
-                let r = kv_row_offsets[b] as usize + s;
-                let off = (r * cfg.n_kv_heads + kh) * d;
-                let src = if which == 0 { k } else { v };
-                (&src[off..off + d], 1.0)
-            }
+            } => (
+                ragged_row([k, v][which], kv_row_offsets, b, kh, s, cfg),
+                1.0,
+            ),
         };
         // Two f32 factors (48 significant bits) times an e4m3 value (4): exact in f64.
         let sc = token_scale as f64 * descale;
