@@ -135,7 +135,7 @@ pub struct DensePrefillParams {
 /// a V or a transposed-V stage): one 128-byte swizzle span a row.
 pub const DP8_TILE_BYTES: u32 = 128 * DP_HEAD_DIM;
 /// FP8 variant: K / V stages of the ring (each V stage also has its
-/// transposed copy): Q + 2 × (K + V + Vᵀ) = 112 KiB.
+/// transposed copy): Q (room for bf16 queries) + 2 × (K + V + Vᵀ) = 128 KiB.
 pub const DP8_STAGES: u32 = 2;
 /// FP8 variant: the producer warpgroup's registers (warp 0 issues the
 /// copies; warps 1–3 transpose V, 4 words a unit), and the consumers'
@@ -147,7 +147,7 @@ pub const DP8_CONSUMER_REGS: u32 = 232;
 /// (warps 1–3).
 pub const DP8_TRANSPOSERS: u32 = 96;
 /// FP8 variant: dynamic shared memory (tiles and barriers).
-pub const DP8_SMEM: u32 = DP8_TILE_BYTES * (1 + 3 * DP8_STAGES) + 256;
+pub const DP8_SMEM: u32 = DP8_TILE_BYTES * (2 + 3 * DP8_STAGES) + 256;
 
 /// Parameters of `dense_prefill_fp8`: those of the bf16 kernel (the tensor
 /// maps are of e4m3 bytes: boxes of 128 bytes × 1 head × `box_rows`) and
@@ -172,7 +172,7 @@ pub struct DensePrefillFp8Params {
 
 kernel_params! {
     DensePrefillParams => ["dense_prefill"],
-    DensePrefillFp8Params => ["dense_prefill_fp8"],
+    DensePrefillFp8Params => ["dense_prefill_fp8", "dense_prefill_fp8_qbf16"],
 }
 
 // What fits on one SM: the shared memory, and the `setmaxnreg` budgets in

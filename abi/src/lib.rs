@@ -196,6 +196,7 @@ pub struct PagedKv {
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),
     ("dense_prefill_fp8", dense::DP_THREADS, 1),
+    ("dense_prefill_fp8_qbf16", dense::DP_THREADS, 1),
     ("mla_logits_h64", mla::MI_THREADS, 1),
     ("mla_logits_h64_q1", mla::MI_THREADS, 1),
     ("mla_logits_h64_n64", mla::MI_THREADS, 1),

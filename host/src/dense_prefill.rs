@@ -69,7 +69,7 @@ pub enum KvLayout<'a> {
 /// The device buffers `run` reads K/V from, matching the planned
 /// [`KvLayout`]: slices, views or [`crate::RawBuffer`]s (a `&CudaSlice`
 /// coerces).
-/// `T`: bf16, or `u8` (e4m3 bytes) for [`DensePrefillFp8`].
+/// `T`: bf16, or `u8` (e4m3 bytes) for [`DensePrefillFp8`](crate::DensePrefillFp8).
 pub enum KvBuffers<'a, T = bf16> {
     /// The pool (`layout.elements()` values), the page table, and the
     /// layer read.
@@ -336,7 +336,8 @@ impl DensePrefill {
     {
         let gpu = self.gpu.clone();
         let mut b = Bufs::new(&gpu);
-        let Some((mut params, cfg)) = self.prepare(&mut b, q, kv, sinks, out, lse)? else {
+        let Some((mut params, cfg)) = self.prepare(&mut b, (q, Elem::Bf16), kv, sinks, out, lse)?
+        else {
             return Ok(());
         };
         (params.tmaps, params.tiles) = (b.r(self.tmaps.device()), b.rec(&self.tiles));
@@ -354,10 +355,10 @@ impl DensePrefill {
     /// lengths, the tensor maps; the kernel's parameters (but the op's
     /// `tmaps` and `tiles`, which the caller binds) and launch shape, or
     /// `None` when there is nothing to compute.
-    pub(crate) fn prepare<'a, 'b: 'a, T, Q, O>(
+    pub(crate) fn prepare<'a, 'b: 'a, T, QT, Q, O>(
         &mut self,
         b: &mut Bufs<'a>,
-        q: &'a Q,
+        q: (&'a Q, Elem),
         kv: KvBuffers<'a, T>,
         sinks: Option<&'a dyn DevicePtr<f32>>,
         out: &'a mut O,
@@ -365,9 +366,11 @@ impl DensePrefill {
     ) -> Result<Option<(DensePrefillParams, LaunchConfig)>>
     where
         T: crate::launch::DeviceElem,
-        Q: DevicePtr<T> + ?Sized,
+        QT: crate::launch::DeviceElem,
+        Q: DevicePtr<QT> + ?Sized,
         O: DevicePtrMut<bf16> + ?Sized,
     {
+        let (q, q_elem) = q;
         let p = self.plan.clone().ok_or(Error::NotPlanned {
             op: match self.elem {
                 Elem::Bf16 => "dense_prefill",
@@ -426,7 +429,7 @@ impl DensePrefill {
             out: b.output("out", out)?,
             lse: b.opt_output("lse", lse)?,
         };
-        let maps = encode_maps(&self.cfg, self.elem, &p, q.addr(), kv_addrs)?;
+        let maps = encode_maps(&self.cfg, (q_elem, self.elem), &p, q.addr(), kv_addrs)?;
         self.tmaps.bind(b.gpu(), maps, "dense prefill")?;
         let params = params(&self.cfg, &p, &kv, &user);
         let cfg = LaunchConfig {
@@ -526,17 +529,17 @@ fn kv_addresses<'a, T: crate::launch::DeviceElem>(
     })
 }
 
-/// The three tensor maps (Q, K, V) of a run at these addresses.
+/// The three tensor maps (Q of `q_elem`, K and V of `elem`) of a run at these addresses.
 fn encode_maps(
     cfg: &DensePrefillConfig,
-    elem: Elem,
+    (q_elem, elem): (Elem, Elem),
     p: &Plan,
     q: u64,
     kv: (u64, u64),
 ) -> Result<Vec<u8>> {
     let mut maps = Vec::with_capacity(DP_TMAPS * DP_TMAP_BYTES);
+    maps.extend(encode_tmap(q_elem, q, cfg.n_heads, p.rows, DP_BLOCK_M)?);
     let encode_tmap = |addr, heads, rows, box_rows| encode_tmap(elem, addr, heads, rows, box_rows);
-    maps.extend(encode_tmap(q, cfg.n_heads, p.rows, DP_BLOCK_M)?);
     match p.paged {
         Some(PagedPlan { layout: l, .. }) => {
             let (rows, box_rows) = (

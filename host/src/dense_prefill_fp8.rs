@@ -16,7 +16,14 @@
 //!   tensor this op does not read (pass the per-head descales instead);
 //! - P is rounded to e4m3 for the P V product and the row sums add the
 //!   unrounded P (as FlashAttention-3): the error this allows is
-//!   `reference-cpu`'s `check_dense_prefill_fp8` bound.
+//!   `reference-cpu`'s `check_dense_prefill_fp8` bound;
+//! - bf16 queries against an e4m3 cache ([`DensePrefillFp8::run`] on bf16 `q`):
+//!   each query row (one token, one head) is quantised to e4m3 in the
+//!   kernel with its own scale, `amax / 448` (`reference-cpu`'s
+//!   `quantize_row_e4m3`), and the products run at the FP8 rate.
+//!   Dequantising K and V to bf16 on load instead would run the bf16
+//!   products, so it could be no faster than the bf16 kernel on the same
+//!   shape (measured in BENCHMARKS.md against this path).
 
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
@@ -38,11 +45,40 @@ pub struct Fp8Descales<'a> {
     pub v: &'a dyn DevicePtr<f32>,
 }
 
+/// The element type of the queries of [`DensePrefillFp8::run`]: `u8`
+/// (e4m3 bytes) or bf16.
+pub trait Fp8Query: sealed::Sealed {}
+
+impl Fp8Query for u8 {}
+impl Fp8Query for bf16 {}
+
+// The sealed-trait pattern: `Sealed` is unnameable outside the crate, so
+// the crate-private types it mentions stay private.
+#[allow(private_interfaces, private_bounds)]
+mod sealed {
+    use crate::dense_prefill::Elem;
+
+    /// Which kernel takes the queries.
+    pub trait Sealed: crate::launch::DeviceElem {
+        const ELEM: Elem;
+    }
+
+    impl Sealed for u8 {
+        const ELEM: Elem = Elem::E4m3;
+    }
+
+    impl Sealed for half::bf16 {
+        const ELEM: Elem = Elem::Bf16;
+    }
+}
+
 /// The FP8 dense flash prefill: [`DensePrefill`]'s `plan`, and a `run` on
-/// e4m3 buffers.
+/// e4m3 K/V and e4m3 or bf16 queries.
 pub struct DensePrefillFp8 {
     core: DensePrefill,
     kernel: Kernel<DensePrefillFp8Params>,
+    /// The same on bf16 queries.
+    kernel_qbf16: Kernel<DensePrefillFp8Params>,
 }
 
 impl DensePrefillFp8 {
@@ -53,6 +89,7 @@ impl DensePrefillFp8 {
         Ok(DensePrefillFp8 {
             core,
             kernel: gpu.kernel("dense_prefill_fp8", DP8_SMEM)?,
+            kernel_qbf16: gpu.kernel("dense_prefill_fp8_qbf16", DP8_SMEM)?,
         })
     }
 
@@ -67,10 +104,12 @@ impl DensePrefillFp8 {
         self.core.plan(batch, kv)
     }
 
-    /// Computes the planned batch as [`DensePrefill::run`] from e4m3 `q`
-    /// (`[num_rows, n_heads, 128]` bytes) and K/V, with their descales.
-    /// Launch only.
-    pub fn run<Q, O>(
+    /// Computes the planned batch as [`DensePrefill::run`] from `q`
+    /// (`[num_rows, n_heads, 128]`: e4m3 bytes, or bf16 queries, each row
+    /// quantised to e4m3 in the kernel as the module's docs say; their
+    /// `descales.q` is not read) and e4m3 K/V, with their descales. Launch
+    /// only.
+    pub fn run<T, Q, O>(
         &mut self,
         q: &Q,
         kv: KvBuffers<u8>,
@@ -80,11 +119,15 @@ impl DensePrefillFp8 {
         lse: Option<&mut dyn DevicePtrMut<f32>>,
     ) -> Result<()>
     where
-        Q: DevicePtr<u8> + ?Sized,
+        T: Fp8Query,
+        Q: DevicePtr<T> + ?Sized,
         O: DevicePtrMut<bf16> + ?Sized,
     {
+        let q_elem = <T as sealed::Sealed>::ELEM;
+        if q_elem == Elem::E4m3 {
+            expect_len("q_descale", descales.q.len(), 1, "1")?;
+        }
         let nkv = self.config().n_kv_heads;
-        expect_len("q_descale", descales.q.len(), 1, "1")?;
         let per_head = descales.k.len() == nkv && nkv > 1;
         ensure(
             descales.k.len() == 1 || per_head,
@@ -100,22 +143,33 @@ impl DensePrefillFp8 {
         )?;
         let gpu = self.core.gpu.clone();
         let mut b = Bufs::new(&gpu);
-        let Some((mut base, cfg)) = self.core.prepare(&mut b, q, kv, sinks, out, lse)? else {
+        let Some((mut base, cfg)) = self
+            .core
+            .prepare(&mut b, (q, q_elem), kv, sinks, out, lse)?
+        else {
             return Ok(());
         };
         (base.tmaps, base.tiles) = (b.r(self.core.tmaps.device()), b.rec(&self.core.tiles));
         let params = DensePrefillFp8Params {
             base,
-            q_descale: b.input("q_descale", descales.q)?,
+            q_descale: match q_elem {
+                Elem::E4m3 => b.input("q_descale", descales.q)?,
+                // Not read by the bf16-query kernel.
+                Elem::Bf16 => b.input("k_descale", descales.k)?,
+            },
             k_descale: b.input("k_descale", descales.k)?,
             v_descale: b.input("v_descale", descales.v)?,
             descale_stride: per_head as u32,
         };
+        let (kernel, what) = match q_elem {
+            Elem::E4m3 => (&self.kernel, "the FP8 dense prefill kernel"),
+            Elem::Bf16 => (
+                &self.kernel_qbf16,
+                "the FP8 dense prefill kernel (bf16 queries)",
+            ),
+        };
         // SAFETY: as DensePrefill::run; the descales' lengths were checked
         // against the stride the kernel indexes them with.
-        unsafe {
-            gpu.launch(&self.kernel, "the FP8 dense prefill kernel", &params)
-                .run(cfg)
-        }
+        unsafe { gpu.launch(kernel, what, &params).run(cfg) }
     }
 }

@@ -84,7 +84,7 @@ pub use buffer::RawBuffer;
 pub use context::{DeviceProps, Gpu};
 pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
 pub use dense_prefill::{DensePrefill, DensePrefillConfig, KvBuffers, KvLayout};
-pub use dense_prefill_fp8::{DensePrefillFp8, Fp8Descales};
+pub use dense_prefill_fp8::{DensePrefillFp8, Fp8Descales, Fp8Query};
 pub use error::{Error, Result};
 pub use graph::GraphKey;
 pub use half::bf16;

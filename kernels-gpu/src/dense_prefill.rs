@@ -52,6 +52,14 @@ const WG: u32 = 128;
 const CONSUMER_WARPS: u32 = DP_CONSUMERS * 4;
 /// No A fragments: `wgmma_fence` / `wait` of a shared-memory-A product.
 const NO_A: [[u32; 4]; 8] = [[0; 4]; 8];
+/// A row's running max moves only when a tile's max passes it by more
+/// than this (log2 units, [`LseState::advance_lazy`]): P stays ≤ 2⁸, within
+/// bf16 and e4m3 (448), and O is rescaled only on the rare tiles where some
+/// row of the warp moved (the warp votes), instead of 64 multiplies a
+/// thread every tile.
+const RESCALE_SLACK: f32 = 8.0;
+const BF16_Q_SMEM: bool = true;
+pub(crate) const FP8_Q_SMEM: bool = false;
 
 /// Shared memory of the kernel.
 #[repr(C)]
@@ -128,7 +136,7 @@ pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
                 k: crate::smem_addr!(Smem, k),
                 v: crate::smem_addr!(Smem, v),
             };
-            produce::<2, DP_STAGES>(&p, &w, at, crate::smem_addr!(Smem, q_full), &kr, &vr);
+            produce::<2, 2, DP_STAGES>(&p, &w, at, crate::smem_addr!(Smem, q_full), &kr, &vr);
         }
         return;
     }
@@ -188,8 +196,9 @@ pub(crate) struct Dst {
 }
 
 /// The producer warp: Q, then K and V of every key tile, each stage once
-/// the consumers have released it. Tiles are `SLABS` slabs of 128 rows of
-/// 128 bytes (bf16: 2, dims 0..64 and 64..128; e4m3: 1). Lane 0 waits for
+/// the consumers have released it. K and V tiles are `SLABS` slabs of 128
+/// rows of 128 bytes (bf16: 2, dims 0..64 and 64..128; e4m3: 1), the Q tile
+/// `Q_SLABS` (bf16 queries of the FP8 kernel: 2). Lane 0 waits for
 /// the stage and posts its bytes; for paged K/V, lane `b` looks up and
 /// copies the tile's box `b` (a page, or 128 keys of a larger one), the
 /// page looked up once for K and V and before the wait. (One thread doing
@@ -197,7 +206,7 @@ pub(crate) struct Dst {
 /// another: `-paged16` 454–459 TFLOP/s; a lane per page: 493–514, H200,
 /// 2026-12-02.)
 #[inline(always)]
-pub(crate) unsafe fn produce<const SLABS: u32, const STAGES: u32>(
+pub(crate) unsafe fn produce<const Q_SLABS: u32, const SLABS: u32, const STAGES: u32>(
     p: &DensePrefillParams,
     w: &Work,
     at: Dst,
@@ -210,8 +219,8 @@ pub(crate) unsafe fn produce<const SLABS: u32, const STAGES: u32>(
     let (qmap, kmap, vmap) = (maps, maps.add(DP_TMAP_BYTES), maps.add(2 * DP_TMAP_BYTES));
     let lane = lane_id();
     if lane == 0 {
-        mbarrier_arrive_expect_tx(q_full, tile);
-        for slab in 0..SLABS {
+        mbarrier_arrive_expect_tx(q_full, Q_SLABS * SLAB);
+        for slab in 0..Q_SLABS {
             let at_q = [64 * slab as i32, w.h as i32, w.t.row0 as i32];
             tma_load_3d(at.q + slab * SLAB, qmap, q_full, at_q);
         }
@@ -275,14 +284,22 @@ pub(crate) fn my_rows(c: u32) -> [u32; 2] {
 pub(crate) trait Operands {
     /// P in the A-operand layout of P V.
     type P: Copy;
+    /// Q as the A operand of S: this thread's fragments, or (with
+    /// `Q_IN_SMEM`) the shared address of the warpgroup's rows.
+    type Q: Copy;
+    /// Loads [`Self::Q`] from the warpgroup's 64 rows at `qa`.
+    unsafe fn load_q(qa: u32) -> Self::Q;
+    /// The factors of this thread's two rows' scores beyond `sl2` (1 but
+    /// where Q is quantised in the kernel, row by row).
+    fn q_scale(q: &Self::Q) -> [f32; 2];
     /// Bytes of a K or V stage.
     const STAGE_BYTES: u32;
     /// Whether V rows past the sequence's end must be zeroed in the last
     /// stage before P V (the FP8 transposer writes zeros there itself).
     const ZERO_V_TAIL: bool;
-    /// Issues S = Q Kᵀ for the warpgroup's 64 rows (`qa`) and the stage
-    /// `ks` (committed, not waited for).
-    fn scores_issue(s: &mut Acc, qa: u32, ks: u32);
+    /// Issues S = Q Kᵀ for the warpgroup's 64 rows and the stage `ks`
+    /// (committed, not waited for).
+    fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32);
     /// Issues O += P V from the stage `vs` (committed, not waited for).
     fn pv_issue(o: &mut Acc, pa: &Self::P, vs: u32);
     /// P (f32, the accumulator layout) as A fragments.
@@ -304,16 +321,34 @@ struct Bf16;
 
 impl Operands for Bf16 {
     type P = [[u32; 4]; 8];
+    type Q = ([[u32; 4]; 8], u32);
     const STAGE_BYTES: u32 = DP_TILE_BYTES;
     const ZERO_V_TAIL: bool = true;
 
     #[inline(always)]
-    fn scores_issue(s: &mut Acc, qa: u32, ks: u32) {
+    fn q_scale(_: &Self::Q) -> [f32; 2] {
+        [1.0; 2]
+    }
+
+    #[inline(always)]
+    unsafe fn load_q(qa: u32) -> Self::Q {
+        if BF16_Q_SMEM {
+            return ([[0; 4]; 8], qa);
+        }
+        (Tile::a_frags::<8>(qa, (warp_id() % 4) * 16 + lane_id() / 4, lane_id() % 4), qa)
+    }
+
+    #[inline(always)]
+    fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32) {
         wgmma_fence(s, &NO_A);
-        let (qd, kd) = (Tile::k_major_desc(qa, 0), Tile::k_major_desc(ks, 0));
+        let (qd, kd) = (Tile::k_major_desc(q.1, 0), Tile::k_major_desc(ks, 0));
         crate::unroll!(8, KS => {
-            let (a, b) = (Tile::k_major_step(qd, KS as u32), Tile::k_major_step(kd, KS as u32));
-            wgmma_m64n128k16_bf16_ss::<0, 0>(s, a, b, KS > 0);
+            let b = Tile::k_major_step(kd, KS as u32);
+            if BF16_Q_SMEM {
+                wgmma_m64n128k16_bf16_ss::<0, 0>(s, Tile::k_major_step(qd, KS as u32), b, KS > 0);
+            } else {
+                wgmma_m64n128k16_bf16::<0>(s, q.0[KS], b, KS > 0);
+            }
         });
         wgmma_commit();
     }
@@ -412,8 +447,19 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
     // FP8 loop's counter, stage addresses and wgmma descriptors in uniform
     // registers: 461 SASS instructions a key tile instead of 486 with 16
     // R2UR moves; not yet run on a GPU, so not in.)
-    let n = w.n1 - w.n0;
+    let n = shfl_lane0_u32(w.n1 - w.n0);
     mbarrier_wait(at.q_full, 0);
+    let q = E::load_q(at.qa);
+    // The row maxima are taken on the raw scores: a scale that is not
+    // finite and > 0 makes the row NaN, not wrong.
+    let sl2 = E::q_scale(&q).map(|f| {
+        let v = sl2 * f;
+        if v > 0.0 && v < f32::INFINITY {
+            v
+        } else {
+            f32::NAN
+        }
+    });
     if n == 0 {
         return epilogue(p, w, rows, st, &o, vscale);
     }
@@ -422,7 +468,7 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
     turn.wait();
     kr.wait(0);
     let mut s = [[0f32; 4]; 16];
-    E::scores_issue(&mut s, at.qa, at.k);
+    E::scores_issue(&mut s, &q, at.k);
     turn.pass(false);
     E::wait_s::<0>(&mut s);
     release(kr, 0);
@@ -437,7 +483,7 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
         E::fence(&mut o, &pa); // O's rescale and P are written before the S product starts
         turn.wait();
         kr.wait(i);
-        E::scores_issue(&mut s, at.qa, at.k + stage(i));
+        E::scores_issue(&mut s, &q, at.k + stage(i));
         vr.wait(i - 1);
         E::pv_issue(&mut o, &pa, at.v + stage(i - 1));
         turn.pass(false);
@@ -453,7 +499,9 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
         // P took registers of the P that P V reads and ptxas serialized
         // every wgmma (C7513).
         pa = E::pack_p(&s);
-        rescale(&mut o, corr);
+        if vote_any(corr != [1.0; 2]) {
+            rescale(&mut o, corr);
+        }
     }
     // The last tile's P V, its keys past the sequence's end zeroed first.
     E::fence(&mut o, &pa);
@@ -524,18 +572,18 @@ pub(crate) fn rescale(o: &mut [[f32; 4]; 16], corr: [f32; 2]) {
 /// must be rescaled by. The row maximum is taken over the raw scores
 /// (`scale > 0`).
 #[inline(always)]
-pub(crate) fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: f32) -> [f32; 2] {
+pub(crate) fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: [f32; 2]) -> [f32; 2] {
     let mut mx = [f32::NEG_INFINITY; 2];
     crate::unroll!(16, J => {
         crate::unroll!(2, H => { mx[H] = fmax(mx[H], fmax(s[J][2 * H], s[J][2 * H + 1])); });
     });
     let (mut m_use, mut corr) = ([0f32; 2], [1f32; 2]);
     crate::unroll!(2, H => {
-        let (cr, m) = st[H].advance(quad_max_f32(mx[H]) * sl2);
+        let (cr, m) = st[H].advance_lazy(quad_max_f32(mx[H]) * sl2[H], RESCALE_SLACK);
         (m_use[H], corr[H]) = (-m, cr);
     });
     crate::unroll!(16, J => {
-        crate::unroll!(4, E => { s[J][E] = exp2(fma(s[J][E], sl2, m_use[E >> 1])); });
+        crate::unroll!(4, E => { s[J][E] = exp2(fma(s[J][E], sl2[E >> 1], m_use[E >> 1])); });
         st[0].l += s[J][0] + s[J][1];
         st[1].l += s[J][2] + s[J][3];
     });

@@ -23,9 +23,9 @@ use core::mem::size_of;
 use sparse_attn_abi::dense::*;
 
 use crate::arch::*;
-use crate::dense_prefill::{consume, produce, schedule, Acc, Dst, Operands, Stages, Work};
+use crate::dense_prefill::{consume, produce, FP8_Q_SMEM, schedule, Acc, Dst, Operands, Stages, Work};
 use crate::tile::pipeline::MbarRing;
-use crate::tile::swizzle::Slabs128;
+use crate::tile::swizzle::{Slabs128, TileLayout};
 
 /// An e4m3 tile: one slab of 128 rows of 128 bytes (a k32 step is 32 bytes,
 /// as a bf16 k16 step of the first slab).
@@ -40,7 +40,8 @@ const NO_A: [[u32; 4]; 4] = [[0; 4]; 4];
 /// Shared memory of the kernel.
 #[repr(C)]
 struct Smem {
-    q: [u8; DP8_TILE_BYTES as usize],
+    /// e4m3 queries use the first half; bf16 queries both (two slabs).
+    q: [u8; 2 * DP8_TILE_BYTES as usize],
     k: [[u8; DP8_TILE_BYTES as usize]; DP8_STAGES as usize],
     v: [[u8; DP8_TILE_BYTES as usize]; DP8_STAGES as usize],
     vt: [[u8; DP8_TILE_BYTES as usize]; DP8_STAGES as usize],
@@ -75,6 +76,20 @@ fn rings() -> (Ring, Ring, Ring) {
 
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn dense_prefill_fp8(p: DensePrefillFp8Params) {
+    run::<false>(&p);
+}
+
+/// [`dense_prefill_fp8`] on bf16 queries (`q` is `bf16 [num_rows, n_heads,
+/// 128]`, `q_descale` is not read) against e4m3 K and V: each query row is
+/// quantised to e4m3 in the kernel ([`E4m3::load_q`]).
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn dense_prefill_fp8_qbf16(p: DensePrefillFp8Params) {
+    run::<true>(&p);
+}
+
+/// The kernel on e4m3 (`QBF16` false) or bf16 queries.
+#[inline(always)]
+unsafe fn run<const QBF16: bool>(p: &DensePrefillFp8Params) {
     grid_prologue();
     let Some(w) = schedule(&p.base) else {
         return;
@@ -97,14 +112,19 @@ pub unsafe extern "ptx-kernel" fn dense_prefill_fp8(p: DensePrefillFp8Params) {
                 k: crate::smem_addr!(Smem, k),
                 v: crate::smem_addr!(Smem, v),
             };
-            produce::<1, DP8_STAGES>(&p.base, &w, at, crate::smem_addr!(Smem, q_full), &kr, &vr);
+            let q_full = crate::smem_addr!(Smem, q_full);
+            if QBF16 {
+                produce::<2, 1, DP8_STAGES>(&p.base, &w, at, q_full, &kr, &vr);
+            } else {
+                produce::<1, 1, DP8_STAGES>(&p.base, &w, at, q_full, &kr, &vr);
+            }
         } else {
             transpose_v(&w, thread_idx_x() - 32);
         }
         return;
     }
     setmaxnreg_inc::<DP8_CONSUMER_REGS>();
-    consume_fp8(&p, &w, wg - 1);
+    consume_fp8::<QBF16>(p, &w, wg - 1);
 }
 
 // ------------------------------------------------------------------ transposers
@@ -170,22 +190,47 @@ unsafe fn transpose_v(w: &Work, x: u32) {
 
 // ------------------------------------------------------------------ consumers
 
-/// e4m3 operands: 4 k32 steps a product; P V reads the Vᵀ stages.
-struct E4m3;
+/// e4m3 operands: 4 k32 steps a product; P V reads the Vᵀ stages. Q is
+/// e4m3, or bf16 (`QBF16`) quantised here.
+struct E4m3<const QBF16: bool>;
 
-impl Operands for E4m3 {
+impl<const QBF16: bool> Operands for E4m3<QBF16> {
     type P = [[u32; 4]; 4];
+    /// The A fragments, the shared address, the rows' dequantisation factors.
+    type Q = ([[u32; 4]; 4], u32, [f32; 2]);
     const STAGE_BYTES: u32 = DP8_TILE_BYTES;
     const ZERO_V_TAIL: bool = false;
 
-    /// Both operands in shared memory, K-major.
     #[inline(always)]
-    fn scores_issue(s: &mut Acc, qa: u32, ks: u32) {
+    unsafe fn load_q(qa: u32) -> Self::Q {
+        let (r, t) = ((warp_id() % 4) * 16 + lane_id() / 4, lane_id() % 4);
+        if QBF16 {
+            let (a, d) = quantize_rows(qa, r, t);
+            return (a, qa, d);
+        }
+        if FP8_Q_SMEM {
+            return ([[0; 4]; 4], qa, [1.0; 2]);
+        }
+        (Tile::a_frags::<4>(qa, r, t), qa, [1.0; 2])
+    }
+
+    #[inline(always)]
+    fn q_scale(q: &Self::Q) -> [f32; 2] {
+        q.2
+    }
+
+    /// Both operands K-major.
+    #[inline(always)]
+    fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32) {
         wgmma_fence_e4m3(s, &NO_A);
-        let (qd, kd) = (Tile::k_major_desc(qa, 0), Tile::k_major_desc(ks, 0));
+        let (qd, kd) = (Tile::k_major_desc(q.1, 0), Tile::k_major_desc(ks, 0));
         crate::unroll!(4, KS => {
-            let (a, b) = (Tile::k_major_step(qd, KS as u32), Tile::k_major_step(kd, KS as u32));
-            wgmma_m64n128k32_e4m3_ss(s, a, b, KS > 0);
+            let b = Tile::k_major_step(kd, KS as u32);
+            if FP8_Q_SMEM && !QBF16 {
+                wgmma_m64n128k32_e4m3_ss(s, Tile::k_major_step(qd, KS as u32), b, KS > 0);
+            } else {
+                wgmma_m64n128k32_e4m3(s, q.0[KS], b, KS > 0);
+            }
         });
         wgmma_commit();
     }
@@ -238,17 +283,48 @@ impl Operands for E4m3 {
     }
 }
 
+/// This thread's e4m3 A fragments of bf16 query rows `r` and `r + 8` of
+/// the tile at `qa` (two 64-dim slabs), each row quantised on its own:
+/// `e4m3(q · 448 / amax)`, with `amax` the row's largest magnitude (over
+/// the quad's 4 × 32 values), and the factors `amax / 448` that undo it
+/// (1 for an all-zero row; a row with an infinite value gets an infinite
+/// factor, hence NaN). The same f32 steps as `reference-cpu`'s
+/// `quantize_row_e4m3`.
+#[inline(always)]
+unsafe fn quantize_rows(qa: u32, r: u32, t: u32) -> ([[u32; 4]; 4], [f32; 2]) {
+    let mut x = [[[0f32; 4]; 4]; 4];
+    let mut amax = [0f32; 2];
+    crate::unroll!(4, KS => {
+        crate::unroll!(4, J => {
+            let byte = 2 * (32 * KS as u32 + 16 * (J as u32 / 2) + 4 * t);
+            let at = qa + Tile::at(r + 8 * (J as u32 & 1), byte / 16) + byte % 16;
+            let (a, b) = (bf16x2_to_f32(ld_shared_u32(at)), bf16x2_to_f32(ld_shared_u32(at + 4)));
+            x[KS][J] = [a.0, a.1, b.0, b.1];
+            crate::unroll!(4, E => { amax[J & 1] = fmax(amax[J & 1], fabs(x[KS][J][E])); });
+        });
+    });
+    let amax = amax.map(quad_max_f32);
+    let inv = amax.map(|m| if m > 0.0 { 448.0 / m } else { 1.0 });
+    let mut a = [[0u32; 4]; 4];
+    crate::unroll!(4, KS => {
+        crate::unroll!(4, J => {
+            let (v, f) = (x[KS][J], inv[J & 1]);
+            a[KS][J] = pack_e4m3x4(v[0] * f, v[1] * f, v[2] * f, v[3] * f);
+        });
+    });
+    (a, amax.map(|m| if m > 0.0 { m / 448.0 } else { 1.0 }))
+}
+
 /// Consumer warpgroup `c`: the bf16 kernel's loop
 /// ([`crate::dense_prefill::consume`]) on e4m3 operands, the descales
 /// folded into the exponent's scale and the epilogue's factor.
 #[inline(always)]
-unsafe fn consume_fp8(p: &DensePrefillFp8Params, w: &Work, c: u32) {
+unsafe fn consume_fp8<const QBF16: bool>(p: &DensePrefillFp8Params, w: &Work, c: u32) {
     let (kr, _, tr) = rings();
     let at = (w.kh * p.descale_stride) as usize;
-    let sl2 = p.base.scale_log2 * ld_global_nc(p.q_descale.ptr()) * ld_global_nc(p.k_descale.ptr().add(at));
-    // The row maxima are taken on the raw scores: a product of descales
-    // that is not finite and > 0 makes the rows NaN, not wrong.
-    let sl2 = if sl2 > 0.0 && sl2 < f32::INFINITY { sl2 } else { f32::NAN };
+    let q_descale = if QBF16 { 1.0 } else { ld_global_nc(p.q_descale.ptr()) };
+    // (`consume` turns a product that is not finite and > 0 into NaN rows.)
+    let sl2 = p.base.scale_log2 * q_descale * ld_global_nc(p.k_descale.ptr().add(at));
     let vscale = ld_global_nc(p.v_descale.ptr().add(at));
     let stages = Stages {
         qa: crate::smem_addr!(Smem, q) + c * 64 * 128,
@@ -258,5 +334,5 @@ unsafe fn consume_fp8(p: &DensePrefillFp8Params, w: &Work, c: u32) {
         vr: tr,
         q_full: crate::smem_addr!(Smem, q_full),
     };
-    consume::<E4m3, DP8_STAGES>(&p.base, w, c, &stages, (sl2, vscale));
+    consume::<E4m3<QBF16>, DP8_STAGES>(&p.base, w, c, &stages, (sl2, vscale));
 }

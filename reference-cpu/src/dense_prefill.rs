@@ -64,7 +64,7 @@ use half::bf16;
 use rayon::prelude::*;
 use sparse_attn_abi::batch::{Mask, RaggedBatch, RowPos};
 use sparse_attn_abi::batch::{PageTable, PagedLayout};
-use sparse_attn_abi::fp8::e4m3_to_f32;
+use sparse_attn_abi::fp8::{e4m3_to_f32, f32_to_e4m3};
 
 /// The op's parameters: the host API's configuration (its doc is the
 /// contract). The reference accepts any `head_dim`, `scale` and mask
@@ -574,6 +574,10 @@ impl Descale<'_> {
 pub enum DenseQ<'a> {
     /// bf16 queries, used as they are.
     Bf16(&'a [bf16]),
+    /// bf16 queries as the FP8 kernel takes them: each row of `head_dim`
+    /// (one token, one head) quantised to e4m3 on its own
+    /// ([`quantize_row_e4m3`]).
+    Bf16RowQuantised(&'a [bf16]),
     /// e4m3 queries: `q[i] = e4m3_to_f32(bytes[i]) * descale`.
     Fp8 {
         /// e4m3 bytes `[num_rows, n_heads, head_dim]`.
@@ -695,7 +699,7 @@ pub fn validate_fp8(
     cfg: &DensePrefillConfig,
 ) -> Result<usize, String> {
     let q_len = match q {
-        DenseQ::Bf16(q) => q.len(),
+        DenseQ::Bf16(q) | DenseQ::Bf16RowQuantised(q) => q.len(),
         DenseQ::Fp8 { q, .. } => q.len(),
     };
     let rows = validate_common(q_len, batch, sinks, cfg)?;
@@ -759,6 +763,14 @@ pub fn dense_prefill_fp8(
     let q_row = |row: usize| -> Vec<f64> {
         match q {
             DenseQ::Bf16(q) => crate::row_f64(q, row, width),
+            DenseQ::Bf16RowQuantised(q) => q[row * width..(row + 1) * width]
+                .chunks(cfg.head_dim.max(1))
+                .flat_map(|h| {
+                    let (bytes, d) =
+                        quantize_row_e4m3(&h.iter().map(|x| x.to_f32()).collect::<Vec<_>>());
+                    bytes.into_iter().map(move |b| lut[b as usize] * d as f64)
+                })
+                .collect(),
             DenseQ::Fp8 { q, descale } => q[row * width..(row + 1) * width]
                 .iter()
                 .map(|&b| lut[b as usize] * *descale as f64)
@@ -776,6 +788,20 @@ pub fn dense_prefill_fp8(
         p_round_bound,
         pv_abs,
     }
+}
+
+/// One query row quantised to e4m3 as the FP8 kernel does for bf16
+/// queries, in the same f32 steps: `amax = max |x|`, the bytes
+/// `e4m3(x · (448 / amax))` (round to nearest even, saturating), and the
+/// factor `amax / 448` that undoes it (1 for an all-zero row).
+pub fn quantize_row_e4m3(x: &[f32]) -> (Vec<u8>, f32) {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (inv, d) = if amax > 0.0 {
+        (448.0 / amax, amax / 448.0)
+    } else {
+        (1.0, 1.0)
+    };
+    (x.iter().map(|v| f32_to_e4m3(v * inv)).collect(), d)
 }
 
 /// Slack of [`check_dense_prefill_fp8`] for everything but the rounding of

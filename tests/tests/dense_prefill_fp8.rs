@@ -5,7 +5,10 @@
 //! shuffled page tables of 16- and 128-token pages with garbage (NaN,
 //! ±Inf) in unwritten page slots; sinks; GQA groups 1, 4, 8; per-tensor and
 //! per-KV-head descales; chunked prefill; a run captured in a CUDA graph;
-//! the named errors of bad descales.
+//! the named errors of bad descales; bf16 queries against the e4m3 cache
+//! (quantised row by row in the kernel; the reference quantises them the
+//! same way, `DenseQ::Bf16RowQuantised`), with rows of very different
+//! magnitudes and an all-zero row.
 //!
 //! GPU tests print `SKIP` where there is no NVIDIA driver; every random case
 //! prints its seed (`SPARSE_ATTN_SEED=<n>` replays it). Outputs are poisoned
@@ -39,6 +42,8 @@ const LAYER: usize = 1;
 struct Case {
     spec: RaggedSpec,
     q: Vec<u8>,
+    /// bf16 queries instead of `q` (the mixed case).
+    q_bf16: Option<Vec<bf16>>,
     /// The pool's bf16 original (its layout and page table) and its bytes.
     pool: Option<(PagedPool, Vec<u8>)>,
     k: Vec<u8>,
@@ -115,6 +120,7 @@ impl Case {
         Case {
             spec,
             q,
+            q_bf16: None,
             pool,
             k,
             v,
@@ -125,6 +131,19 @@ impl Case {
             v_descale,
             cfg,
         }
+    }
+
+    /// The mixed case: bf16 queries, each (token, head) row normal times a
+    /// magnitude of 1e-3, 1 or 30, and the first row of head 0 all zeros.
+    fn with_bf16_q(mut self, rng: &mut ChaCha8Rng) -> Self {
+        let mut q: Vec<bf16> = Vec::with_capacity(self.q.len());
+        for _ in 0..self.q.len() / 128 {
+            let m = [1e-3f32, 1.0, 30.0][rng.gen_range(0..3)];
+            q.extend((0..128).map(|_| bf16::from_f32(sample(rng, Fill::Normal) * m)));
+        }
+        q[..128].fill(bf16::ZERO);
+        self.q_bf16 = Some(q);
+        self
     }
 
     fn layout(&self) -> KvLayout<'_> {
@@ -174,9 +193,12 @@ impl Case {
             k: Self::descale(&self.k_descale),
             v: Self::descale(&self.v_descale),
         };
-        let q = DenseQ::Fp8 {
-            q: &self.q,
-            descale: self.q_descale,
+        let q = match &self.q_bf16 {
+            Some(q) => DenseQ::Bf16RowQuantised(q),
+            None => DenseQ::Fp8 {
+                q: &self.q,
+                descale: self.q_descale,
+            },
         };
         dense_prefill_fp8(
             &q,
@@ -192,6 +214,7 @@ impl Case {
 /// The case's device buffers.
 struct Dev {
     q: CudaSlice<u8>,
+    q_bf16: Option<CudaSlice<bf16>>,
     a: CudaSlice<u8>,
     b: CudaSlice<u8>,
     lookup: CudaSlice<u32>,
@@ -215,6 +238,7 @@ impl Dev {
         };
         Dev {
             q: gpu.upload(&c.q).unwrap(),
+            q_bf16: c.q_bf16.as_ref().map(|q| gpu.upload(q).unwrap()),
             a,
             b,
             lookup,
@@ -260,8 +284,11 @@ fn run(gpu: &Gpu, c: &Case) -> (Vec<bf16>, Vec<f32>) {
     op.plan(&c.spec.as_batch(), &c.layout()).unwrap();
     let d = Dev::new(gpu, c);
     poisoned_run(gpu, c.spec.num_rows() * c.cfg.n_heads, |out, lse| {
-        op.run(&d.q, d.kv(c), d.descales(), d.sinks(), out, Some(lse))
-            .unwrap()
+        match &d.q_bf16 {
+            Some(q) => op.run(q, d.kv(c), d.descales(), d.sinks(), out, Some(lse)),
+            None => op.run(&d.q, d.kv(c), d.descales(), d.sinks(), out, Some(lse)),
+        }
+        .unwrap()
     })
 }
 
@@ -328,6 +355,44 @@ fn gpu_dense_prefill_fp8_matches_reference_for_every_mask_and_source() {
             &c,
         );
     }
+}
+
+#[test]
+fn gpu_dense_prefill_fp8_bf16_queries() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let q_lens = [1u32, 64, 65, 129, 300];
+    for (i, mask) in [
+        Mask::None,
+        Mask::Causal,
+        Mask::SlidingWindow { window: 100 },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let cfg = config(8, 2, mask, i == 1);
+        let cache: Vec<u32> = q_lens.iter().map(|_| rng.gen_range(0..200)).collect();
+        let spec = RaggedSpec::prefill(&q_lens, &cache);
+        let c = Case::random(&mut rng, spec, cfg, Some(16), None, i != 0).with_bf16_q(&mut rng);
+        check(&gpu, &format!("bf16 q, paged16 chunked {mask:?}"), &c);
+        let spec = RaggedSpec::prefill(&q_lens, &[0; 5]);
+        let kv_lens = [0u32, 129, 500, 64, 255];
+        let c =
+            Case::random(&mut rng, spec, cfg, None, Some(&kv_lens), false).with_bf16_q(&mut rng);
+        check(&gpu, &format!("bf16 q, contiguous cross {mask:?}"), &c);
+    }
+    let spec = RaggedSpec::prefill(&[700], &[0]);
+    let c = Case::random(
+        &mut rng,
+        spec,
+        config(16, 2, Mask::Causal, false),
+        Some(128),
+        None,
+        true,
+    )
+    .with_bf16_q(&mut rng);
+    check(&gpu, "bf16 q, gqa 16/2 causal", &c);
 }
 
 #[test]

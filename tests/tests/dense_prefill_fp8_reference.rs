@@ -680,3 +680,29 @@ fn validate_fp8_names_what_is_wrong() {
     .expect_err("k too short");
     assert!(e.starts_with("k has"), "{e}");
 }
+
+/// `quantize_row_e4m3` (the kernel's per-row quantisation of bf16 queries):
+/// the largest magnitude maps to ±448 exactly, every value comes back
+/// within e4m3's half ulp (a relative 2^-4, or the subnormal step) of
+/// itself, and an all-zero row gives zeros with the factor 1.
+#[test]
+fn bf16_query_rows_quantise_within_half_an_e4m3_ulp() {
+    use sparse_attn_reference::dense_prefill::quantize_row_e4m3;
+    let (mut rng, _) = seeded(None);
+    for mag in [1e-3f32, 1.0, 30.0, 1e4] {
+        let x: Vec<f32> = (0..128)
+            .map(|_| sample(&mut rng, Fill::Normal) * mag)
+            .collect();
+        let (bytes, d) = quantize_row_e4m3(&x);
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let i = x.iter().position(|v| v.abs() == amax).unwrap();
+        assert_eq!(e4m3_to_f32(bytes[i]).abs(), 448.0, "mag {mag}");
+        for (&v, &b) in x.iter().zip(&bytes) {
+            let back = e4m3_to_f32(b) as f64 * d as f64;
+            let tol = (v.abs() as f64 / 16.0).max(d as f64 * 2f64.powi(-10)) * 1.0001;
+            assert!((back - v as f64).abs() <= tol, "mag {mag}: {v} -> {back}");
+        }
+    }
+    let (bytes, d) = quantize_row_e4m3(&[0.0; 128]);
+    assert!(bytes.iter().all(|&b| b == 0) && d == 1.0);
+}

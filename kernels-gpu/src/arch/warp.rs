@@ -113,3 +113,17 @@ extern "C" {
     #[link_name = "llvm.nvvm.bar.warp.sync"]
     fn llvm_bar_warp_sync(member_mask: i32);
 }
+
+/// `vote.sync.any.pred` with all lanes taking part: whether `p` holds in
+/// some lane. The result is warp-uniform, so a branch on it does not
+/// diverge. Convergent, as [`shfl_xor_u32`].
+#[inline(always)]
+pub fn vote_any(p: bool) -> bool {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_vote_any_sync(-1, p) }
+}
+
+extern "C" {
+    #[link_name = "llvm.nvvm.vote.any.sync"]
+    fn llvm_vote_any_sync(member_mask: i32, pred: bool) -> bool;
+}

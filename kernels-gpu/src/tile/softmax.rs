@@ -70,6 +70,22 @@ impl LseState {
         (corr, m_use)
     }
 
+    /// [`advance`](Self::advance), except that the running max stays
+    /// where it is while the tile's max exceeds it by at most `slack` (log2
+    /// units; FlashAttention-4's lazy rescale): then `corr` is exactly 1,
+    /// and the tile's `p = 2^(s - m_use)` are at most `2^slack`. The final
+    /// `o / l` and `m + log2 l` are the same for any reference `m`, so only
+    /// the rounding moves (and values that big must fit the type P is
+    /// rounded to: `2^8` in bf16 or e4m3).
+    #[inline(always)]
+    pub fn advance_lazy(&mut self, tile_max: f32, slack: f32) -> (f32, f32) {
+        if self.m != f32::NEG_INFINITY && tile_max <= self.m + slack {
+            (1.0, self.m)
+        } else {
+            self.advance(tile_max)
+        }
+    }
+
     /// `(1 / l, m + log2 l)`: the normaliser and the log2-sum-exp; `(0,
     /// -inf)` when nothing was attended.
     #[inline(always)]

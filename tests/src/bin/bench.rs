@@ -577,6 +577,8 @@ struct DenseCase {
     mask: Mask,
     page_size: Option<usize>,
     sinks: bool,
+    /// FP8 cases: bf16 queries against the e4m3 K/V (`DensePrefillFp8::run` on bf16 queries).
+    q_bf16: bool,
 }
 
 fn dense_cases() -> Vec<DenseCase> {
@@ -588,6 +590,7 @@ fn dense_cases() -> Vec<DenseCase> {
         mask,
         page_size,
         sinks,
+        q_bf16: false,
     };
     vec![
         c("dense-prefill-16k", K16, Mask::None, None, false),
@@ -618,20 +621,33 @@ fn dense_cases() -> Vec<DenseCase> {
     ]
 }
 
-/// The FP8 dense prefill cases: the bf16 cases' shapes on e4m3 Q, K, V.
+/// The FP8 dense prefill cases: the bf16 cases' shapes on e4m3 Q, K, V,
+/// and bf16 Q against a paged e4m3 cache (`-fp8kv`).
 fn dense_fp8_cases() -> Vec<DenseCase> {
     const K16: &[u32] = &[16384];
-    let c = |name, mask, page_size| DenseCase {
+    let c = |name, mask, page_size, q_bf16| DenseCase {
         name,
         q_lens: K16,
         mask,
         page_size,
         sinks: false,
+        q_bf16,
     };
     vec![
-        c("dense-prefill-16k-fp8", Mask::None, None),
-        c("dense-prefill-16k-causal-fp8", Mask::Causal, None),
-        c("dense-prefill-16k-paged128-fp8", Mask::Causal, Some(128)),
+        c("dense-prefill-16k-fp8", Mask::None, None, false),
+        c("dense-prefill-16k-causal-fp8", Mask::Causal, None, false),
+        c(
+            "dense-prefill-16k-paged128-fp8",
+            Mask::Causal,
+            Some(128),
+            false,
+        ),
+        c(
+            "dense-prefill-16k-paged128-fp8kv",
+            Mask::Causal,
+            Some(128),
+            true,
+        ),
     ]
 }
 
@@ -655,6 +671,14 @@ fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> 
     let rows = spec.num_rows();
     let kv_row = cfg.n_kv_heads * 128;
     let q = random_fp8(gpu, &mut rng, rows * cfg.n_heads * 128);
+    let q_bf16 = c.q_bf16.then(|| {
+        let t = tensor(
+            &mut rng,
+            (rows * cfg.n_heads * 128).min(16 << 20),
+            Fill::Normal,
+        );
+        repeated(gpu, &t, rows * cfg.n_heads * 128)
+    });
     let mut out = gpu.zeros::<half::bf16>(rows * cfg.n_heads * 128).unwrap();
     let ds = [
         gpu.upload(&[0.5f32]).unwrap(),
@@ -702,7 +726,11 @@ fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> 
     let kv = kv_buffers(c.page_size.is_some(), &a, &b, &lookup);
     let reps = args.reps.min(10);
     let ms = time_ms(gpu, reps, |_| {
-        op.run(&q, kv, descales, None, &mut out, None).unwrap()
+        match &q_bf16 {
+            Some(q) => op.run(q, kv, descales, None, &mut out, None),
+            None => op.run(&q, kv, descales, None, &mut out, None),
+        }
+        .unwrap()
     });
     let flops = 4.0 * (cfg.n_heads * 128) as f64 * visible_pairs(&spec, c.mask);
     let tf = flops / (ms * 1e-3) / 1e12;
@@ -714,7 +742,11 @@ fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> 
     vec![json!({
         "case": c.name, "op": "dense_prefill_fp8", "our_us": ms * 1e3,
         "achieved": tf, "unit": "TFLOP/s", "fraction_of_limit": Value::Null, "flops": flops,
-        "note": "32 / 8 heads of 128, e4m3 Q/K/V, bf16 out; TFLOP/s = 4 * n_heads * 128 * visible pairs / time",
+        "note": if c.q_bf16 {
+            "32 / 8 heads of 128, bf16 Q (quantised per row in the kernel), e4m3 K/V, bf16 out; TFLOP/s = 4 * n_heads * 128 * visible pairs / time"
+        } else {
+            "32 / 8 heads of 128, e4m3 Q/K/V, bf16 out; TFLOP/s = 4 * n_heads * 128 * visible pairs / time"
+        },
     })]
 }
 
