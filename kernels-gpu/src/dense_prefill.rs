@@ -58,8 +58,6 @@ const NO_A: [[u32; 4]; 8] = [[0; 4]; 8];
 /// row of the warp moved (the warp votes), instead of 64 multiplies a
 /// thread every tile.
 const RESCALE_SLACK: f32 = 8.0;
-const BF16_Q_SMEM: bool = true;
-pub(crate) const FP8_Q_SMEM: bool = false;
 
 /// Shared memory of the kernel.
 #[repr(C)]
@@ -284,8 +282,8 @@ pub(crate) fn my_rows(c: u32) -> [u32; 2] {
 pub(crate) trait Operands {
     /// P in the A-operand layout of P V.
     type P: Copy;
-    /// Q as the A operand of S: this thread's fragments, or (with
-    /// `Q_IN_SMEM`) the shared address of the warpgroup's rows.
+    /// Q as the A operand of S: the shared address of the warpgroup's
+    /// rows, or (queries quantised in the kernel) this thread's fragments.
     type Q: Copy;
     /// Loads [`Self::Q`] from the warpgroup's 64 rows at `qa`.
     unsafe fn load_q(qa: u32) -> Self::Q;
@@ -321,7 +319,8 @@ struct Bf16;
 
 impl Operands for Bf16 {
     type P = [[u32; 4]; 8];
-    type Q = ([[u32; 4]; 8], u32);
+    /// The shared address of the warpgroup's Q rows.
+    type Q = u32;
     const STAGE_BYTES: u32 = DP_TILE_BYTES;
     const ZERO_V_TAIL: bool = true;
 
@@ -332,23 +331,16 @@ impl Operands for Bf16 {
 
     #[inline(always)]
     unsafe fn load_q(qa: u32) -> Self::Q {
-        if BF16_Q_SMEM {
-            return ([[0; 4]; 8], qa);
-        }
-        (Tile::a_frags::<8>(qa, (warp_id() % 4) * 16 + lane_id() / 4, lane_id() % 4), qa)
+        qa
     }
 
     #[inline(always)]
     fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32) {
         wgmma_fence(s, &NO_A);
-        let (qd, kd) = (Tile::k_major_desc(q.1, 0), Tile::k_major_desc(ks, 0));
+        let (qd, kd) = (Tile::k_major_desc(*q, 0), Tile::k_major_desc(ks, 0));
         crate::unroll!(8, KS => {
-            let b = Tile::k_major_step(kd, KS as u32);
-            if BF16_Q_SMEM {
-                wgmma_m64n128k16_bf16_ss::<0, 0>(s, Tile::k_major_step(qd, KS as u32), b, KS > 0);
-            } else {
-                wgmma_m64n128k16_bf16::<0>(s, q.0[KS], b, KS > 0);
-            }
+            let (a, b) = (Tile::k_major_step(qd, KS as u32), Tile::k_major_step(kd, KS as u32));
+            wgmma_m64n128k16_bf16_ss::<0, 0>(s, a, b, KS > 0);
         });
         wgmma_commit();
     }

@@ -12,8 +12,10 @@
 //!   page's tail cannot give NaN. Inside each 32-key step the keys are
 //!   stored in the order the S accumulator holds them ([`key_of`]), so P
 //!   goes from the S registers to the A operand of P V by rounding alone;
-//! - **consumers**: S = Q Kᵀ (both operands in shared memory), the online
-//!   softmax with `scale · q_descale · k_descale` in the exponent, P rounded
+//! - **consumers**: S = Q Kᵀ (both operands in shared memory; bf16 queries
+//!   are quantised row by row into register A fragments first,
+//!   [`quantize_rows`]), the online softmax with `scale · q_descale ·
+//!   k_descale` (times the row's factor) in the exponent, P rounded
 //!   to e4m3 for O += P V (the row sums add the unrounded f32 P, as
 //!   FlashAttention-3 does; the reference's tolerance bounds the rounding),
 //!   and the epilogue multiplies by `v_descale`.
@@ -23,7 +25,7 @@ use core::mem::size_of;
 use sparse_attn_abi::dense::*;
 
 use crate::arch::*;
-use crate::dense_prefill::{consume, produce, FP8_Q_SMEM, schedule, Acc, Dst, Operands, Stages, Work};
+use crate::dense_prefill::{consume, produce, schedule, Acc, Dst, Operands, Stages, Work};
 use crate::tile::pipeline::MbarRing;
 use crate::tile::swizzle::{Slabs128, TileLayout};
 
@@ -203,15 +205,12 @@ impl<const QBF16: bool> Operands for E4m3<QBF16> {
 
     #[inline(always)]
     unsafe fn load_q(qa: u32) -> Self::Q {
-        let (r, t) = ((warp_id() % 4) * 16 + lane_id() / 4, lane_id() % 4);
         if QBF16 {
+            let (r, t) = ((warp_id() % 4) * 16 + lane_id() / 4, lane_id() % 4);
             let (a, d) = quantize_rows(qa, r, t);
             return (a, qa, d);
         }
-        if FP8_Q_SMEM {
-            return ([[0; 4]; 4], qa, [1.0; 2]);
-        }
-        (Tile::a_frags::<4>(qa, r, t), qa, [1.0; 2])
+        ([[0; 4]; 4], qa, [1.0; 2])
     }
 
     #[inline(always)]
@@ -219,14 +218,15 @@ impl<const QBF16: bool> Operands for E4m3<QBF16> {
         q.2
     }
 
-    /// Both operands K-major.
+    /// Both operands K-major; A from registers for bf16 queries (a
+    /// measurement of register A for e4m3 queries too is still to come).
     #[inline(always)]
     fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32) {
         wgmma_fence_e4m3(s, &NO_A);
         let (qd, kd) = (Tile::k_major_desc(q.1, 0), Tile::k_major_desc(ks, 0));
         crate::unroll!(4, KS => {
             let b = Tile::k_major_step(kd, KS as u32);
-            if FP8_Q_SMEM && !QBF16 {
+            if !QBF16 {
                 wgmma_m64n128k32_e4m3_ss(s, Tile::k_major_step(qd, KS as u32), b, KS > 0);
             } else {
                 wgmma_m64n128k32_e4m3(s, q.0[KS], b, KS > 0);

@@ -3,7 +3,7 @@
 //! `ldmatrix` (or a `wgmma` core matrix) reads of one chunk column fall in
 //! 8 different bank groups. Tiles are 1024-byte aligned (8 rows × 128 bytes).
 
-use crate::arch::{ld_shared_u32, wgmma_desc_sw128};
+use crate::arch::wgmma_desc_sw128;
 
 /// Where 16-byte chunk `cc` of row `r` of a tile lives (byte offset).
 pub trait TileLayout {
@@ -52,23 +52,6 @@ impl<const ROWS: u32> Slabs128<ROWS> {
     #[inline(always)]
     pub fn k_major_step(desc0: u64, ks: u32) -> u64 {
         desc_offset(desc0, Self::k_step_bytes(ks))
-    }
-
-    /// This thread's `wgmma` A fragments of the first `N` k-steps of 32
-    /// bytes (bf16 k16, e4m3 k32) of rows `r` and `r + 8` of the tile at
-    /// `base` (`r` the thread's row g, `t = lane % 4`): register `j` of
-    /// step `ks` holds bytes `32 ks + 16 (j / 2) + 4 t ..+ 4` of row
-    /// `r + 8 (j % 2)`.
-    #[inline(always)]
-    pub unsafe fn a_frags<const N: usize>(base: u32, r: u32, t: u32) -> [[u32; 4]; N] {
-        let mut a = [[0u32; 4]; N];
-        for (ks, frag) in a.iter_mut().enumerate() {
-            for (j, reg) in frag.iter_mut().enumerate() {
-                let (row, byte) = (r + 8 * (j as u32 & 1), 32 * ks as u32 + 16 * (j as u32 / 2) + 4 * t);
-                *reg = ld_shared_u32(base + Self::at(row, byte / 16) + byte % 16);
-            }
-        }
-        a
     }
 
     /// Bytes from a tile's start to its K-major k-step `ks`.
