@@ -23,12 +23,13 @@
 //!   `quantize_row_e4m3`), and the products run at the FP8 rate.
 //!   Dequantising K and V to bf16 on load instead would run the bf16
 //!   products, so it could be no faster than the bf16 kernel on the same
-//!   shape (measured in BENCHMARKS.md against this path).
+//!   shape (this path's own rate is not measured yet: BENCHMARKS.md).
 
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use half::bf16;
 
 use crate::abi::dense::*;
+use crate::abi::DPtr;
 use crate::dense_prefill::{DensePrefill, Elem, KvBuffers, KvLayout};
 use crate::error::{ensure, expect_len, Result};
 use crate::launch::{Bufs, Kernel};
@@ -154,8 +155,7 @@ impl DensePrefillFp8 {
             base,
             q_descale: match q_elem {
                 Elem::E4m3 => b.input("q_descale", descales.q)?,
-                // Not read by the bf16-query kernel.
-                Elem::Bf16 => b.input("k_descale", descales.k)?,
+                Elem::Bf16 => DPtr::NULL, // not read by the bf16-query kernel
             },
             k_descale: b.input("k_descale", descales.k)?,
             v_descale: b.input("v_descale", descales.v)?,

@@ -196,10 +196,20 @@ unsafe fn transpose_v(w: &Work, x: u32) {
 /// e4m3, or bf16 (`QBF16`) quantised here.
 struct E4m3<const QBF16: bool>;
 
+/// Q as the A operand of S.
+#[derive(Clone, Copy)]
+struct Query {
+    /// e4m3 queries: the shared address of the warpgroup's rows.
+    smem: u32,
+    /// bf16 queries: the quantised A fragments and this thread's two rows'
+    /// factors that undo the quantisation ([`quantize_rows`]; 1 otherwise).
+    frags: [[u32; 4]; 4],
+    row_scale: [f32; 2],
+}
+
 impl<const QBF16: bool> Operands for E4m3<QBF16> {
     type P = [[u32; 4]; 4];
-    /// The A fragments, the shared address, the rows' dequantisation factors.
-    type Q = ([[u32; 4]; 4], u32, [f32; 2]);
+    type Q = Query;
     const STAGE_BYTES: u32 = DP8_TILE_BYTES;
     const ZERO_V_TAIL: bool = false;
 
@@ -207,29 +217,29 @@ impl<const QBF16: bool> Operands for E4m3<QBF16> {
     unsafe fn load_q(qa: u32) -> Self::Q {
         if QBF16 {
             let (r, t) = ((warp_id() % 4) * 16 + lane_id() / 4, lane_id() % 4);
-            let (a, d) = quantize_rows(qa, r, t);
-            return (a, qa, d);
+            let (frags, row_scale) = quantize_rows(qa, r, t);
+            return Query { smem: qa, frags, row_scale };
         }
-        ([[0; 4]; 4], qa, [1.0; 2])
+        Query { smem: qa, frags: [[0; 4]; 4], row_scale: [1.0; 2] }
     }
 
     #[inline(always)]
     fn q_scale(q: &Self::Q) -> [f32; 2] {
-        q.2
+        q.row_scale
     }
 
-    /// Both operands K-major; A from registers for bf16 queries (a
-    /// measurement of register A for e4m3 queries too is still to come).
+    /// Both operands K-major; A from registers for bf16 queries, from
+    /// shared memory for e4m3 ones.
     #[inline(always)]
     fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32) {
         wgmma_fence_e4m3(s, &NO_A);
-        let (qd, kd) = (Tile::k_major_desc(q.1, 0), Tile::k_major_desc(ks, 0));
+        let (qd, kd) = (Tile::k_major_desc(q.smem, 0), Tile::k_major_desc(ks, 0));
         crate::unroll!(4, KS => {
             let b = Tile::k_major_step(kd, KS as u32);
-            if !QBF16 {
-                wgmma_m64n128k32_e4m3_ss(s, Tile::k_major_step(qd, KS as u32), b, KS > 0);
+            if QBF16 {
+                wgmma_m64n128k32_e4m3(s, q.frags[KS], b, KS > 0);
             } else {
-                wgmma_m64n128k32_e4m3(s, q.0[KS], b, KS > 0);
+                wgmma_m64n128k32_e4m3_ss(s, Tile::k_major_step(qd, KS as u32), b, KS > 0);
             }
         });
         wgmma_commit();
