@@ -36,7 +36,7 @@ use sparse_attn_abi::dense::*;
 use crate::arch::*;
 use crate::tile::mask::{mask_fragment, KeyRange};
 use crate::tile::paged::PagedBlock;
-use crate::tile::pipeline::MbarRing;
+use crate::tile::pipeline::{MbarRing, PingPong};
 use crate::tile::softmax::{LseState, LN2, LOG2E};
 use crate::tile::swizzle::Slabs128;
 
@@ -517,38 +517,6 @@ fn positive_or_nan(v: f32) -> f32 {
 pub(crate) unsafe fn release<const S: u32>(r: &MbarRing<S>, i: u32) {
     if lane_id() == 0 {
         r.release(i);
-    }
-}
-
-/// The two consumer warpgroups take turns issuing their `wgmma`s (named
-/// barriers 3 and 4, one per warpgroup, 256 threads each): warpgroup `c`
-/// waits for its turn, issues, then passes the turn to the other, and
-/// while the other's products run it does its softmax. Warpgroup 1 passes
-/// first (so 0 starts) and does not pass after its last turn (every
-/// arrival is matched).
-pub(crate) struct PingPong {
-    c: u32,
-}
-
-impl PingPong {
-    #[inline(always)]
-    pub(crate) fn start(c: u32) -> Self {
-        if c == 1 {
-            named_barrier_arrive(3, 2 * WG);
-        }
-        PingPong { c }
-    }
-
-    #[inline(always)]
-    pub(crate) fn wait(&self) {
-        named_barrier_sync(3 + self.c, 2 * WG);
-    }
-
-    #[inline(always)]
-    pub(crate) fn pass(&self, last: bool) {
-        if !(last && self.c == 1) {
-            named_barrier_arrive(3 + (1 - self.c), 2 * WG);
-        }
     }
 }
 

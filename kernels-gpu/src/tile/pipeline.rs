@@ -9,10 +9,11 @@
 //! consumers wait on its full mbarrier and release it through its empty
 //! one, stage and phase advancing together (the dense prefill; the MSA
 //! block-major run and the lightning indexer can take it next).
+//! [`PingPong`] orders two consumer warpgroups' products.
 
 use crate::arch::{
     cp_async_commit, cp_async_wait, mbarrier_arrive, mbarrier_arrive_expect_tx, mbarrier_init,
-    mbarrier_wait, sync_threads,
+    mbarrier_wait, named_barrier_arrive, named_barrier_sync, sync_threads,
 };
 
 /// `STAGES` stages of `STAGE_BYTES` at `base`; `WAIT` must be `STAGES - 2`
@@ -146,5 +147,40 @@ impl<const STAGES: u32> MbarRing<STAGES> {
     #[inline(always)]
     pub unsafe fn release(&self, i: u32) {
         mbarrier_arrive(self.empty + 8 * (i % STAGES));
+    }
+}
+
+/// Two consumer warpgroups take turns issuing their `wgmma`s (named
+/// barriers 3 and 4, one per warpgroup, 256 threads each): warpgroup `c`
+/// waits for its turn, issues, then passes the turn to the other, and
+/// while the other's products run it does its epilogue (the dense
+/// prefill's softmax, the lightning indexer's ReLU head sum), so the
+/// tensor cores run one warpgroup's products at a time, back to back. Both
+/// warpgroups take the same number of turns, at least one. Warpgroup 1 passes
+/// first (so 0 starts) and does not pass after its last turn (every
+/// arrival is matched).
+pub struct PingPong {
+    c: u32,
+}
+
+impl PingPong {
+    #[inline(always)]
+    pub fn start(c: u32) -> Self {
+        if c == 1 {
+            named_barrier_arrive(3, 256);
+        }
+        PingPong { c }
+    }
+
+    #[inline(always)]
+    pub fn wait(&self) {
+        named_barrier_sync(3 + self.c, 256);
+    }
+
+    #[inline(always)]
+    pub fn pass(&self, last: bool) {
+        if !(last && self.c == 1) {
+            named_barrier_arrive(3 + (1 - self.c), 256);
+        }
     }
 }
