@@ -3,7 +3,9 @@
 //! checker `check_dense_prefill_fp8`: the FP8 reference equals the bf16 one
 //! on values both types hold exactly, the descales act as the math says, a
 //! simulated FP8 kernel (P rounded to e4m3, f32 accumulation, bf16 output)
-//! passes the tolerance and wrong outputs fail it.
+//! passes the tolerance and wrong outputs fail it, and bf16 queries
+//! quantised row by row (the bf16-query kernel's reference) are exact where
+//! each row is e4m3 values times its own power of two.
 //!
 //! Seeds: `seeded(None)` prints `SPARSE_ATTN_SEED=<seed>` (set it to replay).
 
@@ -705,4 +707,50 @@ fn bf16_query_rows_quantise_within_half_an_e4m3_ulp() {
     }
     let (bytes, d) = quantize_row_e4m3(&[0.0; 128]);
     assert!(bytes.iter().all(|&b| b == 0) && d == 1.0);
+}
+
+/// bf16 queries whose rows (one token, one head) are e4m3 values times a
+/// power of two of their own, each row holding ±448 times it: the per-row
+/// quantisation (`DenseQ::Bf16RowQuantised`, what the bf16-query FP8
+/// kernel is checked against) is then exact, so it must give the bf16
+/// reference bit for bit. A factor taken over a whole token (all heads)
+/// or another row's, or applied twice, would not.
+#[test]
+fn bf16_query_rows_of_scaled_e4m3_values_quantise_exactly() {
+    let (mut rng, _) = seeded(None);
+    for paged in [false, true] {
+        let c = make_case(
+            &mut rng,
+            &[3, 65, 0],
+            &[40, 129, 7],
+            paged,
+            Mask::Causal,
+            false,
+            2,
+            2,
+            32,
+            Fill::Normal,
+        );
+        let mut q = decode_bf16(&c.q);
+        for (i, row) in q.chunks_mut(c.cfg.head_dim).enumerate() {
+            let f = 2f32.powi(rng.gen_range(-6..=6));
+            for x in row.iter_mut() {
+                *x = bf16::from_f32(x.to_f32() * f);
+            }
+            let sign = if rng.gen() { 1.0 } else { -1.0 };
+            row[i % row.len()] = bf16::from_f32(sign * 448.0 * f);
+        }
+        let want = c.reference(&DenseQ::Bf16(&q), &PER_TENSOR_1);
+        let got = c.reference(&DenseQ::Bf16RowQuantised(&q), &PER_TENSOR_1);
+        assert_eq!(
+            bits(&got.exact.out),
+            bits(&want.exact.out),
+            "paged {paged}: out"
+        );
+        assert_eq!(
+            bits(&got.exact.lse),
+            bits(&want.exact.lse),
+            "paged {paged}: lse"
+        );
+    }
 }
