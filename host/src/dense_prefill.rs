@@ -539,20 +539,17 @@ fn encode_maps(
 ) -> Result<Vec<u8>> {
     let mut maps = Vec::with_capacity(DP_TMAPS * DP_TMAP_BYTES);
     maps.extend(encode_tmap(q_elem, q, cfg.n_heads, p.rows, DP_BLOCK_M)?);
-    let encode_tmap = |addr, heads, rows, box_rows| encode_tmap(elem, addr, heads, rows, box_rows);
-    match p.paged {
-        Some(PagedPlan { layout: l, .. }) => {
-            let (rows, box_rows) = (
-                l.num_pages * 2 * l.num_layers * l.page_size,
-                l.page_size.min(DP_BLOCK_N as usize),
-            );
-            maps.extend(encode_tmap(kv.0, cfg.n_kv_heads, rows, box_rows as u32)?);
-            maps.extend(encode_tmap(kv.1, cfg.n_kv_heads, rows, box_rows as u32)?);
-        }
-        None => {
-            maps.extend(encode_tmap(kv.0, cfg.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
-            maps.extend(encode_tmap(kv.1, cfg.n_kv_heads, p.kv_rows, DP_BLOCK_N)?);
-        }
+    // K and V: the whole pool as rows (a box a page, at most a key tile),
+    // or the contiguous rows (a box a key tile).
+    let (rows, box_rows) = match p.paged {
+        Some(PagedPlan { layout: l, .. }) => (
+            l.num_pages * 2 * l.num_layers * l.page_size,
+            l.page_size.min(DP_BLOCK_N as usize) as u32,
+        ),
+        None => (p.kv_rows, DP_BLOCK_N),
+    };
+    for addr in [kv.0, kv.1] {
+        maps.extend(encode_tmap(elem, addr, cfg.n_kv_heads, rows, box_rows)?);
     }
     Ok(maps)
 }
