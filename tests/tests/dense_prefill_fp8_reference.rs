@@ -16,6 +16,7 @@ use sparse_attn_abi::fp8::{e4m3_to_f32, f32_to_e4m3};
 use sparse_attn_reference::dense_prefill::{
     check_dense_prefill_fp8, dense_prefill, dense_prefill_fp8, validate_fp8, DenseKv, DenseKvFp8,
     DensePrefillConfig, DenseQ, Descale, Fp8Reference, KvDescales, BF16_REL, FP8_ACC_REL,
+    FP8_SCORE_REL,
 };
 use sparse_attn_reference::msa_attention::AttentionOutput;
 use sparse_attn_reference::paged::PagedCacheFp8;
@@ -533,7 +534,8 @@ fn simulated_fp8_kernel_passes_and_wrong_outputs_fail() {
 
         // One element off by 4x its bound fails.
         let i = rng.gen_range(0..g.len());
-        let b = r.p_round_bound[i] + FP8_ACC_REL * r.pv_abs[i];
+        let scores = (2.0 * FP8_SCORE_REL * r.score_abs[i / c.cfg.head_dim]).exp_m1();
+        let b = r.p_round_bound[i] + (FP8_ACC_REL + scores) * r.pv_abs[i];
         let b = b + BF16_REL * (r.exact.out[i].abs() + b);
         let mut bad = g.clone();
         bad[i] = bf16::from_f64(r.exact.out[i] + 4.0 * b.max(1e-3));
