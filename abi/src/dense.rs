@@ -15,8 +15,18 @@ pub const DP_HEAD_DIM: u32 = 128;
 pub const DP_CONSUMERS: u32 = 2;
 /// Query rows per CTA (and per work tile).
 pub const DP_BLOCK_M: u32 = 64 * DP_CONSUMERS;
-/// Keys per K/V tile (one `wgmma` N of 128 for S = Q Kᵀ).
+/// Keys per K/V tile of the kernels that take paged K/V (one `wgmma` N of
+/// 128 for S = Q Kᵀ; a page of 128 keys or more is one TMA box a tile, a
+/// smaller one divides it).
 pub const DP_BLOCK_N: u32 = 128;
+/// Keys per K/V tile of the bf16 kernel on contiguous K/V
+/// (`dense_prefill_wide`, `wgmma` N = 176): FlashAttention-3's choice for
+/// hdim 128, bf16, non-causal. A wider tile spends the per-tile costs
+/// (barrier waits, `wgmma` issue and drain, the softmax's row reductions)
+/// on more keys; 176 is what 240 registers hold: S 88 + O 64 + P 44.
+/// Measured against 128 (H100, 2026-12-07, one binary): 649 / 644 against
+/// 636 TFLOP/s on `dense-prefill-16k`, 635.5 against 626.5 / 623 causal.
+pub const DP_WIDE_N: u32 = 176;
 /// K/V stages of the ring: 2 × (32 KiB K + 32 KiB V) plus 32 KiB of Q is
 /// 160 KiB, one CTA per SM. 3 stages (224 KiB) measured 1–5% slower on
 /// every case (H200, 2026-12-02, the two builds back to back:
@@ -47,7 +57,9 @@ pub const DP_TMAPS: usize = 3;
 /// Dynamic shared memory: Q, the K and V stages, the barriers (and the
 /// 1 KiB alignment of the swizzled tiles, which the window's `.align 1024`
 /// gives).
-pub const DP_SMEM: u32 = DP_TILE_BYTES * (1 + 2 * DP_STAGES) + 128;
+/// Sized for the wide kernel's stages (the narrow one uses the first
+/// 128 rows of each; one CTA per SM either way).
+pub const DP_SMEM: u32 = DP_TILE_BYTES + 2 * DP_STAGES * DP_WIDE_N * 256 + 128;
 
 /// One CTA's work (for every query head): rows `row0 .. row0 + rows`
 /// (`rows <= DP_BLOCK_M`) of sequence `seq`, its first row at position
@@ -114,8 +126,8 @@ pub struct DensePrefillParams {
     pub causal: u32,
     /// Keys visible up to the query, itself included; [`DP_NO_WINDOW`]: no window.
     pub window: u32,
-    /// Rows of one K/V TMA box: `DP_BLOCK_N` contiguous, `min(page_size,
-    /// DP_BLOCK_N)` paged.
+    /// Rows of one K/V TMA box: the kernel's key tile contiguous,
+    /// `min(page_size, DP_BLOCK_N)` paged.
     pub box_rows: u32,
     /// Paged: tokens per page (a power of two); contiguous: 0.
     pub page_size: u32,
@@ -134,6 +146,20 @@ pub struct DensePrefillParams {
 /// FP8 (e4m3) variant: bytes of one 128-row × 128-dim e4m3 tile (Q, a K,
 /// a V or a transposed-V stage): one 128-byte swizzle span a row.
 pub const DP8_TILE_BYTES: u32 = 128 * DP_HEAD_DIM;
+/// FP8 variant: keys per K/V tile on contiguous K/V
+/// (`dense_prefill_fp8_wide`, `wgmma` N = 192; paged K/V take
+/// [`DP_BLOCK_N`]). FlashAttention-3's e4m3 hdim-128 tile is 224, causal
+/// or not, with 240 registers a consumer thread; ours have 232 (the
+/// transposers need 40, at 24 they spill) and at 224 keys (S 112 + O 64 +
+/// P 28 live while the products are issued) ptxas spilled 3 registers in
+/// the loop; 192 (S 96) does not spill, but measured slower than 128:
+/// 661 against 710 TFLOP/s on `dense-prefill-16k-fp8`, 650–660 against
+/// 703 causal (H100, 2026-12-07), so the host takes it only when asked.
+pub const DP8_WIDE_N: u32 = 192;
+/// FP8 variant: bytes of a transposed-V stage of the wide kernel: two
+/// 128-key spans a dim row (keys 0..128 and 128..192), each 128 rows of
+/// 128 bytes.
+pub const DP8_WIDE_VT_BYTES: u32 = DP8_WIDE_N.div_ceil(128) * DP8_TILE_BYTES;
 /// FP8 variant: K / V stages of the ring (each V stage also has its
 /// transposed copy): Q (room for bf16 queries) + 2 × (K + V + Vᵀ) = 128 KiB.
 pub const DP8_STAGES: u32 = 2;
@@ -147,7 +173,10 @@ pub const DP8_CONSUMER_REGS: u32 = 232;
 /// (warps 1–3).
 pub const DP8_TRANSPOSERS: u32 = 96;
 /// FP8 variant: dynamic shared memory (tiles and barriers).
-pub const DP8_SMEM: u32 = DP8_TILE_BYTES * (2 + 3 * DP8_STAGES) + 256;
+/// Sized for the wide kernel (Q: room for bf16 queries; K and V: 192
+/// rows of 128 bytes a stage; Vᵀ: [`DP8_WIDE_VT_BYTES`]).
+pub const DP8_SMEM: u32 =
+    2 * DP8_TILE_BYTES + DP8_STAGES * (2 * DP8_WIDE_N * DP_HEAD_DIM + DP8_WIDE_VT_BYTES) + 256;
 
 /// Parameters of `dense_prefill_fp8`: those of the bf16 kernel (the tensor
 /// maps are of e4m3 bytes: boxes of 128 bytes × 1 head × `box_rows`) and
@@ -171,8 +200,13 @@ pub struct DensePrefillFp8Params {
 }
 
 kernel_params! {
-    DensePrefillParams => ["dense_prefill"],
-    DensePrefillFp8Params => ["dense_prefill_fp8", "dense_prefill_fp8_qbf16"],
+    DensePrefillParams => ["dense_prefill", "dense_prefill_wide"],
+    DensePrefillFp8Params => [
+        "dense_prefill_fp8",
+        "dense_prefill_fp8_qbf16",
+        "dense_prefill_fp8_wide",
+        "dense_prefill_fp8_qbf16_wide",
+    ],
 }
 
 // What fits on one SM: the shared memory, and the `setmaxnreg` budgets in

@@ -55,7 +55,7 @@ pub unsafe trait KernelParams: Copy {
 
 /// Implements [`KernelParams`] and asserts the size at compile time.
 macro_rules! kernel_params {
-    ($($t:ty => [$($k:literal),+]),+ $(,)?) => {$(
+    ($($t:ty => [$($k:literal),+ $(,)?]),+ $(,)?) => {$(
         // SAFETY: every listed type is a #[repr(C)] struct of plain fields.
         unsafe impl $crate::KernelParams for $t {
             const KERNELS: &'static [&'static str] = &[$($k),+];
@@ -197,6 +197,9 @@ pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),
     ("dense_prefill_fp8", dense::DP_THREADS, 1),
     ("dense_prefill_fp8_qbf16", dense::DP_THREADS, 1),
+    ("dense_prefill_wide", dense::DP_THREADS, 1),
+    ("dense_prefill_fp8_wide", dense::DP_THREADS, 1),
+    ("dense_prefill_fp8_qbf16_wide", dense::DP_THREADS, 1),
     ("mla_logits_h64", mla::MI_THREADS, 1),
     ("mla_logits_h64_q1", mla::MI_THREADS, 1),
     ("mla_logits_h64_n64", mla::MI_THREADS, 1),

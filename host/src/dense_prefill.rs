@@ -23,6 +23,14 @@
 //! previous run only launches, so it can be captured in a CUDA graph and
 //! replayed (a graph per layer: each layer's run has its own parameters).
 //!
+//! Key tiles: 128 keys for paged K/V (a TMA box a page, or 128 keys of a
+//! larger page) and for FP8; 176 for bf16 on contiguous K/V, any mask.
+//! Measured on an H100, 2026-12-07 (the same binary, `--key-tile`): bf16
+//! 176 against 128 keys 649 / 644 against 636 TFLOP/s on
+//! `dense-prefill-16k`, 635.5 against 626.5 / 623 causal; FP8 192 against
+//! 128 661 against 710 (16k) and 650–660 against 703 (causal), so FP8
+//! keeps 128. [`DensePrefill::set_key_tile`] overrides the choice.
+//!
 //! The op needs no workspace ([`DensePrefill::workspace_size`] is 0): it
 //! works in shared memory and writes `out` and `lse` directly.
 
@@ -111,6 +119,14 @@ impl Elem {
             Elem::E4m3 => 1,
         }
     }
+
+    /// Keys of the wide kernel's key tile.
+    fn wide_n(self) -> u32 {
+        match self {
+            Elem::Bf16 => DP_WIDE_N,
+            Elem::E4m3 => DP8_WIDE_N,
+        }
+    }
 }
 
 /// What a plan fixed.
@@ -123,6 +139,8 @@ struct Plan {
     paged: Option<PagedPlan>,
     /// Contiguous K/V: rows of `k` and `v`.
     kv_rows: usize,
+    /// Keys of a key tile: `DP_BLOCK_N`, or the wide kernel's.
+    key_tile: u32,
 }
 
 /// The planned paged pool.
@@ -148,6 +166,10 @@ pub struct DensePrefill {
     cfg: DensePrefillConfig,
     pub(crate) elem: Elem,
     kernel: Kernel<DensePrefillParams>,
+    /// The same with key tiles of `DP_WIDE_N` keys (contiguous K/V).
+    kernel_wide: Kernel<DensePrefillParams>,
+    /// `set_key_tile`'s choice (`None`: the plan's own).
+    key_tile: Option<u32>,
     /// [`DenseTile`]s as words, longest first.
     pub(crate) tiles: CudaSlice<u32>,
     /// `DP_TMAPS` tensor maps.
@@ -199,6 +221,8 @@ impl DensePrefill {
             cfg,
             elem: Elem::Bf16,
             kernel: gpu.kernel("dense_prefill", DP_SMEM)?,
+            kernel_wide: gpu.kernel("dense_prefill_wide", DP_SMEM)?,
+            key_tile: None,
             tiles: gpu.zeros(1)?,
             tmaps: TensorMaps::new(gpu, DP_TMAPS)?,
             plan: None,
@@ -216,6 +240,24 @@ impl DensePrefill {
         0
     }
 
+    /// Fixes the keys of a key tile for the next `plan`s: `Some(128)`, or
+    /// `Some` of the wide tile (176 bf16, 192 FP8; contiguous K/V only,
+    /// which `plan` checks), instead of the choice in the module's docs
+    /// (`None`). For measuring one against the other.
+    pub fn set_key_tile(&mut self, keys: Option<u32>) -> Result<()> {
+        if let Some(n) = keys {
+            let wide = self.elem.wide_n();
+            ensure(
+                n == DP_BLOCK_N || n == wide,
+                "key_tile",
+                || format!("{DP_BLOCK_N} or {wide} keys"),
+                || n.to_string(),
+            )?;
+        }
+        self.key_tile = keys;
+        Ok(())
+    }
+
     /// Validates the batch and the K/V layout, cuts the batch into tiles
     /// (longest first) and uploads them.
     pub fn plan(&mut self, batch: &RaggedBatch, kv: &KvLayout) -> Result<()> {
@@ -229,6 +271,19 @@ impl DensePrefill {
             || rows.to_string(),
         )?;
         let kvp = self.check_kv(batch, kv)?;
+        let wide = self.elem.wide_n();
+        let auto = if kvp.paged.is_none() && self.elem == Elem::Bf16 {
+            wide
+        } else {
+            DP_BLOCK_N
+        };
+        let key_tile = self.key_tile.unwrap_or(auto);
+        ensure(
+            key_tile == DP_BLOCK_N || kvp.paged.is_none(),
+            "key_tile",
+            || format!("{DP_BLOCK_N} keys for paged K/V"),
+            || key_tile.to_string(),
+        )?;
         let tiles = plan_tiles(batch, &kvp.keys, &kvp.kv_row0, &self.cfg);
         let words = record_words(&tiles);
         grow(&self.gpu, &mut self.tiles, words.len())?;
@@ -244,6 +299,7 @@ impl DensePrefill {
             num_tiles: tiles.len(),
             paged: kvp.paged,
             kv_rows: kvp.kv_rows,
+            key_tile,
         });
         Ok(())
     }
@@ -341,14 +397,24 @@ impl DensePrefill {
             return Ok(());
         };
         (params.tmaps, params.tiles) = (b.r(self.tmaps.device()), b.rec(&self.tiles));
+        let kernel = if self.wide() {
+            &self.kernel_wide
+        } else {
+            &self.kernel
+        };
         // SAFETY: every buffer's length was checked against the plan; the
         // kernel clamps page ids and tile rows, and TMA zero-fills reads
-        // past a tensor.
+        // past a tensor; the wide kernel is planned for contiguous K/V only.
         unsafe {
             self.gpu
-                .launch(&self.kernel, "the dense prefill kernel", &params)
+                .launch(kernel, "the dense prefill kernel", &params)
                 .run(cfg)
         }
+    }
+
+    /// Whether the plan takes the wide key tiles.
+    pub(crate) fn wide(&self) -> bool {
+        self.plan.as_ref().is_some_and(|p| p.key_tile != DP_BLOCK_N)
     }
 
     /// What a run of either element type checks and binds: the buffers'
@@ -546,7 +612,7 @@ fn encode_maps(
             l.num_pages * 2 * l.num_layers * l.page_size,
             l.page_size.min(DP_BLOCK_N as usize) as u32,
         ),
-        None => (p.kv_rows, DP_BLOCK_N),
+        None => (p.kv_rows, p.key_tile),
     };
     for addr in [kv.0, kv.1] {
         maps.extend(encode_tmap(elem, addr, cfg.n_kv_heads, rows, box_rows)?);
@@ -579,7 +645,7 @@ fn params<T>(
         scale_log2: cfg.scale * std::f32::consts::LOG2_E,
         causal,
         window,
-        box_rows: DP_BLOCK_N,
+        box_rows: p.key_tile,
         ..Default::default()
     };
     if let (

@@ -80,6 +80,9 @@ pub struct DensePrefillFp8 {
     kernel: Kernel<DensePrefillFp8Params>,
     /// The same on bf16 queries.
     kernel_qbf16: Kernel<DensePrefillFp8Params>,
+    /// Both with key tiles of `DP8_WIDE_N` keys (contiguous K/V).
+    kernel_wide: Kernel<DensePrefillFp8Params>,
+    kernel_qbf16_wide: Kernel<DensePrefillFp8Params>,
 }
 
 impl DensePrefillFp8 {
@@ -91,12 +94,19 @@ impl DensePrefillFp8 {
             core,
             kernel: gpu.kernel("dense_prefill_fp8", DP8_SMEM)?,
             kernel_qbf16: gpu.kernel("dense_prefill_fp8_qbf16", DP8_SMEM)?,
+            kernel_wide: gpu.kernel("dense_prefill_fp8_wide", DP8_SMEM)?,
+            kernel_qbf16_wide: gpu.kernel("dense_prefill_fp8_qbf16_wide", DP8_SMEM)?,
         })
     }
 
     /// The configuration.
     pub fn config(&self) -> &DensePrefillConfig {
         self.core.config()
+    }
+
+    /// As [`DensePrefill::set_key_tile`] (the wide tile: `DP8_WIDE_N`).
+    pub fn set_key_tile(&mut self, keys: Option<u32>) -> Result<()> {
+        self.core.set_key_tile(keys)
     }
 
     /// As [`DensePrefill::plan`]; a paged pool must be of
@@ -161,10 +171,16 @@ impl DensePrefillFp8 {
             v_descale: b.input("v_descale", descales.v)?,
             descale_stride: per_head as u32,
         };
-        let (kernel, what) = match q_elem {
-            Elem::E4m3 => (&self.kernel, "the FP8 dense prefill kernel"),
-            Elem::Bf16 => (
+        let wide = self.core.wide();
+        let (kernel, what) = match (q_elem, wide) {
+            (Elem::E4m3, false) => (&self.kernel, "the FP8 dense prefill kernel"),
+            (Elem::E4m3, true) => (&self.kernel_wide, "the FP8 dense prefill kernel"),
+            (Elem::Bf16, false) => (
                 &self.kernel_qbf16,
+                "the FP8 dense prefill kernel (bf16 queries)",
+            ),
+            (Elem::Bf16, true) => (
+                &self.kernel_qbf16_wide,
                 "the FP8 dense prefill kernel (bf16 queries)",
             ),
         };

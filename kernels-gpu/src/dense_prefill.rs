@@ -3,7 +3,10 @@
 //!
 //! One CTA per (work tile, query head), tiles longest first (the host sorts
 //! them), the heads of a tile adjacent so that the heads sharing a KV head
-//! run together and read its K/V from L2:
+//! run together and read its K/V from L2. Two instances of one body: key
+//! tiles of [`DP_BLOCK_N`] = 128 keys (`dense_prefill`, every K/V layout)
+//! and of [`DP_WIDE_N`] = 176 (`dense_prefill_wide`, contiguous K/V only:
+//! a TMA box is one key tile, which a page of 128 would not divide):
 //!
 //! - **scheduler** ([`schedule`]): the tile's rows, KV head and the range
 //!   of key tiles its mask leaves;
@@ -40,18 +43,18 @@ use crate::tile::pipeline::{MbarRing, PingPong};
 use crate::tile::softmax::{LseState, LN2, LOG2E};
 use crate::tile::swizzle::Slabs128;
 
-/// A Q, K or V tile: 128 rows of 128 bf16 as two 64-dim slabs.
-type Tile = Slabs128<128>;
+/// The Q tile: 128 rows of 128 bf16 as two 64-dim slabs.
+pub(crate) type QTile = Slabs128<DP_BLOCK_M>;
+/// A K or V tile of `BN` keys: two 64-dim slabs of `BN` rows (e4m3: one).
+pub(crate) type Tile<const BN: u32> = Slabs128<BN>;
 /// The ring of K (or V) stages.
 type Ring = MbarRing<DP_STAGES>;
-/// Bytes of one 64-dim slab of a tile.
-const SLAB: u32 = Tile::SLAB_BYTES;
 /// Threads of one consumer warpgroup.
 const WG: u32 = 128;
 /// Consumer warps: each arrives once on a stage's empty barrier.
 const CONSUMER_WARPS: u32 = DP_CONSUMERS * 4;
-/// No A fragments: `wgmma_fence` / `wait` of a shared-memory-A product.
-const NO_A: [[u32; 4]; 8] = [[0; 4]; 8];
+/// No A fragments: [`fence`] / [`wait`] of a shared-memory-A product.
+pub(crate) const NO_A: [u32; 0] = [];
 /// A row's running max moves only when a tile's max passes it by more
 /// than this (log2 units, [`LseState::advance_lazy`]): P stays ≤ 2⁸, within
 /// bf16 and e4m3 (448), and O is rescaled only on the rare tiles where some
@@ -59,12 +62,17 @@ const NO_A: [[u32; 4]; 8] = [[0; 4]; 8];
 /// thread every tile.
 const RESCALE_SLACK: f32 = 8.0;
 
+/// Bytes of the K (or V) stages: the wide kernel's, of which the narrow
+/// one uses the first `DP_STAGES · 32 KiB`.
+const KV_BYTES: usize = (DP_STAGES * DP_WIDE_N * 256) as usize;
+
 /// Shared memory of the kernel.
 #[repr(C)]
 struct Smem {
     q: [u8; DP_TILE_BYTES as usize],
-    k: [[u8; DP_TILE_BYTES as usize]; DP_STAGES as usize],
-    v: [[u8; DP_TILE_BYTES as usize]; DP_STAGES as usize],
+    /// `DP_STAGES` stages of `BN · 256` bytes.
+    k: [u8; KV_BYTES],
+    v: [u8; KV_BYTES],
     q_full: u64,
     k_full: [u64; DP_STAGES as usize],
     k_empty: [u64; DP_STAGES as usize],
@@ -87,13 +95,13 @@ pub(crate) struct Work {
 }
 
 impl Work {
-    /// Whether key tile `j` needs the mask: some row of the CTA does not
-    /// see all of it (the last row has the highest window start, the first
-    /// row the lowest end).
+    /// Whether key tile `j` (of `BN` keys) needs the mask: some row of the
+    /// CTA does not see all of it (the last row has the highest window
+    /// start, the first row the lowest end).
     #[inline(always)]
-    pub(crate) fn masked(&self, j: u32) -> bool {
-        let kb = j * DP_BLOCK_N;
-        !(kb >= self.last.lo && kb + DP_BLOCK_N <= self.first.hi)
+    pub(crate) fn masked<const BN: u32>(&self, j: u32) -> bool {
+        let kb = j * BN;
+        !(kb >= self.last.lo && kb + BN <= self.first.hi)
     }
 }
 
@@ -113,8 +121,25 @@ fn rings() -> (Ring, Ring) {
 
 #[no_mangle]
 pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
+    run::<DP_BLOCK_N, 16>(&p);
+}
+
+/// [`dense_prefill`] with key tiles of [`DP_WIDE_N`] keys, on contiguous
+/// K/V (`page_size` must be 0; the host launches it only then).
+#[no_mangle]
+pub unsafe extern "ptx-kernel" fn dense_prefill_wide(p: DensePrefillParams) {
+    run::<DP_WIDE_N, 22>(&p);
+}
+
+/// The kernel with key tiles of `BN = 8 NT` keys.
+#[inline(always)]
+unsafe fn run<const BN: u32, const NT: usize>(p: &DensePrefillParams)
+where
+    [[f32; 4]; NT]: ScoreAcc,
+{
+    const { assert!(BN as usize == 8 * NT) };
     grid_prologue();
-    let Some(w) = schedule(&p) else {
+    let Some(w) = schedule::<BN>(p) else {
         return;
     };
     let (kr, vr) = rings();
@@ -134,7 +159,7 @@ pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
                 k: crate::smem_addr!(Smem, k),
                 v: crate::smem_addr!(Smem, v),
             };
-            produce::<2, 2, DP_STAGES>(&p, &w, at, crate::smem_addr!(Smem, q_full), &kr, &vr);
+            produce::<2, 2, DP_STAGES, BN>(p, &w, at, crate::smem_addr!(Smem, q_full), &kr, &vr);
         }
         return;
     }
@@ -148,12 +173,13 @@ pub unsafe extern "ptx-kernel" fn dense_prefill(p: DensePrefillParams) {
         vr,
         q_full: crate::smem_addr!(Smem, q_full),
     };
-    consume::<Bf16, DP_STAGES>(&p, &w, c, &at, (p.scale_log2, 1.0));
+    consume::<Bf16, DP_STAGES, BN, NT>(p, &w, c, &at, (p.scale_log2, 1.0));
 }
 
-/// The CTA's tile, head and key tiles; `None` past the last tile.
+/// The CTA's tile, head and key tiles (of `BN` keys); `None` past the last
+/// tile.
 #[inline(always)]
-pub(crate) unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
+pub(crate) unsafe fn schedule<const BN: u32>(p: &DensePrefillParams) -> Option<Work> {
     let nh = p.n_heads.max(1);
     let (ti, h) = (block_idx_x() / nh, block_idx_x() % nh);
     if ti >= p.num_tiles || p.n_kv_heads == 0 {
@@ -170,8 +196,8 @@ pub(crate) unsafe fn schedule(p: &DensePrefillParams) -> Option<Work> {
         causal,
         p.window,
     );
-    let n0 = first.lo / DP_BLOCK_N;
-    let n1 = last.hi.div_ceil(DP_BLOCK_N).max(n0);
+    let n0 = first.lo / BN;
+    let n1 = last.hi.div_ceil(BN).max(n0);
     Some(Work {
         t,
         h,
@@ -194,9 +220,11 @@ pub(crate) struct Dst {
 }
 
 /// The producer warp: Q, then K and V of every key tile, each stage once
-/// the consumers have released it. K and V tiles are `SLABS` slabs of 128
+/// the consumers have released it. K and V tiles are `SLABS` slabs of `BN`
 /// rows of 128 bytes (bf16: 2, dims 0..64 and 64..128; e4m3: 1), the Q tile
-/// `Q_SLABS` (bf16 queries of the FP8 kernel: 2). Lane 0 waits for
+/// `Q_SLABS` of 128 rows (bf16 queries of the FP8 kernel: 2). Only the
+/// narrow kernels (`BN` = [`DP_BLOCK_N`]) read paged K/V; the wide ones
+/// take every K/V as contiguous. Lane 0 waits for
 /// the stage and posts its bytes; for paged K/V, lane `b` looks up and
 /// copies the tile's box `b` (a page, or 128 keys of a larger one), the
 /// page looked up once for K and V and before the wait. (One thread doing
@@ -204,7 +232,7 @@ pub(crate) struct Dst {
 /// another: `-paged16` 454–459 TFLOP/s; a lane per page: 493–514, H200,
 /// 2026-12-02.)
 #[inline(always)]
-pub(crate) unsafe fn produce<const Q_SLABS: u32, const SLABS: u32, const STAGES: u32>(
+pub(crate) unsafe fn produce<const Q_SLABS: u32, const SLABS: u32, const STAGES: u32, const BN: u32>(
     p: &DensePrefillParams,
     w: &Work,
     at: Dst,
@@ -212,31 +240,28 @@ pub(crate) unsafe fn produce<const Q_SLABS: u32, const SLABS: u32, const STAGES:
     kr: &MbarRing<STAGES>,
     vr: &MbarRing<STAGES>,
 ) {
-    let tile = SLABS * SLAB;
+    let tile = SLABS * Tile::<BN>::SLAB_BYTES;
     let maps = p.tmaps.ptr();
     let (qmap, kmap, vmap) = (maps, maps.add(DP_TMAP_BYTES), maps.add(2 * DP_TMAP_BYTES));
     let lane = lane_id();
     if lane == 0 {
-        mbarrier_arrive_expect_tx(q_full, Q_SLABS * SLAB);
+        mbarrier_arrive_expect_tx(q_full, Q_SLABS * QTile::SLAB_BYTES);
         for slab in 0..Q_SLABS {
             let at_q = [64 * slab as i32, w.h as i32, w.t.row0 as i32];
-            tma_load_3d(at.q + slab * SLAB, qmap, q_full, at_q);
+            tma_load_3d(at.q + slab * QTile::SLAB_BYTES, qmap, q_full, at_q);
         }
     }
-    let box_rows = if p.page_size == 0 {
-        DP_BLOCK_N
-    } else {
-        p.box_rows.clamp(1, DP_BLOCK_N)
-    };
-    let mine = lane < DP_BLOCK_N / box_rows;
-    let plane = |paged_off: u32| if p.page_size == 0 { 0 } else { paged_off };
+    let paged = BN == DP_BLOCK_N && p.page_size != 0;
+    let box_rows = if paged { p.box_rows.clamp(1, BN) } else { BN };
+    let mine = lane < BN / box_rows;
+    let plane = |paged_off: u32| if paged { paged_off } else { 0 };
     for j in w.n0..w.n1 {
         let i = j - w.n0;
         let stage = (i % STAGES) * tile;
-        let tok = j * DP_BLOCK_N + lane * box_rows;
+        let tok = j * BN + lane * box_rows;
         let row = if !mine {
             0
-        } else if p.page_size == 0 {
+        } else if !paged {
             w.t.kv_row0 + tok
         } else {
             page_id(p, w.t.seq, tok / p.page_size) * p.page_rows + tok % p.page_size
@@ -253,7 +278,7 @@ pub(crate) unsafe fn produce<const Q_SLABS: u32, const SLABS: u32, const STAGES:
                 let dst = dst + stage + lane * box_rows * 128;
                 for slab in 0..SLABS {
                     let at_kv = [64 * slab as i32, w.kh as i32, (row + off) as i32];
-                    tma_load_3d(dst + slab * SLAB, map, ring.full_bar(i), at_kv);
+                    tma_load_3d(dst + slab * Tile::<BN>::SLAB_BYTES, map, ring.full_bar(i), at_kv);
                 }
             }
         }
@@ -277,11 +302,13 @@ pub(crate) fn my_rows(c: u32) -> [u32; 2] {
     [r, r + 8]
 }
 
-/// The element type's part of the consumer loop: its two products and P
-/// as the A operand of P V. `bf16` here, `e4m3` in `dense_prefill_fp8`.
-pub(crate) trait Operands {
+/// The element type's part of the consumer loop for key tiles of `BN = 8
+/// NT` keys: its two products and P as the A operand of P V. `bf16` here,
+/// `e4m3` in `dense_prefill_fp8`. S is `[[f32; 4]; NT]` (n-tile `j` the
+/// keys `8 j .. 8 j + 8`), O an [`Acc`].
+pub(crate) trait Operands<const BN: u32, const NT: usize> {
     /// P in the A-operand layout of P V.
-    type P: Copy;
+    type P: Copy + Regs;
     /// Q as the A operand of S: the shared address of the warpgroup's
     /// rows, or (queries quantised in the kernel) this thread's fragments.
     type Q: Copy;
@@ -290,38 +317,55 @@ pub(crate) trait Operands {
     /// The factors of this thread's two rows' scores beyond `sl2` (1 but
     /// where Q is quantised in the kernel, row by row).
     fn q_scale(q: &Self::Q) -> [f32; 2];
-    /// Bytes of a K or V stage.
-    const STAGE_BYTES: u32;
+    /// Bytes of a K stage and of a stage P V reads (V, or Vᵀ in FP8).
+    const K_STAGE: u32;
+    const V_STAGE: u32;
     /// Whether V rows past the sequence's end must be zeroed in the last
     /// stage before P V (the FP8 transposer writes zeros there itself).
     const ZERO_V_TAIL: bool;
     /// Issues S = Q Kᵀ for the warpgroup's 64 rows and the stage `ks`
     /// (committed, not waited for).
-    fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32);
+    fn scores_issue(s: &mut [[f32; 4]; NT], q: &Self::Q, ks: u32);
     /// Issues O += P V from the stage `vs` (committed, not waited for).
     fn pv_issue(o: &mut Acc, pa: &Self::P, vs: u32);
     /// P (f32, the accumulator layout) as A fragments.
-    fn pack_p(s: &Acc) -> Self::P;
-    /// `wgmma.fence` with O and P tied.
-    fn fence(o: &mut Acc, pa: &Self::P);
-    /// Waits for the S product, `pending` younger groups still in flight
-    /// (0 or 1).
-    fn wait_s<const PENDING: u32>(s: &mut Acc);
-    /// Waits for every product, O and P tied.
-    fn wait_o(o: &mut Acc, pa: &Self::P);
+    fn pack_p(s: &[[f32; 4]; NT]) -> Self::P;
 }
 
-/// An `M64N128` f32 accumulator (S or O of a warpgroup).
+/// An `M64N128` f32 accumulator (O of a warpgroup; S of a 128-key tile).
 pub(crate) type Acc = [[f32; 4]; 16];
 
-/// bf16 operands: 8 k16 steps a product.
+/// `wgmma.fence` with `d` and the A fragments `a` tied.
+#[inline(always)]
+pub(crate) fn fence<D: Regs, A: Regs>(d: &mut D, a: &A) {
+    d.tie();
+    a.hold();
+    wgmma_fence_bare();
+}
+
+/// Waits for the products, `PENDING` younger groups still in flight (0 or
+/// 1), `d` (their results) and `a` (the A fragments they read) tied.
+#[inline(always)]
+pub(crate) fn wait<const PENDING: u32, D: Regs, A: Regs>(d: &mut D, a: &A) {
+    wgmma_wait_bare::<PENDING>();
+    d.tie();
+    a.hold();
+}
+
+/// bf16 operands: `NT / 2` k16 steps of P V, 8 of S.
 struct Bf16;
 
-impl Operands for Bf16 {
-    type P = [[u32; 4]; 8];
+impl<const BN: u32, const NT: usize> Operands<BN, NT> for Bf16
+where
+    [[f32; 4]; NT]: ScoreAcc,
+{
+    /// A fragment `ks` is n-tiles `2 ks` and `2 ks + 1`: each n-tile's
+    /// row-`g` pair, then its row-`g + 8` pair.
+    type P = [[u32; 2]; NT];
     /// The shared address of the warpgroup's Q rows.
     type Q = u32;
-    const STAGE_BYTES: u32 = DP_TILE_BYTES;
+    const K_STAGE: u32 = 2 * Tile::<BN>::SLAB_BYTES;
+    const V_STAGE: u32 = 2 * Tile::<BN>::SLAB_BYTES;
     const ZERO_V_TAIL: bool = true;
 
     #[inline(always)]
@@ -335,12 +379,12 @@ impl Operands for Bf16 {
     }
 
     #[inline(always)]
-    fn scores_issue(s: &mut Acc, q: &Self::Q, ks: u32) {
-        wgmma_fence(s, &NO_A);
-        let (qd, kd) = (Tile::k_major_desc(*q, 0), Tile::k_major_desc(ks, 0));
+    fn scores_issue(s: &mut [[f32; 4]; NT], q: &Self::Q, ks: u32) {
+        fence(s, &NO_A);
+        let (qd, kd) = (QTile::k_major_desc(*q, 0), Tile::<BN>::k_major_desc(ks, 0));
         crate::unroll!(8, KS => {
-            let (a, b) = (Tile::k_major_step(qd, KS as u32), Tile::k_major_step(kd, KS as u32));
-            wgmma_m64n128k16_bf16_ss::<0, 0>(s, a, b, KS > 0);
+            let (a, b) = (QTile::k_major_step(qd, KS as u32), Tile::<BN>::k_major_step(kd, KS as u32));
+            s.bf16_ss(a, b, KS > 0);
         });
         wgmma_commit();
     }
@@ -348,42 +392,22 @@ impl Operands for Bf16 {
     /// B: the V stage, N-major, 16 keys per k-step.
     #[inline(always)]
     fn pv_issue(o: &mut Acc, pa: &Self::P, vs: u32) {
-        wgmma_fence(o, pa);
-        let vd = Tile::mn_major_desc(vs, 0);
-        crate::unroll!(8, KS => {
-            wgmma_m64n128k16_bf16::<1>(o, pa[KS], Tile::mn_major_step(vd, KS as u32), true);
+        fence(o, pa);
+        let vd = Tile::<BN>::mn_major_desc(vs, 0);
+        crate::unroll_to!(NT / 2, KS => {
+            let a = [pa[2 * KS][0], pa[2 * KS][1], pa[2 * KS + 1][0], pa[2 * KS + 1][1]];
+            wgmma_m64n128k16_bf16::<1>(o, a, Tile::<BN>::mn_major_step(vd, KS as u32), true);
         });
         wgmma_commit();
     }
 
-    /// Two n-tiles of 8 keys are one k16 step.
     #[inline(always)]
-    fn pack_p(p: &Acc) -> Self::P {
-        let mut pa = [[0u32; 4]; 8];
-        crate::unroll!(16, J => {
-            pa[J / 2][2 * (J & 1)] = pack_bf16x2(p[J][0], p[J][1]);
-            pa[J / 2][2 * (J & 1) + 1] = pack_bf16x2(p[J][2], p[J][3]);
+    fn pack_p(p: &[[f32; 4]; NT]) -> Self::P {
+        let mut pa = [[0u32; 2]; NT];
+        crate::unroll_to!(NT, J => {
+            pa[J] = [pack_bf16x2(p[J][0], p[J][1]), pack_bf16x2(p[J][2], p[J][3])];
         });
         pa
-    }
-
-    #[inline(always)]
-    fn fence(o: &mut Acc, pa: &Self::P) {
-        wgmma_fence(o, pa);
-    }
-
-    #[inline(always)]
-    fn wait_s<const PENDING: u32>(s: &mut Acc) {
-        if PENDING == 0 {
-            wgmma_wait0(s, &NO_A);
-        } else {
-            wgmma_wait1(s, &NO_A);
-        }
-    }
-
-    #[inline(always)]
-    fn wait_o(o: &mut Acc, pa: &Self::P) {
-        wgmma_wait0(o, pa);
     }
 }
 
@@ -411,7 +435,7 @@ pub(crate) struct Stages<const S: u32> {
 /// the two warpgroups, [`PingPong`] lets one issue its products while the
 /// other runs its softmax.
 ///
-/// In the SASS, ptxas moves the wait for P V (`wait_o` below) up to
+/// In the SASS, ptxas moves the wait for P V (`wait::<0, _, _>(&mut o, &pa)` below) up to
 /// the top of the softmax, by its own estimate of when P V lands, so the
 /// softmax runs after P V and only the other warpgroup's products overlap
 /// it. Holding the wait after the softmax (a shared store of the row sums
@@ -420,7 +444,7 @@ pub(crate) struct Stages<const S: u32> {
 /// against 490 (H200, 2026-12-02, the two builds back to back; with V
 /// loaded a tile behind K as well, 563 and 469).
 #[inline(always)]
-pub(crate) unsafe fn consume<E: Operands, const S: u32>(
+pub(crate) unsafe fn consume<E: Operands<BN, NT>, const S: u32, const BN: u32, const NT: usize>(
     p: &DensePrefillParams,
     w: &Work,
     c: u32,
@@ -432,7 +456,7 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
     let causal = p.causal != 0;
     let lim =
         rows.map(|r| KeyRange::of(w.t.q_pos0.saturating_add(r), w.t.num_keys, causal, p.window));
-    let stage = |i: u32| (i % S) * E::STAGE_BYTES;
+    let (kstage, vstage) = (|i: u32| (i % S) * E::K_STAGE, |i: u32| (i % S) * E::V_STAGE);
     let mut st = [LseState::EMPTY; 2];
     let mut o = [[0f32; 4]; 16];
     // `n` broadcast from lane 0 (the same value in every lane): ptxas then
@@ -450,33 +474,33 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
     let turn = PingPong::start(c);
     turn.wait();
     kr.wait(0);
-    let mut s = [[0f32; 4]; 16];
+    let mut s = [[0f32; 4]; NT];
     E::scores_issue(&mut s, &q, at.k);
     turn.pass(false);
-    E::wait_s::<0>(&mut s);
+    wait::<0, _, _>(&mut s, &NO_A);
     release(kr, 0);
-    if w.masked(w.n0) {
-        mask_fragment(&mut s, w.n0 * DP_BLOCK_N, lim);
+    if w.masked::<BN>(w.n0) {
+        mask_fragment(&mut s, w.n0 * BN, lim);
     }
     softmax_step(&mut st, &mut s, sl2);
     let mut pa = E::pack_p(&s);
     // Tile i's S with tile i - 1's P V, tile i's softmax while P V runs.
     for i in 1..n {
         let j = w.n0 + i;
-        E::fence(&mut o, &pa); // O's rescale and P are written before the S product starts
+        fence(&mut o, &pa); // O's rescale and P are written before the S product starts
         turn.wait();
         kr.wait(i);
-        E::scores_issue(&mut s, &q, at.k + stage(i));
+        E::scores_issue(&mut s, &q, at.k + kstage(i));
         vr.wait(i - 1);
-        E::pv_issue(&mut o, &pa, at.v + stage(i - 1));
+        E::pv_issue(&mut o, &pa, at.v + vstage(i - 1));
         turn.pass(false);
-        E::wait_s::<1>(&mut s);
+        wait::<1, _, _>(&mut s, &NO_A);
         release(kr, i);
-        if w.masked(j) {
-            mask_fragment(&mut s, j * DP_BLOCK_N, lim);
+        if w.masked::<BN>(j) {
+            mask_fragment(&mut s, j * BN, lim);
         }
         let corr = softmax_step(&mut st, &mut s, sl2);
-        E::wait_o(&mut o, &pa);
+        wait::<0, _, _>(&mut o, &pa);
         release(vr, i - 1);
         // P is packed once P V has landed: packed while it runs, the new
         // P took registers of the P that P V reads and ptxas serialized
@@ -487,16 +511,16 @@ pub(crate) unsafe fn consume<E: Operands, const S: u32>(
         }
     }
     // The last tile's P V, its keys past the sequence's end zeroed first.
-    E::fence(&mut o, &pa);
+    fence(&mut o, &pa);
     turn.wait();
     vr.wait(n - 1);
-    let kb = (w.n1 - 1) * DP_BLOCK_N;
-    if E::ZERO_V_TAIL && kb + DP_BLOCK_N > w.t.num_keys {
-        zero_v_tail(at.v + stage(n - 1), w.t.num_keys.max(kb) - kb, c);
+    let kb = (w.n1 - 1) * BN;
+    if E::ZERO_V_TAIL && kb + BN > w.t.num_keys {
+        zero_v_tail::<BN>(at.v + vstage(n - 1), w.t.num_keys.max(kb) - kb, c);
     }
-    E::pv_issue(&mut o, &pa, at.v + stage(n - 1));
+    E::pv_issue(&mut o, &pa, at.v + vstage(n - 1));
     turn.pass(true);
-    E::wait_o(&mut o, &pa);
+    wait::<0, _, _>(&mut o, &pa);
     release(vr, n - 1);
     epilogue(p, w, rows, st, &o, vscale);
 }
@@ -534,9 +558,13 @@ pub(crate) fn rescale(o: &mut [[f32; 4]; 16], corr: [f32; 2]) {
 /// must be rescaled by. The row maximum is taken over the raw scores
 /// (`scale > 0`).
 #[inline(always)]
-pub(crate) fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: [f32; 2]) -> [f32; 2] {
+pub(crate) fn softmax_step<const NT: usize>(
+    st: &mut [LseState; 2],
+    s: &mut [[f32; 4]; NT],
+    sl2: [f32; 2],
+) -> [f32; 2] {
     let mut mx = [f32::NEG_INFINITY; 2];
-    crate::unroll!(16, J => {
+    crate::unroll_to!(NT, J => {
         crate::unroll!(2, H => { mx[H] = fmax(mx[H], fmax(s[J][2 * H], s[J][2 * H + 1])); });
     });
     let (mut m_use, mut corr) = ([0f32; 2], [1f32; 2]);
@@ -544,7 +572,7 @@ pub(crate) fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: 
         let (cr, m) = st[H].advance_lazy(quad_max_f32(mx[H]) * sl2[H], RESCALE_SLACK);
         (m_use[H], corr[H]) = (-m, cr);
     });
-    crate::unroll!(16, J => {
+    crate::unroll_to!(NT, J => {
         crate::unroll!(4, E => { s[J][E] = exp2(fma(s[J][E], sl2[E >> 1], m_use[E >> 1])); });
         st[0].l += s[J][0] + s[J][1];
         st[1].l += s[J][2] + s[J][3];
@@ -556,8 +584,8 @@ pub(crate) fn softmax_step(st: &mut [LseState; 2], s: &mut [[f32; 4]; 16], sl2: 
 /// end) for consumer warpgroup `c`. Both warpgroups write the same zeros
 /// before their own P V, so neither can see the other's garbage.
 #[inline(always)]
-unsafe fn zero_v_tail(vs: u32, from: u32, c: u32) {
-    PagedBlock::<DP_BLOCK_N, 256>::zero_tail::<Tile, WG>(vs, from, thread_idx_x() % WG);
+unsafe fn zero_v_tail<const BN: u32>(vs: u32, from: u32, c: u32) {
+    PagedBlock::<BN, 256>::zero_tail::<Tile<BN>, WG>(vs, from, thread_idx_x() % WG);
     fence_proxy_async_shared();
     named_barrier_sync(1 + c, WG);
 }

@@ -16,6 +16,7 @@
 
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
+use sparse_attn::abi::dense::{DP_BLOCK_N, DP_WIDE_N};
 use sparse_attn::{
     bf16, CudaSlice, DensePrefill, DensePrefillConfig, DevicePtr, Error, Gpu, KvBuffers, KvLayout,
     Mask,
@@ -43,6 +44,8 @@ struct Case {
     q: Vec<bf16>,
     sinks: Option<Vec<f32>>,
     cfg: DensePrefillConfig,
+    /// `set_key_tile`'s argument (`None`: the plan's choice).
+    key_tile: Option<u32>,
 }
 
 const LAYERS: usize = 2;
@@ -95,7 +98,14 @@ impl Case {
             q,
             sinks,
             cfg,
+            key_tile: None,
         }
+    }
+
+    /// The case with the key tile fixed.
+    fn with_key_tile(mut self, keys: u32) -> Self {
+        self.key_tile = Some(keys);
+        self
     }
 
     fn layout(&self) -> KvLayout<'_> {
@@ -184,6 +194,7 @@ impl Dev {
 /// Plans and runs the case with poisoned outputs; every element must be written.
 fn run(gpu: &Gpu, c: &Case) -> (Vec<bf16>, Vec<f32>) {
     let mut op = DensePrefill::new(gpu, c.cfg).unwrap();
+    op.set_key_tile(c.key_tile).unwrap();
     op.plan(&c.spec.as_batch(), &c.layout()).unwrap();
     let d = Dev::new(gpu, c);
     poisoned_run(gpu, c.spec.num_rows() * c.cfg.n_heads, |out, lse| {
@@ -239,6 +250,43 @@ fn gpu_dense_prefill_matches_reference_for_every_mask_and_source() {
                 &gpu,
                 &format!("contiguous cross {mask:?} sinks {sinks}"),
                 &c,
+            );
+        }
+    }
+}
+
+/// Both key tiles (128 and the wide kernel's `DP_WIDE_N` = 176) on
+/// contiguous K/V under every mask: key counts around one and two wide
+/// tiles, query lengths around them, chunked positions, cross-attention.
+#[test]
+fn gpu_dense_prefill_both_key_tiles_under_every_mask() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let q_lens = [1u32, 175, 176, 177, 353, 129];
+    let kv_lens = [0u32, 175, 176, 177, 352, 1000];
+    for keys in [DP_BLOCK_N, DP_WIDE_N] {
+        for (i, mask) in MASKS.into_iter().enumerate() {
+            let cfg = config(8, 2, mask, i % 2 == 1);
+            let spec = RaggedSpec::prefill(&q_lens, &[0; 6]);
+            let c = Case::random(&mut rng, spec.clone(), cfg, None, Some(&q_lens));
+            check(
+                &gpu,
+                &format!("tile {keys} self {mask:?}"),
+                &c.with_key_tile(keys),
+            );
+            // Rows at positions past the start (bottom-right aligned for the longer ones).
+            let cache: Vec<u32> = kv_lens
+                .iter()
+                .zip(q_lens)
+                .map(|(&k, q)| k.saturating_sub(q))
+                .collect();
+            let spec = RaggedSpec::prefill(&q_lens, &cache);
+            let c = Case::random(&mut rng, spec, cfg, None, Some(&kv_lens));
+            check(
+                &gpu,
+                &format!("tile {keys} cross {mask:?}"),
+                &c.with_key_tile(keys),
             );
         }
     }
@@ -438,6 +486,11 @@ fn gpu_dense_prefill_names_bad_input() {
     for (layout, b, arg) in cases {
         assert_eq!(invalid_arg(op.plan(&b, &layout)), arg);
     }
+    // A key tile of neither width, and the wide one on a paged cache.
+    assert_eq!(invalid_arg(op.set_key_tile(Some(100))), "key_tile");
+    op.set_key_tile(Some(DP_WIDE_N)).unwrap();
+    assert_eq!(invalid_arg(op.plan(&batch, &c.layout())), "key_tile");
+    op.set_key_tile(None).unwrap();
     // Buffers of the wrong size, sinks that the config does not have.
     op.plan(&batch, &c.layout()).unwrap();
     let d = Dev::new(&gpu, &c);

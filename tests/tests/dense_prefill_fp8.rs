@@ -24,6 +24,7 @@ use sparse_attn::{
     bf16, CudaSlice, DensePrefillConfig, DensePrefillFp8, DevicePtr, Error, Fp8Descales, Gpu,
     KvBuffers, KvLayout, Mask,
 };
+use sparse_attn_abi::dense::{DP8_WIDE_N, DP_BLOCK_N};
 use sparse_attn_abi::fp8::f32_to_e4m3;
 use sparse_attn_reference::dense_prefill::{
     check_dense_prefill_fp8, dense_prefill_fp8, DenseKvFp8, DenseQ, Descale, KvDescales,
@@ -54,6 +55,8 @@ struct Case {
     k_descale: Vec<f32>,
     v_descale: Vec<f32>,
     cfg: DensePrefillConfig,
+    /// `set_key_tile`'s argument (`None`: the plan's choice).
+    key_tile: Option<u32>,
 }
 
 fn e4m3(rng: &mut ChaCha8Rng, n: usize) -> Vec<u8> {
@@ -130,7 +133,14 @@ impl Case {
             k_descale,
             v_descale,
             cfg,
+            key_tile: None,
         }
+    }
+
+    /// The case with the key tile fixed.
+    fn with_key_tile(mut self, keys: u32) -> Self {
+        self.key_tile = Some(keys);
+        self
     }
 
     /// The mixed case: bf16 queries, each (token, head) row normal times a
@@ -281,6 +291,7 @@ impl Dev {
 /// Plans and runs the case with poisoned outputs; every element must be written.
 fn run(gpu: &Gpu, c: &Case) -> (Vec<bf16>, Vec<f32>) {
     let mut op = DensePrefillFp8::new(gpu, c.cfg).unwrap();
+    op.set_key_tile(c.key_tile).unwrap();
     op.plan(&c.spec.as_batch(), &c.layout()).unwrap();
     let d = Dev::new(gpu, c);
     poisoned_run(gpu, c.spec.num_rows() * c.cfg.n_heads, |out, lse| {
@@ -354,6 +365,49 @@ fn gpu_dense_prefill_fp8_matches_reference_for_every_mask_and_source() {
             &format!("contiguous cross {mask:?} sinks {sinks}"),
             &c,
         );
+    }
+}
+
+/// Both key tiles (128 and the wide kernels' `DP8_WIDE_N` = 192) on
+/// contiguous K/V under every mask, e4m3 and bf16 queries: key counts
+/// around one and two wide tiles, chunked positions, cross-attention.
+#[test]
+fn gpu_dense_prefill_fp8_both_key_tiles_under_every_mask() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let q_lens = [1u32, 191, 192, 193, 385, 129];
+    let kv_lens = [0u32, 191, 192, 193, 384, 1000];
+    let masks = [
+        Mask::None,
+        Mask::Causal,
+        Mask::SlidingWindow { window: 1 },
+        Mask::SlidingWindow { window: 200 },
+    ];
+    for keys in [DP_BLOCK_N, DP8_WIDE_N] {
+        for (i, mask) in masks.into_iter().enumerate() {
+            let cfg = config(8, 2, mask, i % 2 == 1);
+            let spec = RaggedSpec::prefill(&q_lens, &[0; 6]);
+            let c = Case::random(&mut rng, spec, cfg, None, Some(&q_lens), i % 2 == 0);
+            check(
+                &gpu,
+                &format!("tile {keys} self {mask:?}"),
+                &c.with_key_tile(keys),
+            );
+            let cache: Vec<u32> = kv_lens
+                .iter()
+                .zip(q_lens)
+                .map(|(&k, q)| k.saturating_sub(q))
+                .collect();
+            let spec = RaggedSpec::prefill(&q_lens, &cache);
+            let c = Case::random(&mut rng, spec, cfg, None, Some(&kv_lens), i % 2 == 1)
+                .with_bf16_q(&mut rng);
+            check(
+                &gpu,
+                &format!("tile {keys} bf16 q, cross {mask:?}"),
+                &c.with_key_tile(keys),
+            );
+        }
     }
 }
 

@@ -22,3 +22,13 @@ macro_rules! unroll {
         $( { #[allow(non_upper_case_globals)] const $i: usize = $n; $body } )*
     };
 }
+
+/// `unroll_to!(N, I => { .. })`: [`unroll!`] for a count `N` known only
+/// after monomorphisation (a const generic or an expression of one, at most
+/// 32): the block is repeated 32 times behind `if I < N`, which folds away.
+#[macro_export]
+macro_rules! unroll_to {
+    ($n:expr, $i:ident => $body:block) => {
+        $crate::unroll!(32, $i => { if $i < $n { $body } })
+    };
+}

@@ -71,7 +71,7 @@ macro_rules! tie_regs {
 /// is bound from the register list; `$pre` comes before it, `$post` (the A
 /// and B operands and immediates, with their named operands `$ops`) after.
 macro_rules! mma_async {
-    ($shape:literal, $post:literal, $d:ident, ($($ops:tt)*), [$first:literal $($i:literal)*] [$($j:literal)*]) => {
+    ($shape:expr, $post:literal, $d:ident, ($($ops:tt)*), [$first:literal $($i:literal)*] [$($j:literal)*]) => {
         asm!(concat!("{{ .reg .pred p; setp.ne.b32 p, {acc}, 0;\n",
                      "wgmma.mma_async.sync.aligned.", $shape,
                      " {{{", stringify!($first), "}", $(", {", stringify!($i), "}",)* "}}, ",
@@ -213,4 +213,144 @@ pub fn fence_proxy_async_shared() {
 #[inline(always)]
 pub fn wgmma_wait1(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
     unsafe { with_regs!(tie_regs!("wgmma.wait_group.sync.aligned 1;", d, a,)) }
+}
+
+/// `wgmma.fence.sync.aligned` alone: the registers it orders are tied to
+/// it by [`Regs::tie`] calls right before it.
+#[inline(always)]
+pub fn wgmma_fence_bare() {
+    unsafe { asm!("wgmma.fence.sync.aligned;", options(nostack)) };
+}
+
+/// `wgmma.wait_group.sync.aligned N` alone: the registers it hands back
+/// are tied to it by [`Regs`] calls right after it.
+#[inline(always)]
+pub fn wgmma_wait_bare<const N: u32>() {
+    unsafe { asm!("wgmma.wait_group.sync.aligned {n};", n = const N, options(nostack)) };
+}
+
+/// Registers a `wgmma` reads or writes asynchronously (accumulators, A
+/// fragments of any width), tied to the neighbouring [`wgmma_fence_bare`]
+/// or [`wgmma_wait_bare`] by side-effecting `asm!`s (one per 4 registers)
+/// that the compiler keeps in order with the fence or wait: a `tie` before
+/// a fence keeps every earlier write above it, one after a wait every later
+/// read below it; a `hold` after a wait keeps registers a product reads
+/// alive (and unreused) until it. What [`wgmma_fence`] and the waits above
+/// do with one `asm!` for the 64-register widths.
+pub trait Regs {
+    /// Reads and writes every register.
+    fn tie(&mut self);
+    /// Reads every register.
+    fn hold(&self);
+}
+
+impl<const N: usize> Regs for [[f32; 4]; N] {
+    #[inline(always)]
+    fn tie(&mut self) {
+        crate::unroll_to!(N, J => {
+            let d = &mut self[J];
+            unsafe {
+                asm!("// tie {0} {1} {2} {3}", inout(reg32) d[0], inout(reg32) d[1],
+                     inout(reg32) d[2], inout(reg32) d[3], options(nostack))
+            };
+        });
+    }
+    #[inline(always)]
+    fn hold(&self) {
+        crate::unroll_to!(N, J => {
+            let d = &self[J];
+            unsafe {
+                asm!("// hold {0} {1} {2} {3}", in(reg32) d[0], in(reg32) d[1],
+                     in(reg32) d[2], in(reg32) d[3], options(nostack))
+            };
+        });
+    }
+}
+
+impl<const N: usize> Regs for [[u32; 2]; N] {
+    #[inline(always)]
+    fn tie(&mut self) {
+        crate::unroll_to!(N, J => {
+            let d = &mut self[J];
+            unsafe { asm!("// tie {0} {1}", inout(reg32) d[0], inout(reg32) d[1], options(nostack)) };
+        });
+    }
+    #[inline(always)]
+    fn hold(&self) {
+        crate::unroll_to!(N, J => {
+            let d = &self[J];
+            unsafe { asm!("// hold {0} {1}", in(reg32) d[0], in(reg32) d[1], options(nostack)) };
+        });
+    }
+}
+
+impl<const N: usize> Regs for [u32; N] {
+    #[inline(always)]
+    fn tie(&mut self) {
+        crate::unroll_to!(N, J => {
+            unsafe { asm!("// tie {0}", inout(reg32) self[J], options(nostack)) };
+        });
+    }
+    #[inline(always)]
+    fn hold(&self) {
+        crate::unroll_to!(N, J => {
+            unsafe { asm!("// hold {0}", in(reg32) self[J], options(nostack)) };
+        });
+    }
+}
+
+/// The `wgmma` shapes of S = Q Kᵀ over a key tile of `8 N` keys
+/// (`[[f32; 4]; N]`, n-tile `j` the keys `8 j .. 8 j + 8`): K = 128 and
+/// wider than the `M64N128` rows above (FlashAttention-3's key tiles of
+/// 176 bf16 and 224 e4m3 keys). Both operands K-major; A from shared
+/// memory, or (e4m3) from registers.
+pub trait ScoreAcc: Copy {
+    /// `m64nNk16.f32.bf16.bf16`, A and B from shared memory.
+    fn bf16_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool);
+    /// `m64nNk32.f32.e4m3.e4m3`, A and B from shared memory.
+    fn e4m3_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool);
+    /// `m64nNk32.f32.e4m3.e4m3`, A from registers.
+    fn e4m3_rs(&mut self, a: [u32; 4], desc: u64, acc: bool);
+}
+
+macro_rules! score_acc {
+    ($($n:literal, $nt:literal, [$($i:literal)*];)+) => {$(
+        impl ScoreAcc for [[f32; 4]; $nt] {
+            #[inline(always)]
+            fn bf16_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool) {
+                let d = self;
+                unsafe {
+                    mma_async!(concat!("m64n", $n, "k16.f32.bf16.bf16"), "{ad}, {bd}, p, 1, 1, 0, 0", d,
+                        (ad = in(reg64) a_desc, bd = in(reg64) b_desc, acc = in(reg32) acc as u32, options(nostack)),
+                        [$($i)*] [])
+                }
+            }
+            #[inline(always)]
+            fn e4m3_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool) {
+                let d = self;
+                unsafe {
+                    mma_async!(concat!("m64n", $n, "k32.f32.e4m3.e4m3"), "{ad}, {bd}, p, 1, 1", d,
+                        (ad = in(reg64) a_desc, bd = in(reg64) b_desc, acc = in(reg32) acc as u32, options(nostack)),
+                        [$($i)*] [])
+                }
+            }
+            #[inline(always)]
+            fn e4m3_rs(&mut self, a: [u32; 4], desc: u64, acc: bool) {
+                let d = self;
+                unsafe {
+                    mma_async!(concat!("m64n", $n, "k32.f32.e4m3.e4m3"), "{{{a0}, {a1}, {a2}, {a3}}}, {desc}, p, 1, 1", d,
+                        (a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
+                         desc = in(reg64) desc, acc = in(reg32) acc as u32, options(nostack)),
+                        [$($i)*] [])
+                }
+            }
+        }
+    )+};
+}
+
+score_acc! {
+    128, 16, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63];
+    176, 22, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87];
+    192, 24, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95];
+    224, 28, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111];
 }

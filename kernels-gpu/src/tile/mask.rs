@@ -36,15 +36,15 @@ impl KeyRange {
     }
 }
 
-/// Sets to `-inf` the scores of an `M64N128` accumulator fragment (this
+/// Sets to `-inf` the scores of an `M64N(8 NT)` accumulator fragment (this
 /// thread's rows `g` and `g + 8`: registers `s[j][0..2]` and `s[j][2..4]`,
 /// columns `8 j + 2 (lane % 4)` and `+ 1`) whose key `kb + column` is
 /// outside its row's range. Written over, not added: a garbage key (NaN in
 /// an unwritten page slot) leaves no trace.
 #[inline(always)]
-pub fn mask_fragment(s: &mut [[f32; 4]; 16], kb: u32, rows: [KeyRange; 2]) {
+pub fn mask_fragment<const NT: usize>(s: &mut [[f32; 4]; NT], kb: u32, rows: [KeyRange; 2]) {
     let c = 2 * (lane_id() & 3);
-    crate::unroll!(16, J => {
+    crate::unroll_to!(NT, J => {
         crate::unroll!(4, E => {
             let k = kb + (J * 8) as u32 + c + (E & 1) as u32;
             let r = rows[E >> 1];

@@ -60,6 +60,10 @@ struct Args {
     /// Top-k: CTAs a row (the cluster size) instead of the planner's choice.
     #[arg(long, value_name = "N")]
     topk_cluster: Option<u32>,
+    /// Dense prefill on contiguous K/V: keys of a key tile (128, or the
+    /// wide kernels' 176 bf16 / 192 FP8) instead of the plan's choice.
+    #[arg(long, value_name = "KEYS")]
+    key_tile: Option<u32>,
 }
 
 fn parse_args() -> Args {
@@ -691,6 +695,9 @@ fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> 
         v: &ds[2],
     };
     let mut op = DensePrefillFp8::new(gpu, cfg).unwrap();
+    if c.page_size.is_none() {
+        op.set_key_tile(args.key_tile).unwrap();
+    }
     let (a, b, lookup, perm);
     match c.page_size {
         Some(ps) => {
@@ -740,7 +747,7 @@ fn bench_dense_prefill_fp8(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> 
         ms * 1e3
     );
     vec![json!({
-        "case": c.name, "op": "dense_prefill_fp8", "our_us": ms * 1e3,
+        "case": c.name, "op": "dense_prefill_fp8", "our_us": ms * 1e3, "key_tile": args.key_tile,
         "achieved": tf, "unit": "TFLOP/s", "fraction_of_limit": Value::Null, "flops": flops,
         "note": if c.q_bf16 {
             "32 / 8 heads of 128, bf16 Q (quantised per row in the kernel), e4m3 K/V, bf16 out; TFLOP/s = 4 * n_heads * 128 * visible pairs / time"
@@ -805,6 +812,9 @@ fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
         .unwrap()
     });
     let mut op = DensePrefill::new(gpu, cfg).unwrap();
+    if c.page_size.is_none() {
+        op.set_key_tile(args.key_tile).unwrap();
+    }
     let (a, b, lookup, perm, layout);
     match c.page_size {
         Some(ps) => {
@@ -862,7 +872,7 @@ fn bench_dense_prefill(gpu: &Gpu, c: &DenseCase, args: &Args) -> Vec<Value> {
         graph_ms * 1e3
     );
     vec![json!({
-        "case": c.name, "op": "dense_prefill", "our_us": ms * 1e3, "our_us_graph_replay": graph_ms * 1e3,
+        "case": c.name, "op": "dense_prefill", "our_us": ms * 1e3, "key_tile": args.key_tile, "our_us_graph_replay": graph_ms * 1e3,
         "achieved": tf, "unit": "TFLOP/s", "fraction_of_limit": Value::Null, "flops": flops,
         "note": "32 / 8 heads of 128, bf16; TFLOP/s = 4 * n_heads * 128 * visible pairs / time",
     })]
