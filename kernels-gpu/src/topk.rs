@@ -45,7 +45,9 @@ use sparse_attn_abi::topk::*;
 
 use crate::arch::*;
 use crate::tile::bitonic::{cta_sort_desc, SORT_MAX};
-use crate::tile::radix::{self, radix_sel_index, KeySet, RadixCut, RadixSelect, RadixSmem};
+use crate::tile::radix::{
+    self, first_digit, radix_sel_index, radix_sel_key, KeySet, RadixCut, RadixSelect, RadixSmem,
+};
 use crate::tile::row_chunk::{RowChunk, SmemChunk, SmemKeys, RESIDENT};
 
 const _: () = assert!(
@@ -175,36 +177,45 @@ unsafe fn keep(keys: &impl KeySet, cut: RadixCut) {
     sync_threads();
 }
 
-/// The select over a chunk too long to keep: the digits over the
-/// chunk, but after the first one, where every CTA's part of the threshold
-/// bin fits [`TOPK_CAND_CAP`], a second pass keeps the keys above the bin
-/// and gathers those inside it, and the further digits count those alone
-/// (they are kept here: `None`). Otherwise returns the final cut, for one
-/// more pass to keep its keys.
+/// The select over a chunk too long to keep: the first digit over the
+/// chunk, then, where every CTA's part of the threshold bin fits
+/// [`TOPK_CAND_CAP`], a second pass keeps the keys above the bin and
+/// gathers those inside it, and the further digits count those alone (they
+/// are kept here: `None`). Otherwise the further digits over the chunk,
+/// and the final cut returned for one more pass to keep its keys.
+///
+/// Both passes over the chunk look at the score keys alone (the first
+/// digit is their top bits, [`first_digit`]): no 64-bit selection key is built
+/// except for the keys kept or gathered.
 #[inline(always)]
 unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect) -> Option<RadixCut> {
-    while !sel.done {
-        let pick = sel.step(chunk, radix_smem());
-        if sel.steps == 1 && pick.max_inbin <= TOPK_CAND_CAP {
-            let cands = gather_bin(chunk, sel.cut);
-            keep(&cands, resolve(&cands, sel));
-            return None;
-        }
+    if sel.done {
+        return Some(sel.cut);
     }
-    Some(sel.cut)
+    let hist = sel.hist(radix_smem());
+    chunk.for_each_score(|r, _| red_add_shared_u32(hist + 4 * first_digit(r), 1));
+    let pick = sel.finish_step(radix_smem());
+    if pick.max_inbin <= TOPK_CAND_CAP {
+        let cands = gather_bin(chunk, pick.digit);
+        keep(&cands, resolve(&cands, sel));
+        return None;
+    }
+    Some(resolve(chunk, sel))
 }
 
-/// The second pass over a chunk: keeps the keys above `bin`, gathers those
-/// inside it in shared memory (at most [`TOPK_CAND_CAP`]).
+/// The second pass over a chunk: keeps the keys above the first digit's
+/// bin `digit`, gathers those inside it in shared memory (at most
+/// [`TOPK_CAND_CAP`]).
 #[inline(always)]
-unsafe fn gather_bin(chunk: &RowChunk, bin: RadixCut) -> SmemKeys {
+unsafe fn gather_bin(chunk: &RowChunk, digit: u32) -> SmemKeys {
     let (cand, ncand) = (crate::smem_addr!(Smem, cand), crate::smem_addr!(Smem, ncand));
     let (kept, nkept) = (crate::smem_addr!(Smem, kept), crate::smem_addr!(Smem, nkept));
-    chunk.for_each(|key| {
-        if bin.above(key) {
-            push(kept, nkept, TOPK_MAX_K, key);
-        } else if bin.inside(key) {
-            push(cand, ncand, TOPK_CAND_CAP, key);
+    chunk.for_each_score(|r, j| {
+        let d = first_digit(r);
+        if d > digit {
+            push(kept, nkept, TOPK_MAX_K, radix_sel_key(r, j));
+        } else if d == digit {
+            push(cand, ncand, TOPK_CAND_CAP, radix_sel_key(r, j));
         }
     });
     sync_threads();

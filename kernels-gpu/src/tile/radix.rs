@@ -71,6 +71,16 @@ pub fn radix_sel_key(r: u32, j: u32) -> u64 {
     ((r as u64) << RADIX_INDEX_BITS) | (INDEX_MASK - (j & INDEX_MASK)) as u64
 }
 
+/// The first digit (the cut [`RadixCut::ALL`] refines) of the selection key
+/// of an entry with radix key `r`: the score key's top [`DIGIT_BITS`], the
+/// index below them plays no part (a pass that needs the first digit alone
+/// builds no 64-bit key).
+#[inline(always)]
+pub fn first_digit(r: u32) -> u32 {
+    r >> (32 - DIGIT_BITS)
+}
+const _: () = assert!(KEY_BITS - DIGIT_BITS >= RADIX_INDEX_BITS);
+
 /// Row index held in a selection key.
 #[inline(always)]
 pub fn radix_sel_index(key: u64) -> u32 {
@@ -175,17 +185,39 @@ impl RadixSelect {
     /// 8-byte loads a lane each).
     #[inline(always)]
     pub unsafe fn step(&mut self, keys: &impl KeySet, sm: RadixSmem) -> Pick {
-        let cut = self.cut;
-        let bits = if cut.shift < DIGIT_BITS { cut.shift } else { DIGIT_BITS };
-        let low = cut.shift - bits;
-        let parity = self.steps & 1;
-        let hist = sm.hist + parity * BINS * 4;
-        let coarse = sm.coarse + parity * COARSE_BINS * 4;
+        let (cut, low, hist) = (self.cut, self.low(), self.hist(sm));
         keys.for_each(|key| {
             if cut.inside(key) {
                 red_add_shared_u32(hist + 4 * ((key >> low) as u32 & (BINS - 1)), 1);
             }
         });
+        self.finish_step(sm)
+    }
+
+    /// Key bits below the digit the next step counts.
+    #[inline(always)]
+    fn low(&self) -> u32 {
+        self.cut.shift - self.cut.shift.min(DIGIT_BITS)
+    }
+
+    /// The histogram the next step counts into (the steps alternate).
+    #[inline(always)]
+    pub fn hist(&self, sm: RadixSmem) -> u32 {
+        sm.hist + (self.steps & 1) * BINS * 4
+    }
+
+    /// The rest of a step, once every thread has counted its keys inside
+    /// the cut into [`hist`](Self::hist) by the next digit (a caller that
+    /// counts them its own way: the first digit of a row is the top
+    /// [`DIGIT_BITS`] of the score key alone).
+    #[inline(always)]
+    pub unsafe fn finish_step(&mut self, sm: RadixSmem) -> Pick {
+        let cut = self.cut;
+        let low = self.low();
+        let bits = cut.shift - low;
+        let parity = self.steps & 1;
+        let hist = self.hist(sm);
+        let coarse = sm.coarse + parity * COARSE_BINS * 4;
         sync_threads();
         coarse_sums(hist, coarse);
         cluster_sync(); // every CTA's histogram and coarse sums are final

@@ -88,41 +88,53 @@ impl RowChunk {
         w
     }
 
-    /// Calls `f(key)` for the selection key of each of the chunk's entries
-    /// in vector `v` (scores `w`).
+    /// Calls `f(r, j)` with the radix key `r` and the row index `j` of each
+    /// of the chunk's entries in vector `v` (scores `w`).
     #[inline(always)]
-    fn visit(&self, v: u32, w: [u32; 4], f: &mut impl FnMut(u64)) {
+    fn visit(&self, v: u32, w: [u32; 4], f: &mut impl FnMut(u32, u32)) {
         if v < self.nvec {
             crate::unroll!(4, Q => {
                 let e = (4 * v + Q as u32).wrapping_sub(self.mis); // wrapped: before j0
                 if e < self.len {
-                    f(radix_sel_key(radix_key(f32::from_bits(w[Q])), self.j0 + e));
+                    f(radix_key(f32::from_bits(w[Q])), self.j0 + e);
                 }
             });
         }
     }
 
-    /// Calls `f(key)` for this thread's tail entry, if any.
+    /// Calls `f(r, j)` for this thread's tail entry, if any.
     #[inline(always)]
-    fn visit_tail(&self, f: &mut impl FnMut(u64)) {
+    fn visit_tail(&self, f: &mut impl FnMut(u32, u32)) {
         if self.tail != 0 {
-            f(radix_sel_key(self.tail, self.j0 + self.tail_e));
+            f(self.tail, self.j0 + self.tail_e);
         }
+    }
+
+    /// Calls `f(r, j)` for each entry of the chunk: its radix key and row
+    /// index (a pass that needs the score alone builds no 64-bit key), one
+    /// batch after another.
+    #[inline(always)]
+    pub fn for_each_score(&self, mut f: impl FnMut(u32, u32)) {
+        let t = thread_idx_x();
+        let mut b0 = 0;
+        let mut w = self.load(0);
+        while b0 < self.nvec {
+            // The next batch's loads go out before this one is visited
+            // (past the end they are clamped to the last vector: one line).
+            let next = self.load(b0 + VECS * THREADS);
+            crate::unroll!(8, I => { self.visit(b0 + t + THREADS * I as u32, w[I], &mut f); });
+            w = next;
+            b0 += VECS * THREADS;
+        }
+        self.visit_tail(&mut f);
     }
 }
 
 impl KeySet for RowChunk {
-    /// One batch after another (a pass over the chunk in memory).
+    /// A pass over the chunk in memory.
     #[inline(always)]
     fn for_each(&self, mut f: impl FnMut(u64)) {
-        let t = thread_idx_x();
-        let mut b0 = 0;
-        while b0 < self.nvec {
-            let w = self.load(b0);
-            crate::unroll!(8, I => { self.visit(b0 + t + THREADS * I as u32, w[I], &mut f); });
-            b0 += VECS * THREADS;
-        }
-        self.visit_tail(&mut f);
+        self.for_each_score(|r, j| f(radix_sel_key(r, j)));
     }
 }
 
@@ -151,10 +163,10 @@ impl KeySet for SmemChunk {
         while v < self.chunk.nvec {
             // SAFETY: this thread stored vector `v` in `load`.
             let w = unsafe { ld_shared_v4(self.addr + 16 * v) };
-            self.chunk.visit(v, w, &mut f);
+            self.chunk.visit(v, w, &mut |r, j| f(radix_sel_key(r, j)));
             v += THREADS;
         }
-        self.chunk.visit_tail(&mut f);
+        self.chunk.visit_tail(&mut |r, j| f(radix_sel_key(r, j)));
     }
 }
 
