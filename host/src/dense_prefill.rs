@@ -412,9 +412,14 @@ impl DensePrefill {
         }
     }
 
+    /// Keys of a key tile of the current plan (`None` before `plan`).
+    pub fn key_tile(&self) -> Option<u32> {
+        self.plan.as_ref().map(|p| p.key_tile)
+    }
+
     /// Whether the plan takes the wide key tiles.
     pub(crate) fn wide(&self) -> bool {
-        self.plan.as_ref().is_some_and(|p| p.key_tile != DP_BLOCK_N)
+        self.key_tile().is_some_and(|n| n != DP_BLOCK_N)
     }
 
     /// What a run of either element type checks and binds: the buffers'

@@ -109,6 +109,11 @@ impl DensePrefillFp8 {
         self.core.set_key_tile(keys)
     }
 
+    /// As [`DensePrefill::key_tile`].
+    pub fn key_tile(&self) -> Option<u32> {
+        self.core.key_tile()
+    }
+
     /// As [`DensePrefill::plan`]; a paged pool must be of
     /// `KvDtype::Fp8E4m3` bytes.
     pub fn plan(&mut self, batch: &RaggedBatch, kv: &KvLayout) -> Result<()> {
