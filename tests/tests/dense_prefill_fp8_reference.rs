@@ -18,7 +18,7 @@ use sparse_attn_reference::dense_prefill::{
     DensePrefillConfig, DenseQ, Descale, Fp8Reference, KvDescales, BF16_REL, FP8_ACC_REL,
     FP8_SCORE_REL,
 };
-use sparse_attn_reference::msa_attention::AttentionOutput;
+use sparse_attn_reference::msa_attention::{AttentionOutput, LSE_TOL};
 use sparse_attn_reference::paged::PagedCacheFp8;
 use sparse_attn_tests::data::{
     paged_pool, sample, seeded, ChaCha8Rng, Fill, PagedPool, RaggedSpec,
@@ -557,6 +557,26 @@ fn simulated_fp8_kernel_passes_and_wrong_outputs_fail() {
         let mut bn = g.clone();
         bn[i] = bf16::NAN;
         assert!(check_dense_prefill_fp8(&bn, Some(&gl), &r, &c.cfg).is_err());
+
+        // The scores' term (FP8_SCORE_REL): an lse half its δ past the
+        // LSE_TOL bound passes, and fails once the term is taken away.
+        let exact: Vec<f32> = r.exact.lse.iter().map(|&x| x as f32).collect();
+        let j = (0..exact.len()).find(|&j| {
+            let delta = FP8_SCORE_REL * r.score_abs[j];
+            exact[j].is_finite() && delta > 1e-4 * r.exact.lse[j].abs().max(1.0)
+        });
+        let j = j.unwrap_or_else(|| panic!("{ctx}: no row with a score term to test"));
+        let x = r.exact.lse[j];
+        let mut off = exact.clone();
+        off[j] = (x + LSE_TOL * x.abs().max(1.0) + 0.5 * FP8_SCORE_REL * r.score_abs[j]) as f32;
+        check_dense_prefill_fp8(&g, Some(&off), &r, &c.cfg)
+            .unwrap_or_else(|e| panic!("{ctx}: an lse within the scores' term rejected: {e}"));
+        let no_scores = Fp8Reference {
+            score_abs: vec![0.0; r.score_abs.len()],
+            ..r.clone()
+        };
+        let e = check_dense_prefill_fp8(&g, Some(&off), &no_scores, &c.cfg).unwrap_err();
+        assert!(e.contains("lse[row"), "{ctx}: {e}");
     }
 }
 
