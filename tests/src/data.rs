@@ -117,6 +117,19 @@ impl RaggedSpec {
         }
     }
 
+    /// Cross-attention rows aligned bottom-right (FlashAttention's causal
+    /// convention): sequence `b`'s `q_lens[b]` rows end at key
+    /// `kv_lens[b]`, i.e. start at position `kv_lens[b] - q_lens[b]` (0 when
+    /// there are more rows than keys).
+    pub fn bottom_right(q_lens: &[u32], kv_lens: &[u32]) -> Self {
+        let cache: Vec<u32> = q_lens
+            .iter()
+            .zip(kv_lens)
+            .map(|(&q, &k)| k.saturating_sub(q))
+            .collect();
+        Self::prefill(q_lens, &cache)
+    }
+
     /// Prefill / chunked prefill: `q_lens[b]` new tokens on `cache_lengths[b]`
     /// cached ones. Panics if the two slices differ in length.
     pub fn prefill(q_lens: &[u32], cache_lengths: &[u32]) -> Self {

@@ -275,13 +275,8 @@ fn gpu_dense_prefill_both_key_tiles_under_every_mask() {
                 &format!("tile {keys} self {mask:?}"),
                 &c.with_key_tile(keys),
             );
-            // Rows at positions past the start (bottom-right aligned for the longer ones).
-            let cache: Vec<u32> = kv_lens
-                .iter()
-                .zip(q_lens)
-                .map(|(&k, q)| k.saturating_sub(q))
-                .collect();
-            let spec = RaggedSpec::prefill(&q_lens, &cache);
+            // Rows at the end of their keys (bottom-right aligned).
+            let spec = RaggedSpec::bottom_right(&q_lens, &kv_lens);
             let c = Case::random(&mut rng, spec, cfg, None, Some(&kv_lens));
             check(
                 &gpu,
