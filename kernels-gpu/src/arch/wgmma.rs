@@ -145,7 +145,13 @@ pub fn wgmma_fence_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
     unsafe { with_regs_e4m3!(tie_regs!("wgmma.fence.sync.aligned;", d, a,)) }
 }
 
-/// [`wgmma_wait1`] for a product whose A is 4 e4m3 fragments.
+/// `wgmma.wait_group.sync.aligned 1` for a product whose A is 4 e4m3
+/// fragments: waits until at most the newest committed group is still in
+/// flight (groups complete in commit order). `d` and `a` are the *older*
+/// group's operands, tied to the wait as in [`wgmma_wait0`]; the newest
+/// group's registers must stay untouched until a later wait (ptxas
+/// serializes the `wgmma`s, with a warning, where code touches them
+/// earlier).
 #[inline(always)]
 pub fn wgmma_wait1_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
     unsafe { with_regs_e4m3!(tie_regs!("wgmma.wait_group.sync.aligned 1;", d, a,)) }
@@ -202,17 +208,6 @@ pub fn wgmma_wait0(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
 #[inline(always)]
 pub fn fence_proxy_async_shared() {
     unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) };
-}
-
-/// `wgmma.wait_group.sync.aligned 1`: waits until at most the newest
-/// committed group is still in flight (groups complete in commit order).
-/// `d` and `a` are the *older* group's operands, tied to the wait as in
-/// [`wgmma_wait0`]; the newest group's registers must stay untouched until
-/// a later [`wgmma_wait0`] (ptxas serializes the `wgmma`s, with a warning,
-/// where code touches them earlier).
-#[inline(always)]
-pub fn wgmma_wait1(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
-    unsafe { with_regs!(tie_regs!("wgmma.wait_group.sync.aligned 1;", d, a,)) }
 }
 
 /// `wgmma.fence.sync.aligned` alone: the registers it orders are tied to
@@ -302,15 +297,25 @@ impl<const N: usize> Regs for [u32; N] {
 /// The `wgmma` shapes of S = Q Kᵀ over a key tile of `8 N` keys
 /// (`[[f32; 4]; N]`, n-tile `j` the keys `8 j .. 8 j + 8`): K = 128 and
 /// wider than the `M64N128` rows above (FlashAttention-3's key tiles of
-/// 176 bf16 and 224 e4m3 keys). Both operands K-major; A from shared
-/// memory, or (e4m3) from registers.
+/// 176 bf16 and 224 e4m3 keys). Both operands K-major, from shared
+/// memory. N = 128 is [`wgmma_m64n128k16_bf16_ss`] and
+/// [`wgmma_m64n128k32_e4m3_ss`]; other N add a row to `score_acc!`.
 pub trait ScoreAcc: Copy {
-    /// `m64nNk16.f32.bf16.bf16`, A and B from shared memory.
+    /// `m64nNk16.f32.bf16.bf16`.
     fn bf16_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool);
-    /// `m64nNk32.f32.e4m3.e4m3`, A and B from shared memory.
+    /// `m64nNk32.f32.e4m3.e4m3`.
     fn e4m3_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool);
-    /// `m64nNk32.f32.e4m3.e4m3`, A from registers.
-    fn e4m3_rs(&mut self, a: [u32; 4], desc: u64, acc: bool);
+}
+
+impl ScoreAcc for [[f32; 4]; 16] {
+    #[inline(always)]
+    fn bf16_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool) {
+        wgmma_m64n128k16_bf16_ss::<0, 0>(self, a_desc, b_desc, acc);
+    }
+    #[inline(always)]
+    fn e4m3_ss(&mut self, a_desc: u64, b_desc: u64, acc: bool) {
+        wgmma_m64n128k32_e4m3_ss(self, a_desc, b_desc, acc);
+    }
 }
 
 macro_rules! score_acc {
@@ -334,23 +339,11 @@ macro_rules! score_acc {
                         [$($i)*] [])
                 }
             }
-            #[inline(always)]
-            fn e4m3_rs(&mut self, a: [u32; 4], desc: u64, acc: bool) {
-                let d = self;
-                unsafe {
-                    mma_async!(concat!("m64n", $n, "k32.f32.e4m3.e4m3"), "{{{a0}, {a1}, {a2}, {a3}}}, {desc}, p, 1, 1", d,
-                        (a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
-                         desc = in(reg64) desc, acc = in(reg32) acc as u32, options(nostack)),
-                        [$($i)*] [])
-                }
-            }
         }
     )+};
 }
 
 score_acc! {
-    128, 16, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63];
     176, 22, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87];
     192, 24, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95];
-    224, 28, [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111];
 }
