@@ -16,7 +16,7 @@ Cases (the Rust bench's names; one record per case per peer):
 
 Peers (each where it supports the case):
 
-- `sdpa-cudnn`, `sdpa-flash` (`-batch8` for 8x2k): torch SDPA under
+- `sdpa-cudnn`, `sdpa-flash` (`-batchN` for the N-sequence cases): torch SDPA under
   `sdpa_kernel(CUDNN_ATTENTION / FLASH_ATTENTION)` with `enable_gqa=True`;
   where a backend rejects enable_gqa, K/V heads are expanded outside the
   timing and the record's note says so.
@@ -78,6 +78,8 @@ CASES = {
     "dense-prefill-16k": dict(seqs=1, n=16384, causal=False),
     "dense-prefill-16k-causal": dict(seqs=1, n=16384, causal=True),
     "dense-prefill-8x2k": dict(seqs=8, n=2048, causal=True),
+    "dense-prefill-4x4k": dict(seqs=4, n=4096, causal=True),
+    "dense-prefill-2x8k": dict(seqs=2, n=8192, causal=True),
     "dense-prefill-16k-paged128": dict(seqs=1, n=16384, causal=True, page=128),
     "dense-prefill-16k-paged16": dict(seqs=1, n=16384, causal=True, page=16),
     "dense-prefill-16k-sw4096": dict(seqs=1, n=16384, causal=True, window=4096),
@@ -145,7 +147,7 @@ def sdpa(backend):
                 return F.scaled_dot_product_attention(q, k_, v_, is_causal=causal,
                                                       scale=SCALE, enable_gqa=gqa)
         note = (f"torch SDPA {backend.name}, [B={d.seqs}, H, L={d.n}, D]"
-                + (", 8 sequences as a dense batch" if d.seqs > 1 else ""))
+                + (f", {d.seqs} sequences as a dense batch" if d.seqs > 1 else ""))
         try:
             with warnings.catch_warnings(record=True) as ws:
                 warnings.simplefilter("always")
@@ -293,6 +295,10 @@ PEERS = {
                            ("sdpa-flash-batch8", sdpa(SDPBackend.FLASH_ATTENTION)),
                            ("fa3-varlen", fa3_varlen),
                            ("flashinfer-ragged", flashinfer_ragged)],
+    "dense-prefill-4x4k": [("sdpa-cudnn-batch4", sdpa(SDPBackend.CUDNN_ATTENTION)),
+                           ("fa3-varlen", fa3_varlen)],
+    "dense-prefill-2x8k": [("sdpa-cudnn-batch2", sdpa(SDPBackend.CUDNN_ATTENTION)),
+                           ("fa3-varlen", fa3_varlen)],
     "dense-prefill-16k-sw4096": [("flex-blockmask-window", flex_window),
                                  ("flashinfer-ragged-window", flashinfer_ragged)],
     "dense-prefill-16k-sinks": [("flex-lse-sink-rescale", flex_sinks)],

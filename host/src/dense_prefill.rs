@@ -24,7 +24,9 @@
 //! replayed (a graph per layer: each layer's run has its own parameters).
 //!
 //! Key tiles: 128 keys for paged K/V (a TMA box a page, or 128 keys of a
-//! larger page) and for FP8; 176 for bf16 on contiguous K/V, any mask.
+//! larger page), for FP8, and for short loops (`WIDE_MIN_SPAN`); 176 for
+//! bf16 on contiguous K/V, any mask, where each query tile visits at least
+//! 4096 keys on average.
 //! Measured on an H100, 2026-12-07 (the same binary, `--key-tile`): bf16
 //! 176 against 128 keys 649 / 644 against 636 TFLOP/s on
 //! `dense-prefill-16k`, 635.5 against 626.5 / 623 causal; FP8 192 against
@@ -271,8 +273,12 @@ impl DensePrefill {
             || rows.to_string(),
         )?;
         let kvp = self.check_kv(batch, kv)?;
+        let tiles = plan_tiles(batch, &kvp.keys, &kvp.kv_row0, &self.cfg);
         let wide = self.elem.wide_n();
-        let auto = if kvp.paged.is_none() && self.elem == Elem::Bf16 {
+        let auto = if kvp.paged.is_none()
+            && self.elem == Elem::Bf16
+            && mean_key_span(&tiles) >= WIDE_MIN_SPAN
+        {
             wide
         } else {
             DP_BLOCK_N
@@ -284,7 +290,6 @@ impl DensePrefill {
             || format!("{DP_BLOCK_N} keys for paged K/V"),
             || key_tile.to_string(),
         )?;
-        let tiles = plan_tiles(batch, &kvp.keys, &kvp.kv_row0, &self.cfg);
         let words = record_words(&tiles);
         grow(&self.gpu, &mut self.tiles, words.len())?;
         if !words.is_empty() {
@@ -672,6 +677,27 @@ fn params<T>(
     }
     params
 }
+
+/// Keys a query row's tile visits, on average over the batch's rows
+/// (`DP_BLOCK_N`-key tiles, the masked parts of the first and last
+/// included): how long each CTA's loop runs.
+pub fn mean_key_span(tiles: &[DenseTile]) -> u32 {
+    let rows: u64 = tiles.iter().map(|t| t.rows as u64).sum();
+    let tile_rows: u64 = tiles.iter().map(|t| t.rows as u64 * t.key_tiles as u64).sum();
+    (DP_BLOCK_N as u64 * tile_rows / rows.max(1)) as u32
+}
+
+/// Shortest mean key span ([`mean_key_span`]) for which bf16 takes the
+/// wide key tiles. Both ways on an H100, 2026-12-07 (`bench --key-tile`,
+/// TFLOP/s of two runs, 128 against 176 keys), by span: 1088
+/// (`dense-prefill-8x2k`, causal) 501.3 / 501.5 against 477.9 / 478.6 (the
+/// prologue, epilogue and diagonal tile weigh more in a short loop of
+/// wider tiles); 2112 (`-4x4k`) 572.6 / 587.4 against 577.9 / 572.4; 4160
+/// (`-2x8k`) 594.1 / 588.2 against 581.0 / 591.1; about 4200
+/// (`-16k-sw4096`) 623.4 / 591.7 against 638.0 / 637.2; 8256
+/// (`-16k-causal`) 607.2 against 646.5; 16384 (`-16k`) 634.9 against
+/// 643.4.
+pub const WIDE_MIN_SPAN: u32 = 4096;
 
 /// The work tiles of a batch, longest first (a stable sort: equal tiles
 /// keep batch order): `DP_BLOCK_M` rows each, the last of a sequence

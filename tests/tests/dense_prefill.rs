@@ -553,6 +553,25 @@ fn gpu_dense_prefill_names_bad_input() {
     op.run(&d.q, d.kv(&c), None, &mut out, None).unwrap();
 }
 
+/// The host's choice of key tile for bf16 on contiguous K/V (no GPU): the
+/// mean key span of the bench's cases (8 × 2K causal: 1088 keys, 128-key
+/// tiles; 16K causal 8256 and 16K 16384: 176), and its threshold.
+#[test]
+fn mean_key_span_of_the_bench_cases() {
+    use sparse_attn::dense_prefill::{mean_key_span, plan_tiles, WIDE_MIN_SPAN};
+    for (lens, mask, span, wide) in [
+        (&[2048u32; 8][..], Mask::Causal, 1088, false),
+        (&[16384][..], Mask::Causal, 8256, true),
+        (&[16384][..], Mask::None, 16384, true),
+    ] {
+        let spec = RaggedSpec::prefill(lens, &vec![0; lens.len()]);
+        let keys: Vec<u32> = (0..spec.batch()).map(|b| spec.seqlen_k(b) as u32).collect();
+        let tiles = plan_tiles(&spec.as_batch(), &keys, &vec![0; spec.batch()], &config(32, 8, mask, false));
+        assert_eq!(mean_key_span(&tiles), span, "{lens:?} {mask:?}");
+        assert_eq!(span >= WIDE_MIN_SPAN, wide, "{lens:?} {mask:?}");
+    }
+}
+
 /// The host's tiles (no GPU): every row exactly once, at most
 /// `DP_BLOCK_M` rows of one sequence each, positions and key counts from
 /// the batch, longest first.
