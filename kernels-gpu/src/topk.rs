@@ -60,6 +60,12 @@ const _: () = assert!(
         && TOPK_RESIDENT_CHUNK == RESIDENT
         && TOPK_MAX_K == SORT_MAX
 );
+/// Standard deviations of the sampled cut's estimate between its target
+/// and either end of the window the candidates must land in
+/// (`sampled_candidates`): 5 leaves a row of uniform scores about one
+/// chance in 3 million of the fallback.
+const SAMPLE_SIGMAS: u32 = 5;
+
 // The candidate list doubles as a resident chunk and the sort's two
 // exchange buffers.
 const _: () = assert!(TOPK_CAND_CAP * 8 >= RESIDENT * 4 && TOPK_CAND_CAP >= 2 * SORT_MAX);
@@ -218,19 +224,20 @@ unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect, p: &TopkParam
 ///
 /// Every CTA samples its chunk at the same stride ([`RowChunk::sample`]);
 /// two radix steps over the cluster's samples find the 24-bit score prefix
-/// at or above which about `2k` of the row's entries lie (`2k / stride`
-/// samples), and one pass over the chunk gathers the keys at or above it
-/// as candidates, a float compare an entry. Where the row's candidates are
-/// at least `k` (then they hold its `k` largest) and no CTA's exceed
-/// [`TOPK_CAND_CAP`], the select goes on over them alone: `Some`. Else
-/// (`None`, the same in every CTA) the caller counts the chunk's first
-/// digit as before: a sample that misleads costs time, never a wrong key.
+/// at or above which about `target` of the row's entries lie (`target /
+/// stride` samples), and one pass over the chunk gathers the keys at or
+/// above it as candidates, a float compare an entry. Where the row's
+/// candidates are at least `k` (then they hold its `k` largest) and no
+/// CTA's exceed [`TOPK_CAND_CAP`], the select goes on over them alone:
+/// `Some`. Else (`None`, the same in every CTA) the caller counts the
+/// chunk's first digit as before: a sample that misleads costs time, never
+/// a wrong key.
 ///
-/// Uniform scores, `k` = 2048, 2 CTAs of 64K: 128 samples above the cut,
-/// about 9% off `2k` (one standard deviation); fewer than `k` candidates
-/// would take 5 of them. Taken only where `2k` is at most half the
-/// cluster's candidate space; with one CTA a row and `k` = 2048 the window
-/// between `k` and the cap is too narrow for 2048 samples.
+/// `target` is the middle of `[k, ncta · cap]`, and the path is taken
+/// where it lies [`SAMPLE_SIGMAS`] standard deviations of the estimate
+/// (`1 / sqrt(samples above the cut)`, relative) from either end: `k` =
+/// 2048 over 2 CTAs of 64K (stride 32): 160 samples, 2560 ± 200
+/// candidates a CTA; one CTA of 16K (stride 8): 384 samples, 3072 ± 160.
 #[inline(always)]
 unsafe fn sampled_candidates(
     chunk: &RowChunk,
@@ -239,9 +246,16 @@ unsafe fn sampled_candidates(
     n: u32,
 ) -> Option<SmemKeys> {
     let ncta = cluster_nctarank();
-    let target = 2 * sel.need;
+    let (k, space) = (sel.need, ncta * TOPK_CAND_CAP);
     let stride = p.chunk / SAMPLES;
-    if stride == 0 || target > ncta * TOPK_CAND_CAP / 2 {
+    if stride == 0 || k >= space {
+        return None;
+    }
+    let target = (k + space) / 2;
+    let need = target.div_ceil(stride);
+    // need · ((space - k) / (space + k))² >= SAMPLE_SIGMAS²
+    let (gap, sum) = ((space - k) as u64, (space + k) as u64);
+    if need as u64 * gap * gap < (SAMPLE_SIGMAS * SAMPLE_SIGMAS) as u64 * sum * sum {
         return None;
     }
     // The row's samples: entries `c · chunk + stride · i` below `n`.
@@ -250,7 +264,6 @@ unsafe fn sampled_candidates(
         let len = n.saturating_sub(c * p.chunk).min(p.chunk);
         total += len.div_ceil(stride).min(SAMPLES);
     }
-    let need = target.div_ceil(stride);
     if need >= total {
         return None;
     }
