@@ -16,7 +16,12 @@
 //!    read (a row of 128K over 16 CTAs is read once). A longer chunk is
 //!    read a second time to collect its keys above the bin (kept) and
 //!    inside it (candidates, in shared memory); the further digits count
-//!    only those. Fallback, where a CTA holds more than [`TOPK_CAND_CAP`]
+//!    only those. Before that, a long chunk tries a **sampled cut**
+//!    (`sampled_candidates`): two digits over 2048 samples a CTA give a
+//!    score the row's `k` largest lie above with near certainty, and one
+//!    pass gathers the keys above it as the candidates (no first-digit
+//!    count, no second read); where the sample misled, the count and
+//!    second read follow. Fallback, where a CTA holds more than [`TOPK_CAND_CAP`]
 //!    keys of the bin (e.g. 100K equal scores): every further digit
 //!    re-reads the chunk (at most 4 more: 44 bits), then one pass collects
 //!    the kept keys.
