@@ -16,7 +16,12 @@
 //!    read (a row of 128K over 16 CTAs is read once). A longer chunk is
 //!    read a second time to collect its keys above the bin (kept) and
 //!    inside it (candidates, in shared memory); the further digits count
-//!    only those. Fallback, where a CTA holds more than [`TOPK_CAND_CAP`]
+//!    only those. Before that, a long chunk tries a **sampled cut**
+//!    (`sampled_candidates`): two digits over 2048 samples a CTA give a
+//!    score the row's `k` largest lie above with near certainty, and one
+//!    pass gathers the keys above it as the candidates (no first-digit
+//!    count, no second read); where the sample misled, the count and
+//!    second read follow. Fallback, where a CTA holds more than [`TOPK_CAND_CAP`]
 //!    keys of the bin (e.g. 100K equal scores): every further digit
 //!    re-reads the chunk (at most 4 more: 44 bits), then one pass collects
 //!    the kept keys.
@@ -46,9 +51,10 @@ use sparse_attn_abi::topk::*;
 use crate::arch::*;
 use crate::tile::bitonic::{cta_sort_desc, SORT_MAX};
 use crate::tile::radix::{
-    self, first_digit, radix_sel_index, radix_sel_key, KeySet, RadixCut, RadixSelect, RadixSmem,
+    self, first_digit, radix_key_floor, radix_sel_index, radix_sel_key, KeySet, RadixCut,
+    RadixSelect, RadixSmem, RADIX_INDEX_BITS,
 };
-use crate::tile::row_chunk::{RowChunk, SmemChunk, SmemKeys, RESIDENT};
+use crate::tile::row_chunk::{RowChunk, SmemChunk, SmemKeys, RESIDENT, SAMPLES};
 
 const _: () = assert!(
     TOPK_THREADS == radix::THREADS
@@ -59,6 +65,12 @@ const _: () = assert!(
         && TOPK_RESIDENT_CHUNK == RESIDENT
         && TOPK_MAX_K == SORT_MAX
 );
+/// Standard deviations of the sampled cut's estimate between its target
+/// and either end of the window the candidates must land in
+/// (`sampled_candidates`): 5 leaves a row of uniform scores about one
+/// chance in 3 million of the fallback.
+const SAMPLE_SIGMAS: u32 = 5;
+
 // The candidate list doubles as a resident chunk and the sort's two
 // exchange buffers.
 const _: () = assert!(TOPK_CAND_CAP * 8 >= RESIDENT * 4 && TOPK_CAND_CAP >= 2 * SORT_MAX);
@@ -115,7 +127,7 @@ pub unsafe extern "ptx-kernel" fn topk_rows(p: TopkParams) {
         keep(&keys, resolve(&keys, sel));
     } else {
         clear_smem();
-        if let Some(cut) = select_streaming(&chunk, sel) {
+        if let Some(cut) = select_streaming(&chunk, sel, &p, n) {
             keep(&chunk, cut);
         }
     }
@@ -188,19 +200,101 @@ unsafe fn keep(keys: &impl KeySet, cut: RadixCut) {
 /// digit is their top bits, [`first_digit`]): no 64-bit selection key is built
 /// except for the keys kept or gathered.
 #[inline(always)]
-unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect) -> Option<RadixCut> {
+unsafe fn select_streaming(chunk: &RowChunk, mut sel: RadixSelect, p: &TopkParams, n: u32) -> Option<RadixCut> {
     if sel.done {
         return Some(sel.cut);
+    }
+    if let Some(cands) = sampled_candidates(chunk, &mut sel, p, n) {
+        keep(&cands, resolve(&cands, sel));
+        return None;
     }
     let hist = sel.hist(radix_smem());
     chunk.for_each_score(|r, _| red_add_shared_u32(hist + 4 * first_digit(r), 1));
     let pick = sel.finish_step(radix_smem());
+    // The sampled pass's candidates are no more (every CTA has read the
+    // counts: they were before this step's cluster barrier).
+    if thread_idx_x() == 0 {
+        st_shared_u32(crate::smem_addr!(Smem, ncand), 0);
+    }
+    sync_threads();
     if pick.max_inbin <= TOPK_CAND_CAP {
         let cands = gather_bin(chunk, pick.digit);
         keep(&cands, resolve(&cands, sel));
         return None;
     }
     Some(resolve(chunk, sel))
+}
+
+/// The sampled threshold: one pass over a long chunk instead of two.
+///
+/// Every CTA samples its chunk at the same stride ([`RowChunk::sample`]);
+/// two radix steps over the cluster's samples find the 24-bit score prefix
+/// at or above which about `target` of the row's entries lie (`target /
+/// stride` samples), and one pass over the chunk gathers the keys at or
+/// above it as candidates, a float compare an entry. Where the row's
+/// candidates are at least `k` (then they hold its `k` largest) and no
+/// CTA's exceed [`TOPK_CAND_CAP`], the select goes on over them alone:
+/// `Some`. Else (`None`, the same in every CTA) the caller counts the
+/// chunk's first digit as before: a sample that misleads costs time, never
+/// a wrong key.
+///
+/// `target` is the middle of `[k, ncta · cap]`, and the path is taken
+/// where it lies [`SAMPLE_SIGMAS`] standard deviations of the estimate
+/// (`1 / sqrt(samples above the cut)`, relative) from either end: `k` =
+/// 2048 over 2 CTAs of 64K (stride 32): 160 samples, 2560 ± 200
+/// candidates a CTA; one CTA of 16K (stride 8): 384 samples, 3072 ± 160.
+#[inline(always)]
+unsafe fn sampled_candidates(
+    chunk: &RowChunk,
+    sel: &mut RadixSelect,
+    p: &TopkParams,
+    n: u32,
+) -> Option<SmemKeys> {
+    let ncta = cluster_nctarank();
+    let (k, space) = (sel.need, ncta * TOPK_CAND_CAP);
+    let stride = p.chunk / SAMPLES;
+    if stride == 0 || k >= space {
+        return None;
+    }
+    let target = (k + space) / 2;
+    let need = target.div_ceil(stride);
+    // need · ((space - k) / (space + k))² >= SAMPLE_SIGMAS²
+    let (gap, sum) = ((space - k) as u64, (space + k) as u64);
+    if need as u64 * gap * gap < (SAMPLE_SIGMAS * SAMPLE_SIGMAS) as u64 * sum * sum {
+        return None;
+    }
+    // The row's samples: entries `c · chunk + stride · i` below `n`.
+    let mut total = 0;
+    for c in 0..ncta {
+        let len = n.saturating_sub(c * p.chunk).min(p.chunk);
+        total += len.div_ceil(stride).min(SAMPLES);
+    }
+    if need >= total {
+        return None;
+    }
+    let samples = chunk.sample(stride);
+    let mut s = RadixSelect { cut: RadixCut::ALL, need, steps: sel.steps, done: false };
+    s.step(&samples, radix_smem());
+    if !s.done {
+        s.step(&samples, radix_smem());
+    }
+    sel.steps = s.steps; // which histogram is clear
+    // The least score key the cut keeps (two digits: the index bits are
+    // below it).
+    let r_min = ((s.cut.prefix << s.cut.shift) >> RADIX_INDEX_BITS) as u32;
+    if r_min <= 1 {
+        return None; // NaN too: every entry a candidate
+    }
+    let (cand, ncand) = (crate::smem_addr!(Smem, cand), crate::smem_addr!(Smem, ncand));
+    chunk.for_each_at_least(r_min, radix_key_floor(r_min), |r, j| {
+        push(cand, ncand, TOPK_CAND_CAP, radix_sel_key(r, j));
+    });
+    cluster_sync(); // every CTA's count is final
+    // Every warp reads the counts itself: no barrier to broadcast them.
+    let lane = lane_id();
+    let c = if lane < ncta { ld_shared_cluster_u32(map_shared_rank(ncand, lane)) } else { 0 };
+    let (sum, most) = (warp_sum_u32(c), warp_max_u32(c));
+    (sum >= sel.need && most <= TOPK_CAND_CAP).then(|| SmemKeys { addr: cand, count: ld_shared_u32(ncand) })
 }
 
 /// The second pass over a chunk: keeps the keys above the first digit's

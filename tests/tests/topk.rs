@@ -311,3 +311,36 @@ fn row_lengths() {
         }
     }
 }
+
+/// The sampled threshold of long chunks (`kernels-gpu/src/topk.rs`,
+/// `sampled_candidates`: every CTA samples entries `stride · i` of its
+/// chunk, `stride = chunk / 2048`) misled on purpose: samples far above
+/// the rest (the cut keeps too few: the fallback), far below (the CTAs
+/// overflow their candidate space: the fallback), and samples like the
+/// rest (the candidates alone). Clusters of 1 CTA of 20000 entries, and of
+/// 2 and 4 CTAs of 64K / 32K.
+#[test]
+fn misleading_samples() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, _) = seeded(None);
+    let mut op = TopK::new(&gpu).unwrap();
+    let rows = 3;
+    for (cluster, n) in [(1, 20_000), (2, 131_072), (4, 131_072)] {
+        op.force_cluster(Some(cluster));
+        let chunk = (n / cluster as usize).next_multiple_of(4);
+        let stride = chunk / 2048;
+        for k in [1, 100, 2048] {
+            for (what, sample) in [("high", 8.0f32), ("low", -8.0), ("like the rest", 0.0)] {
+                let mut scores = draw(&mut rng, rows * n, Scores::Spread);
+                for (j, s) in scores.iter_mut().enumerate() {
+                    if sample != 0.0 && (j % n) % chunk % stride == 0 {
+                        *s = sample + rng.gen_range(-1.0f32..1.0);
+                    }
+                }
+                let name = format!("samples {what}, {cluster} CTAs a row");
+                compare(&gpu, &mut op, &name, &scores, (rows, n, k), None);
+            }
+        }
+    }
+    op.force_cluster(None);
+}

@@ -84,9 +84,19 @@ pub fn warp_max_u32(v: u32) -> u32 {
     unsafe { llvm_redux_sync_umax(v as i32, -1) as u32 }
 }
 
+/// `redux.sync.add.u32` over the whole warp (sm_80+): [`warp_max_u32`]'s
+/// sum.
+#[inline(always)]
+pub fn warp_sum_u32(v: u32) -> u32 {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_redux_sync_add(v as i32, -1) as u32 }
+}
+
 extern "C" {
     #[link_name = "llvm.nvvm.redux.sync.umax"]
     fn llvm_redux_sync_umax(value: i32, member_mask: i32) -> i32;
+    #[link_name = "llvm.nvvm.redux.sync.add"]
+    fn llvm_redux_sync_add(value: i32, member_mask: i32) -> i32;
 }
 
 /// Maximum of `v` over the whole warp; every lane gets the result. Two

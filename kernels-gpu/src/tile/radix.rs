@@ -63,6 +63,26 @@ pub fn radix_key(s: f32) -> u32 {
     }
 }
 
+/// The least float whose [`radix_key`] is at least `r` (`r >= 2`: above
+/// NaN's), for a filter that compares scores as floats: for every score
+/// `s`, `radix_key(s) >= r` implies `s >= radix_key_floor(r)` (both ways
+/// but for NaN, whose key 1 is below `r` and which fails every compare).
+/// Where no float has a key that high the result is a NaN (every compare
+/// fails); where every number has, it is `-inf`. `r` between the keys of
+/// `-0.0`'s neighbours gives `-0.0`, which compares equal to `+0.0`, as
+/// their keys are.
+#[inline(always)]
+pub fn radix_key_floor(r: u32) -> f32 {
+    let o = r - 1; // the ordered bits
+    let b = if o & 0x8000_0000 != 0 { o ^ 0x8000_0000 } else { !o };
+    // A negative NaN's bits: `o` lies below the ordered bits of -inf.
+    if o & 0x8000_0000 == 0 && b & 0x7fff_ffff > 0x7f80_0000 {
+        f32::NEG_INFINITY
+    } else {
+        f32::from_bits(b)
+    }
+}
+
 /// Selection key of the entry at index `j` of its row with radix key `r`:
 /// `r` above, the inverted index below (ties to the lower index), unique
 /// in the row. `j < 2^RADIX_INDEX_BITS`.

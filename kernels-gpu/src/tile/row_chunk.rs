@@ -130,6 +130,86 @@ impl RowChunk {
     }
 }
 
+/// Entries of a chunk a thread samples ([`RowChunk::sample`]).
+pub const SAMPLES_PER_THREAD: u32 = 8;
+/// Entries of a chunk the CTA samples.
+pub const SAMPLES: u32 = SAMPLES_PER_THREAD * THREADS;
+
+/// Selection keys held in a thread's registers (0: none).
+#[derive(Clone, Copy)]
+pub struct RegKeys(pub [u64; SAMPLES_PER_THREAD as usize]);
+
+impl KeySet for RegKeys {
+    #[inline(always)]
+    fn for_each(&self, mut f: impl FnMut(u64)) {
+        crate::unroll!(8, R => {
+            if self.0[R] != 0 {
+                f(self.0[R]);
+            }
+        });
+    }
+}
+
+impl RowChunk {
+    /// The chunk's entries `stride · i` (`i < SAMPLES`, those below its
+    /// length) as selection keys, thread `t` holding `i = t + THREADS · r`;
+    /// all the loads in flight at once.
+    #[inline(always)]
+    pub fn sample(&self, stride: u32) -> RegKeys {
+        let t = thread_idx_x();
+        let first = self.vbase.wrapping_add(4 * self.mis as usize) as *const f32;
+        let mut s = [0f32; SAMPLES_PER_THREAD as usize];
+        crate::unroll!(8, R => {
+            let e = stride * (t + THREADS * R as u32);
+            if e < self.len {
+                // SAFETY: entries below `len` of the chunk are readable.
+                s[R] = unsafe { ld_global_nc(first.add(e as usize)) };
+            }
+        });
+        let mut keys = [0u64; SAMPLES_PER_THREAD as usize];
+        crate::unroll!(8, R => {
+            let e = stride * (t + THREADS * R as u32);
+            if e < self.len {
+                keys[R] = radix_sel_key(radix_key(s[R]), self.j0 + e);
+            }
+        });
+        RegKeys(keys)
+    }
+
+    /// Calls `f(r, j)` for each entry of the chunk whose radix key `r` is
+    /// at least `r_min`, one batch after another. `floor` is
+    /// [`radix_key_floor`](crate::tile::radix::radix_key_floor)`(r_min)`: one float compare an entry passes over
+    /// the others, which are most of them (the chunk's place and the key
+    /// are looked at only for the entries it lets through).
+    #[inline(always)]
+    pub fn for_each_at_least(&self, r_min: u32, floor: f32, mut f: impl FnMut(u32, u32)) {
+        let t = thread_idx_x();
+        let mut b0 = 0;
+        let mut w = self.load(0);
+        while b0 < self.nvec {
+            let next = self.load(b0 + VECS * THREADS);
+            crate::unroll!(8, I => {
+                crate::unroll!(4, Q => {
+                    let s = f32::from_bits(w[I][Q]);
+                    if s >= floor {
+                        let v = b0 + t + THREADS * I as u32;
+                        let e = (4 * v + Q as u32).wrapping_sub(self.mis);
+                        let r = radix_key(s);
+                        if v < self.nvec && e < self.len && r >= r_min {
+                            f(r, self.j0 + e);
+                        }
+                    }
+                });
+            });
+            w = next;
+            b0 += VECS * THREADS;
+        }
+        if self.tail >= r_min {
+            self.visit_tail(&mut f);
+        }
+    }
+}
+
 impl KeySet for RowChunk {
     /// A pass over the chunk in memory.
     #[inline(always)]
