@@ -164,7 +164,8 @@ pub const DP8_WIDE_VT_BYTES: u32 = DP8_WIDE_N.div_ceil(128) * DP8_TILE_BYTES;
 /// transposed copy): Q (room for bf16 queries) + 2 × (K + V + Vᵀ) = 128 KiB.
 pub const DP8_STAGES: u32 = 2;
 /// FP8 variant: the producer warpgroup's registers (warp 0 issues the
-/// copies; warps 1–3 transpose V, 4 words a unit), and the consumers'
+/// copies; warps 1–3 transpose V, `ldmatrix` / `stmatrix` 4 words a
+/// unit), and the consumers'
 /// (`40 + 2 · 232 = 504 = 3 · 168`, the pool).
 pub const DP8_PRODUCER_REGS: u32 = 40;
 /// FP8 variant: registers of a consumer warpgroup.

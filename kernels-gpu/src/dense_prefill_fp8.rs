@@ -12,9 +12,10 @@
 //!   row per dim, the keys along it), since an e4m3 `wgmma` takes its B
 //!   operand K-major only (FlashAttention-3 transposes in the kernel too).
 //!   Keys past the sequence's end are written as zeros, so garbage in a
-//!   page's tail cannot give NaN. Inside each 32-key step the keys are
-//!   stored in the order the S accumulator holds them ([`key_of`]), so P
-//!   goes from the S registers to the A operand of P V by rounding alone;
+//!   page's tail cannot give NaN. Inside each 16-key group the keys are
+//!   stored in the order the S accumulator holds them ([`transpose_v`]),
+//!   so P goes from the S registers to the A operand of P V by rounding
+//!   alone;
 //! - **consumers**: S = Q Kᵀ (both operands in shared memory; bf16 queries
 //!   are quantised row by row to e4m3 in place first,
 //!   [`quantize_rows`]), the online softmax with `scale · q_descale ·
@@ -157,24 +158,25 @@ where
 
 // ------------------------------------------------------------------ transposers
 
-/// Key (row of the V tile) at position `pos` of a 32-key step of Vᵀ: the
-/// S accumulator gives lane quad position `t` the keys `2t, 2t + 1` of
-/// each 8-key n-tile, and the e4m3 A operand wants positions `4t .. 4t + 4`
-/// of each 16, so position `16h + 4t + i` holds key `16h + 8 (i / 2) + 2t
-/// + i % 2`.
-#[inline(always)]
-const fn key_of(pos: u32) -> u32 {
-    let (h, t, i) = (pos / 16, (pos % 16) / 4, pos % 4);
-    16 * h + 8 * (i / 2) + 2 * t + i % 2
-}
-
 /// Transposer thread `x` (0 .. [`DP8_TRANSPOSERS`]): every V stage of the
-/// CTA (`BN` keys) into its Vᵀ stage. A unit is 4 keys × 4 dims: 4 word
-/// loads, 8 byte permutes, 4 word stores. The 32 lanes of a warp take 4
-/// positions each of one 32-key step (`h`, `t`) and 4 dims each of 16
-/// (`dg`), and lanes with `h = 1` the other 16 dims of a pair of steps:
-/// loads and stores then fall in 32 different banks (the stores' order
-/// rotated by `dg / 2`).
+/// CTA (`BN` keys) into its Vᵀ stage. Inside each 16-key group of Vᵀ,
+/// position `2p + b` holds key `p + 8b`: the pair of positions a lane quad
+/// `t` fills in the A operand of P V (`4t .. 4t + 4`) then holds keys `2t,
+/// 2t + 8, 2t + 1, 2t + 9`, two f32 of the S accumulator each
+/// ([`E4m3::pack_p`]), and two keys 8 apart are one b16 element here.
+///
+/// A unit is 32 keys (`32 s ..`, one k32 step of P V) × 16 dims (`16 c ..`),
+/// 512 bytes: [`ldmatrix_x4`] gives lane `l` dims `16c + 4 (l % 4) ..` of
+/// keys `32 s + 8 m + l / 4` in register `m`; two byte permutes pair keys
+/// `k`, `k + 8` dim by dim into b16 elements; [`stmatrix_x4_trans`] writes
+/// them as dim rows (matrix row `j` of a pair of matrices is dim `4 (j / 2)
+/// + j % 2`, `+ 2` for the second of the pair). 7 instructions a unit
+/// besides addresses, against 70 for the 4 × 4-byte word transpose it
+/// replaced (which left the consumers' sub-partitions short of issue
+/// slots). Keys past the sequence's end (the last tile only) are zeroed in
+/// registers, so garbage in a page's tail cannot give NaN. The loads are
+/// free of bank conflicts; the stores' 8 dim rows fall on 4 swizzle
+/// phases (2-way).
 #[inline(always)]
 unsafe fn transpose_v<const BN: u32>(w: &Work, x: u32) {
     let steps = BN / 32;
@@ -182,8 +184,10 @@ unsafe fn transpose_v<const BN: u32>(w: &Work, x: u32) {
     let (_, vr, tr) = rings();
     let (vs, ts) = (crate::smem_addr!(Smem, v), crate::smem_addr!(Smem, vt));
     let (warp, lane) = (x / 32, x % 32);
-    let (t, h, dg) = (lane % 4, (lane / 4) % 2, lane / 8);
-    let rot = 2 * (dg / 2);
+    // Stores: lane `l` gives the row of matrix `l / 8` (16-key group `h`,
+    // dims `+ 2 (m % 2)`), row `l % 8`.
+    let (m, j) = (lane / 8, lane % 8);
+    let (h, dm) = (m / 2, 4 * (j / 2) + 2 * (m % 2) + j % 2);
     for i in 0..w.n1 - w.n0 {
         let (vsi, tsi) = (vs + (i % DP8_STAGES) * v_stage, ts + (i % DP8_STAGES) * t_stage);
         let live = w.t.num_keys.saturating_sub((w.n0 + i) * BN);
@@ -191,26 +195,23 @@ unsafe fn transpose_v<const BN: u32>(w: &Work, x: u32) {
         tr.wait_free(i);
         let mut it = warp;
         while it < 8 * steps {
-            let (step, db) = (it % steps, it / steps);
-            let d0 = 16 * (db ^ h) + 4 * dg;
-            let mut wv = [0u32; 4];
-            crate::unroll!(4, K => {
-                let key = 32 * step + key_of(16 * h + 4 * t + K as u32);
-                if key < live {
-                    wv[K] = ld_shared_u32(vsi + key * 128 + (((d0 / 16) ^ (key % 8)) << 4) + d0 % 16);
-                }
-            });
-            let out = transpose_bytes4x4(wv);
-            let out = if rot == 0 {
-                out
-            } else {
-                [out[2], out[3], out[0], out[1]]
-            };
-            let pos = 32 * step + 16 * h + 4 * t;
-            crate::unroll!(4, J => {
-                let row = d0 + (J as u32 ^ rot);
-                st_shared_u32(tsi + VtTile::at(row, pos / 16) + pos % 16, out[J]);
-            });
+            let (s, c) = (it % steps, it / steps);
+            let key = 32 * s + lane;
+            let mut r = ldmatrix_x4(vsi + key * 128 + ((c ^ (lane % 8)) << 4));
+            if live < BN {
+                crate::unroll!(4, M => {
+                    if 32 * s + 8 * M as u32 + lane / 4 >= live {
+                        r[M] = 0;
+                    }
+                });
+            }
+            let u = [
+                prmt(r[0], r[1], 0x5140),
+                prmt(r[0], r[1], 0x7362),
+                prmt(r[2], r[3], 0x5140),
+                prmt(r[2], r[3], 0x7362),
+            ];
+            stmatrix_x4_trans(tsi + VtTile::at(16 * c + dm, 2 * s + h), u);
             it += DP8_TRANSPOSERS / 32;
         }
         fence_proxy_async_shared();
@@ -282,14 +283,16 @@ where
 
     /// n-tiles `2 m` and `2 m + 1` are words `2 m` (row g: this thread's
     /// two keys of each) and `2 m + 1` (row g + 8), so k32 step `ks` (n-tiles
-    /// `4 ks .. 4 ks + 4`) is words `4 ks .. 4 ks + 4` ([`key_of`]).
+    /// `4 ks .. 4 ks + 4`) is words `4 ks .. 4 ks + 4` (key order of
+    /// [`transpose_v`]).
     #[inline(always)]
     fn pack_p(p: &[[f32; 4]; NT]) -> Self::P {
         let mut pa = [0u32; NT];
         crate::unroll_to!(NT / 2, M => {
             let (a, b) = (p[2 * M], p[2 * M + 1]);
-            pa[2 * M] = pack_e4m3x4(a[0], a[1], b[0], b[1]);
-            pa[2 * M + 1] = pack_e4m3x4(a[2], a[3], b[2], b[3]);
+            // Keys 2t, 2t + 8, 2t + 1, 2t + 9 of the 16 ([`transpose_v`]).
+            pa[2 * M] = pack_e4m3x4(a[0], b[0], a[1], b[1]);
+            pa[2 * M + 1] = pack_e4m3x4(a[2], b[2], a[3], b[3]);
         });
         pa
     }

@@ -93,20 +93,6 @@ pub fn prmt(a: u32, b: u32, sel: u32) -> u32 {
     r
 }
 
-/// The 4 × 4 byte transpose: byte `k` of result `j` is byte `j` of `w[k]`
-/// (8 `prmt`).
-#[inline(always)]
-pub fn transpose_bytes4x4(w: [u32; 4]) -> [u32; 4] {
-    let (a_lo, a_hi) = (prmt(w[0], w[1], 0x5140), prmt(w[0], w[1], 0x7362));
-    let (b_lo, b_hi) = (prmt(w[2], w[3], 0x5140), prmt(w[2], w[3], 0x7362));
-    [
-        prmt(a_lo, b_lo, 0x5410),
-        prmt(a_lo, b_lo, 0x7632),
-        prmt(a_hi, b_hi, 0x5410),
-        prmt(a_hi, b_hi, 0x7632),
-    ]
-}
-
 /// `max.f32` (IEEE maxNum: a NaN operand loses to a number).
 #[inline(always)]
 pub fn fmax(a: f32, b: f32) -> f32 {

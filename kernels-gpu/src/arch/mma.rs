@@ -50,14 +50,36 @@ pub fn mma_bf16_16816(a: [u32; 4], b: [u32; 2], c: [f32; 4]) -> [f32; 4] {
     [d0, d1, d2, d3]
 }
 
-/// `stmatrix.sync.aligned.m8n8.x4.shared.b16` (sm_90): the inverse of
-/// [`ldmatrix_x4`]: register `i` of every lane holds its fragment of 8×8
-/// matrix `i`; lane `l` gives the row address for matrix `l / 8`, row
-/// `l % 8`. Stores an accumulator tile (packed bf16) to shared memory in
-/// four instructions instead of 16 scalar stores.
-#[inline(always)]
-pub unsafe fn stmatrix_x4(addr: u32, v: [u32; 4]) {
-    asm!("stmatrix.sync.aligned.m8n8.x4.shared.b16 [{p}], {{{a}, {b}, {c}, {d}}};",
-         p = in(reg32) addr, a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2],
-         d = in(reg32) v[3], options(nostack)); // warp-synchronous: not movable
+/// The two `stmatrix.x4` forms, from one template (`$trans`: `""` or
+/// `".trans"`). Warp-synchronous: side-effecting asm, never moved.
+macro_rules! stmatrix_x4 {
+    ($(#[$doc:meta])* $name:ident, $trans:literal) => {
+        $(#[$doc])*
+        #[inline(always)]
+        pub unsafe fn $name(addr: u32, v: [u32; 4]) {
+            asm!(concat!("stmatrix.sync.aligned.m8n8.x4", $trans, ".shared.b16 [{p}], {{{a}, {b}, {c}, {d}}};"),
+                 p = in(reg32) addr, a = in(reg32) v[0], b = in(reg32) v[1], c = in(reg32) v[2],
+                 d = in(reg32) v[3], options(nostack));
+        }
+    };
 }
+
+stmatrix_x4!(
+    /// `stmatrix.sync.aligned.m8n8.x4.shared.b16` (sm_90): the inverse of
+    /// [`ldmatrix_x4`]: register `i` of every lane holds its fragment of 8×8
+    /// matrix `i`; lane `l` gives the row address for matrix `l / 8`, row
+    /// `l % 8`. Stores an accumulator tile (packed bf16) to shared memory in
+    /// four instructions instead of 16 scalar stores.
+    stmatrix_x4, ""
+);
+stmatrix_x4!(
+    /// `stmatrix.sync.aligned.m8n8.x4.trans.shared.b16` (sm_90): as
+    /// [`stmatrix_x4`], each matrix transposed on its way out: the fragment
+    /// element (row `l / 4`, column `2 (l % 4) + e`) of lane `l` lands in
+    /// shared row `2 (l % 4) + e` (the address lane `8 i + 2 (l % 4) + e`
+    /// gave), b16 column `l / 4`. With [`ldmatrix_x4`] and a byte permute
+    /// between, a byte-wide (e4m3) tile transpose: 3 instructions for 512
+    /// bytes a warp. Pitfall: the transpose is of b16 elements; bytes inside
+    /// one stay in order.
+    stmatrix_x4_trans, ".trans"
+);
