@@ -170,54 +170,77 @@ where
 /// keys `32 s + 8 m + l / 4` in register `m`; two byte permutes pair keys
 /// `k`, `k + 8` dim by dim into b16 elements; [`stmatrix_x4_trans`] writes
 /// them as dim rows (matrix row `j` of a pair of matrices is dim `4 (j / 2)
-/// + j % 2`, `+ 2` for the second of the pair). 7 instructions a unit
-/// besides addresses, against 70 for the 4 × 4-byte word transpose it
-/// replaced (which left the consumers' sub-partitions short of issue
-/// slots). Keys past the sequence's end (the last tile only) are zeroed in
-/// registers, so garbage in a page's tail cannot give NaN. The loads are
-/// free of bank conflicts; the stores' 8 dim rows fall on 4 swizzle
-/// phases (2-way).
+/// + j % 2`, `+ 2` for the second of the pair). Warp `w` takes the dim
+/// chunks `c = w, w + 3, ..` and every step `s` of each, unrolled, so a
+/// unit's addresses are the chunk's plus constants: about 8 instructions a
+/// unit, against 70 for the 4 × 4-byte word transpose this replaced, whose
+/// issue slots the consumer warps on the same sub-partitions lacked. Keys
+/// past the sequence's end (the last tile only) are zeroed in registers, so
+/// garbage in a page's tail cannot give NaN. The loads are free of bank
+/// conflicts; the stores' 8 dim rows fall on 4 swizzle phases (2-way).
 #[inline(always)]
 unsafe fn transpose_v<const BN: u32>(w: &Work, x: u32) {
-    let steps = BN / 32;
     let (v_stage, t_stage) = (BN * DP_HEAD_DIM, BN.div_ceil(128) * DP8_TILE_BYTES);
     let (_, vr, tr) = rings();
     let (vs, ts) = (crate::smem_addr!(Smem, v), crate::smem_addr!(Smem, vt));
     let (warp, lane) = (x / 32, x % 32);
-    // Stores: lane `l` gives the row of matrix `l / 8` (16-key group `h`,
-    // dims `+ 2 (m % 2)`), row `l % 8`.
-    let (m, j) = (lane / 8, lane % 8);
-    let (h, dm) = (m / 2, 4 * (j / 2) + 2 * (m % 2) + j % 2);
     for i in 0..w.n1 - w.n0 {
         let (vsi, tsi) = (vs + (i % DP8_STAGES) * v_stage, ts + (i % DP8_STAGES) * t_stage);
         let live = w.t.num_keys.saturating_sub((w.n0 + i) * BN);
         vr.wait(i);
         tr.wait_free(i);
-        let mut it = warp;
-        while it < 8 * steps {
-            let (s, c) = (it % steps, it / steps);
-            let key = 32 * s + lane;
-            let mut r = ldmatrix_x4(vsi + key * 128 + ((c ^ (lane % 8)) << 4));
-            if live < BN {
-                crate::unroll!(4, M => {
-                    if 32 * s + 8 * M as u32 + lane / 4 >= live {
-                        r[M] = 0;
-                    }
-                });
-            }
-            let u = [
-                prmt(r[0], r[1], 0x5140),
-                prmt(r[0], r[1], 0x7362),
-                prmt(r[2], r[3], 0x5140),
-                prmt(r[2], r[3], 0x7362),
-            ];
-            stmatrix_x4_trans(tsi + VtTile::at(16 * c + dm, 2 * s + h), u);
-            it += DP8_TRANSPOSERS / 32;
-        }
+        transpose_stage::<BN>(vsi, tsi, live, warp, lane);
         fence_proxy_async_shared();
         vr.release(i);
         tr.post(i);
     }
+}
+
+/// Warp `warp`'s units of one stage ([`transpose_v`]). In the last tile,
+/// the warp first zeroes its own chunks of the V rows `live ..` (no other
+/// warp reads them; a branch in the unrolled units instead got its 16
+/// comparisons hoisted into a register's bits, and spilled).
+#[inline(always)]
+unsafe fn transpose_stage<const BN: u32>(vsi: u32, tsi: u32, live: u32, warp: u32, lane: u32) {
+    let chunks = || (warp..DP_HEAD_DIM / 16).step_by((DP8_TRANSPOSERS / 32) as usize);
+    if live < BN {
+        let mut key = live + lane;
+        while key < BN {
+            for c in chunks() {
+                st_shared_zero16(vsi + key * 128 + ((c ^ (key % 8)) << 4));
+            }
+            key += 32;
+        }
+        sync_warp();
+    }
+    // Stores: lane `l` gives the row of matrix `l / 8` (16-key group `h`,
+    // dims `+ 2 (m % 2)`), row `l % 8`. Its 16-byte chunk in the row, `(2s
+    // + h) ^ (dm % 8)` ([`VtTile`]'s swizzle), is `2s ^ q`.
+    let (m, j) = (lane / 8, lane % 8);
+    let (h, dm) = (m / 2, 4 * (j / 2) + 2 * (m % 2) + j % 2);
+    let q = h ^ (dm % 8);
+    for c in chunks() {
+        let ld = vsi + lane * 128 + ((c ^ (lane % 8)) << 4);
+        // `VtTile::at(16c + dm, 2s + h)` is `st` plus `chunk` below.
+        let st = tsi + (16 * c + dm) * 128;
+        crate::unroll_to!(BN as usize / 32, S => {
+            transpose_unit(ldmatrix_x4(ld + 32 * 128 * S as u32), st, S as u32, q);
+        });
+    }
+}
+
+/// Pairs keys `k`, `k + 8` of the unit's registers `r` into b16 elements
+/// and stores them as step `s`'s dim rows from `st` ([`transpose_stage`]).
+#[inline(always)]
+unsafe fn transpose_unit(r: [u32; 4], st: u32, s: u32, q: u32) {
+    let u = [
+        prmt(r[0], r[1], 0x5140),
+        prmt(r[0], r[1], 0x7362),
+        prmt(r[2], r[3], 0x5140),
+        prmt(r[2], r[3], 0x7362),
+    ];
+    let chunk = (2 * s / 8) * VtTile::SLAB_BYTES + (((2 * s % 8) ^ q) << 4);
+    stmatrix_x4_trans(st + chunk, u);
 }
 
 // ------------------------------------------------------------------ consumers
