@@ -635,25 +635,32 @@ fn dense_cases() -> Vec<DenseCase> {
 /// and bf16 Q against a paged e4m3 cache (`-fp8kv`).
 fn dense_fp8_cases() -> Vec<DenseCase> {
     const K16: &[u32] = &[16384];
-    let c = |name, mask, page_size, q_bf16| DenseCase {
+    // Short and middle loops, for the wide key tile's threshold.
+    const K2X8: &[u32] = &[2048; 8];
+    const K8X2: &[u32] = &[8192; 2];
+    let c = |name, q_lens, mask, page_size, q_bf16| DenseCase {
         name,
-        q_lens: K16,
+        q_lens,
         mask,
         page_size,
         sinks: false,
         q_bf16,
     };
     vec![
-        c("dense-prefill-16k-fp8", Mask::None, None, false),
-        c("dense-prefill-16k-causal-fp8", Mask::Causal, None, false),
+        c("dense-prefill-16k-fp8", K16, Mask::None, None, false),
+        c("dense-prefill-16k-causal-fp8", K16, Mask::Causal, None, false),
+        c("dense-prefill-8x2k-fp8", K2X8, Mask::Causal, None, false),
+        c("dense-prefill-2x8k-fp8", K8X2, Mask::Causal, None, false),
         c(
             "dense-prefill-16k-paged128-fp8",
+            K16,
             Mask::Causal,
             Some(128),
             false,
         ),
         c(
             "dense-prefill-16k-paged128-fp8kv",
+            K16,
             Mask::Causal,
             Some(128),
             true,
