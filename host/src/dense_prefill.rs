@@ -24,14 +24,17 @@
 //! replayed (a graph per layer: each layer's run has its own parameters).
 //!
 //! Key tiles: 128 keys for paged K/V (a TMA box a page, or 128 keys of a
-//! larger page), for FP8, and for short loops (`WIDE_MIN_SPAN`); 176 for
-//! bf16 on contiguous K/V, any mask, where each query tile visits at least
-//! 4096 keys on average.
-//! Measured on an H100, 2026-12-07 (the same binary, `--key-tile`): bf16
-//! 176 against 128 keys 649 / 644 against 636 TFLOP/s on
-//! `dense-prefill-16k`, 635.5 against 626.5 / 623 causal; FP8 192 against
-//! 128 661 against 710 (16k) and 650–660 against 703 (causal), so FP8
-//! keeps 128. [`DensePrefill::set_key_tile`] overrides the choice.
+//! larger page) and for short loops (`WIDE_MIN_SPAN`); the wide tile
+//! (176 keys bf16, 192 FP8) on contiguous K/V, any mask, where each query
+//! tile visits at least 4096 keys on average. Measured on an H100 (the
+//! same binary, `--key-tile`): bf16 176 against 128 keys 649 / 644
+//! against 636 TFLOP/s on `dense-prefill-16k`, 635.5 against 626.5 / 623
+//! causal (2026-12-07); FP8 192 against 128 881.5 / 870.9 / 858.4 against
+//! 840.5 / 853.4 / 840.9 / 832.8 / 828.0 on `-16k-fp8`, 878.4 / 833.9 /
+//! 855.5 against 841.5 / 856.5 / 856.4 / 855.9 / 828.2 causal (2026-12-07,
+//! fourth session: before the V transposer lost two thirds of its
+//! instructions, 192 was 7% slower). [`DensePrefill::set_key_tile`]
+//! overrides the choice.
 //!
 //! The op needs no workspace ([`DensePrefill::workspace_size`] is 0): it
 //! works in shared memory and writes `out` and `lse` directly.
@@ -275,10 +278,7 @@ impl DensePrefill {
         let kvp = self.check_kv(batch, kv)?;
         let tiles = plan_tiles(batch, &kvp.keys, &kvp.kv_row0, &self.cfg);
         let wide = self.elem.wide_n();
-        let auto = if kvp.paged.is_none()
-            && self.elem == Elem::Bf16
-            && mean_key_span(&tiles) >= WIDE_MIN_SPAN
-        {
+        let auto = if kvp.paged.is_none() && mean_key_span(&tiles) >= WIDE_MIN_SPAN {
             wide
         } else {
             DP_BLOCK_N
@@ -687,16 +687,18 @@ pub fn mean_key_span(tiles: &[DenseTile]) -> u32 {
     (DP_BLOCK_N as u64 * tile_rows / rows.max(1)) as u32
 }
 
-/// Shortest mean key span ([`mean_key_span`]) for which bf16 takes the
-/// wide key tiles. Both ways on an H100, 2026-12-07 (`bench --key-tile`,
-/// TFLOP/s of two runs, 128 against 176 keys), by span: 1088
-/// (`dense-prefill-8x2k`, causal) 501.3 / 501.5 against 477.9 / 478.6 (the
-/// prologue, epilogue and diagonal tile weigh more in a short loop of
-/// wider tiles); 2112 (`-4x4k`) 572.6 / 587.4 against 577.9 / 572.4; 4160
-/// (`-2x8k`) 594.1 / 588.2 against 581.0 / 591.1; about 4200
+/// Shortest mean key span ([`mean_key_span`]) for which the wide key
+/// tiles are taken. Both ways on an H100, 2026-12-07 (`bench --key-tile`,
+/// TFLOP/s of two runs, 128 against the wide tile), by span: bf16 (176
+/// keys) 1088 (`dense-prefill-8x2k`, causal) 501.3 / 501.5 against 477.9 /
+/// 478.6 (the prologue, epilogue and diagonal tile weigh more in a short
+/// loop of wider tiles); 2112 (`-4x4k`) 572.6 / 587.4 against 577.9 /
+/// 572.4; 4160 (`-2x8k`) 594.1 / 588.2 against 581.0 / 591.1; about 4200
 /// (`-16k-sw4096`) 623.4 / 591.7 against 638.0 / 637.2; 8256
 /// (`-16k-causal`) 607.2 against 646.5; 16384 (`-16k`) 634.9 against
-/// 643.4.
+/// 643.4. FP8 (192 keys, fourth session): 1088 (`-8x2k-fp8`) 582.3 / 577.6
+/// against 561.5 / 560.1; 4160 (`-2x8k-fp8`) 803.4 / 787.0 against 816.1 /
+/// 825.5; 16384 (`-16k-fp8`) 832.8 / 828.0 against 870.9 / 858.4.
 pub const WIDE_MIN_SPAN: u32 = 4096;
 
 /// The work tiles of a batch, longest first (a stable sort: equal tiles
