@@ -319,7 +319,7 @@ pub fn dense_prefill(
     let d = cfg.head_dim;
     let width = cfg.n_heads * d;
     let q_row = |row: usize| crate::row_f64(q, row, width);
-    prefill_core(rows, q_row, kv, batch, sinks, cfg, false).0
+    prefill_core(rows, q_row, kv, batch, sinks, cfg, false).exact
 }
 
 /// A source of K/V rows: the keys of a sequence and the `head_dim` values
@@ -379,10 +379,8 @@ pub const P_SUB_ABS: f64 = 1.0 / 1024.0;
 
 /// The op, generic over the element type: `q_row(row)` gives the
 /// `n_heads * head_dim` values of packed row `row` in `f64`; with `bounds`,
-/// also `(Σ_s e(P_s) |V_s| / D, Σ_s P_s |V_s| / D)` per output element
-/// ([`e4m3_weight_error`], `P_s = e^{x_s - m}`) and `max_s |scale| Σ_d
-/// |q_d K_s[d]|` per (row, head) over its visible keys, else three empty
-/// vectors.
+/// also the FP8 tolerance's terms ([`Fp8Reference`]'s fields), else those
+/// fields are empty.
 fn prefill_core(
     rows: usize,
     q_row: impl Fn(usize) -> Vec<f64> + Sync,
@@ -391,7 +389,7 @@ fn prefill_core(
     sinks: Option<&[f32]>,
     cfg: &DensePrefillConfig,
     bounds: bool,
-) -> (AttentionOutput, Vec<f64>, Vec<f64>, Vec<f64>) {
+) -> Fp8Reference {
     let (nh, nkv, d) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
     let group = cfg.group();
     let scale = cfg.scale as f64;
@@ -512,7 +510,12 @@ fn prefill_core(
                 one_row(row, o_row, l_row, (&mut [], &mut [], &mut []))
             });
     }
-    (AttentionOutput { out, lse }, err, pv, mag)
+    Fp8Reference {
+        exact: AttentionOutput { out, lse },
+        p_round_bound: err,
+        pv_abs: pv,
+        score_abs: mag,
+    }
 }
 
 /// Checks a GPU result of the dense prefill against the reference:
@@ -799,14 +802,7 @@ pub fn dense_prefill_fp8(
         descales: *descales,
         lut,
     };
-    let (exact, p_round_bound, pv_abs, score_abs) =
-        prefill_core(rows, q_row, &src, batch, sinks, cfg, true);
-    Fp8Reference {
-        exact,
-        p_round_bound,
-        pv_abs,
-        score_abs,
-    }
+    prefill_core(rows, q_row, &src, batch, sinks, cfg, true)
 }
 
 /// One query row quantised to e4m3 as the FP8 kernel does for bf16
