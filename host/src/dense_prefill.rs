@@ -683,7 +683,10 @@ fn params<T>(
 /// included): how long each CTA's loop runs.
 pub fn mean_key_span(tiles: &[DenseTile]) -> u32 {
     let rows: u64 = tiles.iter().map(|t| t.rows as u64).sum();
-    let tile_rows: u64 = tiles.iter().map(|t| t.rows as u64 * t.key_tiles as u64).sum();
+    let tile_rows: u64 = tiles
+        .iter()
+        .map(|t| t.rows as u64 * t.key_tiles as u64)
+        .sum();
     (DP_BLOCK_N as u64 * tile_rows / rows.max(1)) as u32
 }
 

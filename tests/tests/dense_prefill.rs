@@ -566,7 +566,12 @@ fn mean_key_span_of_the_bench_cases() {
     ] {
         let spec = RaggedSpec::prefill(lens, &vec![0; lens.len()]);
         let keys: Vec<u32> = (0..spec.batch()).map(|b| spec.seqlen_k(b) as u32).collect();
-        let tiles = plan_tiles(&spec.as_batch(), &keys, &vec![0; spec.batch()], &config(32, 8, mask, false));
+        let tiles = plan_tiles(
+            &spec.as_batch(),
+            &keys,
+            &vec![0; spec.batch()],
+            &config(32, 8, mask, false),
+        );
         assert_eq!(mean_key_span(&tiles), span, "{lens:?} {mask:?}");
         assert_eq!(span >= WIDE_MIN_SPAN, wide, "{lens:?} {mask:?}");
     }

@@ -648,7 +648,13 @@ fn dense_fp8_cases() -> Vec<DenseCase> {
     };
     vec![
         c("dense-prefill-16k-fp8", K16, Mask::None, None, false),
-        c("dense-prefill-16k-causal-fp8", K16, Mask::Causal, None, false),
+        c(
+            "dense-prefill-16k-causal-fp8",
+            K16,
+            Mask::Causal,
+            None,
+            false,
+        ),
         c("dense-prefill-8x2k-fp8", K2X8, Mask::Causal, None, false),
         c("dense-prefill-2x8k-fp8", K8X2, Mask::Causal, None, false),
         c(
