@@ -172,12 +172,14 @@ where
 /// them as dim rows (matrix row `j` of a pair of matrices is dim `4 (j / 2)
 /// + j % 2`, `+ 2` for the second of the pair). Warp `w` takes the dim
 /// chunks `c = w, w + 3, ..` and every step `s` of each, unrolled, so a
-/// unit's addresses are the chunk's plus constants: about 8 instructions a
+/// unit's addresses are the chunk's plus constants: about 9 instructions a
 /// unit, against 70 for the 4 × 4-byte word transpose this replaced, whose
-/// issue slots the consumer warps on the same sub-partitions lacked. Keys
-/// past the sequence's end (the last tile only) are zeroed in registers, so
-/// garbage in a page's tail cannot give NaN. The loads are free of bank
-/// conflicts; the stores' 8 dim rows fall on 4 swizzle phases (2-way).
+/// issue slots the consumer warps on the same sub-partitions lacked
+/// (BENCHMARKS.md, 2026-12-07 fourth session). Keys past the sequence's end
+/// (the last tile only) are zeroed in the V stage first
+/// ([`transpose_stage`]), so garbage in a page's tail cannot give NaN. The
+/// loads are free of bank conflicts; the stores' 8 dim rows fall on 4
+/// swizzle phases (2-way: removing it measured no faster).
 #[inline(always)]
 unsafe fn transpose_v<const BN: u32>(w: &Work, x: u32) {
     let (v_stage, t_stage) = (BN * DP_HEAD_DIM, BN.div_ceil(128) * DP8_TILE_BYTES);
@@ -207,7 +209,7 @@ unsafe fn transpose_stage<const BN: u32>(vsi: u32, tsi: u32, live: u32, warp: u3
         let mut key = live + lane;
         while key < BN {
             for c in chunks() {
-                st_shared_zero16(vsi + key * 128 + ((c ^ (key % 8)) << 4));
+                st_shared_zero16(vsi + Tile::<BN>::at(key, c % 8));
             }
             key += 32;
         }
@@ -220,7 +222,10 @@ unsafe fn transpose_stage<const BN: u32>(vsi: u32, tsi: u32, live: u32, warp: u3
     let (h, dm) = (m / 2, 4 * (j / 2) + 2 * (m % 2) + j % 2);
     let q = h ^ (dm % 8);
     for c in chunks() {
-        let ld = vsi + lane * 128 + ((c ^ (lane % 8)) << 4);
+        // Key `32 s + lane` of chunk `c` (the swizzle phase is the lane's;
+        // `c % 8`: the one slab of a 128-byte row, which the compiler then
+        // knows).
+        let ld = vsi + Tile::<BN>::at(lane, c % 8);
         // `VtTile::at(16c + dm, 2s + h)` is `st` plus `chunk` below.
         let st = tsi + (16 * c + dm) * 128;
         crate::unroll_to!(BN as usize / 32, S => {
