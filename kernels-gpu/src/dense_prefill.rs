@@ -53,8 +53,6 @@ type Ring = MbarRing<DP_STAGES>;
 const WG: u32 = 128;
 /// Consumer warps: each arrives once on a stage's empty barrier.
 const CONSUMER_WARPS: u32 = DP_CONSUMERS * 4;
-/// No A fragments: [`fence`] / [`wait`] of a shared-memory-A product.
-pub(crate) const NO_A: [u32; 0] = [];
 /// A row's running max moves only when a tile's max passes it by more
 /// than this (log2 units, [`LseState::advance_lazy`]): P stays ≤ 2⁸, within
 /// bf16 and e4m3 (448), and O is rescaled only on the rare tiles where some
@@ -335,23 +333,6 @@ pub(crate) trait Operands<const BN: u32, const NT: usize> {
 /// An `M64N128` f32 accumulator (O of a warpgroup; S of a 128-key tile).
 pub(crate) type Acc = [[f32; 4]; 16];
 
-/// `wgmma.fence` with `d` and the A fragments `a` tied.
-#[inline(always)]
-pub(crate) fn fence<D: Regs, A: Regs>(d: &mut D, a: &A) {
-    d.tie();
-    a.hold();
-    wgmma_fence_bare();
-}
-
-/// Waits for the products, `PENDING` younger groups still in flight (0 or
-/// 1), `d` (their results) and `a` (the A fragments they read) tied.
-#[inline(always)]
-pub(crate) fn wait<const PENDING: u32, D: Regs, A: Regs>(d: &mut D, a: &A) {
-    wgmma_wait_bare::<PENDING>();
-    d.tie();
-    a.hold();
-}
-
 /// bf16 operands: `NT / 2` k16 steps of P V, 8 of S.
 struct Bf16;
 
@@ -380,7 +361,7 @@ where
 
     #[inline(always)]
     fn scores_issue(s: &mut [[f32; 4]; NT], q: &Self::Q, ks: u32) {
-        fence(s, &NO_A);
+        wgmma_fence(s, &NO_A);
         let (qd, kd) = (QTile::k_major_desc(*q, 0), Tile::<BN>::k_major_desc(ks, 0));
         crate::unroll!(8, KS => {
             let (a, b) = (QTile::k_major_step(qd, KS as u32), Tile::<BN>::k_major_step(kd, KS as u32));
@@ -392,7 +373,7 @@ where
     /// B: the V stage, N-major, 16 keys per k-step.
     #[inline(always)]
     fn pv_issue(o: &mut Acc, pa: &Self::P, vs: u32) {
-        fence(o, pa);
+        wgmma_fence(o, pa);
         let vd = Tile::<BN>::mn_major_desc(vs, 0);
         crate::unroll_to!(NT / 2, KS => {
             let a = [pa[2 * KS][0], pa[2 * KS][1], pa[2 * KS + 1][0], pa[2 * KS + 1][1]];
@@ -435,7 +416,7 @@ pub(crate) struct Stages<const S: u32> {
 /// the two warpgroups, [`PingPong`] lets one issue its products while the
 /// other runs its softmax.
 ///
-/// In the SASS, ptxas moves the wait for P V (`wait::<0, _, _>(&mut o, &pa)` below) up to
+/// In the SASS, ptxas moves the wait for P V (`wgmma_wait::<0, _, _>(&mut o, &pa)` below) up to
 /// the top of the softmax, by its own estimate of when P V lands, so the
 /// softmax runs after P V and only the other warpgroup's products overlap
 /// it. Holding the wait after the softmax (a shared store of the row sums
@@ -477,7 +458,7 @@ pub(crate) unsafe fn consume<E: Operands<BN, NT>, const S: u32, const BN: u32, c
     let mut s = [[0f32; 4]; NT];
     E::scores_issue(&mut s, &q, at.k);
     turn.pass(false);
-    wait::<0, _, _>(&mut s, &NO_A);
+    wgmma_wait::<0, _, _>(&mut s, &NO_A);
     release(kr, 0);
     if w.masked::<BN>(w.n0) {
         mask_fragment(&mut s, w.n0 * BN, lim);
@@ -487,20 +468,20 @@ pub(crate) unsafe fn consume<E: Operands<BN, NT>, const S: u32, const BN: u32, c
     // Tile i's S with tile i - 1's P V, tile i's softmax while P V runs.
     for i in 1..n {
         let j = w.n0 + i;
-        fence(&mut o, &pa); // O's rescale and P are written before the S product starts
+        wgmma_fence(&mut o, &pa); // O's rescale and P are written before the S product starts
         turn.wait();
         kr.wait(i);
         E::scores_issue(&mut s, &q, at.k + kstage(i));
         vr.wait(i - 1);
         E::pv_issue(&mut o, &pa, at.v + vstage(i - 1));
         turn.pass(false);
-        wait::<1, _, _>(&mut s, &NO_A);
+        wgmma_wait::<1, _, _>(&mut s, &NO_A);
         release(kr, i);
         if w.masked::<BN>(j) {
             mask_fragment(&mut s, j * BN, lim);
         }
         let corr = softmax_step(&mut st, &mut s, sl2);
-        wait::<0, _, _>(&mut o, &pa);
+        wgmma_wait::<0, _, _>(&mut o, &pa);
         release(vr, i - 1);
         // P is packed once P V has landed: packed while it runs, the new
         // P took registers of the P that P V reads and ptxas serialized
@@ -511,7 +492,7 @@ pub(crate) unsafe fn consume<E: Operands<BN, NT>, const S: u32, const BN: u32, c
         }
     }
     // The last tile's P V, its keys past the sequence's end zeroed first.
-    fence(&mut o, &pa);
+    wgmma_fence(&mut o, &pa);
     turn.wait();
     vr.wait(n - 1);
     let kb = (w.n1 - 1) * BN;
@@ -520,7 +501,7 @@ pub(crate) unsafe fn consume<E: Operands<BN, NT>, const S: u32, const BN: u32, c
     }
     E::pv_issue(&mut o, &pa, at.v + vstage(n - 1));
     turn.pass(true);
-    wait::<0, _, _>(&mut o, &pa);
+    wgmma_wait::<0, _, _>(&mut o, &pa);
     release(vr, n - 1);
     epilogue(p, w, rows, st, &o, vscale);
 }

@@ -30,7 +30,7 @@ use sparse_attn_abi::dense::*;
 
 use crate::arch::*;
 use crate::dense_prefill::{
-    consume, fence, produce, schedule, Acc, Dst, Operands, QTile, Stages, Tile, Work, NO_A,
+    consume, produce, schedule, Acc, Dst, Operands, QTile, Stages, Tile, Work,
 };
 use crate::tile::pipeline::MbarRing;
 use crate::tile::swizzle::{Slabs128, TileLayout};
@@ -289,7 +289,7 @@ where
     /// Both operands K-major, from shared memory.
     #[inline(always)]
     fn scores_issue(s: &mut [[f32; 4]; NT], q: &Self::Q, ks: u32) {
-        fence(s, &NO_A);
+        wgmma_fence(s, &NO_A);
         let (qd, kd) = (QTile::k_major_desc(q.smem, 0), Tile::<BN>::k_major_desc(ks, 0));
         crate::unroll!(4, KS => {
             s.e4m3_ss(QTile::k_major_step(qd, KS as u32), Tile::<BN>::k_major_step(kd, KS as u32), KS > 0);
@@ -300,7 +300,7 @@ where
     /// B: the Vᵀ stage, K-major.
     #[inline(always)]
     fn pv_issue(o: &mut Acc, pa: &Self::P, ts: u32) {
-        fence(o, pa);
+        wgmma_fence(o, pa);
         let td = VtTile::k_major_desc(ts, 0);
         crate::unroll_to!(NT / 4, KS => {
             let a = [pa[4 * KS], pa[4 * KS + 1], pa[4 * KS + 2], pa[4 * KS + 3]];

@@ -98,26 +98,27 @@ type Acc128 = [[f32; 4]; 16];
 /// 64 keys × 64 columns: one row of 64 heads (decode).
 type Acc64 = [[f32; 4]; 8];
 
-/// `impl Acc` for an accumulator type: its `NT`, its `wgmma` and its waits
-/// (`wait1` of a form built with one Q tile only may be the full wait).
+/// `impl Acc` for an accumulator type: its `NT`, its `wgmma` and the
+/// groups `wait1` leaves in flight (a form built with one Q tile only waits
+/// for every product there).
 macro_rules! impl_acc {
-    ($($t:ty: $nt:literal, $mma:ident, $fence:ident, $wait0:ident, $wait1:ident;)+) => {$(
+    ($($t:ty: $nt:literal, $mma:ident, $wait1_pending:literal;)+) => {$(
         impl Acc for $t {
             const NT: usize = $nt;
             const ZERO: Self = [[0.0; 4]; $nt];
             #[inline(always)]
             fn issue(&mut self, a: &[[u32; 4]; 4], qt: u32) {
-                $fence(self, a);
+                wgmma_fence(self, a);
                 crate::unroll!(4, KS => { $mma(self, a[KS], q_desc(qt, KS as u32), KS > 0); });
                 wgmma_commit();
             }
             #[inline(always)]
             fn wait0(&mut self, a: &[[u32; 4]; 4]) {
-                $wait0(self, a)
+                wgmma_wait::<0, _, _>(self, a)
             }
             #[inline(always)]
             fn wait1(&mut self, a: &[[u32; 4]; 4]) {
-                $wait1(self, a)
+                wgmma_wait::<$wait1_pending, _, _>(self, a)
             }
             #[inline(always)]
             fn at(&self, j: usize, e: usize) -> f32 {
@@ -128,8 +129,8 @@ macro_rules! impl_acc {
 }
 
 impl_acc! {
-    Acc128: 16, wgmma_m64n128k32_e4m3, wgmma_fence_e4m3, wgmma_wait0_e4m3, wgmma_wait1_e4m3;
-    Acc64: 8, wgmma_m64n64k32_e4m3, wgmma_fence_n64_e4m3, wgmma_wait0_n64_e4m3, wgmma_wait0_n64_e4m3;
+    Acc128: 16, wgmma_m64n128k32_e4m3, 1;
+    Acc64: 8, wgmma_m64n64k32_e4m3, 0;
 }
 
 /// Descriptor of k-step `ks` (32 dims) of the Q tile at `qt` (K-major,

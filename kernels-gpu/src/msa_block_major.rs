@@ -434,7 +434,7 @@ unsafe fn scores_wg(ks: u32, cur: u32, overlap: impl FnOnce()) -> [[f32; 4]; 16]
     });
     wgmma_commit();
     overlap();
-    wgmma_wait0(&mut s, &af);
+    wgmma_wait::<0, _, _>(&mut s, &af);
     s
 }
 
@@ -509,7 +509,7 @@ fn pv_wg(vs: u32, pa: &[[u32; 4]; 8], l4: &[[f32; 2]; 4]) -> ([[f32; 4]; 16], [f
         let s1 = s0 + shfl_xor_f32(s0, 1);
         l[h] = s1 + shfl_xor_f32(s1, 2);
     }
-    wgmma_wait0(&mut o, pa);
+    wgmma_wait::<0, _, _>(&mut o, pa);
     (o, l)
 }
 

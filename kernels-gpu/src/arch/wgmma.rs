@@ -17,53 +17,19 @@ pub fn wgmma_desc_sw128(addr: u32, lbo: u32, sbo: u32) -> u64 {
 }
 
 /// Calls `$m!($($x)*)` with the operand numbers of a 64-register
-/// accumulator (`[[f32; 4]; 16]`, register `i` is `d[i / 4][i % 4]`) and of
-/// the 32 registers of 8 A fragments (`[[u32; 4]; 8]`, numbers 64..96): the
-/// one list every `wgmma` wrapper below binds its operands from.
+/// accumulator (`[[f32; 4]; 16]`, register `i` is `d[i / 4][i % 4]`): the
+/// list every `M64N128` wrapper below binds its accumulator from.
 macro_rules! with_regs {
     ($m:ident!($($x:tt)*)) => {
-        $m!($($x)* [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63] [64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95])
+        $m!($($x)* [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63])
     };
 }
 
-/// As [`with_regs`] with the 16 registers of 4 e4m3 A fragments
-/// (`[[u32; 4]; 4]`, one per k32 step of a 128-dim row), numbers 64..80.
-macro_rules! with_regs_e4m3 {
+/// The operand list of a 32-register (`M64N64`) accumulator
+/// (`[[f32; 4]; 8]`), for [`mma_async`].
+macro_rules! with_regs_n64 {
     ($m:ident!($($x:tt)*)) => {
-        $m!($($x)* [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63] [64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79])
-    };
-}
-
-/// The operand lists of a 32-register (`M64N64`) accumulator
-/// (`[[f32; 4]; 8]`, numbers 0..32) and of 4 e4m3 A fragments (numbers
-/// 32..48), for [`tie_regs_n64`] and [`mma_async`].
-macro_rules! with_regs_n64_e4m3 {
-    ($m:ident!($($x:tt)*)) => {
-        $m!($($x)* [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31] [32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47])
-    };
-}
-
-/// [`tie_regs`] for the lists of [`with_regs_n64_e4m3`] (A numbered from 32).
-macro_rules! tie_regs_n64 {
-    ($insn:literal, $d:ident, $a:ident, [$($i:literal)*] [$($j:literal)*]) => {
-        asm!(concat!($insn, " //", $(" {", stringify!($i), "}",)* $(" {", stringify!($j), "}",)*),
-             $(inout(reg32) $d[$i / 4][$i % 4],)*
-             $(in(reg32) $a[($j - 32) / 4][($j - 32) % 4],)*
-             options(nostack))
-    };
-}
-
-/// A side-effecting `asm!` whose template is `$insn` followed by a comment
-/// naming every accumulator and A-fragment register: the instruction then
-/// orders (for the compiler) every earlier write of `$d` / `$a` before it
-/// and every later read after it, which is all `wgmma.fence` and
-/// `wgmma.wait_group` need to say.
-macro_rules! tie_regs {
-    ($insn:literal, $d:ident, $a:ident, [$($i:literal)*] [$($j:literal)*]) => {
-        asm!(concat!($insn, " //", $(" {", stringify!($i), "}",)* $(" {", stringify!($j), "}",)*),
-             $(inout(reg32) $d[$i / 4][$i % 4],)*
-             $(in(reg32) $a[($j - 64) / 4][($j - 64) % 4],)*
-             options(nostack))
+        $m!($($x)* [0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31])
     };
 }
 
@@ -71,7 +37,7 @@ macro_rules! tie_regs {
 /// is bound from the register list; `$pre` comes before it, `$post` (the A
 /// and B operands and immediates, with their named operands `$ops`) after.
 macro_rules! mma_async {
-    ($shape:expr, $post:literal, $d:ident, ($($ops:tt)*), [$first:literal $($i:literal)*] [$($j:literal)*]) => {
+    ($shape:expr, $post:literal, $d:ident, ($($ops:tt)*), [$first:literal $($i:literal)*]) => {
         asm!(concat!("{{ .reg .pred p; setp.ne.b32 p, {acc}, 0;\n",
                      "wgmma.mma_async.sync.aligned.", $shape,
                      " {{{", stringify!($first), "}", $(", {", stringify!($i), "}",)* "}}, ",
@@ -81,19 +47,11 @@ macro_rules! mma_async {
     };
 }
 
-/// `wgmma.fence.sync.aligned`: orders this warp's earlier register writes to
-/// `d` and to the A fragments `a` before the `wgmma` ops that follow; both
-/// are tied to the fence so the compiler keeps that order.
-#[inline(always)]
-pub fn wgmma_fence(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
-    unsafe { with_regs!(tie_regs!("wgmma.fence.sync.aligned;", d, a,)) }
-}
-
 /// The `wgmma.mma_async` shapes, one row each: `M64N128` accumulators (64
 /// f32 registers per thread: this warp's 16 rows of D in 16 m16n8
 /// accumulator layouts), `d = A·B (+ d when acc)` for the warpgroup (4 warps,
 /// 64 rows). Asynchronous: `d` and register `a` must not be touched before
-/// [`wgmma_wait0`]. Other N add a register list to [`with_regs`] and rows here.
+/// [`wgmma_wait`]. Other N add a register list to [`with_regs`] and rows here.
 ///
 /// - `_rs`: A from registers (this warp's 16 rows in the `mma.m16n8k16` A
 ///   fragment layout; for e4m3 the k32 layout, 4 bytes a register), B from
@@ -139,52 +97,21 @@ wgmma_shapes! {
         (ad = in(reg64) a_desc, bd = in(reg64) b_desc,);
 }
 
-/// [`wgmma_fence`] for a product whose A is 4 e4m3 fragments (K = 128).
-#[inline(always)]
-pub fn wgmma_fence_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
-    unsafe { with_regs_e4m3!(tie_regs!("wgmma.fence.sync.aligned;", d, a,)) }
-}
 
-/// `wgmma.wait_group.sync.aligned 1` for a product whose A is 4 e4m3
-/// fragments: waits until at most the newest committed group is still in
-/// flight (groups complete in commit order). `d` and `a` are the *older*
-/// group's operands, tied to the wait as in [`wgmma_wait0`]; the newest
-/// group's registers must stay untouched until a later wait (ptxas
-/// serializes the `wgmma`s, with a warning, where code touches them
-/// earlier).
-#[inline(always)]
-pub fn wgmma_wait1_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
-    unsafe { with_regs_e4m3!(tie_regs!("wgmma.wait_group.sync.aligned 1;", d, a,)) }
-}
 
-/// [`wgmma_wait0`] for a product whose A is 4 e4m3 fragments.
-#[inline(always)]
-pub fn wgmma_wait0_e4m3(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 4]) {
-    unsafe { with_regs_e4m3!(tie_regs!("wgmma.wait_group.sync.aligned 0;", d, a,)) }
-}
 
 /// `m64n64k32.f32.e4m3.e4m3`, A from registers (both operands K-major):
 /// a 32-register accumulator (this warp's 16 rows in 8 m16n8 layouts).
 #[inline(always)]
 pub fn wgmma_m64n64k32_e4m3(d: &mut [[f32; 4]; 8], a: [u32; 4], desc: u64, acc: bool) {
     unsafe {
-        with_regs_n64_e4m3!(mma_async!("m64n64k32.f32.e4m3.e4m3", "{{{a0}, {a1}, {a2}, {a3}}}, {desc}, p, 1, 1", d,
+        with_regs_n64!(mma_async!("m64n64k32.f32.e4m3.e4m3", "{{{a0}, {a1}, {a2}, {a3}}}, {desc}, p, 1, 1", d,
             (a0 = in(reg32) a[0], a1 = in(reg32) a[1], a2 = in(reg32) a[2], a3 = in(reg32) a[3],
              desc = in(reg64) desc, acc = in(reg32) acc as u32, options(nostack)),))
     }
 }
 
-/// [`wgmma_fence_e4m3`] for a 32-register accumulator.
-#[inline(always)]
-pub fn wgmma_fence_n64_e4m3(d: &mut [[f32; 4]; 8], a: &[[u32; 4]; 4]) {
-    unsafe { with_regs_n64_e4m3!(tie_regs_n64!("wgmma.fence.sync.aligned;", d, a,)) }
-}
 
-/// [`wgmma_wait0_e4m3`] for a 32-register accumulator.
-#[inline(always)]
-pub fn wgmma_wait0_n64_e4m3(d: &mut [[f32; 4]; 8], a: &[[u32; 4]; 4]) {
-    unsafe { with_regs_n64_e4m3!(tie_regs_n64!("wgmma.wait_group.sync.aligned 0;", d, a,)) }
-}
 
 /// `wgmma.commit_group.sync.aligned`: closes the group of `wgmma` ops issued
 /// since the last commit.
@@ -193,14 +120,6 @@ pub fn wgmma_commit() {
     unsafe { asm!("wgmma.commit_group.sync.aligned;", options(nostack)) };
 }
 
-/// `wgmma.wait_group.sync.aligned 0`: waits for every committed `wgmma`
-/// group. `d` (the results) and `a` (the register A fragments they read) are
-/// tied to the wait, so the compiler neither reads `d` nor reuses `a`'s
-/// registers earlier.
-#[inline(always)]
-pub fn wgmma_wait0(d: &mut [[f32; 4]; 16], a: &[[u32; 4]; 8]) {
-    unsafe { with_regs!(tie_regs!("wgmma.wait_group.sync.aligned 0;", d, a,)) }
-}
 
 /// `fence.proxy.async.shared::cta`: this thread's earlier shared-memory
 /// writes (`st.shared`, `cp.async`) become visible to the async proxy, which
@@ -210,28 +129,43 @@ pub fn fence_proxy_async_shared() {
     unsafe { asm!("fence.proxy.async.shared::cta;", options(nostack)) };
 }
 
-/// `wgmma.fence.sync.aligned` alone: the registers it orders are tied to
-/// it by [`Regs::tie`] calls right before it.
+/// `wgmma.fence.sync.aligned`: orders this warp's earlier register writes
+/// to the accumulators `d` and the A fragments `a` (register A; [`NO_A`]
+/// for shared-memory A) before the `wgmma` ops that follow. Both are tied
+/// to the fence ([`Regs`]) so the compiler keeps that order.
 #[inline(always)]
-pub fn wgmma_fence_bare() {
+pub fn wgmma_fence<D: Regs, A: Regs>(d: &mut D, a: &A) {
+    d.tie();
+    a.hold();
     unsafe { asm!("wgmma.fence.sync.aligned;", options(nostack)) };
 }
 
-/// `wgmma.wait_group.sync.aligned N` alone: the registers it hands back
-/// are tied to it by [`Regs`] calls right after it.
+/// `wgmma.wait_group.sync.aligned PENDING`: waits until at most `PENDING`
+/// of the newest committed groups are still in flight (groups complete in
+/// commit order). `d` (the finished products' results) and `a` (the A
+/// fragments they read) are tied to the wait, so the compiler neither reads
+/// `d` nor reuses `a`'s registers earlier. With `PENDING` > 0 the younger
+/// groups' registers must stay untouched until a later wait (ptxas
+/// serializes the `wgmma`s, with a warning, where code touches them
+/// earlier).
 #[inline(always)]
-pub fn wgmma_wait_bare<const N: u32>() {
-    unsafe { asm!("wgmma.wait_group.sync.aligned {n};", n = const N, options(nostack)) };
+pub fn wgmma_wait<const PENDING: u32, D: Regs, A: Regs>(d: &mut D, a: &A) {
+    unsafe { asm!("wgmma.wait_group.sync.aligned {n};", n = const PENDING, options(nostack)) };
+    d.tie();
+    a.hold();
 }
 
+/// No A fragments: [`wgmma_fence`] / [`wgmma_wait`] of a shared-memory-A
+/// product.
+pub const NO_A: [u32; 0] = [];
+
 /// Registers a `wgmma` reads or writes asynchronously (accumulators, A
-/// fragments of any width), tied to the neighbouring [`wgmma_fence_bare`]
-/// or [`wgmma_wait_bare`] by side-effecting `asm!`s (one per 4 registers)
-/// that the compiler keeps in order with the fence or wait: a `tie` before
-/// a fence keeps every earlier write above it, one after a wait every later
-/// read below it; a `hold` after a wait keeps registers a product reads
-/// alive (and unreused) until it. What [`wgmma_fence`] and the waits above
-/// do with one `asm!` for the 64-register widths.
+/// fragments of any width), tied to the neighbouring [`wgmma_fence`] or
+/// [`wgmma_wait`] by side-effecting `asm!`s (one per 4 registers) that the
+/// compiler keeps in order with the fence or wait: a `tie` before a fence
+/// keeps every earlier write above it, one after a wait every later read
+/// below it; a `hold` after a wait keeps registers a product reads alive
+/// (and unreused) until it.
 pub trait Regs {
     /// Reads and writes every register.
     fn tie(&mut self);
@@ -240,6 +174,29 @@ pub trait Regs {
 }
 
 impl<const N: usize> Regs for [[f32; 4]; N] {
+    #[inline(always)]
+    fn tie(&mut self) {
+        crate::unroll_to!(N, J => {
+            let d = &mut self[J];
+            unsafe {
+                asm!("// tie {0} {1} {2} {3}", inout(reg32) d[0], inout(reg32) d[1],
+                     inout(reg32) d[2], inout(reg32) d[3], options(nostack))
+            };
+        });
+    }
+    #[inline(always)]
+    fn hold(&self) {
+        crate::unroll_to!(N, J => {
+            let d = &self[J];
+            unsafe {
+                asm!("// hold {0} {1} {2} {3}", in(reg32) d[0], in(reg32) d[1],
+                     in(reg32) d[2], in(reg32) d[3], options(nostack))
+            };
+        });
+    }
+}
+
+impl<const N: usize> Regs for [[u32; 4]; N] {
     #[inline(always)]
     fn tie(&mut self) {
         crate::unroll_to!(N, J => {
@@ -327,7 +284,7 @@ macro_rules! score_acc {
                 unsafe {
                     mma_async!(concat!("m64n", $n, "k16.f32.bf16.bf16"), "{ad}, {bd}, p, 1, 1, 0, 0", d,
                         (ad = in(reg64) a_desc, bd = in(reg64) b_desc, acc = in(reg32) acc as u32, options(nostack)),
-                        [$($i)*] [])
+                        [$($i)*])
                 }
             }
             #[inline(always)]
@@ -336,7 +293,7 @@ macro_rules! score_acc {
                 unsafe {
                     mma_async!(concat!("m64n", $n, "k32.f32.e4m3.e4m3"), "{ad}, {bd}, p, 1, 1", d,
                         (ad = in(reg64) a_desc, bd = in(reg64) b_desc, acc = in(reg32) acc as u32, options(nostack)),
-                        [$($i)*] [])
+                        [$($i)*])
                 }
             }
         }
