@@ -173,51 +173,36 @@ pub trait Regs {
     fn hold(&self);
 }
 
-impl<const N: usize> Regs for [[f32; 4]; N] {
-    #[inline(always)]
-    fn tie(&mut self) {
-        crate::unroll_to!(N, J => {
-            let d = &mut self[J];
-            unsafe {
-                asm!("// tie {0} {1} {2} {3}", inout(reg32) d[0], inout(reg32) d[1],
-                     inout(reg32) d[2], inout(reg32) d[3], options(nostack))
-            };
-        });
-    }
-    #[inline(always)]
-    fn hold(&self) {
-        crate::unroll_to!(N, J => {
-            let d = &self[J];
-            unsafe {
-                asm!("// hold {0} {1} {2} {3}", in(reg32) d[0], in(reg32) d[1],
-                     in(reg32) d[2], in(reg32) d[3], options(nostack))
-            };
-        });
-    }
+/// [`Regs`] for `[[T; 4]; N]` (accumulators, 16-byte A fragments): one
+/// `asm!` per 4 registers.
+macro_rules! regs_x4 {
+    ($($t:ty),+) => {$(
+        impl<const N: usize> Regs for [[$t; 4]; N] {
+            #[inline(always)]
+            fn tie(&mut self) {
+                crate::unroll_to!(N, J => {
+                    let d = &mut self[J];
+                    unsafe {
+                        asm!("// tie {0} {1} {2} {3}", inout(reg32) d[0], inout(reg32) d[1],
+                             inout(reg32) d[2], inout(reg32) d[3], options(nostack))
+                    };
+                });
+            }
+            #[inline(always)]
+            fn hold(&self) {
+                crate::unroll_to!(N, J => {
+                    let d = &self[J];
+                    unsafe {
+                        asm!("// hold {0} {1} {2} {3}", in(reg32) d[0], in(reg32) d[1],
+                             in(reg32) d[2], in(reg32) d[3], options(nostack))
+                    };
+                });
+            }
+        }
+    )+};
 }
 
-impl<const N: usize> Regs for [[u32; 4]; N] {
-    #[inline(always)]
-    fn tie(&mut self) {
-        crate::unroll_to!(N, J => {
-            let d = &mut self[J];
-            unsafe {
-                asm!("// tie {0} {1} {2} {3}", inout(reg32) d[0], inout(reg32) d[1],
-                     inout(reg32) d[2], inout(reg32) d[3], options(nostack))
-            };
-        });
-    }
-    #[inline(always)]
-    fn hold(&self) {
-        crate::unroll_to!(N, J => {
-            let d = &self[J];
-            unsafe {
-                asm!("// hold {0} {1} {2} {3}", in(reg32) d[0], in(reg32) d[1],
-                     in(reg32) d[2], in(reg32) d[3], options(nostack))
-            };
-        });
-    }
-}
+regs_x4!(f32, u32);
 
 impl<const N: usize> Regs for [[u32; 2]; N] {
     #[inline(always)]
