@@ -97,9 +97,6 @@ wgmma_shapes! {
         (ad = in(reg64) a_desc, bd = in(reg64) b_desc,);
 }
 
-
-
-
 /// `m64n64k32.f32.e4m3.e4m3`, A from registers (both operands K-major):
 /// a 32-register accumulator (this warp's 16 rows in 8 m16n8 layouts).
 #[inline(always)]
@@ -111,15 +108,12 @@ pub fn wgmma_m64n64k32_e4m3(d: &mut [[f32; 4]; 8], a: [u32; 4], desc: u64, acc: 
     }
 }
 
-
-
 /// `wgmma.commit_group.sync.aligned`: closes the group of `wgmma` ops issued
 /// since the last commit.
 #[inline(always)]
 pub fn wgmma_commit() {
     unsafe { asm!("wgmma.commit_group.sync.aligned;", options(nostack)) };
 }
-
 
 /// `fence.proxy.async.shared::cta`: this thread's earlier shared-memory
 /// writes (`st.shared`, `cp.async`) become visible to the async proxy, which
