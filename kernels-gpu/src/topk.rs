@@ -25,7 +25,8 @@
 //!    keys of the bin (e.g. 100K equal scores): every further digit
 //!    re-reads the chunk (at most 4 more: 44 bits), then one pass collects
 //!    the kept keys.
-//! 3. **sort**: each CTA sorts the keys it keeps (`tile::bitonic`); after
+//! 3. **sort**: each CTA sorts the keys it keeps (`tile::sort`: by buckets
+//!    over their range, or bitonic where they bunch); after
 //!    one cluster barrier it copies the other CTAs' sorted keys (at most
 //!    `k` in all) and places each of its keys at its own index plus the
 //!    number of larger keys in each other list (binary search), writing
@@ -49,7 +50,7 @@ use core::mem::size_of;
 use sparse_attn_abi::topk::*;
 
 use crate::arch::*;
-use crate::tile::bitonic::{cta_sort_desc, SORT_MAX};
+use crate::tile::sort::{cta_sort_desc, SORT_MAX};
 use crate::tile::radix::{
     self, first_digit, radix_key_floor, radix_sel_index, radix_sel_key, KeySet, RadixCut,
     RadixSelect, RadixSmem, RADIX_INDEX_BITS,

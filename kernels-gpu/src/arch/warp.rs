@@ -137,3 +137,31 @@ extern "C" {
     #[link_name = "llvm.nvvm.vote.any.sync"]
     fn llvm_vote_any_sync(member_mask: i32, pred: bool) -> bool;
 }
+
+/// `shfl.sync.up.b32` with all lanes taking part: the value of lane
+/// `lane - delta` (a lane below `delta` gets its own value back).
+/// Convergent, as [`shfl_xor_u32`].
+#[inline(always)]
+pub fn shfl_up_u32(v: u32, delta: u32) -> u32 {
+    // SAFETY: all 32 lanes execute the call (the callers' contract).
+    unsafe { llvm_shfl_sync_up_i32(-1, v as i32, delta as i32, 0) as u32 }
+}
+
+/// Inclusive prefix sum of `v` over the lanes `0 ..= lane` of the whole
+/// warp (five [`shfl_up_u32`] rounds).
+#[inline(always)]
+pub fn warp_inclusive_sum_u32(v: u32) -> u32 {
+    let (lane, mut s) = (super::thread::lane_id(), v);
+    for d in [1, 2, 4, 8, 16] {
+        let u = shfl_up_u32(s, d);
+        if lane >= d {
+            s += u;
+        }
+    }
+    s
+}
+
+extern "C" {
+    #[link_name = "llvm.nvvm.shfl.sync.up.i32"]
+    fn llvm_shfl_sync_up_i32(member_mask: i32, value: i32, delta: i32, clamp: i32) -> i32;
+}

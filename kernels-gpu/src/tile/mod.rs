@@ -19,7 +19,8 @@
 //!   (12-bit digits, histograms summed through distributed shared memory),
 //!   over [`row_chunk`]'s key sets (a row's chunk kept in shared memory or
 //!   re-read, keys gathered in shared memory);
-//! - [`bitonic`]: a CTA's bitonic sort of up to 2048 keys in registers;
+//! - [`sort`]: a CTA's sort of up to 2048 keys, by buckets where they
+//!   spread, else [`bitonic`]'s sort in registers;
 //! - [`graph`]: graph mode's device-side header (live counts, the epoch
 //!   guard against replays of a stale plan).
 
@@ -32,5 +33,6 @@ pub mod pipeline;
 pub mod radix;
 pub mod row_chunk;
 pub mod softmax;
+pub mod sort;
 pub mod swizzle;
 pub mod topk;
