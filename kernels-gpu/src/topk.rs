@@ -25,12 +25,14 @@
 //!    keys of the bin (e.g. 100K equal scores): every further digit
 //!    re-reads the chunk (at most 4 more: 44 bits), then one pass collects
 //!    the kept keys.
-//! 3. **sort**: each CTA sorts the keys it keeps (`tile::sort`: by buckets
-//!    over their range, or bitonic where they bunch); after
-//!    one cluster barrier it copies the other CTAs' sorted keys (at most
-//!    `k` in all) and places each of its keys at its own index plus the
-//!    number of larger keys in each other list (binary search), writing
-//!    the entry's index there. The first CTA writes the `-1` padding.
+//! 3. **sort**: in a cluster, every CTA stores the keys it keeps into CTA
+//!    0's shared memory (after one cluster barrier, at the sum of the
+//!    counts of the CTAs below it; at most `k` in all) and leaves; CTA 0
+//!    sorts the row's keys (`tile::sort`: by buckets over their range, or
+//!    bitonic where they bunch) and writes their indices, then the `-1`
+//!    padding. (Before, each CTA sorted its own keys and wrote each at its
+//!    rank, found by binary searches of the other CTAs' lists: about 11
+//!    µs of `mla-idx-decode-b1-128k`'s 38 on the H100, 2026-12-07.)
 //!
 //! Worst case: a row of equal scores resolves every digit (5 steps, the
 //! last 4 over the index bits), each a cluster barrier and, for a long
@@ -79,23 +81,17 @@ const _: () = assert!(TOPK_CAND_CAP * 8 >= RESIDENT * 4 && TOPK_CAND_CAP >= 2 * 
 /// Shared memory of the kernel.
 #[repr(C)]
 struct Smem {
-    /// Keys this CTA keeps (at most `k`), then sorted; the other CTAs read
-    /// them.
+    /// Keys this CTA keeps (at most `k`); in CTA 0, then every CTA's,
+    /// sorted.
     kept: [u64; TOPK_MAX_K as usize],
     /// Keys of the threshold bin (long chunks), or the chunk's scores
-    /// (short ones); then the sort's exchange buffers; then the other CTAs'
-    /// sorted keys.
+    /// (short ones); then the sort's buffers.
     cand: [u64; TOPK_CAND_CAP as usize],
     hist: [[u32; TOPK_BINS as usize]; 2],
     coarse: [[u32; TOPK_COARSE_BINS as usize]; 2],
     pick: [u32; 8],
-    /// Keys each CTA keeps, and where its list starts among those pulled.
-    counts: [u32; TOPK_MAX_CLUSTER as usize],
-    offsets: [u32; TOPK_MAX_CLUSTER as usize],
     nkept: u32,
     ncand: u32,
-    /// Keys of the other CTAs' lists.
-    npulled: u32,
 }
 const _: () = assert!(size_of::<Smem>() as u32 <= TOPK_SMEM);
 
@@ -132,9 +128,15 @@ pub unsafe extern "ptx-kernel" fn topk_rows(p: TopkParams) {
             keep(&chunk, cut);
         }
     }
-    let m = ld_shared_u32(crate::smem_addr!(Smem, nkept)).min(TOPK_MAX_K);
+    let mut m = ld_shared_u32(crate::smem_addr!(Smem, nkept)).min(TOPK_MAX_K);
+    if ncta > 1 {
+        m = gather_row(m);
+        if cluster_ctarank() != 0 {
+            return;
+        }
+    }
     cta_sort_desc(crate::smem_addr!(Smem, kept), m, crate::smem_addr!(Smem, cand));
-    write_ranks(&p, row, m, n.min(k));
+    write_sorted(&p, row, m);
 }
 
 /// The select's shared memory.
@@ -317,137 +319,43 @@ unsafe fn gather_bin(chunk: &RowChunk, digit: u32) -> SmemKeys {
     SmemKeys { addr: cand, count: ld_shared_u32(ncand).min(TOPK_CAND_CAP) }
 }
 
-/// Writes the row's output from every CTA's sorted `kept` keys (`m` here,
-/// `total` in the row): each key goes to its index in this CTA's list plus
-/// the number of larger keys in every other CTA's list (copied here first);
-/// the first CTA writes `-1` past `total`.
+/// Every CTA's kept keys into CTA 0's `kept` list, after its own (the
+/// cluster calls it, all threads): CTA `c` stores its `m` keys in CTA 0's
+/// shared memory from the sum of the counts of the CTAs below it. Returns
+/// the row's kept keys (at most `k`; in every CTA). After it only CTA 0
+/// touches its shared memory: the others may leave.
 #[inline(always)]
-unsafe fn write_ranks(p: &TopkParams, row: u32, m: u32, total: u32) {
+unsafe fn gather_row(m: u32) -> u32 {
     let (t, me, ncta) = (thread_idx_x(), cluster_ctarank(), cluster_nctarank());
+    let (kept, nkept) = (crate::smem_addr!(Smem, kept), crate::smem_addr!(Smem, nkept));
+    cluster_sync(); // every CTA's list and count are final
+    // Every warp reads the counts itself: lane `q` CTA `q`'s.
+    let lane = lane_id();
+    let c = if lane < ncta { ld_shared_cluster_u32(map_shared_rank(nkept, lane)).min(TOPK_MAX_K) } else { 0 };
+    let below = warp_sum_u32(if lane < me { c } else { 0 });
+    let total = warp_sum_u32(c).min(TOPK_MAX_K);
+    if me != 0 {
+        let dst = map_shared_rank(kept, 0);
+        let mut i = t;
+        while i < m && below + i < TOPK_MAX_K {
+            st_shared_cluster_u64(dst + 8 * (below + i), ld_shared_u64(kept + 8 * i));
+            i += TOPK_THREADS;
+        }
+    }
+    cluster_sync(); // the keys are in CTA 0
+    total
+}
+
+/// Writes the row's output from its `m` sorted keys in `kept`: their
+/// indices, then `-1` up to `k`.
+#[inline(always)]
+unsafe fn write_sorted(p: &TopkParams, row: u32, m: u32) {
     let kept = crate::smem_addr!(Smem, kept);
-    let (counts, offsets) = (crate::smem_addr!(Smem, counts), crate::smem_addr!(Smem, offsets));
-    let pulled = crate::smem_addr!(Smem, cand);
-    cluster_sync(); // every CTA's sorted keys and count are final
-    if t < ncta {
-        let c = ld_shared_cluster_u32(map_shared_rank(crate::smem_addr!(Smem, nkept), t));
-        st_shared_u32(counts + 4 * t, c.min(TOPK_MAX_K));
-    }
-    sync_threads();
-    pull_other_lists(kept, counts, offsets, pulled);
-    sync_threads();
-    cluster_arrive_relaxed(); // done reading the other CTAs' shared memory
     let out = p.out.ptr().add(row as usize * p.k as usize);
-    match ncta {
-        1 => write_own::<1>(out, m),
-        2 => write_own::<2>(out, m),
-        3 | 4 => write_own::<4>(out, m),
-        5..=8 => write_own::<8>(out, m),
-        _ => write_own::<16>(out, m),
-    }
-    if me == 0 {
-        let mut s = total + t;
-        while s < p.k {
-            st_global(out.add(s as usize), -1);
-            s += TOPK_THREADS;
-        }
-    }
-    cluster_wait(); // no CTA leaves while another may read its keys
-}
-
-/// Copies the sorted `kept` lists of the other CTAs (lengths in `counts`)
-/// one after another to `pulled`, writing where each starts to `offsets`.
-/// At most `SORT_MAX` keys in all (the row keeps at most `k`): 8 a thread,
-/// all the loads in flight together.
-#[inline(always)]
-unsafe fn pull_other_lists(kept: u32, counts: u32, offsets: u32, pulled: u32) {
-    let (t, me, ncta) = (thread_idx_x(), cluster_ctarank(), cluster_nctarank());
-    let npulled = crate::smem_addr!(Smem, npulled);
-    if t == 0 {
-        let mut all = 0;
-        for q in 0..ncta {
-            st_shared_u32(offsets + 4 * q, all);
-            all += if q == me { 0 } else { ld_shared_u32(counts + 4 * q) };
-        }
-        st_shared_u32(npulled, all.min(SORT_MAX));
-    }
-    sync_threads();
-    let all = ld_shared_u32(npulled);
-    let mut src = [0u32; 8];
-    crate::unroll!(8, G => {
-        let g = t + TOPK_THREADS * G as u32;
-        if g < all {
-            // The other CTA whose list holds slot `g`.
-            for q in 0..ncta {
-                let (o, c) = (ld_shared_u32(offsets + 4 * q), ld_shared_u32(counts + 4 * q));
-                if q != me && g >= o && g < o + c {
-                    src[G] = map_shared_rank(kept + 8 * (g - o), q);
-                }
-            }
-        }
-    });
-    let mut v = [0u64; 8];
-    crate::unroll!(8, G => {
-        if t + TOPK_THREADS * (G as u32) < all {
-            v[G] = ld_shared_cluster_u64(src[G]);
-        }
-    });
-    crate::unroll!(8, G => {
-        let g = t + TOPK_THREADS * G as u32;
-        if g < all {
-            st_shared_u64(pulled + 8 * g, v[G]);
-        }
-    });
-}
-
-/// Writes this CTA's `m` sorted keys to the row's output `out` at their
-/// ranks: own index plus the keys larger in every other CTA's list (pulled
-/// here, [`pull_other_lists`]). `N`, the cluster size rounded up to a power
-/// of two, unrolls the searches over exactly the lists there can be (with
-/// a test for each of 16 possible lists instead, the ranks took 17 of the
-/// 75 µs of `topk-64x128k` on the H100, and 1.3 ms of the 16K prefill's
-/// top-k, whose clusters are 1 CTA).
-#[inline(always)]
-unsafe fn write_own<const N: usize>(out: *mut i32, m: u32) {
-    let (t, me, ncta) = (thread_idx_x(), cluster_ctarank(), cluster_nctarank());
-    let (kept, pulled) = (crate::smem_addr!(Smem, kept), crate::smem_addr!(Smem, cand));
-    let (counts, offsets) = (crate::smem_addr!(Smem, counts), crate::smem_addr!(Smem, offsets));
-    let (mut off, mut cnt, mut most) = ([0u32; N], [0u32; N], 0);
-    crate::unroll_to!(N, R => {
-        if (R as u32) < ncta && R as u32 != me {
-            (off[R], cnt[R]) = (ld_shared_u32(offsets + 4 * R as u32), ld_shared_u32(counts + 4 * R as u32));
-            most = most.max(cnt[R]);
-        }
-    });
-    let top = most.next_power_of_two();
-    let mut s = t;
-    while s < m {
-        let x = ld_shared_u64(kept + 8 * s);
-        let r = s + if N > 1 { count_larger(pulled, &off, &cnt, x, top) } else { 0 };
-        st_global(out.add(r as usize), radix_sel_index(x) as i32);
+    let mut s = thread_idx_x();
+    while s < p.k {
+        let v = if s < m { radix_sel_index(ld_shared_u64(kept + 8 * s)) as i32 } else { -1 };
+        st_global(out.add(s as usize), v);
         s += TOPK_THREADS;
     }
-}
-
-/// Keys larger than `x` in the descending lists at `pulled + 8 · off[q]`
-/// of `cnt[q]` keys (at most `top`, a power of two): a binary search of
-/// each, the lists innermost so the searches' loads overlap.
-#[inline(always)]
-unsafe fn count_larger<const N: usize>(pulled: u32, off: &[u32; N], cnt: &[u32; N], x: u64, top: u32) -> u32 {
-    let mut lo = [0u32; N]; // keys of list R known to be larger
-    let mut step = top;
-    while step > 0 {
-        crate::unroll_to!(N, R => {
-            if cnt[R] != 0 {
-                let i = (lo[R] + step - 1).min(cnt[R] - 1);
-                let y = ld_shared_u64(pulled + 8 * (off[R] + i));
-                if lo[R] + step <= cnt[R] && y > x {
-                    lo[R] += step;
-                }
-            }
-        });
-        step /= 2;
-    }
-    let mut n = 0;
-    crate::unroll_to!(N, R => { n += lo[R]; });
-    n
 }
