@@ -12,9 +12,10 @@
 //!
 //! Five CTA barriers and a few shared accesses a key, against the bitonic
 //! sort's 66 stages of compare-exchanges (of which 6 CTA barriers) for
-//! 2048 keys, which took about 835 µs of the 16K prefill's 1.9 ms top-k
-//! (H100, 2026-12-07: the kernel stopped after the select, 4125 µs end to
-//! end, and after the sort, 4960 µs).
+//! 2048 keys. On the 16K prefill's top-k (H100, 2026-12-07, builds
+//! stopped before and after the sort) the bitonic sort took about 835 µs
+//! (4125 → 4960 µs end to end), the bucket sort about 530 (4144 → 4662,
+//! 4689).
 //!
 //! The bitonic sort stays for up to [`BITONIC_MAX`] keys (one warp's
 //! registers, no CTA barrier) and where a bucket holds more than
@@ -44,7 +45,9 @@ const BUCKETS: u32 = 1 << BUCKET_BITS;
 /// Buckets a thread scans.
 const BUCKETS_PER_THREAD: u32 = BUCKETS / THREADS;
 const _: () = assert!(BUCKETS_PER_THREAD == 16, "scan: four 16-byte vectors a thread");
-/// Most keys of a bucket for the bucket path.
+/// Most keys of a bucket for the bucket path (not tuned: keys spread
+/// evenly hold about half a key a bucket, and the rank loop over a bucket
+/// of 16 is still short).
 const CROWDED: u32 = 16;
 /// Most keys the bitonic sort takes without a try of the buckets.
 pub const BITONIC_MAX: u32 = 256;
