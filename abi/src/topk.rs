@@ -9,9 +9,9 @@
 //! index's [`TOPK_INDEX_BITS`]): one histogram of the chunk's top digit,
 //! summed over the cluster through distributed shared memory, gives the
 //! threshold bin; only the keys in that bin (the chunk kept in shared
-//! memory, or the bin's keys gathered there) take the further digits. Each CTA sorts the keys it
-//! keeps, and their places in the row's output come from the other CTAs'
-//! sorted lists (see `kernels-gpu/src/topk.rs`).
+//! memory, or the bin's keys gathered there) take the further digits. The
+//! CTAs store the keys they keep into the first CTA's shared memory, which
+//! sorts the row's keys and writes them (see `kernels-gpu/src/topk.rs`).
 
 use crate::{kernel_params, DPtr, DPtrMut};
 
@@ -27,8 +27,8 @@ pub const TOPK_BINS: u32 = 1 << TOPK_DIGIT_BITS;
 /// Coarse bins of a digit (its top 6 bits): the cluster sums these first,
 /// then only the 64 fine bins of the coarse bin that holds the cut.
 pub const TOPK_COARSE_BINS: u32 = 64;
-/// Largest `k`: the kept keys of a CTA are sorted in its shared memory,
-/// `TOPK_MAX_K` × 8 bytes.
+/// Largest `k`: the kept keys of a row are sorted in its first CTA's
+/// shared memory, `TOPK_MAX_K` × 8 bytes.
 pub const TOPK_MAX_K: u32 = 2048;
 /// Bits of the index part of a selection key: rows of up to 2^24 entries.
 pub const TOPK_INDEX_BITS: u32 = 24;
@@ -55,8 +55,7 @@ pub const TOPK_MAX_CLUSTER: u32 = 16;
 pub const TOPK_MAX_N: u32 = 1 << TOPK_INDEX_BITS;
 
 /// Dynamic shared memory: the kept keys, the candidates (or the resident
-/// chunk; then the sort's exchange buffers and the other CTAs' sorted
-/// keys), two histograms and their coarse sums (the digits alternate), and
+/// chunk; then the sort's buffers), two histograms and their coarse sums (the digits alternate), and
 /// small scalars: 82.6 KiB, 2 CTAs an SM.
 pub const TOPK_SMEM: u32 =
     TOPK_MAX_K * 8 + TOPK_CAND_CAP * 8 + 2 * TOPK_BINS * 4 + 2 * TOPK_COARSE_BINS * 4 + 256;
