@@ -56,7 +56,7 @@ pub const TOPK_MAX_N: u32 = 1 << TOPK_INDEX_BITS;
 
 /// Dynamic shared memory: the kept keys, the candidates (or the resident
 /// chunk; then the sort's buffers), two histograms and their coarse sums (the digits alternate), and
-/// small scalars: 82.6 KiB, 2 CTAs an SM.
+/// small scalars: 80.75 KiB, 2 CTAs an SM.
 pub const TOPK_SMEM: u32 =
     TOPK_MAX_K * 8 + TOPK_CAND_CAP * 8 + 2 * TOPK_BINS * 4 + 2 * TOPK_COARSE_BINS * 4 + 256;
 
