@@ -152,9 +152,8 @@ fn radix_smem() -> RadixSmem {
 /// Zeroes the first histogram and the list counters.
 #[inline(always)]
 unsafe fn clear_smem() {
-    let (t, hist) = (thread_idx_x(), crate::smem_addr!(Smem, hist));
-    crate::unroll!(4, Q => { st_shared_zero16(hist + 64 * t + 16 * Q as u32); });
-    if t == 0 {
+    radix::clear_hist(crate::smem_addr!(Smem, hist));
+    if thread_idx_x() == 0 {
         st_shared_u32(crate::smem_addr!(Smem, nkept), 0);
         st_shared_u32(crate::smem_addr!(Smem, ncand), 0);
     }

@@ -264,9 +264,9 @@ impl RadixSelect {
     }
 }
 
-/// Clears a histogram (every thread 16 bins).
+/// Clears a histogram of [`BINS`] counters (every thread 16 of them).
 #[inline(always)]
-unsafe fn clear_hist(hist: u32) {
+pub unsafe fn clear_hist(hist: u32) {
     let a = hist + 64 * thread_idx_x();
     crate::unroll!(4, Q => { st_shared_zero16(a + 16 * Q as u32); });
 }

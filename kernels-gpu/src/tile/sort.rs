@@ -50,7 +50,7 @@ const _: () = assert!(BUCKETS_PER_THREAD == 16, "scan: four 16-byte vectors a th
 /// of 16 is still short).
 const CROWDED: u32 = 16;
 /// Most keys the bitonic sort takes without a try of the buckets.
-pub const BITONIC_MAX: u32 = 256;
+const BITONIC_MAX: u32 = 256;
 
 /// Sorts the `m <= SORT_MAX` distinct nonzero keys at the shared address
 /// `keys` in descending order, in place, with the whole CTA (all 256
