@@ -22,10 +22,13 @@
 //!   flight, and each warpgroup's epilogues while the other's products run.
 //!
 //! The epilogue is per thread: its two keys' 32 columns, `relu(x) · w` as
-//! `fma(x, w/2, fma(|x|, w/2, acc))` (`(x + |x|) / 2 = max(x, 0)`; two
-//! full-rate FMAs, the `|x|` a free operand modifier, where `max` runs at
-//! half the FMA rate on sm_90), the head sum finished over the quad by two
-//! shuffles, times the key's scale.
+//! `fma(x, w/2, fma(|x|, w/2, acc))` (`(x + |x|) / 2 = max(x, 0)`, where
+//! `max` runs at half the FMA rate on sm_90), the head sum finished over
+//! the quad by two shuffles, times the key's scale. The FMA has no `|x|`
+//! operand modifier on sm_90: each `|x|` is a `LOP3`, three instructions a
+//! value (128 of the consumer loop's 551 for two Q tiles, SASS). Branch
+//! `mla-logits-fadd` writes `fma(x + |x|, w/2, acc)` (the add takes the
+//! modifier: 423), not yet run on a GPU.
 //!
 //! Keys past a sequence's end in its last tile come from real pages (ids
 //! clamped) and hold garbage; each key is its own row of the product, so
