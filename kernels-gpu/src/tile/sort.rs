@@ -25,10 +25,10 @@
 
 use crate::arch::{
     lane_id, ld_shared_u32, ld_shared_u64, ld_shared_v4, red_add_shared_u32, st_shared_u32,
-    st_shared_u64, st_shared_v4, st_shared_zero16, sync_threads, thread_idx_x, warp_id,
+    st_shared_u64, st_shared_v4, sync_threads, thread_idx_x, warp_id,
     warp_inclusive_sum_u32, warp_max_u32, warp_max_u64, atomic_add_shared_u32,
 };
-use crate::tile::bitonic;
+use crate::tile::{bitonic, radix};
 
 pub use bitonic::SORT_MAX;
 
@@ -42,6 +42,7 @@ const _: () = assert!(SORT_MAX == THREADS * PER_THREAD as u32);
 /// range hold about half a key a bucket.
 const BUCKET_BITS: u32 = 12;
 const BUCKETS: u32 = 1 << BUCKET_BITS;
+const _: () = assert!(BUCKETS == radix::BINS, "the counters are cleared as a radix histogram");
 /// Buckets a thread scans.
 const BUCKETS_PER_THREAD: u32 = BUCKETS / THREADS;
 const _: () = assert!(BUCKETS_PER_THREAD == 16, "scan: four 16-byte vectors a thread");
@@ -129,7 +130,7 @@ unsafe fn bucket_sort_desc(keys: u32, m: u32, xbuf: u32) -> bool {
 /// at `part + SORT_MAX · 8` meanwhile. Ends with a CTA barrier.
 #[inline(always)]
 unsafe fn key_range(x: &[u64; PER_THREAD], part: u32) -> (u64, u64) {
-    let (t, w) = (thread_idx_x(), warp_id());
+    let w = warp_id();
     // The least key as the largest complement (a 0 is no key).
     let (mut hi, mut lo_c) = (0u64, 0u64);
     crate::unroll!(8, R => {
@@ -143,8 +144,7 @@ unsafe fn key_range(x: &[u64; PER_THREAD], part: u32) -> (u64, u64) {
         st_shared_u64(part + 16 * w, hi);
         st_shared_u64(part + 16 * w + 8, lo_c);
     }
-    let counts = part + SORT_MAX * 8;
-    crate::unroll!(4, Q => { st_shared_zero16(counts + 64 * t + 16 * Q as u32); });
+    radix::clear_hist(part + SORT_MAX * 8);
     sync_threads();
     let (mut hi, mut lo_c) = (0u64, 0u64);
     for v in 0..WARPS {
