@@ -481,6 +481,12 @@ fn simulated_fp8_kernel_passes_and_wrong_outputs_fail() {
         (Mask::SlidingWindow { window: 100 }, true, true),
         (Mask::SlidingWindow { window: 64 }, false, false),
     ];
+    // Cases whose rounded kernel fails once the P-rounding term is zeroed.
+    // Not every case: P's rounding errors have random signs, so over rows of
+    // a hundred keys or more they cancel like a random walk while the term
+    // adds their magnitudes, and the scores' term can cover them (seed
+    // 3482268933533851186, case 2: every row sees 72 keys or more).
+    let mut p_term_needed = 0;
     for (ci, &(mask, paged, sinks)) in cases.iter().enumerate() {
         let q_lens: Vec<u32> = (0..3).map(|_| lens[rng.gen_range(0..lens.len())]).collect();
         let kv_lens: Vec<u32> = if paged {
@@ -527,10 +533,11 @@ fn simulated_fp8_kernel_passes_and_wrong_outputs_fail() {
             p_round_bound: vec![0.0; r.p_round_bound.len()],
             ..r.clone()
         };
-        assert!(
-            check_dense_prefill_fp8(&g, Some(&gl), &no_p, &c.cfg).is_err(),
-            "{ctx}: the P-rounding term is vacuous"
-        );
+        if check_dense_prefill_fp8(&g, Some(&gl), &no_p, &c.cfg).is_err() {
+            p_term_needed += 1;
+        } else {
+            println!("{ctx}: passes without the P-rounding term");
+        }
 
         // One element off by 4x its bound fails.
         let i = rng.gen_range(0..g.len());
@@ -578,6 +585,10 @@ fn simulated_fp8_kernel_passes_and_wrong_outputs_fail() {
         let e = check_dense_prefill_fp8(&g, Some(&off), &no_scores, &c.cfg).unwrap_err();
         assert!(e.contains("lse[row"), "{ctx}: {e}");
     }
+    assert!(
+        p_term_needed > 0,
+        "the P-rounding term is vacuous: every case passes without it"
+    );
 }
 
 /// The case's Q as e4m3 with descale 1.
