@@ -130,6 +130,12 @@ macro_rules! dptr_common {
                 self.addr as usize as u64
             }
 
+            /// The address `n` elements further on (host bookkeeping: a
+            /// launch over a part of a buffer).
+            pub fn offset(self, n: usize) -> Self {
+                Self::new(self.addr() + (n * core::mem::size_of::<T>()) as u64)
+            }
+
             /// Whether this is the null address.
             pub fn is_null(self) -> bool {
                 self.addr.is_null()

@@ -23,19 +23,27 @@
 //!   rejected (the host does not read device data) and give infinite or
 //!   NaN logits.
 //!
-//! Two launches on the stream: the logits kernel writes the visible logits
-//! of every row to an f32 workspace `[num_rows, ld]` (`ld` = the longest
-//! sequence rounded up to 128 keys), then the top-k ([`crate::TopK`]'s
-//! kernel) selects from it. `plan` sizes the workspace, cuts the batch into
-//! items and uploads them with each row's visible length; `run` binds the
-//! two tensor maps (uploaded only when the buffers change) and launches,
-//! so a run on the previous run's buffers can be captured and replayed.
-//! The plan does not depend on the layer (`run` takes it): one plan per
-//! step serves every layer. A plan holds until the next `plan`.
+//! Two launches on the stream for each chunk of rows: the logits kernel
+//! writes the visible logits of the chunk's rows to an f32 workspace
+//! `[rows, ld]` (`ld` = the longest sequence rounded up to 128 keys), then
+//! the top-k ([`crate::TopK`]'s kernel) selects from it. `plan` cuts the
+//! rows into chunks whose logits fit the limit, sizes the workspace, cuts
+//! each chunk into items and uploads them with each row's visible length;
+//! `run` binds the tensor maps (uploaded only when the buffers change) and
+//! launches, so a run on the previous run's buffers can be captured and
+//! replayed. The plan does not depend on the layer (`run` takes it): one
+//! plan per step serves every layer. A plan holds until the next `plan`.
 //!
 //! The logits live in a [`Workspace`] (scratch, see [`crate::workspace`]):
 //! the op's own ([`MlaIndexer::new`], grown by `plan`) or the caller's
-//! ([`MlaIndexer::new_in`], of [`MlaIndexer::workspace_size`]).
+//! ([`MlaIndexer::new_in`]). A batch whose logits do not fit
+//! [`MLA_LOGITS_LIMIT`] (or [`MlaIndexer::limit_logits`]'s bytes, or the
+//! caller's workspace) runs in chunks of rows, the way PyTorch and vLLM
+//! users cut a long prefill: a 128K-token prompt needs 64 GiB of logits in
+//! one piece, 64 chunks of 1 GiB here. Rows are independent, so the result
+//! does not depend on the chunks.
+
+use std::ops::Range;
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
 
@@ -50,23 +58,38 @@ use crate::buffer::RawBuffer;
 use crate::error::{ensure, expect_len, CudaContextExt, Error, Result};
 use crate::launch::{record_words, Bufs, Kernel};
 use crate::tma::{encode_tiled, TensorMaps, TmaElem::U8};
-use crate::topk::TopK;
-use crate::workspace::{align_up, grow, Scratch, Workspace};
+use crate::topk::{TopK, TopkPlan};
+use crate::workspace::{align_up, grow, Scratch, Workspace, WORKSPACE_ALIGN};
 use crate::Gpu;
 
 pub use crate::abi::config::MlaIndexerConfig;
+
+/// Bytes of logits a plan keeps in the workspace at once unless
+/// [`MlaIndexer::limit_logits`] says otherwise: 1 GiB, a 16K × 16K prefill
+/// (or 2048 rows of 128K keys) in one chunk.
+pub const MLA_LOGITS_LIMIT: usize = 1 << 30;
 
 /// What a plan fixed.
 #[derive(Clone, Copy, Debug)]
 struct Plan {
     rows: usize,
     batch: usize,
-    num_work: usize,
     ld: usize,
     /// The kernel: index into `MlaIndexer::kernels`.
     kernel: usize,
     layout: PagedLayout,
     max_pages: usize,
+}
+
+/// Rows `row0 .. row0 + rows` of a plan, run as one logits launch (items
+/// `work0 .. work0 + num_work`, rows numbered from `row0`) and one top-k.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    row0: usize,
+    rows: usize,
+    work0: usize,
+    num_work: usize,
+    topk: TopkPlan,
 }
 
 /// The MLA FP8 lightning indexer: `new` checks the configuration, `plan`
@@ -85,9 +108,12 @@ pub struct MlaIndexer {
     row_lens: CudaSlice<u32>,
     /// The logits `[rows, ld]` f32, at the start of the workspace.
     scratch: Scratch,
-    /// [`MI_TMAPS`] tensor maps.
+    /// [`MI_TMAPS`] tensor maps a chunk (its Q, the K pool).
     tmaps: TensorMaps,
+    /// Bytes of logits a plan keeps at once (before the workspace's limit).
+    logits_limit: usize,
     plan: Option<Plan>,
+    chunks: Vec<Chunk>,
 }
 
 impl MlaIndexer {
@@ -98,16 +124,17 @@ impl MlaIndexer {
     }
 
     /// [`MlaIndexer::new`] over the caller's workspace (shared with other
-    /// ops on the same stream; see [`crate::workspace`]): `plan` fails
-    /// (naming `workspace`) when a batch needs more than it holds.
+    /// ops on the same stream; see [`crate::workspace`]): a batch whose
+    /// logits do not fit runs in chunks of rows, and `plan` fails (naming
+    /// `workspace`) only when one row's logits do not fit.
     pub fn new_in(gpu: &Gpu, cfg: MlaIndexerConfig, workspace: &Workspace) -> Result<Self> {
         Self::with_scratch(gpu, cfg, Scratch::shared(gpu, workspace, 0)?)
     }
 
     /// Bytes of workspace for batches of at most `max_rows` query rows
-    /// whose sequences have at most `max_context` keys: the logits, `4 *
-    /// max_rows * ld` with `ld = max_context` rounded up to 128 (2048 rows
-    /// of 128K keys: 1 GiB).
+    /// whose sequences have at most `max_context` keys to run in one chunk:
+    /// the logits, `4 * max_rows * ld` with `ld = max_context` rounded up
+    /// to 128 (2048 rows of 128K keys: 1 GiB). Less runs them in chunks.
     pub fn workspace_size(max_rows: usize, max_context: usize) -> usize {
         Self::logits_bytes(max_rows, Self::stride(max_context))
     }
@@ -160,8 +187,35 @@ impl MlaIndexer {
             row_lens: gpu.zeros(1)?,
             scratch,
             tmaps: TensorMaps::new(gpu, MI_TMAPS)?,
+            logits_limit: MLA_LOGITS_LIMIT,
             plan: None,
+            chunks: Vec::new(),
         })
+    }
+
+    /// Keeps at most `bytes` of logits at once from the next `plan` on
+    /// (default [`MLA_LOGITS_LIMIT`]; at least one row's, whatever it
+    /// says): a batch with more runs in chunks of rows. A shared workspace
+    /// smaller than `bytes` limits them too.
+    pub fn limit_logits(&mut self, bytes: usize) {
+        self.logits_limit = bytes;
+    }
+
+    /// Chunks of rows the current plan runs in (1 when the logits fit).
+    pub fn chunks(&self) -> Option<usize> {
+        self.plan.map(|_| self.chunks.len().max(1))
+    }
+
+    /// Rows a chunk holds when rows have `ld` logits: as many as the limit
+    /// (and a shared workspace) allow, at least one.
+    fn chunk_rows(&self, ld: usize) -> usize {
+        let limit = self
+            .scratch
+            .limit()
+            .map_or(self.logits_limit, |ws| ws.min(self.logits_limit));
+        // Rounded down to the workspace alignment, so that the aligned
+        // size of the chunk's logits stays within it.
+        (limit / WORKSPACE_ALIGN * WORKSPACE_ALIGN / (4 * ld)).max(1)
     }
 
     /// The configuration.
@@ -175,8 +229,9 @@ impl MlaIndexer {
     }
 
     /// Validates the batch, the cache layout and the page table; cuts the
-    /// batch into items (longest first), uploads them and the rows'
-    /// visible lengths, sizes the logits workspace and plans the top-k.
+    /// rows into chunks whose logits fit the limit and each chunk into
+    /// items (longest first), uploads them and the rows' visible lengths,
+    /// sizes the logits workspace and plans the top-k of each chunk.
     pub fn plan(
         &mut self,
         batch: &RaggedBatch,
@@ -184,6 +239,7 @@ impl MlaIndexer {
         pages: PageTable,
     ) -> Result<()> {
         self.plan = None;
+        self.chunks.clear();
         batch.validate()?;
         let ps = layout.page_size;
         ensure(
@@ -238,12 +294,13 @@ impl MlaIndexer {
             .rev()
             .find(|&k| self.kernels[k].1 >= q)
             .unwrap_or(0);
-        let min_items = 2 * self.gpu.props().sm_count as usize;
-        let (work, lens) = plan_work(batch, self.kernels[kernel].1, self.cfg.mask, min_items);
+        let per = self.chunk_rows(ld);
+        let (work, lens, chunks) = self.plan_chunks(batch, per, ld, kernel)?;
         let g = &self.gpu;
         grow(g, &mut self.work, record_words(&work).len().max(1))?;
         grow(g, &mut self.row_lens, rows.max(1))?;
-        self.scratch.fit(g, Self::logits_bytes(rows, ld))?;
+        self.scratch.fit(g, Self::logits_bytes(per.min(rows), ld))?;
+        self.tmaps.reserve(g, MI_TMAPS * chunks.len())?;
         let s = g.stream();
         if !work.is_empty() {
             s.memcpy_htod(
@@ -254,11 +311,10 @@ impl MlaIndexer {
             s.memcpy_htod(&lens, &mut self.row_lens.slice_mut(..rows))
                 .during(|| "uploading the indexer's row lengths".into())?;
         }
-        self.topk.plan(rows, ld, self.cfg.top_k)?;
+        self.chunks = chunks;
         self.plan = Some(Plan {
             rows,
             batch: batch.batch(),
-            num_work: work.len(),
             ld,
             kernel,
             layout: *layout,
@@ -267,13 +323,48 @@ impl MlaIndexer {
         Ok(())
     }
 
+    /// The items and visible lengths of every row, and the chunks of `per`
+    /// rows they fall into (each with its top-k plan).
+    fn plan_chunks(
+        &self,
+        batch: &RaggedBatch,
+        per: usize,
+        ld: usize,
+        kernel: usize,
+    ) -> Result<(Vec<MlaWork>, Vec<u32>, Vec<Chunk>)> {
+        let rows = batch.num_rows();
+        let min_items = 2 * self.gpu.props().sm_count as usize;
+        let (group, mask) = (self.kernels[kernel].1, self.cfg.mask);
+        let (mut work, mut lens) = (Vec::new(), Vec::with_capacity(rows));
+        let mut chunks: Vec<Chunk> = Vec::with_capacity(rows.div_ceil(per));
+        for row0 in (0..rows).step_by(per) {
+            let r = row0..rows.min(row0 + per);
+            let (w, l) = plan_work(batch, r.clone(), group, mask, min_items);
+            // Every chunk but the last has the same rows: one top-k plan.
+            let topk = match chunks.last() {
+                Some(c) if c.rows == r.len() => c.topk,
+                _ => self.topk.plan_for(r.len(), ld, self.cfg.top_k)?,
+            };
+            chunks.push(Chunk {
+                row0,
+                rows: r.len(),
+                work0: work.len(),
+                num_work: w.len(),
+                topk,
+            });
+            work.extend(w);
+            lens.extend(l);
+        }
+        Ok((work, lens, chunks))
+    }
+
     /// Writes `out: i32 [num_rows, top_k]` for the planned batch from `q`
     /// (e4m3 bytes `[num_rows, heads, 128]`), `qs: f32 [num_rows, heads]`,
     /// the cache `k_cache` (`layout.elements()` bytes), `k_scales`
     /// (`layout.scale_elements()` f32, exactly when the scales are apart)
     /// and the page table, on layer `layer` of the cache. Launches only:
-    /// [`MlaIndexer::run_logits`], then the top-k. Buffers may be slices,
-    /// views or [`crate::RawBuffer`]s.
+    /// for each chunk of rows, the logits kernel, then the top-k. Buffers
+    /// may be slices, views or [`crate::RawBuffer`]s.
     #[allow(clippy::too_many_arguments)] // the op's six tensors and the layer
     pub fn run<Q, S, K, L, O>(
         &mut self,
@@ -299,25 +390,15 @@ impl MlaIndexer {
             p.rows * self.cfg.top_k,
             "num_rows * top_k",
         )?;
-        self.run_logits(q, qs, k_cache, k_scales, lookup, layer)?;
-        if p.rows == 0 {
-            return Ok(());
-        }
-        let mut b = Bufs::new(&self.gpu);
-        let out = b.output("out", out)?;
-        let logits = DPtr::new(b.workspace(self.scratch.workspace()));
-        let row_lens = b.r(&self.row_lens);
-        // SAFETY: the top-k reads the rows' visible logits (below their
-        // uploaded lengths, at most `ld`), which the logits kernel wrote
-        // before it on the stream; `out` holds rows * top_k.
-        unsafe { self.topk.launch(logits, p.ld as u32, row_lens, out) }
+        self.launch(q, qs, k_cache, k_scales, lookup, layer, Some(out))
     }
 
     /// The logits alone: row `t`'s logit of key `s` at `t * ld + s` of
     /// the workspace's f32 ([`MlaIndexer::download_logits`]; `ld` =
     /// [`MlaIndexer::logits_stride`]) for its visible keys (other entries
     /// are left as they were). Same arguments as [`MlaIndexer::run`]; launch
-    /// only.
+    /// only. A plan in several chunks of rows is refused (naming
+    /// `workspace`): the workspace holds one chunk's logits at a time.
     pub fn run_logits<Q, S, K, L>(
         &mut self,
         q: &Q,
@@ -332,6 +413,55 @@ impl MlaIndexer {
         S: DevicePtr<f32> + ?Sized,
         K: DevicePtr<u8> + ?Sized,
         L: DevicePtr<u32> + ?Sized,
+    {
+        self.one_chunk()?;
+        self.launch(
+            q,
+            qs,
+            k_cache,
+            k_scales,
+            lookup,
+            layer,
+            None::<&mut CudaSlice<i32>>,
+        )
+    }
+
+    /// Fails unless the plan keeps every row's logits at once.
+    fn one_chunk(&self) -> Result<()> {
+        let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
+        ensure(
+            self.chunks.len() <= 1,
+            "workspace",
+            || {
+                format!(
+                    "room for the logits of all {} rows at once (see limit_logits)",
+                    p.rows
+                )
+            },
+            || format!("a plan in {} chunks of rows", self.chunks.len()),
+        )
+    }
+
+    /// Checks the run's buffers against the plan, binds the tensor maps
+    /// and launches each chunk's logits and, when `out` is given, its
+    /// top-k.
+    #[allow(clippy::too_many_arguments)] // run's arguments
+    fn launch<Q, S, K, L, O>(
+        &mut self,
+        q: &Q,
+        qs: &S,
+        k_cache: &K,
+        k_scales: Option<&dyn DevicePtr<f32>>,
+        lookup: &L,
+        layer: usize,
+        out: Option<&mut O>,
+    ) -> Result<()>
+    where
+        Q: DevicePtr<u8> + ?Sized,
+        S: DevicePtr<f32> + ?Sized,
+        K: DevicePtr<u8> + ?Sized,
+        L: DevicePtr<u32> + ?Sized,
+        O: DevicePtrMut<i32> + ?Sized,
     {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
         let (h, l) = (self.cfg.num_heads, p.layout);
@@ -395,6 +525,7 @@ impl MlaIndexer {
                 ps * MI_HEAD_DIM,
             ),
         };
+        // The whole batch's; each chunk's launch moves them to its rows.
         let params = MlaLogitsParams {
             tmaps: b.r(self.tmaps.device()),
             work: b.rec(&self.work),
@@ -402,8 +533,8 @@ impl MlaIndexer {
             lookup: b.input("lookup", lookup)?,
             scales,
             logits: DPtrMut::new(b.workspace(self.scratch.workspace())),
-            num_work: p.num_work as u32,
-            num_rows: p.rows as u32,
+            num_work: 0,
+            num_rows: 0,
             heads: h as u32,
             ld: p.ld as u32,
             causal: (self.cfg.mask == Mask::Causal) as u32,
@@ -416,20 +547,53 @@ impl MlaIndexer {
             scale_block_bytes,
             scale_off,
         };
-        let cfg = LaunchConfig {
-            grid_dim: (p.num_work as u32, 1, 1),
-            block_dim: (MI_THREADS, 1, 1),
-            shared_mem_bytes: MI_SMEM,
+        let out = match out {
+            Some(o) => b.output("out", o)?,
+            None => DPtrMut::NULL,
         };
-        // SAFETY: every buffer's length was checked against the plan; the
-        // kernel clamps page ids, rows and keys, and TMA zero-fills reads
-        // past a tensor.
+        let row_lens = b.r(&self.row_lens);
         let kernel = &self.kernels[p.kernel].0;
-        unsafe {
-            b.gpu()
-                .launch(kernel, "the MLA indexer logits kernel", &params)
-                .run(cfg)
+        for (i, c) in self.chunks.iter().enumerate() {
+            let params = MlaLogitsParams {
+                tmaps: params.tmaps.offset(i * MI_TMAPS * MI_TMAP_BYTES),
+                work: params.work.offset(c.work0),
+                qs: params.qs.offset(c.row0 * h),
+                num_work: c.num_work as u32,
+                num_rows: c.rows as u32,
+                ..params
+            };
+            let cfg = LaunchConfig {
+                grid_dim: (c.num_work as u32, 1, 1),
+                block_dim: (MI_THREADS, 1, 1),
+                shared_mem_bytes: MI_SMEM,
+            };
+            // SAFETY: every buffer's length was checked against the plan
+            // (the chunk's rows and items lie inside it); the kernel clamps
+            // page ids, rows (to the chunk's) and keys, and TMA zero-fills
+            // reads past a tensor.
+            unsafe {
+                b.gpu()
+                    .launch(kernel, "the MLA indexer logits kernel", &params)
+                    .run(cfg)?;
+            }
+            if out.is_null() {
+                continue;
+            }
+            // SAFETY: the top-k reads the chunk's visible logits (below
+            // their uploaded lengths, at most `ld`), which the logits
+            // kernel wrote before it on the stream; `out` holds rows *
+            // top_k, the chunk's rows from `row0` on.
+            unsafe {
+                self.topk.launch(
+                    &c.topk,
+                    params.logits.read_only(),
+                    p.ld as u32,
+                    row_lens.offset(c.row0),
+                    out.offset(c.row0 * self.cfg.top_k),
+                )?;
+            }
         }
+        Ok(())
     }
 
     /// The workspace the logits live in.
@@ -441,6 +605,7 @@ impl MlaIndexer {
     /// see [`MlaIndexer::run_logits`]; waits for the stream). They are
     /// scratch: valid until the next run of any op sharing the workspace.
     pub fn download_logits(&self) -> Result<Vec<f32>> {
+        self.one_chunk()?;
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
         let mut b = Bufs::new(&self.gpu);
         let base = b.workspace(self.scratch.workspace());
@@ -450,34 +615,43 @@ impl MlaIndexer {
         self.gpu.download(&view)
     }
 
-    /// Encodes the Q and K tensor maps for these addresses.
+    /// Encodes each chunk's tensor maps for these addresses: its rows of
+    /// Q, then the K pool.
     fn encode_maps(&self, p: &Plan, q: u64, k_cache: u64) -> Result<Vec<u8>> {
         let l = p.layout;
         let d = MI_HEAD_DIM as u64;
-        let q_rows = (p.rows * self.cfg.num_heads) as u64;
+        let h = self.cfg.num_heads;
         let blocks = (l.num_pages * l.num_layers) as u64;
         let box_rows = (l.page_size as u32).min(MI_BLOCK_N);
-        let mut maps = Vec::with_capacity(MI_TMAPS * MI_TMAP_BYTES);
-        maps.extend(encode_tiled(U8, q, &[d, q_rows], &[d], &[128, MI_Q_ROWS])?);
-        maps.extend(encode_tiled(
+        let k = encode_tiled(
             U8,
             k_cache,
             &[d, l.page_size as u64, blocks],
             &[d, l.block_stride() as u64],
             &[128, box_rows, 1],
-        )?);
+        )?;
+        let mut maps = Vec::with_capacity(self.chunks.len() * MI_TMAPS * MI_TMAP_BYTES);
+        for c in &self.chunks {
+            // A chunk's Q starts at a multiple of 128 bytes (TMA: 16).
+            let q0 = q + (c.row0 * h) as u64 * d;
+            let q_rows = (c.rows * h) as u64;
+            maps.extend(encode_tiled(U8, q0, &[d, q_rows], &[d], &[128, MI_Q_ROWS])?);
+            maps.extend_from_slice(&k);
+        }
         Ok(maps)
     }
 }
 
-/// The items of a batch, longest first (a stable sort), and each row's
-/// visible keys: rows in groups of `group` per sequence (the rows of the
-/// kernel's Q tiles), each group's key tiles (up to the longest row's) in
-/// items of at most [`MI_TILES_PER_ITEM`], fewer where the batch would
-/// otherwise make fewer than `min_items` items (a decode batch of one
-/// 128K sequence is 1024 tiles: 256 items of 4, not 8 of 128).
+/// The items of rows `rows` of a batch (numbered from `rows.start`),
+/// longest first (a stable sort), and each row's visible keys: rows in
+/// groups of `group` per sequence (the rows of the kernel's Q tiles), each
+/// group's key tiles (up to the longest row's) in items of at most
+/// [`MI_TILES_PER_ITEM`], fewer where the rows would otherwise make fewer
+/// than `min_items` items (a decode batch of one 128K sequence is 1024
+/// tiles: 256 items of 4, not 8 of 128).
 pub fn plan_work(
     batch: &RaggedBatch,
+    rows: Range<usize>,
     group: usize,
     mask: Mask,
     min_items: usize,
@@ -485,15 +659,18 @@ pub fn plan_work(
     let bn = MI_BLOCK_N as usize;
     // Key tiles of every group of rows, in order.
     let mut groups = Vec::new();
-    let mut lens = Vec::with_capacity(batch.num_rows());
+    let mut lens = Vec::with_capacity(rows.len());
     for b in 0..batch.batch() {
         let (r0, q_len) = (batch.input_row_offsets[b] as usize, batch.q_len(b));
         let (cache, n) = (batch.cache_lengths[b] as usize, batch.seqlen_k(b) as usize);
-        lens.extend((0..q_len).map(|i| mask.key_range(cache + i, n).end as u32));
-        for i in (0..q_len).step_by(group) {
-            let rows = group.min(q_len - i);
-            let tiles = mask.key_range(cache + i + rows - 1, n).end.div_ceil(bn);
-            groups.push((b, r0, cache, n, i, rows, tiles));
+        // The sequence's rows `lo .. hi` lie in the range.
+        let lo = rows.start.clamp(r0, r0 + q_len) - r0;
+        let hi = rows.end.clamp(r0, r0 + q_len) - r0;
+        lens.extend((lo..hi).map(|i| mask.key_range(cache + i, n).end as u32));
+        for i in (lo..hi).step_by(group) {
+            let count = group.min(hi - i);
+            let tiles = mask.key_range(cache + i + count - 1, n).end.div_ceil(bn);
+            groups.push((b, r0 + i - rows.start, cache, n, i, count, tiles));
         }
     }
     let total: usize = groups.iter().map(|g| g.6).sum();
@@ -501,12 +678,12 @@ pub fn plan_work(
         .div_ceil(min_items.max(1))
         .clamp(1, MI_TILES_PER_ITEM as usize);
     let mut work = Vec::new();
-    for (b, r0, cache, n, i, rows, tiles) in groups {
+    for (b, row0, cache, n, i, count, tiles) in groups {
         for t0 in (0..tiles).step_by(per) {
             work.push(MlaWork {
                 seq: b as u32,
-                row0: (r0 + i) as u32,
-                rows: rows as u32,
+                row0: row0 as u32,
+                rows: count as u32,
                 q_pos0: (cache + i) as u32,
                 num_keys: n as u32,
                 tile0: t0 as u32,

@@ -92,6 +92,15 @@ impl TensorMaps {
         })
     }
 
+    /// Makes room for `n` maps (reallocating, and so uploading at the next
+    /// bind, only when there is less): for `plan`, never `run`.
+    pub(crate) fn reserve(&mut self, gpu: &Gpu, n: usize) -> Result<()> {
+        if self.dev.len() < n * TMAP_BYTES {
+            *self = TensorMaps::new(gpu, n)?;
+        }
+        Ok(())
+    }
+
     /// Uploads `maps` (the encoded maps, in the kernel's order) unless they
     /// are the ones last uploaded; `op` names the op in errors.
     pub(crate) fn bind(&mut self, gpu: &Gpu, maps: Vec<u8>, op: &str) -> Result<()> {

@@ -37,14 +37,14 @@ pub struct TopK {
     kernel: Kernel<TopkParams>,
     /// Largest cluster resident on this device (16, or 8 where 16 do not fit).
     max_cluster: u32,
-    plan: Option<Plan>,
+    plan: Option<TopkPlan>,
     /// Measurement only: the cluster size `plan` uses instead of its own.
     force_cluster: Option<u32>,
 }
 
-/// A planned shape.
+/// A planned shape (the MLA indexer keeps one for each of its row chunks).
 #[derive(Clone, Copy, Debug)]
-struct Plan {
+pub(crate) struct TopkPlan {
     rows: u32,
     n: u32,
     k: u32,
@@ -110,6 +110,13 @@ impl TopK {
     /// TOPK_MAX_K`; `k > n` pads with `-1`), choosing the cluster size
     /// (asks the driver how many clusters fit).
     pub fn plan(&mut self, rows: usize, n: usize, k: usize) -> Result<()> {
+        self.plan = None;
+        self.plan = Some(self.plan_for(rows, n, k)?);
+        Ok(())
+    }
+
+    /// The plan of `rows` rows of `n` entries, `k` kept (see [`TopK::plan`]).
+    pub(crate) fn plan_for(&self, rows: usize, n: usize, k: usize) -> Result<TopkPlan> {
         ensure(
             (1..=TOPK_MAX_K as usize).contains(&k),
             "k",
@@ -147,14 +154,13 @@ impl TopK {
         // A multiple of 4: every CTA's chunk then starts at the row's own
         // 16-byte alignment (the kernel's vector loads).
         let chunk = n.div_ceil(cluster).max(1).next_multiple_of(4);
-        self.plan = Some(Plan {
+        Ok(TopkPlan {
             rows: rows as u32,
             n,
             k: k as u32,
             cluster,
             chunk,
-        });
-        Ok(())
+        })
     }
 
     /// Writes `out: i32 [rows, k]` from `scores: f32 [rows, n]` (and
@@ -188,11 +194,11 @@ impl TopK {
         );
         // SAFETY: `scores` holds rows * n elements, `out` rows * k, `row_lens`
         // rows (checked above).
-        unsafe { self.launch(scores, p.n, lens, out) }
+        unsafe { self.launch(&p, scores, p.n, lens, out) }
     }
 
-    /// Launches the planned top-k on raw addresses: `scores` rows of
-    /// `row_stride >= n` f32, optional `row_lens`, `out: [rows, k]`.
+    /// Launches plan `p` on raw addresses: `scores` rows of `row_stride >=
+    /// n` f32, optional `row_lens`, `out: [rows, k]`.
     ///
     /// # Safety
     /// The buffers must hold what the plan and `row_stride` address; the
@@ -201,12 +207,12 @@ impl TopK {
     /// ranks only those below `min(row_lens, n)`.
     pub(crate) unsafe fn launch(
         &self,
+        p: &TopkPlan,
         scores: DPtr<f32>,
         row_stride: u32,
         row_lens: DPtr<u32>,
         out: DPtrMut<i32>,
     ) -> Result<()> {
-        let p = self.plan.ok_or(Error::NotPlanned { op: "topk" })?;
         // The kernel reads 16-byte vectors from the aligned address at or
         // before each chunk (device allocations are 256-byte aligned).
         ensure(

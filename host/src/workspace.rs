@@ -201,6 +201,12 @@ impl Scratch {
     pub(crate) fn workspace(&self) -> &Workspace {
         &self.ws
     }
+
+    /// The bytes a plan may use at most: a shared workspace's size, none
+    /// for a private one (it grows).
+    pub(crate) fn limit(&self) -> Option<usize> {
+        self.shared.then(|| self.ws.bytes())
+    }
 }
 
 /// Makes `buf` hold at least `len` elements (at least one), reallocating

@@ -14,8 +14,10 @@
 //! poisoned before every launch.
 
 use rand::Rng;
+use sparse_attn::mla_indexer::plan_work;
 use sparse_attn::{
     CudaSlice, DevicePtr, Error, Gpu, Mask, MlaIndexer, MlaIndexerConfig, PageTable, PagedLayout,
+    Workspace,
 };
 use sparse_attn_reference::mla_indexer as reference;
 use sparse_attn_tests::data::{
@@ -88,6 +90,12 @@ impl Case {
 
     /// Plans and runs the op: the selection and the logits workspace.
     fn run(&self, gpu: &Gpu, op: &mut MlaIndexer) -> (Vec<i32>, Vec<f32>) {
+        let sel = self.select(gpu, op);
+        (sel, op.download_logits().unwrap())
+    }
+
+    /// Plans and runs the op: the selection.
+    fn select(&self, gpu: &Gpu, op: &mut MlaIndexer) -> Vec<i32> {
         let p = &self.pool;
         op.plan(&self.spec.as_batch(), &p.layout, p.table())
             .unwrap();
@@ -100,7 +108,7 @@ impl Case {
         let scales = scales.as_ref().map(|s| s as &dyn DevicePtr<f32>);
         op.run(&q, &qs, &pool, scales, &lookup, 1, &mut out)
             .unwrap();
-        (gpu.download(&out).unwrap(), op.download_logits().unwrap())
+        gpu.download(&out).unwrap()
     }
 }
 
@@ -135,6 +143,15 @@ fn check(gpu: &Gpu, c: &Case, exact: bool, what: &str) {
                 rl.tol[s]
             );
         }
+    }
+    check_selection(&got, &want, k, exact, what);
+}
+
+/// Checks every row's selection, exactly (order included) or within the
+/// reference's score tolerance.
+fn check_selection(got: &[i32], want: &[reference::RowLogits], k: usize, exact: bool, what: &str) {
+    for rl in want {
+        let t = rl.row;
         let row = &got[t * k..(t + 1) * k];
         if exact {
             let sel = reference::select(rl, k);
@@ -287,6 +304,123 @@ fn deterministic_and_graph_replay() {
         first,
         "the graph replay differs"
     );
+}
+
+/// Batches whose logits exceed the limit run in chunks of rows: one row a
+/// chunk, 37 rows (chunk edges inside sequences), a shared workspace of 100
+/// rows; each selection exact against the reference, the chunked runs
+/// deterministic and replayable from a graph, the logits alone refused.
+#[test]
+fn row_chunks_select_exactly_and_replay() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    println!("seed {seed}");
+    let spec = mixed_spec(&mut rng);
+    let c = Case::new(
+        &mut rng,
+        spec,
+        cfg(64, 300, Mask::Causal),
+        64,
+        true,
+        Fp8Fill::Integer,
+    );
+    let want = c.reference();
+    let rows = c.spec.num_rows();
+    let mut whole = MlaIndexer::new(&gpu, c.cfg).unwrap();
+    let first = c.select(&gpu, &mut whole);
+    assert_eq!(whole.chunks(), Some(1));
+    check_selection(&first, &want, c.cfg.top_k, true, "one chunk");
+    let row_bytes = 4 * whole.logits_stride().unwrap();
+    let shared = Workspace::new(&gpu, 100 * row_bytes).unwrap();
+    for (limit, ws) in [
+        (1, None),
+        (37 * row_bytes + 5, None),
+        (usize::MAX, Some(&shared)),
+    ] {
+        let mut op = match ws {
+            Some(ws) => MlaIndexer::new_in(&gpu, c.cfg, ws).unwrap(),
+            None => MlaIndexer::new(&gpu, c.cfg).unwrap(),
+        };
+        op.limit_logits(limit);
+        let got = c.select(&gpu, &mut op);
+        let per = if ws.is_some() {
+            100
+        } else {
+            (limit / row_bytes).max(1)
+        };
+        let what = format!("chunks of {per} rows");
+        assert_eq!(op.chunks(), Some(rows.div_ceil(per)), "{what}");
+        check_selection(&got, &want, c.cfg.top_k, true, &what);
+        assert_eq!(got, first, "{what}: differs from one chunk");
+        assert_eq!(
+            op.download_logits().err().and_then(|e| e.arg()),
+            Some("workspace")
+        );
+    }
+    // A chunked plan replayed from a graph.
+    let mut op = MlaIndexer::new(&gpu, c.cfg).unwrap();
+    op.limit_logits(37 * row_bytes);
+    c.select(&gpu, &mut op);
+    let p = &c.pool;
+    let (q, qs) = (gpu.upload(&c.q).unwrap(), gpu.upload(&c.qs).unwrap());
+    let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
+    let e = op.run_logits(&q, &qs, &pool, None, &lookup, 1).unwrap_err();
+    assert_eq!(e.arg(), Some("workspace"), "{e}");
+    let mut out = gpu.upload(&vec![POISON; first.len()]).unwrap();
+    capture_and_replay(&gpu, || {
+        op.run(&q, &qs, &pool, None, &lookup, 1, &mut out).unwrap()
+    });
+    assert_eq!(
+        gpu.download(&out).unwrap(),
+        first,
+        "the chunked graph replay differs"
+    );
+}
+
+/// `plan_work` over consecutive row ranges: every row's visible key tiles
+/// in exactly one item each (a row may get masked tiles past its own
+/// keys, up to its group's last row's), the same visible lengths as over
+/// all rows, each item's rows inside its range (CPU only).
+#[test]
+fn row_ranges_cover_every_visible_tile_once() {
+    let (mut rng, seed) = seeded(None);
+    println!("seed {seed}");
+    let bn = 128;
+    for _ in 0..20 {
+        let spec = mixed_spec(&mut rng);
+        let batch = spec.as_batch();
+        let rows = spec.num_rows();
+        let group = [1, 2, 4][rng.gen_range(0..3)];
+        let mask = [Mask::None, Mask::Causal][rng.gen_range(0..2)];
+        let (_, lens) = plan_work(&batch, 0..rows, group, mask, 264);
+        assert_eq!(lens.len(), rows);
+        for per in [1, 3, 37, rows / 2 + 1, rows] {
+            let mut tiles = vec![Vec::new(); rows];
+            let mut l = Vec::new();
+            for r0 in (0..rows).step_by(per) {
+                let r = r0..rows.min(r0 + per);
+                let (work, rl) = plan_work(&batch, r.clone(), group, mask, 264);
+                for w in &work {
+                    let end = (w.row0 + w.rows) as usize;
+                    assert!(w.rows >= 1 && end <= r.len(), "{w:?} in {r:?}");
+                    for t in w.row0 as usize..end {
+                        tiles[r0 + t].extend(w.tile0..w.tile1);
+                    }
+                }
+                l.extend(rl);
+            }
+            assert_eq!(l, lens, "{per} rows a range: lengths");
+            for (t, mut got) in tiles.into_iter().enumerate() {
+                got.sort_unstable();
+                let n = got.len() as u32;
+                assert!(
+                    got.iter().copied().eq(0..n) && n * bn >= lens[t],
+                    "{per} rows a range: row {t} ({} keys) has tiles {got:?}",
+                    lens[t]
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -333,7 +333,7 @@ fn misleading_samples() {
             for (what, sample) in [("high", 8.0f32), ("low", -8.0), ("like the rest", 0.0)] {
                 let mut scores = draw(&mut rng, rows * n, Scores::Spread);
                 for (j, s) in scores.iter_mut().enumerate() {
-                    if sample != 0.0 && (j % n) % chunk % stride == 0 {
+                    if sample != 0.0 && ((j % n) % chunk).is_multiple_of(stride) {
                         *s = sample + rng.gen_range(-1.0f32..1.0);
                     }
                 }

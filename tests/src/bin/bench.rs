@@ -60,6 +60,11 @@ struct Args {
     /// Top-k: CTAs a row (the cluster size) instead of the planner's choice.
     #[arg(long, value_name = "N")]
     topk_cluster: Option<u32>,
+    /// MLA indexer: also time the end-to-end run with the logits kept to
+    /// each of these many bytes at once (chunks of rows; see
+    /// `MlaIndexer::limit_logits`), e.g. 33554432,268435456.
+    #[arg(long, value_delimiter = ',', value_name = "BYTES,...")]
+    mla_logits_limit: Vec<usize>,
     /// Dense prefill on contiguous K/V: keys of a key tile (128, or the
     /// wide kernels' 176 bf16 / 192 FP8) instead of the plan's choice.
     #[arg(long, value_name = "KEYS")]
@@ -1147,6 +1152,28 @@ fn bench_mla_indexer(
         op.run(&q, &qs, &pool, Some(&scales), &d_lookup, 0, &mut out)
             .unwrap()
     });
+    // The same run in chunks of rows, for each limit asked for.
+    let chunked: Vec<Value> = args
+        .mla_logits_limit
+        .iter()
+        .map(|&limit| {
+            let mut op = MlaIndexer::new(gpu, cfg).unwrap();
+            op.limit_logits(limit);
+            op.plan(&spec.as_batch(), &layout, PageTable::new(&lookup, max_pages))
+                .unwrap();
+            let chunks = op.chunks().unwrap();
+            let ms = time_ms(gpu, reps, |_| {
+                op.run(&q, &qs, &pool, Some(&scales), &d_lookup, 0, &mut out)
+                    .unwrap()
+            });
+            eprintln!(
+                "{:<28} {:>9.1} us  end to end, logits at most {limit} bytes at once ({chunks} chunks of rows)",
+                c.name,
+                ms * 1e3
+            );
+            json!({"logits_limit_bytes": limit, "chunks": chunks, "our_us": ms * 1e3})
+        })
+        .collect();
     let pairs = visible_pairs(spec, cfg.mask);
     let flops = 2.0 * (h * 128) as f64 * pairs;
     let tf = flops / (logits_ms * 1e-3) / 1e12;
@@ -1167,7 +1194,7 @@ fn bench_mla_indexer(
         "case": c.name, "op": "mla_indexer", "our_us": ms * 1e3, "our_us_graph_replay": graph_ms * 1e3,
         "logits_us": logits_ms * 1e3, "logits_tflops": tf, "fp8_matmul_tflops": fp8_tf,
         "end_to_end_gbs": gbs, "bytes": bytes, "flops": flops,
-        "achieved": achieved, "unit": unit, "fraction_of_limit": frac,
+        "achieved": achieved, "unit": unit, "fraction_of_limit": frac, "chunked": chunked,
         "note": format!("64 heads, top-2048, causal, page 64, scales apart; our_us = logits + top-k; \
             {} = {}", unit, if decode { "(132 B per cached token + q and qs) / end-to-end time, against the copy bandwidth" }
             else { "2 * 64 * 128 * visible pairs / logits time, against the FP8 matmul rate" }),
