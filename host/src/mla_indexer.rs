@@ -442,6 +442,56 @@ impl MlaIndexer {
         )
     }
 
+    /// Checks a run's buffer lengths (and `k_scales`' presence) and its
+    /// layer against the plan.
+    #[allow(clippy::too_many_arguments)] // run's arguments
+    fn check_lengths(
+        &self,
+        p: &Plan,
+        q: usize,
+        qs: usize,
+        k_cache: usize,
+        k_scales: Option<usize>,
+        lookup: usize,
+        layer: usize,
+    ) -> Result<()> {
+        let (h, l) = (self.cfg.num_heads, p.layout);
+        l.check_layer(layer)?;
+        expect_len(
+            "q",
+            q,
+            p.rows * h * MI_HEAD_DIM as usize,
+            "num_rows * num_heads * 128",
+        )?;
+        expect_len("qs", qs, p.rows * h, "num_rows * num_heads")?;
+        expect_len(
+            "k_cache",
+            k_cache,
+            l.elements(),
+            "the planned layout's bytes",
+        )?;
+        expect_len("lookup", lookup, p.batch * p.max_pages, "batch * max_pages")?;
+        match (k_scales, l.dtype.has_scales()) {
+            (Some(s), true) => expect_len(
+                "k_scales",
+                s,
+                l.scale_elements(),
+                "the planned layout's scales",
+            ),
+            (None, false) => Ok(()),
+            (Some(_), false) => Err(Error::invalid(
+                "k_scales",
+                "none (the scales are in the pages)",
+                "a buffer",
+            )),
+            (None, true) => Err(Error::invalid(
+                "k_scales",
+                "a buffer (KvDtype::Fp8E4m3)",
+                "none",
+            )),
+        }
+    }
+
     /// Checks the run's buffers against the plan, binds the tensor maps
     /// and launches each chunk's logits and, when `out` is given, its
     /// top-k.
@@ -464,50 +514,17 @@ impl MlaIndexer {
         O: DevicePtrMut<i32> + ?Sized,
     {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
-        let (h, l) = (self.cfg.num_heads, p.layout);
-        l.check_layer(layer)?;
-        expect_len(
-            "q",
+        let scales_len = k_scales.map(|s| s.len());
+        self.check_lengths(
+            &p,
             q.len(),
-            p.rows * h * MI_HEAD_DIM as usize,
-            "num_rows * num_heads * 128",
-        )?;
-        expect_len("qs", qs.len(), p.rows * h, "num_rows * num_heads")?;
-        expect_len(
-            "k_cache",
+            qs.len(),
             k_cache.len(),
-            l.elements(),
-            "the planned layout's bytes",
-        )?;
-        expect_len(
-            "lookup",
+            scales_len,
             lookup.len(),
-            p.batch * p.max_pages,
-            "batch * max_pages",
+            layer,
         )?;
-        match (k_scales, l.dtype.has_scales()) {
-            (Some(s), true) => expect_len(
-                "k_scales",
-                s.len(),
-                l.scale_elements(),
-                "the planned layout's scales",
-            )?,
-            (None, false) => {}
-            (Some(_), false) => {
-                return Err(Error::invalid(
-                    "k_scales",
-                    "none (the scales are in the pages)",
-                    "a buffer",
-                ))
-            }
-            (None, true) => {
-                return Err(Error::invalid(
-                    "k_scales",
-                    "a buffer (KvDtype::Fp8E4m3)",
-                    "none",
-                ))
-            }
-        }
+        let (h, l) = (self.cfg.num_heads, p.layout);
         if p.rows == 0 {
             return Ok(());
         }
@@ -552,46 +569,10 @@ impl MlaIndexer {
             None => DPtrMut::NULL,
         };
         let row_lens = b.r(&self.row_lens);
-        let kernel = &self.kernels[p.kernel].0;
         for (i, c) in self.chunks.iter().enumerate() {
-            let params = MlaLogitsParams {
-                tmaps: params.tmaps.offset(i * MI_TMAPS * MI_TMAP_BYTES),
-                work: params.work.offset(c.work0),
-                qs: params.qs.offset(c.row0 * h),
-                num_work: c.num_work as u32,
-                num_rows: c.rows as u32,
-                ..params
-            };
-            let cfg = LaunchConfig {
-                grid_dim: (c.num_work as u32, 1, 1),
-                block_dim: (MI_THREADS, 1, 1),
-                shared_mem_bytes: MI_SMEM,
-            };
-            // SAFETY: every buffer's length was checked against the plan
-            // (the chunk's rows and items lie inside it); the kernel clamps
-            // page ids, rows (to the chunk's) and keys, and TMA zero-fills
-            // reads past a tensor.
-            unsafe {
-                b.gpu()
-                    .launch(kernel, "the MLA indexer logits kernel", &params)
-                    .run(cfg)?;
-            }
-            if out.is_null() {
-                continue;
-            }
-            // SAFETY: the top-k reads the chunk's visible logits (below
-            // their uploaded lengths, at most `ld`), which the logits
-            // kernel wrote before it on the stream; `out` holds rows *
-            // top_k, the chunk's rows from `row0` on.
-            unsafe {
-                self.topk.launch(
-                    &c.topk,
-                    params.logits.read_only(),
-                    p.ld as u32,
-                    row_lens.offset(c.row0),
-                    out.offset(c.row0 * self.cfg.top_k),
-                )?;
-            }
+            // SAFETY: `params` addresses the run's checked buffers and the
+            // op's own, alive (guarded by `b`) until the launches are queued.
+            unsafe { self.launch_chunk(&p, &params, i, c, row_lens, out)? };
         }
         Ok(())
     }
@@ -613,6 +594,65 @@ impl MlaIndexer {
         // and it outlives this call.
         let view = unsafe { RawBuffer::<f32>::new(&self.gpu, base, p.rows * p.ld) };
         self.gpu.download(&view)
+    }
+
+    /// Launches chunk `i`'s logits (`whole`: the parameters of the whole
+    /// batch) and, unless `out` is null, its top-k.
+    ///
+    /// # Safety
+    /// `whole`, `row_lens` and `out` must address buffers of the plan's
+    /// sizes that live until the launches have run.
+    unsafe fn launch_chunk(
+        &self,
+        p: &Plan,
+        whole: &MlaLogitsParams,
+        i: usize,
+        c: &Chunk,
+        row_lens: DPtr<u32>,
+        out: DPtrMut<i32>,
+    ) -> Result<()> {
+        let params = MlaLogitsParams {
+            tmaps: whole.tmaps.offset(i * MI_TMAPS * MI_TMAP_BYTES),
+            work: whole.work.offset(c.work0),
+            qs: whole.qs.offset(c.row0 * self.cfg.num_heads),
+            num_work: c.num_work as u32,
+            num_rows: c.rows as u32,
+            ..*whole
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (c.num_work as u32, 1, 1),
+            block_dim: (MI_THREADS, 1, 1),
+            shared_mem_bytes: MI_SMEM,
+        };
+        // SAFETY: every buffer's length was checked against the plan (the
+        // chunk's rows and items lie inside it); the kernel clamps page
+        // ids, rows (to the chunk's) and keys, and TMA zero-fills reads
+        // past a tensor.
+        unsafe {
+            self.gpu
+                .launch(
+                    &self.kernels[p.kernel].0,
+                    "the MLA indexer logits kernel",
+                    &params,
+                )
+                .run(cfg)?;
+        }
+        if out.is_null() {
+            return Ok(());
+        }
+        // SAFETY: the top-k reads the chunk's visible logits (below their
+        // uploaded lengths, at most `ld`), which the logits kernel wrote
+        // before it on the stream; `out` holds rows * top_k, the chunk's
+        // rows from `row0` on.
+        unsafe {
+            self.topk.launch(
+                &c.topk,
+                params.logits.read_only(),
+                p.ld as u32,
+                row_lens.offset(c.row0),
+                out.offset(c.row0 * self.cfg.top_k),
+            )
+        }
     }
 
     /// Encodes each chunk's tensor maps for these addresses: its rows of
