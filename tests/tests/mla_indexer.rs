@@ -366,7 +366,18 @@ fn row_chunks_select_exactly_and_replay() {
     let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
     let e = op.run_logits(&q, &qs, &pool, None, &lookup, 1).unwrap_err();
     assert_eq!(e.arg(), Some("workspace"), "{e}");
+    // A run on these buffers first: it uploads their tensor maps, which a
+    // capture cannot.
     let mut out = gpu.upload(&vec![POISON; first.len()]).unwrap();
+    op.run(&q, &qs, &pool, None, &lookup, 1, &mut out).unwrap();
+    assert_eq!(
+        gpu.download(&out).unwrap(),
+        first,
+        "a second chunked run differs"
+    );
+    gpu.stream()
+        .memcpy_htod(&vec![POISON; first.len()], &mut out)
+        .unwrap();
     capture_and_replay(&gpu, || {
         op.run(&q, &qs, &pool, None, &lookup, 1, &mut out).unwrap()
     });
