@@ -99,17 +99,65 @@ impl Case {
         let p = &self.pool;
         op.plan(&self.spec.as_batch(), &p.layout, p.table())
             .unwrap();
-        let (q, qs) = (gpu.upload(&self.q).unwrap(), gpu.upload(&self.qs).unwrap());
-        let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
-        let scales = (!p.scales.is_empty()).then(|| gpu.upload(&p.scales).unwrap());
         let mut out = gpu
             .upload(&vec![POISON; self.spec.num_rows() * self.cfg.top_k])
             .unwrap();
-        let scales = scales.as_ref().map(|s| s as &dyn DevicePtr<f32>);
-        op.run(&q, &qs, &pool, scales, &lookup, 1, &mut out)
-            .unwrap();
+        self.upload(gpu).run(op, &mut out).unwrap();
         gpu.download(&out).unwrap()
     }
+
+    /// The inputs on the device.
+    fn upload(&self, gpu: &Gpu) -> Inputs {
+        let p = &self.pool;
+        Inputs {
+            q: gpu.upload(&self.q).unwrap(),
+            qs: gpu.upload(&self.qs).unwrap(),
+            pool: gpu.upload(&p.data).unwrap(),
+            lookup: gpu.upload(&p.lookup).unwrap(),
+            scales: (!p.scales.is_empty()).then(|| gpu.upload(&p.scales).unwrap()),
+        }
+    }
+}
+
+/// A case's inputs on the device.
+struct Inputs {
+    q: CudaSlice<u8>,
+    qs: CudaSlice<f32>,
+    pool: CudaSlice<u8>,
+    lookup: CudaSlice<u32>,
+    scales: Option<CudaSlice<f32>>,
+}
+
+impl Inputs {
+    /// Runs the planned op on layer 1.
+    fn run(&self, op: &mut MlaIndexer, out: &mut CudaSlice<i32>) -> sparse_attn::Result<()> {
+        let scales = self.scales.as_ref().map(|s| s as &dyn DevicePtr<f32>);
+        op.run(&self.q, &self.qs, &self.pool, scales, &self.lookup, 1, out)
+    }
+}
+
+/// Runs the planned op on fresh copies of the case's inputs (a run
+/// uploads their tensor maps, which a capture cannot), then captures that
+/// run in a CUDA graph and replays it, each into a poisoned output that
+/// must equal `first`.
+fn rerun_and_replay(gpu: &Gpu, c: &Case, op: &mut MlaIndexer, first: &[i32], what: &str) {
+    let d = c.upload(gpu);
+    let mut out = gpu.upload(&vec![POISON; first.len()]).unwrap();
+    d.run(op, &mut out).unwrap();
+    assert_eq!(
+        gpu.download(&out).unwrap(),
+        first,
+        "{what}: a second run differs"
+    );
+    gpu.stream()
+        .memcpy_htod(&vec![POISON; first.len()], &mut out)
+        .unwrap();
+    capture_and_replay(gpu, || d.run(op, &mut out).unwrap());
+    assert_eq!(
+        gpu.download(&out).unwrap(),
+        first,
+        "{what}: the graph replay differs"
+    );
 }
 
 fn cfg(num_heads: usize, top_k: usize, mask: Mask) -> MlaIndexerConfig {
@@ -284,26 +332,7 @@ fn deterministic_and_graph_replay() {
     let c = Case::deepseek(&mut rng, spec, 64, false, Fp8Fill::Random);
     let mut op = MlaIndexer::new(&gpu, c.cfg).unwrap();
     let (first, _) = c.run(&gpu, &mut op);
-    let p = &c.pool;
-    let (q, qs) = (gpu.upload(&c.q).unwrap(), gpu.upload(&c.qs).unwrap());
-    let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
-    let scales = gpu.upload(&p.scales).unwrap();
-    let mut out = gpu.upload(&vec![POISON; first.len()]).unwrap();
-    op.run(&q, &qs, &pool, Some(&scales), &lookup, 1, &mut out)
-        .unwrap();
-    assert_eq!(gpu.download(&out).unwrap(), first, "a second run differs");
-    gpu.stream()
-        .memcpy_htod(&vec![POISON; first.len()], &mut out)
-        .unwrap();
-    capture_and_replay(&gpu, || {
-        op.run(&q, &qs, &pool, Some(&scales), &lookup, 1, &mut out)
-            .unwrap()
-    });
-    assert_eq!(
-        gpu.download(&out).unwrap(),
-        first,
-        "the graph replay differs"
-    );
+    rerun_and_replay(&gpu, &c, &mut op, &first, "one chunk");
 }
 
 /// Batches whose logits exceed the limit run in chunks of rows: one row a
@@ -357,35 +386,16 @@ fn row_chunks_select_exactly_and_replay() {
             Some("workspace")
         );
     }
-    // A chunked plan replayed from a graph.
+    // A chunked plan: the logits alone refused, a rerun and a graph replay.
     let mut op = MlaIndexer::new(&gpu, c.cfg).unwrap();
     op.limit_logits(37 * row_bytes);
     c.select(&gpu, &mut op);
-    let p = &c.pool;
-    let (q, qs) = (gpu.upload(&c.q).unwrap(), gpu.upload(&c.qs).unwrap());
-    let (pool, lookup) = (gpu.upload(&p.data).unwrap(), gpu.upload(&p.lookup).unwrap());
-    let e = op.run_logits(&q, &qs, &pool, None, &lookup, 1).unwrap_err();
+    let d = c.upload(&gpu);
+    let e = op
+        .run_logits(&d.q, &d.qs, &d.pool, None, &d.lookup, 1)
+        .unwrap_err();
     assert_eq!(e.arg(), Some("workspace"), "{e}");
-    // A run on these buffers first: it uploads their tensor maps, which a
-    // capture cannot.
-    let mut out = gpu.upload(&vec![POISON; first.len()]).unwrap();
-    op.run(&q, &qs, &pool, None, &lookup, 1, &mut out).unwrap();
-    assert_eq!(
-        gpu.download(&out).unwrap(),
-        first,
-        "a second chunked run differs"
-    );
-    gpu.stream()
-        .memcpy_htod(&vec![POISON; first.len()], &mut out)
-        .unwrap();
-    capture_and_replay(&gpu, || {
-        op.run(&q, &qs, &pool, None, &lookup, 1, &mut out).unwrap()
-    });
-    assert_eq!(
-        gpu.download(&out).unwrap(),
-        first,
-        "the chunked graph replay differs"
-    );
+    rerun_and_replay(&gpu, &c, &mut op, &first, "chunks of 37 rows");
 }
 
 /// `plan_work` over consecutive row ranges: every row's visible key tiles
