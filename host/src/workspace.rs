@@ -17,7 +17,9 @@
 //! batch needs more (grow-only; contents not kept). An op built with
 //! `new_in(…, &workspace)` uses the caller's [`Workspace`] from its first
 //! byte and never allocates scratch: `plan` fails with an error naming
-//! `workspace` when the batch needs more than it holds. Each op's
+//! `workspace` when the batch needs more than it holds (the MLA indexer
+//! runs such a batch in chunks of rows instead, and fails only when one
+//! row's logits do not fit). Each op's
 //! `workspace_size(…)` gives the bytes for the bounds the caller knows, so
 //! one workspace of the largest of them serves every op that shares it.
 //!
