@@ -110,7 +110,7 @@ impl TopK {
     /// TOPK_MAX_K`; `k > n` pads with `-1`), choosing the cluster size
     /// (asks the driver how many clusters fit).
     pub fn plan(&mut self, rows: usize, n: usize, k: usize) -> Result<()> {
-        self.plan = None;
+        self.plan = None; // a failed plan leaves none
         self.plan = Some(self.plan_for(rows, n, k)?);
         Ok(())
     }
