@@ -75,7 +75,8 @@ pub const MI_SMEM: u32 =
 pub struct MlaWork {
     /// Sequence (row of the page table).
     pub seq: u32,
-    /// First query row (packed).
+    /// First query row (packed), counted from the launch's first row (the
+    /// host runs a batch in chunks of rows, each launch from its own).
     pub row0: u32,
     /// Rows, `1 ..= Q tiles · 128 / heads`.
     pub rows: u32,
@@ -118,7 +119,8 @@ pub struct MlaLogitsParams {
     pub logits: DPtrMut<f32>,
     /// Work items.
     pub num_work: u32,
-    /// Query rows.
+    /// Query rows of the launch (of its chunk of the batch: `qs`, the Q
+    /// tensor map and `logits` start at its first row).
     pub num_rows: u32,
     /// Index heads (divides 128).
     pub heads: u32,
