@@ -426,8 +426,8 @@ impl MlaIndexer {
         )
     }
 
-    /// Fails unless the plan keeps every row's logits at once.
-    fn one_chunk(&self) -> Result<()> {
+    /// The plan, unless it does not keep every row's logits at once.
+    fn one_chunk(&self) -> Result<Plan> {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
         ensure(
             self.chunks.len() <= 1,
@@ -439,7 +439,8 @@ impl MlaIndexer {
                 )
             },
             || format!("a plan in {} chunks of rows", self.chunks.len()),
-        )
+        )?;
+        Ok(p)
     }
 
     /// Checks a run's buffer lengths (and `k_scales`' presence) and its
@@ -586,8 +587,7 @@ impl MlaIndexer {
     /// see [`MlaIndexer::run_logits`]; waits for the stream). They are
     /// scratch: valid until the next run of any op sharing the workspace.
     pub fn download_logits(&self) -> Result<Vec<f32>> {
-        self.one_chunk()?;
-        let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
+        let p = self.one_chunk()?;
         let mut b = Bufs::new(&self.gpu);
         let base = b.workspace(self.scratch.workspace());
         // SAFETY: the plan sized the workspace for rows * ld f32 (`fit`),
