@@ -23,6 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use cudarc::driver::sys::CUevent_flags;
 use rand::Rng;
 use serde_json::{json, Value};
+use sparse_attn::mla_indexer::MLA_LOGITS_LIMIT;
 use sparse_attn::{
     AttentionPath, CudaSlice, DensePrefill, DensePrefillConfig, DensePrefillFp8, Fp8Descales, Gpu,
     KvBuffers, KvLayout, Mask, MlaIndexer, MlaIndexerConfig, MsaAttention, MsaAttentionConfig,
@@ -1138,26 +1139,23 @@ fn bench_mla_indexer(
     let qs = gpu.upload(&qs).unwrap();
     let d_lookup = gpu.upload(&lookup).unwrap();
     let mut out = gpu.zeros::<i32>(rows * cfg.top_k).unwrap();
-    let mut op = MlaIndexer::new(gpu, cfg).unwrap();
-    op.plan(
-        &spec.as_batch(),
-        &layout,
-        PageTable::new(&lookup, max_pages),
-    )
-    .unwrap();
-    let reps = args.reps.min(10);
-    // The logits alone of a plan in chunks: on an op that keeps them all.
-    let mut whole = (op.chunks() != Some(1)).then(|| {
-        let mut w = MlaIndexer::new(gpu, cfg).unwrap();
-        w.limit_logits(usize::MAX);
-        w.plan(
+    // The op planned for this batch, keeping at most `limit` bytes of
+    // logits at once.
+    let planned = |limit: usize| {
+        let mut op = MlaIndexer::new(gpu, cfg).unwrap();
+        op.limit_logits(limit);
+        op.plan(
             &spec.as_batch(),
             &layout,
             PageTable::new(&lookup, max_pages),
         )
         .unwrap();
-        w
-    });
+        op
+    };
+    let mut op = planned(MLA_LOGITS_LIMIT);
+    let reps = args.reps.min(10);
+    // The logits alone of a plan in chunks: on an op that keeps them all.
+    let mut whole = (op.chunks() != Some(1)).then(|| planned(usize::MAX));
     let logits_ms = time_ms(gpu, reps, |_| {
         whole
             .as_mut()
@@ -1180,10 +1178,7 @@ fn bench_mla_indexer(
         .mla_logits_limit
         .iter()
         .map(|&limit| {
-            let mut op = MlaIndexer::new(gpu, cfg).unwrap();
-            op.limit_logits(limit);
-            op.plan(&spec.as_batch(), &layout, PageTable::new(&lookup, max_pages))
-                .unwrap();
+            let mut op = planned(limit);
             let chunks = op.chunks().unwrap();
             let ms = time_ms(gpu, reps, |_| {
                 op.run(&q, &qs, &pool, Some(&scales), &d_lookup, 0, &mut out)
