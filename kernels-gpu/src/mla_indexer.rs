@@ -22,13 +22,13 @@
 //!   flight, and each warpgroup's epilogues while the other's products run.
 //!
 //! The epilogue is per thread: its two keys' 32 columns, `relu(x) · w` as
-//! `fma(x, w/2, fma(|x|, w/2, acc))` (`(x + |x|) / 2 = max(x, 0)`, where
+//! `fma(x + |x|, w/2, acc)` (`x + |x| = 2 max(x, 0)` exactly, and `w/2` is
+//! a power-of-two scaling, so one rounding as in `fma(max(x, 0), w, acc)`;
 //! `max` runs at half the FMA rate on sm_90), the head sum finished over
-//! the quad by two shuffles, times the key's scale. The FMA has no `|x|`
-//! operand modifier on sm_90: each `|x|` is a `LOP3`, three instructions a
-//! value (128 of the consumer loop's 551 for two Q tiles, SASS). Branch
-//! `mla-logits-fadd` writes `fma(x + |x|, w/2, acc)` (the add takes the
-//! modifier: 423), not yet run on a GPU.
+//! the quad by two shuffles, times the key's scale. The `|x|` is an operand
+//! modifier of the FADD; the FFMA has none on sm_90, so the earlier
+//! `fma(x, w/2, fma(|x|, w/2, acc))` cost a `LOP3` a value on top of its
+//! two FMAs (consumer loop, two Q tiles: 551 instructions against 423).
 //!
 //! Keys past a sequence's end in its last tile come from real pages (ids
 //! clamped) and hold garbage; each key is its own row of the product, so
@@ -361,7 +361,7 @@ unsafe fn epilogue<const HEADS: u32, A: Acc>(
             crate::unroll!(2, E => {
                 crate::unroll!(2, R => {
                     let (x, h) = (d.at(J, 2 * R + E), h2[E]);
-                    sum[J / nt][R] = fma(x, h, fma(fabs(x), h, sum[J / nt][R]));
+                    sum[J / nt][R] = fma(x + fabs(x), h, sum[J / nt][R]);
                 });
             });
         }
