@@ -383,13 +383,6 @@ impl MlaIndexer {
         L: DevicePtr<u32> + ?Sized,
         O: DevicePtrMut<i32> + ?Sized,
     {
-        let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
-        expect_len(
-            "out",
-            out.len(),
-            p.rows * self.cfg.top_k,
-            "num_rows * top_k",
-        )?;
         self.launch(q, qs, k_cache, k_scales, lookup, layer, Some(out))
     }
 
@@ -515,6 +508,9 @@ impl MlaIndexer {
         O: DevicePtrMut<i32> + ?Sized,
     {
         let p = self.plan.ok_or(Error::NotPlanned { op: "mla_indexer" })?;
+        if let Some(o) = &out {
+            expect_len("out", o.len(), p.rows * self.cfg.top_k, "num_rows * top_k")?;
+        }
         let scales_len = k_scales.map(|s| s.len());
         self.check_lengths(
             &p,
