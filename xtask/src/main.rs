@@ -95,6 +95,24 @@ enum Cmd {
         #[arg(long)]
         deny_spills: bool,
     },
+    /// Combine the record files of `bench --out` from one or more device
+    /// calls into one results file (`bench/results/<gpu>-<date>.json`):
+    /// `{note, records: [.. with build, call, command], peers: {"call<N>:<file>": ..}}`.
+    Records {
+        /// The results file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// What the file holds (GPU, date, scripts).
+        #[arg(long)]
+        note: String,
+        /// A record file and what produced it: FILE,BUILD,CALL,COMMAND
+        /// (COMMAND may hold commas).
+        #[arg(long = "run", value_name = "FILE,BUILD,CALL,COMMAND")]
+        runs: Vec<String>,
+        /// A peer file of a call: CALL:FILE.
+        #[arg(long = "peers", value_name = "CALL:FILE")]
+        peers: Vec<String>,
+    },
     /// Print the path of ptxas (exit status 1 if none is found).
     #[command(hide = true)]
     FindPtxas,
@@ -110,6 +128,12 @@ fn main() {
             deny_spills,
         } => build_ptx(&arch, no_ptxas, check, deny_spills),
         Cmd::GpuBundle { out } => gpu_bundle(out),
+        Cmd::Records {
+            out,
+            note,
+            runs,
+            peers,
+        } => records(&out, &note, &runs, &peers),
         Cmd::Bench { args } => run_host_cargo(
             &[
                 "run",
@@ -956,3 +980,49 @@ case "$cmd" in
     ;;
 esac
 "#;
+
+/// `cargo xtask records`: every record of each `--run` file tagged with its
+/// build, call and command, and each call's peer files, in one JSON file.
+fn records(out: &Path, note: &str, runs: &[String], peers: &[String]) -> Result<()> {
+    let read = |path: &str| -> Result<serde_json::Value> {
+        let text = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {path}"))
+    };
+    let mut all = Vec::new();
+    for run in runs {
+        let [file, build, call, command] = run.splitn(4, ',').collect::<Vec<_>>()[..] else {
+            bail!("--run {run:?}: expected FILE,BUILD,CALL,COMMAND");
+        };
+        let call: u32 = call
+            .parse()
+            .with_context(|| format!("--run {run:?}: CALL {call:?} is not a number"))?;
+        let serde_json::Value::Array(recs) = read(file)? else {
+            bail!("{file}: expected an array of records");
+        };
+        for mut r in recs {
+            let obj = r
+                .as_object_mut()
+                .with_context(|| format!("{file}: a record is not an object"))?;
+            obj.insert("build".into(), build.into());
+            obj.insert("call".into(), call.into());
+            obj.insert("command".into(), command.into());
+            all.push(r);
+        }
+    }
+    let mut peer_map = serde_json::Map::new();
+    for p in peers {
+        let (call, file) = p
+            .split_once(':')
+            .with_context(|| format!("--peers {p:?}: expected CALL:FILE"))?;
+        let name = Path::new(file)
+            .file_name()
+            .map_or(file.into(), |n| n.to_string_lossy());
+        peer_map.insert(format!("call{call}:{name}"), read(file)?);
+    }
+    let (n, np) = (all.len(), peer_map.len());
+    let doc = serde_json::json!({ "note": note, "records": all, "peers": peer_map });
+    fs::write(out, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}: {n} records, {np} peer files", out.display());
+    Ok(())
+}
