@@ -201,6 +201,13 @@ impl MlaIndexer {
         self.logits_limit = bytes;
     }
 
+    /// Measurement only: the top-k of the next `plan` runs with clusters of
+    /// `cluster` CTAs a row ([`TopK::force_cluster`]; the same result).
+    #[doc(hidden)]
+    pub fn force_topk_cluster(&mut self, cluster: Option<u32>) {
+        self.topk.force_cluster(cluster);
+    }
+
     /// Chunks of rows the current plan runs in (1 when the logits fit).
     pub fn chunks(&self) -> Option<usize> {
         self.plan.map(|_| self.chunks.len().max(1))

@@ -58,7 +58,8 @@ struct Args {
     /// (a variant of the same sources, measured with the same binary).
     #[arg(long, value_name = "FILE")]
     ptx: Option<String>,
-    /// Top-k: CTAs a row (the cluster size) instead of the planner's choice.
+    /// Top-k (alone and in the MLA indexer): CTAs a row (the cluster size)
+    /// instead of the planner's choice.
     #[arg(long, value_name = "N")]
     topk_cluster: Option<u32>,
     /// MLA indexer: also time the end-to-end run with the logits kept to
@@ -1144,6 +1145,7 @@ fn bench_mla_indexer(
     let planned = |limit: usize| {
         let mut op = MlaIndexer::new(gpu, cfg).unwrap();
         op.limit_logits(limit);
+        op.force_topk_cluster(args.topk_cluster);
         op.plan(
             &spec.as_batch(),
             &layout,
@@ -1213,6 +1215,7 @@ fn bench_mla_indexer(
         "logits_us": logits_ms * 1e3, "logits_tflops": tf, "fp8_matmul_tflops": fp8_tf,
         "end_to_end_gbs": gbs, "bytes": bytes, "flops": flops,
         "achieved": achieved, "unit": unit, "fraction_of_limit": frac, "chunks": chunks, "chunked": chunked,
+        "topk_cluster_forced": args.topk_cluster,
         "note": format!("64 heads, top-2048, causal, page 64, scales apart; our_us = logits + top-k \
             (in `chunks` chunks of rows; logits_us with all rows in one); \
             {} = {}", unit, if decode { "(132 B per cached token + q and qs) / end-to-end time, against the copy bandwidth" }
