@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds, on this machine (no GPU), what `measure.sh` runs on the GPU
+# machine, into bench/out/variants/ (git-ignored; name it in the device
+# call's `carry`):
+#   bm.txz     main's bundle (`cargo xtask gpu-bundle`: test binaries,
+#              bench, peers), the CPU-only binaries left out;
+#   bf.ptx     main + topk-branchfree.patch (kernel only: runs with main's
+#              binaries through --ptx / SPARSE_ATTN_TEST_PTX);
+#   w4b.txz    main + mla-logits-4wg.patch: its own mla_indexer, engine_api,
+#              graph_replay and bench binaries (`*_w4`; the patch changes
+#              the abi), which embed its PTX;
+#   cbf.ptx    main + both patches (runs with the w4 binaries).
+# Each variant builds in a detached worktree under $TMPDIR with its own
+# target folder (the xtask binary knows its repository by the path it was
+# built from). Takes minutes; prints the ptxas verdict of each PTX.
+#
+# usage: bench/variants/prepare.sh
+set -euo pipefail
+root=$(git rev-parse --show-toplevel)
+cd "$root"
+out=$root/bench/out/variants
+tmp=${TMPDIR:-/tmp}/sparse-attn-variants
+mkdir -p "$out" "$tmp"
+v=$root/bench/variants
+
+# bundle DIR TARGET TAR [BIN...]: the tree at DIR (built in TARGET)
+# bundled, only the named test and bench binaries kept (all GPU ones if
+# none named), as TAR.
+bundle() {
+    local dir=$1 target=$2 tar=$3; shift 3
+    (cd "$dir" && CARGO_TARGET_DIR=$target cargo xtask gpu-bundle --out "$tmp/bundle") > "$tmp/bundle.log"
+    rm -f "$tmp"/bundle/bin/*reference "$tmp"/bundle/bin/*-bin-tests "$tmp"/bundle/bin/charts \
+        "$tmp"/bundle/bin/sparse_attn "$tmp"/bundle/bin/sparse_attn_abi "$tmp"/bundle/bin/sparse_attn_tests
+    if [ $# -gt 0 ]; then
+        mkdir -p "$tmp/pick"
+        for b in "$@"; do cp "$tmp/bundle/bin/$b" "$tmp/pick/${b}_w4"; done
+        tar cJf "$tar" -C "$tmp/pick" .
+        rm -rf "$tmp/pick"
+    else
+        tar cJf "$tar" -C "$tmp/bundle" .
+    fi
+    rm -rf "$tmp/bundle"
+}
+
+# variant NAME PATCH...: a worktree of HEAD with the patches applied and
+# its PTX built; prints the worktree's path.
+variant() {
+    local name=$1; shift
+    local wt=$tmp/$name
+    [ -d "$wt" ] && git worktree remove --force "$wt"
+    git worktree add --detach --quiet "$wt" HEAD
+    for p in "$@"; do git -C "$wt" apply "$v/$p"; done
+    (cd "$wt" && CARGO_TARGET_DIR=$wt/target cargo xtask build-ptx --deny-spills) >&2
+    echo "$wt"
+}
+
+echo "== main" >&2
+cargo xtask build-ptx --check
+bundle "$root" "${CARGO_TARGET_DIR:-$root/target}" "$out/bm.txz"
+
+echo "== bf: topk-branchfree" >&2
+wt=$(variant bf topk-branchfree.patch)
+cp "$wt/host/ptx/sparse_attn.ptx" "$out/bf.ptx"
+
+echo "== w4: mla-logits-4wg" >&2
+wt=$(variant w4 mla-logits-4wg.patch)
+bundle "$wt" "$wt/target" "$out/w4b.txz" mla_indexer engine_api graph_replay bench
+
+echo "== cbf: both" >&2
+wt=$(variant cbf mla-logits-4wg.patch topk-branchfree.patch)
+cp "$wt/host/ptx/sparse_attn.ptx" "$out/cbf.ptx"
+
+for n in bf w4 cbf; do git worktree remove --force "$tmp/$n"; done
+ls -la "$out"
