@@ -21,9 +21,8 @@
 set -u
 X=$(pwd)/bench/out/variants
 B=/tmp/variants-bundle
-mkdir -p $B/w
+mkdir -p $B
 tar xJf $X/bm.txz -C $B
-tar xJf $X/w4b.txz -C $B/w
 L=$OUT/log.txt; J=$OUT/j; mkdir -p $J
 T0=$(date +%s)
 say() { echo "=== [+$(( $(date +%s) - T0 ))s] $*" | tee -a $L; }
@@ -32,6 +31,8 @@ nvidia-smi --query-gpu=name,driver_version --format=csv | tee -a $L
 C=topk-64x128k,topk-1x128k,mla-idx-prefill-16k,mla-idx-decode-b64-64k,mla-idx-decode-b1-128k
 
 variants() {
+    mkdir -p $B/w
+    tar xJf $X/w4b.txz -C $B/w
     say tests bf
     for t in topk mla_indexer; do SPARSE_ATTN_TEST_PTX=$X/bf.ptx run timeout 60 $B/bin/$t; done
     W4=0
