@@ -197,7 +197,7 @@ pub struct PagedKv {
 /// the register count at entry that `setmaxnreg` needs. The indexer's score kernels need their
 /// `2`: with the paged loader's row-stepped copies ptxas otherwise spilled
 /// the prefill kernel. The top-k's `2` (its shared memory holds 2 CTAs per
-/// SM) caps it at 128 registers; ptxas takes 95. The others keep ptxas'
+/// SM) caps it at 128 registers; ptxas takes 122. The others keep ptxas'
 /// choice.
 pub const KERNEL_BOUNDS: &[(&str, u32, u32)] = &[
     ("dense_prefill", dense::DP_THREADS, 1),

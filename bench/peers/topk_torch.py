@@ -5,6 +5,8 @@ Cases (the Rust bench's names; one record per case per peer):
 
 - `topk-64x128k`: 64 rows of 131072 scores.
 - `topk-1x128k`: one row of 131072 scores.
+- `topk-64x64k`: 64 rows of 65536 scores (the shape of the top-k of
+  `mla-idx-decode-b64-64k`).
 
 Data: torch.randn(rows, n) f32 on the GPU, torch seed 0 (reseeded per case).
 
@@ -39,6 +41,7 @@ dev = "cuda"
 CASES = {
     "topk-64x128k": dict(rows=64, n=131072),
     "topk-1x128k": dict(rows=1, n=131072),
+    "topk-64x64k": dict(rows=64, n=65536),
 }
 
 

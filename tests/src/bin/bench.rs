@@ -1299,6 +1299,8 @@ fn main() {
     for (name, rows, n) in [
         ("topk-64x128k", 64, 128 * 1024),
         ("topk-1x128k", 1, 128 * 1024),
+        // The top-k of `mla-idx-decode-b64-64k` alone.
+        ("topk-64x64k", 64, 64 * 1024),
     ] {
         if want(name) {
             all.extend(bench_topk(&gpu, name, rows, n, &args, copy_gbs));
