@@ -1,23 +1,26 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine, from the repository root, what prepare.sh built:
-#   device run: bash bench/variants/measure.sh        carry: bench/out/variants
-# (estimated at 6 minutes of the 10 a call may take; `measure.sh dense` instead
-# runs issue 10's dense cases with their peers, carry .whl too: the
-# fa3-fwd wheel, see BENCHMARKS.md).
-# Writes $OUT/log.txt (everything), $OUT/tests.txt (the test verdicts of
-# main's binaries) and $OUT/j/ (peer files and `bench --out` records:
-# rec_main, rec_bf, rec_w4, rec_cbf; combine them with `cargo xtask
-# records`). In order of need, so a call cut short keeps the most useful:
-#   1. the variants' GPU tests (a w4 build whose mla_indexer test fails or
-#      hangs is not timed);
-#   2. round 1: main, bf, w4, cbf on the indexer and top-k cases;
-#   3. the b64-64k decode and 64x128K top-k with the top-k's cluster forced
+# Runs on the GPU machine, from the repository root, what prepare.sh built,
+# in up to three device calls (each `timeout_s` 600), carry
+# bench/out/variants:
+#   bash bench/variants/measure.sh          the variants (about 8 minutes);
+#   bash bench/variants/measure.sh tests    every GPU test of main: the
+#                                           H200 verdicts the issues ask for;
+#   bash bench/variants/measure.sh dense    issue 10's dense cases with their
+#                                           peers (carry .whl too: the fa3-fwd
+#                                           wheel, see BENCHMARKS.md).
+# Writes $OUT/log.txt (everything), $OUT/tests.txt (`tests`: the verdicts)
+# and $OUT/j/ (peer files and `bench --out` records: rec_main, rec_bf,
+# rec_w4, rec_cbf, rec_wd, rec_wbf, rec_dense; combine them with `cargo
+# xtask records`). The variants in order of need, so a call cut short keeps
+# the most useful:
+#   1. the variants' GPU tests (a w4 or wd build whose tests fail or hang is
+#      not timed);
+#   2. round 1: main, bf, w4, cbf, wd, wbf on the indexer and top-k cases;
+#   3. the peers, then each build's records against them (round 2);
+#   4. the b64-64k decode and 64x128K top-k with the top-k's cluster forced
 #      to 2, 4 and 8 CTAs a row (main, bf);
-#   4. the peers, then each build's records against them;
-#   5. every GPU test of main (the H200 verdicts the issues ask for);
-#   6. round 2.
-# `dense`: the bf16 and FP8 dense cases, their peers (cuDNN, FA3, flex),
-# the records against them (rec_dense).
+#   5. the tests of the combined builds and the w4 host;
+#   6. round 3 while the call has time left.
 set -u
 X=$(pwd)/bench/out/variants
 B=/tmp/variants-bundle
@@ -28,11 +31,12 @@ T0=$(date +%s)
 say() { echo "=== [+$(( $(date +%s) - T0 ))s] $*" | tee -a $L; }
 run() { "$@" 2>&1 | tee -a $L; }
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee -a $L
-C=topk-64x128k,topk-1x128k,mla-idx-prefill-16k,mla-idx-decode-b64-64k,mla-idx-decode-b1-128k
+C=topk-64x128k,topk-1x128k,topk-64x64k,mla-idx-prefill-16k,mla-idx-decode-b64-64k,mla-idx-decode-b1-128k
 
 variants() {
-    mkdir -p $B/w
+    mkdir -p $B/w $B/d
     tar xJf $X/w4b.txz -C $B/w
+    tar xJf $X/wdb.txz -C $B/d
     say tests bf
     for t in topk mla_indexer; do SPARSE_ATTN_TEST_PTX=$X/bf.ptx run timeout 60 $B/bin/$t; done
     W4=0
@@ -40,44 +44,60 @@ variants() {
     timeout 45 $B/w/mla_indexer_w4 > /tmp/w4t.txt 2>&1 && W4=1
     cat /tmp/w4t.txt >> $L
     say "w4 ok=$W4"
+    WD=0
+    say tests wd
+    timeout 60 $B/d/topk_wd > /tmp/wdt.txt 2>&1 && timeout 60 $B/d/mla_indexer_wd >> /tmp/wdt.txt 2>&1 && WD=1
+    cat /tmp/wdt.txt >> $L
+    say "wd ok=$WD"
 
+    # round N [ARGS...]: every build on the cases (ARGS: --peers, and the
+    # records when N is "records").
     round() {
-        say round $1 main; run timeout 30 $B/bin/bench --cases $C
-        say round $1 bf; run timeout 30 $B/bin/bench --cases $C --ptx $X/bf.ptx
+        local n=$1; shift
+        o() { [ $n = records ] && echo --out $J/rec_$1.json; }
+        say round $n main; run timeout 40 $B/bin/bench --cases $C "$@" $(o main)
+        say round $n bf; run timeout 40 $B/bin/bench --cases $C --ptx $X/bf.ptx "$@" $(o bf)
         if [ $W4 = 1 ]; then
-            say round $1 w4; run timeout 30 $B/w/bench_w4 --cases $C
-            say round $1 cbf; run timeout 30 $B/w/bench_w4 --cases $C --ptx $X/cbf.ptx
+            say round $n w4; run timeout 40 $B/w/bench_w4 --cases $C "$@" $(o w4)
+            say round $n cbf; run timeout 40 $B/w/bench_w4 --cases $C --ptx $X/cbf.ptx "$@" $(o cbf)
+        fi
+        if [ $WD = 1 ]; then
+            say round $n wd; run timeout 40 $B/d/bench_wd --cases $C "$@" $(o wd)
+            say round $n wbf; run timeout 40 $B/d/bench_wd --cases $C --ptx $X/wbf.ptx "$@" $(o wbf)
         fi
     }
     round 1
+
+    say peers
+    (cd $B/peers && run timeout 30 python3 topk_torch.py $J/topk_peers.json && run timeout 60 python3 mla_indexer_torch.py $J/mla_peers.json)
+    round records --peers $J/topk_peers.json,$J/mla_peers.json
 
     for n in 2 4 8; do
         say "cluster $n main"; run timeout 30 $B/bin/bench --cases mla-idx-decode-b64-64k,topk-64x128k --topk-cluster $n
         say "cluster $n bf"; run timeout 30 $B/bin/bench --cases mla-idx-decode-b64-64k,topk-64x128k --topk-cluster $n --ptx $X/bf.ptx
     done
 
-    say peers
-    (cd $B/peers && run timeout 30 python3 topk_torch.py $J/topk_peers.json && run timeout 60 python3 mla_indexer_torch.py $J/mla_peers.json)
-    P=$J/topk_peers.json,$J/mla_peers.json
-    say records
-    run timeout 30 $B/bin/bench --cases $C --peers $P --out $J/rec_main.json
-    run timeout 30 $B/bin/bench --cases $C --peers $P --out $J/rec_bf.json --ptx $X/bf.ptx
     if [ $W4 = 1 ]; then
-        run timeout 30 $B/w/bench_w4 --cases $C --peers $P --out $J/rec_w4.json
-        run timeout 30 $B/w/bench_w4 --cases $C --peers $P --out $J/rec_cbf.json --ptx $X/cbf.ptx
         say tests cbf, w4 host
         SPARSE_ATTN_TEST_PTX=$X/cbf.ptx run timeout 45 $B/w/mla_indexer_w4
         for t in engine_api graph_replay; do run timeout 30 $B/w/${t}_w4; done
         SPARSE_ATTN_TEST_PTX=$X/cbf.ptx run timeout 45 $B/bin/topk
     fi
+    if [ $WD = 1 ]; then
+        say tests wbf
+        for t in topk mla_indexer; do SPARSE_ATTN_TEST_PTX=$X/wbf.ptx run timeout 60 $B/d/${t}_wd; done
+    fi
 
-    say tests main
+    if [ $(( $(date +%s) - T0 )) -lt 420 ]; then round 3; fi
+}
+
+# Every GPU test of main, the verdicts in $OUT/tests.txt (`SKIP` lines
+# kept: a machine without a visible GPU cannot pass vacuously).
+tests() {
     for t in mla_indexer topk engine_api graph_replay msa_indexer msa_attention msa_block_major dense_prefill dense_prefill_fp8; do
         say $t
         run timeout 60 $B/bin/$t | grep -E "^test |test result|seed|panicked|FAILED|SKIP" | tee -a $OUT/tests.txt
     done
-
-    round 2
 }
 
 dense() {
@@ -91,5 +111,9 @@ dense() {
     run timeout 60 $B/bin/bench --cases $D,$F --peers $J/dense_peers.json,$J/dense_fp8_peers.json --out $J/rec_dense.json
 }
 
-if [ "${1:-}" = dense ]; then dense; else variants; fi
+case "${1:-}" in
+    dense) dense ;;
+    tests) tests ;;
+    *) variants ;;
+esac
 say done

@@ -9,7 +9,12 @@
 #   w4b.txz    main + mla-logits-4wg.patch: its own mla_indexer, engine_api,
 #              graph_replay and bench binaries (`*_w4`; the patch changes
 #              the abi), which embed its PTX;
-#   cbf.ptx    main + both patches (runs with the w4 binaries).
+#   cbf.ptx    main + both patches (runs with the w4 binaries);
+#   wdb.txz    main + topk-wide.patch: its own topk, mla_indexer and bench
+#              binaries (`*_wd`; the patch adds a kernel entry the host
+#              plans for), which embed its PTX;
+#   wbf.ptx    main + topk-wide.patch + topk-branchfree.patch (runs with
+#              the wd binaries).
 # Each variant builds in a detached worktree under $TMPDIR with its own
 # target folder (the xtask binary knows its repository by the path it was
 # built from). Takes minutes; prints the ptxas verdict of each PTX.
@@ -23,17 +28,18 @@ tmp=${TMPDIR:-/tmp}/sparse-attn-variants
 mkdir -p "$out" "$tmp"
 v=$root/bench/variants
 
-# bundle DIR TARGET TAR [BIN...]: the tree at DIR (built in TARGET)
-# bundled, only the named test and bench binaries kept (all GPU ones if
-# none named), as TAR.
+# bundle DIR TARGET TAR [SUFFIX BIN...]: the tree at DIR (built in
+# TARGET) bundled as TAR, with all its GPU binaries, or only the named test
+# and bench binaries, each renamed BIN_SUFFIX.
 bundle() {
-    local dir=$1 target=$2 tar=$3; shift 3
+    local dir=$1 target=$2 tar=$3 suffix=${4:-}
+    shift $(($# < 4 ? $# : 4))
     (cd "$dir" && CARGO_TARGET_DIR=$target cargo xtask gpu-bundle --out "$tmp/bundle") > "$tmp/bundle.log"
     rm -f "$tmp"/bundle/bin/*reference "$tmp"/bundle/bin/*-bin-tests "$tmp"/bundle/bin/charts \
         "$tmp"/bundle/bin/sparse_attn "$tmp"/bundle/bin/sparse_attn_abi "$tmp"/bundle/bin/sparse_attn_tests
     if [ $# -gt 0 ]; then
         mkdir -p "$tmp/pick"
-        for b in "$@"; do cp "$tmp/bundle/bin/$b" "$tmp/pick/${b}_w4"; done
+        for b in "$@"; do cp "$tmp/bundle/bin/$b" "$tmp/pick/${b}_$suffix"; done
         tar cJf "$tar" -C "$tmp/pick" .
         rm -rf "$tmp/pick"
     else
@@ -64,11 +70,19 @@ cp "$wt/host/ptx/sparse_attn.ptx" "$out/bf.ptx"
 
 echo "== w4: mla-logits-4wg" >&2
 wt=$(variant w4 mla-logits-4wg.patch)
-bundle "$wt" "$wt/target" "$out/w4b.txz" mla_indexer engine_api graph_replay bench
+bundle "$wt" "$wt/target" "$out/w4b.txz" w4 mla_indexer engine_api graph_replay bench
 
 echo "== cbf: both" >&2
 wt=$(variant cbf mla-logits-4wg.patch topk-branchfree.patch)
 cp "$wt/host/ptx/sparse_attn.ptx" "$out/cbf.ptx"
 
-for n in bf w4 cbf; do git worktree remove --force "$tmp/$n"; done
+echo "== wd: topk-wide" >&2
+wt=$(variant wd topk-wide.patch)
+bundle "$wt" "$wt/target" "$out/wdb.txz" wd topk mla_indexer bench
+
+echo "== wbf: topk-wide + topk-branchfree" >&2
+wt=$(variant wbf topk-wide.patch topk-branchfree.patch)
+cp "$wt/host/ptx/sparse_attn.ptx" "$out/wbf.ptx"
+
+for n in bf w4 cbf wd wbf; do git worktree remove --force "$tmp/$n"; done
 ls -la "$out"
