@@ -7,8 +7,9 @@ Cases (the Rust bench's names; one record per case per peer):
 - `dense-prefill-16k-causal`: the same, causal.
 - `dense-prefill-8x2k`: 8 ragged (varlen) sequences of 2048, causal. SDPA
   takes them as a dense batch of 8 x 2048 (the same FLOPs).
-- `dense-prefill-16k-paged128` / `-paged16`: causal, K/V read from a paged
-  cache whose pages (128 / 16 tokens) are shuffled (randperm).
+- `dense-prefill-16k-paged128` / `-paged64` / `-paged32` / `-paged16`:
+  causal, K/V read from a paged cache whose pages (128 / 64 / 32 / 16
+  tokens) are shuffled (randperm).
 - `dense-prefill-16k-sw4096`: causal sliding window, key k visible from
   query q iff k <= q and q - k < 4096.
 - `dense-prefill-16k-sinks`: causal with one sink logit per head:
@@ -81,6 +82,8 @@ CASES = {
     "dense-prefill-4x4k": dict(seqs=4, n=4096, causal=True),
     "dense-prefill-2x8k": dict(seqs=2, n=8192, causal=True),
     "dense-prefill-16k-paged128": dict(seqs=1, n=16384, causal=True, page=128),
+    "dense-prefill-16k-paged64": dict(seqs=1, n=16384, causal=True, page=64),
+    "dense-prefill-16k-paged32": dict(seqs=1, n=16384, causal=True, page=32),
     "dense-prefill-16k-paged16": dict(seqs=1, n=16384, causal=True, page=16),
     "dense-prefill-16k-sw4096": dict(seqs=1, n=16384, causal=True, window=4096),
     "dense-prefill-16k-sinks": dict(seqs=1, n=16384, causal=True, sinks=True),
@@ -310,6 +313,10 @@ for _ps in (128, 16):
         ("sdpa-cudnn-contiguous",
          contiguous(sdpa(SDPBackend.CUDNN_ATTENTION), "SDPA has no page table")),
     ]
+# The page sizes between: the paged peer only (the contiguous ones are the
+# same runs as above).
+for _ps in (64, 32):
+    PEERS[f"dense-prefill-16k-paged{_ps}"] = [("flashinfer-paged", flashinfer_paged)]
 
 
 # ---- the check: fp32 reference on sampled rows

@@ -627,6 +627,21 @@ fn dense_cases() -> Vec<DenseCase> {
             Some(16),
             false,
         ),
+        // Every page size between (16 and 128 are the cases).
+        c(
+            "dense-prefill-16k-paged32",
+            K16,
+            Mask::Causal,
+            Some(32),
+            false,
+        ),
+        c(
+            "dense-prefill-16k-paged64",
+            K16,
+            Mask::Causal,
+            Some(64),
+            false,
+        ),
         c(
             "dense-prefill-16k-sw4096",
             K16,
@@ -669,6 +684,13 @@ fn dense_fp8_cases() -> Vec<DenseCase> {
             K16,
             Mask::Causal,
             Some(128),
+            false,
+        ),
+        c(
+            "dense-prefill-16k-paged16-fp8",
+            K16,
+            Mask::Causal,
+            Some(16),
             false,
         ),
         c(
