@@ -5,12 +5,14 @@
 #   bash bench/variants/measure.sh          the variants (about 8 minutes);
 #   bash bench/variants/measure.sh tests    every GPU test of main: the
 #                                           H200 verdicts the issues ask for;
-#   bash bench/variants/measure.sh dense    issue 10's dense cases with their
-#                                           peers (carry .whl too: the fa3-fwd
-#                                           wheel, see BENCHMARKS.md).
+#   bash bench/variants/measure.sh dense    the paged gather variant against
+#                                           main, then issue 10's dense cases
+#                                           with their peers (carry .whl too:
+#                                           the fa3-fwd wheel, see
+#                                           BENCHMARKS.md).
 # Writes $OUT/log.txt (everything), $OUT/tests.txt (`tests`: the verdicts)
 # and $OUT/j/ (peer files and `bench --out` records: rec_main, rec_bf,
-# rec_w4, rec_cbf, rec_wd, rec_wbf, rec_dense; combine them with `cargo
+# rec_w4, rec_cbf, rec_wd, rec_wbf, rec_dense, rec_pg; combine them with `cargo
 # xtask records`). The variants in order of need, so a call cut short keeps
 # the most useful:
 #   1. the variants' GPU tests (a w4 or wd build whose tests fail or hang is
@@ -101,14 +103,33 @@ tests() {
 }
 
 dense() {
+    # The cp.async gather of short pages (pg) against main's TMA boxes:
+    # its tests, then both builds on every page size, twice, interleaved.
+    mkdir -p $B/g
+    tar xJf $X/pgb.txz -C $B/g
+    PG=0
+    say tests pg
+    timeout 90 $B/g/dense_prefill_pg > /tmp/pgt.txt 2>&1 && timeout 90 $B/g/dense_prefill_fp8_pg >> /tmp/pgt.txt 2>&1 && PG=1
+    cat /tmp/pgt.txt >> $L
+    say "pg ok=$PG"
+    G=dense-prefill-16k-causal,dense-prefill-16k-paged128,dense-prefill-16k-paged64,dense-prefill-16k-paged32,dense-prefill-16k-paged16,dense-prefill-16k-causal-fp8,dense-prefill-16k-paged128-fp8,dense-prefill-16k-paged16-fp8
+    if [ $PG = 1 ]; then
+        for n in 1 2; do
+            say pg round $n main; run timeout 60 $B/bin/bench --cases $G
+            say pg round $n pg; run timeout 60 $B/g/bench_pg --cases $G
+        done
+    fi
     python3 -m pip install --no-deps -q $(pwd)/.whl/fa3_fwd-*.whl 2>&1 | tail -2 | tee -a $L
-    D=dense-prefill-16k,dense-prefill-16k-causal,dense-prefill-8x2k,dense-prefill-16k-paged128,dense-prefill-16k-paged16,dense-prefill-16k-sw4096,dense-prefill-16k-sinks
-    F=dense-prefill-16k-fp8,dense-prefill-16k-causal-fp8,dense-prefill-8x2k-fp8,dense-prefill-16k-paged128-fp8
+    D=dense-prefill-16k,dense-prefill-16k-causal,dense-prefill-8x2k,dense-prefill-16k-paged128,dense-prefill-16k-paged64,dense-prefill-16k-paged32,dense-prefill-16k-paged16,dense-prefill-16k-sw4096,dense-prefill-16k-sinks
+    F=dense-prefill-16k-fp8,dense-prefill-16k-causal-fp8,dense-prefill-8x2k-fp8,dense-prefill-16k-paged128-fp8,dense-prefill-16k-paged16-fp8
     say dense peers
     (cd $B/peers && PEERS=sdpa-cudnn,fa3,flex run timeout 200 python3 dense_prefill_torch.py $J/dense_peers.json;
         run timeout 90 python3 dense_prefill_fp8_torch.py $J/dense_fp8_peers.json)
     say dense records
     run timeout 60 $B/bin/bench --cases $D,$F --peers $J/dense_peers.json,$J/dense_fp8_peers.json --out $J/rec_dense.json
+    if [ $PG = 1 ]; then
+        run timeout 60 $B/g/bench_pg --cases $G --peers $J/dense_peers.json,$J/dense_fp8_peers.json --out $J/rec_pg.json
+    fi
 }
 
 case "${1:-}" in

@@ -14,7 +14,10 @@
 #              binaries (`*_wd`; the patch adds a kernel entry the host
 #              plans for), which embed its PTX;
 #   wbf.ptx    main + topk-wide.patch + topk-branchfree.patch (runs with
-#              the wd binaries).
+#              the wd binaries);
+#   pgb.txz    main + dense-paged-gather.patch: its own dense_prefill,
+#              dense_prefill_fp8 and bench binaries (`*_pg`; the patch adds
+#              a kernel parameter).
 # Each variant builds in a detached worktree under $TMPDIR with its own
 # target folder (the xtask binary knows its repository by the path it was
 # built from). Takes minutes; prints the ptxas verdict of each PTX.
@@ -84,5 +87,9 @@ echo "== wbf: topk-wide + topk-branchfree" >&2
 wt=$(variant wbf topk-wide.patch topk-branchfree.patch)
 cp "$wt/host/ptx/sparse_attn.ptx" "$out/wbf.ptx"
 
-for n in bf w4 cbf wd wbf; do git worktree remove --force "$tmp/$n"; done
+echo "== pg: dense-paged-gather" >&2
+wt=$(variant pg dense-paged-gather.patch)
+bundle "$wt" "$wt/target" "$out/pgb.txz" pg dense_prefill dense_prefill_fp8 bench
+
+for n in bf w4 cbf wd wbf pg; do git worktree remove --force "$tmp/$n"; done
 ls -la "$out"
