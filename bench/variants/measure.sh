@@ -2,7 +2,8 @@
 # Runs on the GPU machine, from the repository root, what prepare.sh built,
 # in up to three device calls (each `timeout_s` 600), carry
 # bench/out/variants:
-#   bash bench/variants/measure.sh          the variants (about 8 minutes);
+#   bash bench/variants/measure.sh          the variants (8 to 10 minutes: the
+#                                           later steps give way from 420 s on);
 #   bash bench/variants/measure.sh tests    every GPU test of main: the
 #                                           H200 verdicts the issues ask for;
 #   bash bench/variants/measure.sh dense    the paged gather variant against
@@ -32,6 +33,9 @@ L=$OUT/log.txt; J=$OUT/j; mkdir -p $J
 T0=$(date +%s)
 say() { echo "=== [+$(( $(date +%s) - T0 ))s] $*" | tee -a $L; }
 run() { "$@" 2>&1 | tee -a $L; }
+# Whether the call has run for at least $1 seconds (later steps give way
+# before the 600 s limit).
+late() { [ $(( $(date +%s) - T0 )) -ge $1 ]; }
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee -a $L
 C=topk-64x128k,topk-1x128k,topk-64x64k,mla-idx-prefill-16k,mla-idx-decode-b64-64k,mla-idx-decode-b1-128k
 
@@ -75,22 +79,23 @@ variants() {
     round records --peers $J/topk_peers.json,$J/mla_peers.json
 
     for n in 2 4 8; do
+        late 450 && break
         say "cluster $n main"; run timeout 30 $B/bin/bench --cases mla-idx-decode-b64-64k,topk-64x128k --topk-cluster $n
         say "cluster $n bf"; run timeout 30 $B/bin/bench --cases mla-idx-decode-b64-64k,topk-64x128k --topk-cluster $n --ptx $X/bf.ptx
     done
 
-    if [ $W4 = 1 ]; then
+    if [ $W4 = 1 ] && ! late 480; then
         say tests cbf, w4 host
         SPARSE_ATTN_TEST_PTX=$X/cbf.ptx run timeout 45 $B/w/mla_indexer_w4
         for t in engine_api graph_replay; do run timeout 30 $B/w/${t}_w4; done
         SPARSE_ATTN_TEST_PTX=$X/cbf.ptx run timeout 45 $B/bin/topk
     fi
-    if [ $WD = 1 ]; then
+    if [ $WD = 1 ] && ! late 480; then
         say tests wbf
         for t in topk mla_indexer; do SPARSE_ATTN_TEST_PTX=$X/wbf.ptx run timeout 60 $B/d/${t}_wd; done
     fi
 
-    if [ $(( $(date +%s) - T0 )) -lt 420 ]; then round 3; fi
+    late 420 || round 3
 }
 
 # Every GPU test of main, the verdicts in $OUT/tests.txt (`SKIP` lines
