@@ -36,6 +36,17 @@ run() { "$@" 2>&1 | tee -a $L; }
 # Whether the call has run for at least $1 seconds (later steps give way
 # before the 600 s limit).
 late() { [ $(( $(date +%s) - T0 )) -ge $1 ]; }
+# gate NAME SECS BIN...: a variant's test binaries, each under `timeout
+# SECS`, their output to the log (not the screen), stopping at the first
+# that fails; whether all passed (a variant whose tests fail or hang is
+# not timed).
+gate() {
+    local name=$1 secs=$2 ok=1; shift 2
+    say tests $name
+    for t; do timeout $secs "$t" >> $L 2>&1 || { ok=0; break; }; done
+    say "$name ok=$ok"
+    [ $ok = 1 ]
+}
 nvidia-smi --query-gpu=name,driver_version --format=csv | tee -a $L
 C=topk-64x128k,topk-1x128k,topk-64x64k,mla-idx-prefill-16k,mla-idx-decode-b64-64k,mla-idx-decode-b1-128k
 
@@ -45,16 +56,8 @@ variants() {
     tar xJf $X/wdb.txz -C $B/d
     say tests bf
     for t in topk mla_indexer; do SPARSE_ATTN_TEST_PTX=$X/bf.ptx run timeout 60 $B/bin/$t; done
-    W4=0
-    say tests w4
-    timeout 45 $B/w/mla_indexer_w4 > /tmp/w4t.txt 2>&1 && W4=1
-    cat /tmp/w4t.txt >> $L
-    say "w4 ok=$W4"
-    WD=0
-    say tests wd
-    timeout 60 $B/d/topk_wd > /tmp/wdt.txt 2>&1 && timeout 60 $B/d/mla_indexer_wd >> /tmp/wdt.txt 2>&1 && WD=1
-    cat /tmp/wdt.txt >> $L
-    say "wd ok=$WD"
+    W4=0; gate w4 45 $B/w/mla_indexer_w4 && W4=1
+    WD=0; gate wd 60 $B/d/topk_wd $B/d/mla_indexer_wd && WD=1
 
     # round N [ARGS...]: every build on the cases (ARGS: --peers, and the
     # records when N is "records").
@@ -112,11 +115,7 @@ dense() {
     # its tests, then both builds on every page size, twice, interleaved.
     mkdir -p $B/g
     tar xJf $X/pgb.txz -C $B/g
-    PG=0
-    say tests pg
-    timeout 90 $B/g/dense_prefill_pg > /tmp/pgt.txt 2>&1 && timeout 90 $B/g/dense_prefill_fp8_pg >> /tmp/pgt.txt 2>&1 && PG=1
-    cat /tmp/pgt.txt >> $L
-    say "pg ok=$PG"
+    PG=0; gate pg 90 $B/g/dense_prefill_pg $B/g/dense_prefill_fp8_pg && PG=1
     G=dense-prefill-16k-causal,dense-prefill-16k-paged128,dense-prefill-16k-paged64,dense-prefill-16k-paged32,dense-prefill-16k-paged16,dense-prefill-16k-causal-fp8,dense-prefill-16k-paged128-fp8,dense-prefill-16k-paged16-fp8
     if [ $PG = 1 ]; then
         for n in 1 2; do
