@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repository root, what prepare.sh built,
 # in up to three device calls (each `timeout_s` 600), carry
-# bench/out/variants:
-#   bash bench/variants/measure.sh          the variants (8 to 10 minutes: the
-#                                           later steps give way from 420 s on);
+# bench/out/variants, in this order (the first holds what both issues'
+# "done when" needs and no variant gives: a session may get one call):
 #   bash bench/variants/measure.sh tests    every GPU test of main: the
 #                                           H200 verdicts the issues ask for;
+#   bash bench/variants/measure.sh          the variants (8 to 10 minutes: the
+#                                           later steps give way from 420 s on);
 #   bash bench/variants/measure.sh dense    the paged gather variant against
 #                                           main, then issue 10's dense cases
 #                                           with their peers (carry .whl too:
