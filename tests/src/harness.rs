@@ -236,6 +236,14 @@ impl StepData {
 }
 
 impl StepBuffers {
+    /// Replaces the device page tables (K/V, index-K) after `plan`, as an
+    /// engine does between steps.
+    pub fn upload_tables(&mut self, gpu: &Gpu, kv: &[u32], ik: &[u32]) {
+        let s = gpu.stream();
+        s.memcpy_htod(kv, &mut self.kv_lookup).unwrap();
+        s.memcpy_htod(ik, &mut self.ik_lookup).unwrap();
+    }
+
     pub fn inputs(&self) -> StepInputs<'_> {
         StepInputs {
             q_index: &self.qi,
@@ -281,6 +289,16 @@ pub fn check_step_graph_replay(gpu: &Gpu, rng: &mut impl Rng, spec: &RaggedSpec)
         "graph replay differs from the eager run"
     );
     step.attention.path().expect("planned")
+}
+
+/// Runs `launch` (work given corrupt device-side input: page ids past the
+/// pool, say) and waits for the stream: a fault (an address outside every
+/// allocation) fails here, naming `what`. What the work wrote is not looked at.
+pub fn assert_no_fault(gpu: &Gpu, what: &str, launch: impl FnOnce()) {
+    launch();
+    if let Err(e) = gpu.synchronize() {
+        panic!("{what}: the run with corrupt input failed: {e}");
+    }
 }
 
 /// Captures what `run` enqueues on the GPU's stream into a CUDA graph and

@@ -6,7 +6,8 @@
 //! with large positive and negative values; rows that see no key; GQA
 //! groups 1, 4, 8, 16; chunked prefill on a cache whose length is not a
 //! multiple of the page; bit-determinism; a run captured in a CUDA graph;
-//! the named errors of bad input.
+//! a device-side page table corrupted after `plan` (no fault); the named
+//! errors of bad input.
 //!
 //! GPU tests print `SKIP` where there is no NVIDIA driver; every random case
 //! prints its seed (`SPARSE_ATTN_SEED=<n>` replays it). Outputs are poisoned
@@ -25,10 +26,10 @@ use sparse_attn_reference::dense_prefill::{
     check_dense_prefill, dense_prefill as reference, DenseKv,
 };
 use sparse_attn_tests::data::{
-    paged_pool, ragged_kv, seeded, tensor, Fill, PagedPool, RaggedKv, RaggedSpec,
+    corrupt_lookup, paged_pool, ragged_kv, seeded, tensor, Fill, PagedPool, RaggedKv, RaggedSpec,
 };
 use sparse_attn_tests::harness::{
-    capture_and_replay, gpu_or_skip as gpu, poisoned_run, POISON_OUT,
+    assert_no_fault, capture_and_replay, gpu_or_skip as gpu, poisoned_run, POISON_OUT,
 };
 
 /// K/V of a case.
@@ -400,6 +401,49 @@ fn gpu_dense_prefill_is_deterministic_and_replays_in_a_graph() {
             .all(|(x, y)| x.to_bits() == y.to_bits()),
         "graph replay differs from the eager run"
     );
+}
+
+/// A page table corrupted on the device after `plan` (ids past the pool,
+/// `u32::MAX`: [`corrupt_lookup`]) must not fault: the kernel clamps every
+/// id it reads. The run's output is then unspecified; the context must
+/// still work, and the same plan run with the real table must match the
+/// reference. Pages of 16 (8 a key tile), 128 and 256 keys.
+#[test]
+fn gpu_dense_prefill_survives_a_corrupt_page_table() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    for ps in [16, 128, 256] {
+        let spec = RaggedSpec::prefill(&[129, 300], &[1000, 37]);
+        let c = Case::random(
+            &mut rng,
+            spec,
+            config(8, 2, Mask::Causal, false),
+            Some(ps),
+            None,
+        );
+        let Kv::Paged(pool) = &c.kv else {
+            unreachable!()
+        };
+        let mut op = DensePrefill::new(&gpu, c.cfg).unwrap();
+        op.plan(&c.spec.as_batch(), &c.layout()).unwrap();
+        let mut d = Dev::new(&gpu, &c);
+        let bad = corrupt_lookup(&mut rng, pool.lookup.len(), pool.layout.num_pages);
+        let real = std::mem::replace(&mut d.lookup, gpu.upload(&bad).unwrap());
+        let n = c.spec.num_rows() * c.cfg.n_heads;
+        let mut out = gpu.zeros::<bf16>(n * 128).unwrap();
+        assert_no_fault(&gpu, &format!("pages of {ps}"), || {
+            op.run(&d.q, d.kv(&c), d.sinks(), &mut out, None).unwrap()
+        });
+        d.lookup = real;
+        let (out, lse) = poisoned_run(&gpu, n, |out, lse| {
+            op.run(&d.q, d.kv(&c), d.sinks(), out, Some(lse)).unwrap()
+        });
+        if let Err(e) = check_dense_prefill(&out, Some(&lse), &c.reference(), &c.cfg) {
+            panic!("pages of {ps}, after the corrupt table: GPU differs from the reference:\n{e}");
+        }
+        eprintln!("ok: pages of {ps}, a corrupt table, then the real one");
+    }
 }
 
 fn invalid_arg(r: sparse_attn::Result<()>) -> &'static str {

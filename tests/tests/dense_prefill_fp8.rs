@@ -5,7 +5,8 @@
 //! shuffled page tables of 16- and 128-token pages with garbage (NaN,
 //! ±Inf) in unwritten page slots; sinks; GQA groups 1, 4, 8; per-tensor and
 //! per-KV-head descales; chunked prefill; a run captured in a CUDA graph;
-//! the named errors of bad descales; bf16 queries against the e4m3 cache
+//! a device-side page table corrupted after `plan` (no fault); the named
+//! errors of bad descales; bf16 queries against the e4m3 cache
 //! (quantised row by row in the kernel; the reference quantises them the
 //! same way, `DenseQ::Bf16RowQuantised`), with rows of very different
 //! magnitudes and an all-zero row.
@@ -30,9 +31,11 @@ use sparse_attn_reference::dense_prefill::{
     check_dense_prefill_fp8, dense_prefill_fp8, DenseKvFp8, DenseQ, Descale, KvDescales,
 };
 use sparse_attn_reference::paged::PagedCacheFp8;
-use sparse_attn_tests::data::{paged_pool, sample, seeded, Fill, PagedPool, RaggedSpec};
+use sparse_attn_tests::data::{
+    corrupt_lookup, paged_pool, sample, seeded, Fill, PagedPool, RaggedSpec,
+};
 use sparse_attn_tests::harness::{
-    capture_and_replay, gpu_or_skip as gpu, poisoned_run, POISON_OUT,
+    assert_no_fault, capture_and_replay, gpu_or_skip as gpu, poisoned_run, POISON_OUT,
 };
 
 const LAYERS: usize = 2;
@@ -495,6 +498,49 @@ fn gpu_dense_prefill_fp8_replays_in_a_graph() {
             .all(|(a, b)| a.to_bits() == b.to_bits()),
         "a replayed run differs from an eager one"
     );
+}
+
+/// A page table corrupted on the device after `plan` ([`corrupt_lookup`])
+/// must not fault (the kernel clamps every id it reads; the output is then
+/// unspecified); the context must still work: the case then matches the
+/// reference. Pages of 16 and 128 keys.
+#[test]
+fn gpu_dense_prefill_fp8_survives_a_corrupt_page_table() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    for ps in [16, 128] {
+        let spec = RaggedSpec::prefill(&[129, 300], &[1000, 37]);
+        let c = Case::random(
+            &mut rng,
+            spec,
+            config(8, 2, Mask::Causal, false),
+            Some(ps),
+            None,
+            false,
+        );
+        let Some((pool, _)) = &c.pool else {
+            unreachable!()
+        };
+        let mut op = DensePrefillFp8::new(&gpu, c.cfg).unwrap();
+        op.plan(&c.spec.as_batch(), &c.layout()).unwrap();
+        let mut d = Dev::new(&gpu, &c);
+        d.lookup = gpu
+            .upload(&corrupt_lookup(
+                &mut rng,
+                pool.lookup.len(),
+                pool.layout.num_pages,
+            ))
+            .unwrap();
+        let mut out = gpu
+            .zeros::<bf16>(c.spec.num_rows() * c.cfg.n_heads * 128)
+            .unwrap();
+        assert_no_fault(&gpu, &format!("pages of {ps}"), || {
+            op.run(&d.q, d.kv(&c), d.descales(), d.sinks(), &mut out, None)
+                .unwrap()
+        });
+        check(&gpu, &format!("pages of {ps}, after a corrupt table"), &c);
+    }
 }
 
 #[test]

@@ -6,7 +6,8 @@
 //! compared bit for bit with an eager run of the same plan and with a step
 //! in ordinary mode; and the incompatible changes (a sequence beyond the
 //! bound, another batch size) refused by the API and, if replayed anyway,
-//! NaN on the device with the fault reported.
+//! NaN on the device with the fault reported; a replay with corrupt page
+//! tables (no fault, and the real tables then give the eager bits).
 //!
 //! GPU tests print `SKIP` where there is no NVIDIA driver; the seed is
 //! printed (`SPARSE_ATTN_SEED=<n>` replays it).
@@ -19,8 +20,10 @@ use sparse_attn::{
 };
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_reference::paged::PagedCache;
-use sparse_attn_tests::data::{garbage, paged_pool, seeded, tensor, Fill, PagedPool, RaggedSpec};
-use sparse_attn_tests::harness::{capture, gpu_or_skip as gpu};
+use sparse_attn_tests::data::{
+    corrupt_lookup, garbage, paged_pool, seeded, tensor, Fill, PagedPool, RaggedSpec,
+};
+use sparse_attn_tests::harness::{assert_no_fault, capture, gpu_or_skip as gpu};
 
 const ATT: MsaAttentionConfig = MsaAttentionConfig::minimax_m3();
 const IDX: MsaIndexerConfig = MsaIndexerConfig::minimax_m3();
@@ -441,4 +444,44 @@ fn gpu_incompatible_plan_is_reported_never_silently_run() {
     d.plan(&mut plain).unwrap();
     assert!(!plain.capture_compatible(k), "a new block kept the key");
     eprintln!("ok: incompatible plans reported");
+}
+
+/// An engine rewrites the device page tables between replays, where no
+/// `plan` checks them: a replay with both tables corrupt ([`corrupt_lookup`]:
+/// ids past the pools, `u32::MAX`) must not fault (the kernels clamp every
+/// id they read; what it writes is then unspecified), and with the real
+/// tables back the same graph must give the bits of an eager run.
+#[test]
+fn gpu_replay_with_a_corrupt_page_table_does_not_fault() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let lens = [127usize, 600, 3072, 128, 9000];
+    let rows = lens.len();
+    let mut d = Decode::new(&gpu, &mut rng, &lens, 10);
+    let mut step = graph_step(&gpu, rows, 9100);
+    let (mut replayed, mut eager) = (Outs::new(&gpu, rows), Outs::new(&gpu, rows));
+    d.new_queries(&gpu, &mut rng);
+    d.plan(&mut step).unwrap();
+    let graph = capture(&gpu, || replayed.run(&mut step, &d));
+    let s = gpu.stream();
+    for pool in [&mut d.kv, &mut d.ik] {
+        let bad = corrupt_lookup(&mut rng, pool.lookup.len(), pool.layout().num_pages);
+        s.memcpy_htod(&bad, &mut pool.d_lookup).unwrap();
+    }
+    assert_no_fault(&gpu, &format!("seed {seed}, a replay"), || {
+        graph.launch().unwrap()
+    });
+    for pool in [&mut d.kv, &mut d.ik] {
+        s.memcpy_htod(&pool.lookup, &mut pool.d_lookup).unwrap();
+    }
+    replayed.poison(&gpu);
+    graph.launch().unwrap();
+    eager.poison(&gpu);
+    eager.run(&mut step, &d);
+    assert!(
+        replayed.bits(&gpu) == eager.bits(&gpu),
+        "seed {seed}: the replay with the real tables back differs from an eager run"
+    );
+    step.check_graph_replays().unwrap();
 }

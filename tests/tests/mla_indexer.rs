@@ -7,7 +7,9 @@
 //! and page size and 128K+; `top_k` above the context; both masks; page
 //! sizes 16 to 256; the separate and the fused scale layouts; 64 and 128
 //! heads; shuffled page tables with garbage (NaN) in every unwritten slot;
-//! determinism, a CUDA-graph replay and the named errors.
+//! a device-side page table corrupted after `plan` (no fault, still a
+//! selection of visible positions); determinism, a CUDA-graph replay and
+//! the named errors.
 //!
 //! GPU tests print `SKIP` where there is no NVIDIA driver; every random case
 //! prints its seed (`SPARSE_ATTN_SEED=<n>` replays it). The output is
@@ -21,9 +23,10 @@ use sparse_attn::{
 };
 use sparse_attn_reference::mla_indexer as reference;
 use sparse_attn_tests::data::{
-    fp8_index_k_pool, fp8_tensor, index_weights, seeded, Fp8Fill, Fp8Pool, RaggedSpec,
+    corrupt_lookup, fp8_index_k_pool, fp8_tensor, index_weights, seeded, Fp8Fill, Fp8Pool,
+    RaggedSpec,
 };
-use sparse_attn_tests::harness::{capture_and_replay, gpu_or_skip as gpu};
+use sparse_attn_tests::harness::{assert_no_fault, capture_and_replay, gpu_or_skip as gpu};
 
 const POISON: i32 = i32::MIN;
 
@@ -333,6 +336,71 @@ fn deterministic_and_graph_replay() {
     let mut op = MlaIndexer::new(&gpu, c.cfg).unwrap();
     let (first, _) = c.run(&gpu, &mut op);
     rerun_and_replay(&gpu, &c, &mut op, &first, "one chunk");
+}
+
+/// A page table corrupted on the device after `plan` ([`corrupt_lookup`])
+/// must not fault: the kernel clamps every page id it reads. The logits
+/// then come from the wrong pages, but the output is still a selection:
+/// each row holds `min(top_k, visible)` distinct visible positions, then
+/// `-1`. The same plan with the real table then selects exactly.
+#[test]
+fn corrupt_page_table_still_selects_visible_positions() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    println!("seed {seed}");
+    for (ps, fused) in [(64, false), (16, true), (256, false)] {
+        let spec = mixed_spec(&mut rng);
+        let c = Case::new(
+            &mut rng,
+            spec,
+            cfg(64, 300, Mask::Causal),
+            ps,
+            fused,
+            Fp8Fill::Integer,
+        );
+        let mut op = MlaIndexer::new(&gpu, c.cfg).unwrap();
+        let want = c.select(&gpu, &mut op);
+        let what = format!("page {ps}, fused {fused}");
+        let mut d = c.upload(&gpu);
+        let p = &c.pool;
+        d.lookup = gpu
+            .upload(&corrupt_lookup(
+                &mut rng,
+                p.lookup.len(),
+                p.layout.num_pages,
+            ))
+            .unwrap();
+        let mut out = gpu.upload(&vec![POISON; want.len()]).unwrap();
+        assert_no_fault(&gpu, &what, || d.run(&mut op, &mut out).unwrap());
+        let got = gpu.download(&out).unwrap();
+        let k = c.cfg.top_k;
+        for rl in c.reference() {
+            let row = &got[rl.row * k..(rl.row + 1) * k];
+            let n = k.min(rl.num_keys);
+            let mut pos: Vec<i32> = row[..n].to_vec();
+            pos.sort_unstable();
+            pos.dedup();
+            assert!(
+                pos.len() == n && pos.iter().all(|&s| 0 <= s && (s as usize) < rl.num_keys),
+                "{what}: row {}: not {n} distinct positions below {}",
+                rl.row,
+                rl.num_keys
+            );
+            assert!(
+                row[n..].iter().all(|&s| s == -1),
+                "{what}: row {}: padding",
+                rl.row
+            );
+        }
+        d.lookup = gpu.upload(&p.lookup).unwrap();
+        d.run(&mut op, &mut out).unwrap();
+        assert_eq!(
+            gpu.download(&out).unwrap(),
+            want,
+            "{what}: the real table after the corrupt one"
+        );
+        check_selection(&want, &c.reference(), k, true, &what);
+    }
 }
 
 /// Batches whose logits exceed the limit run in chunks of rows: one row a

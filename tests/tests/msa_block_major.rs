@@ -3,7 +3,8 @@
 //! prefill on a cache, speculative steps, skewed selections, `-1` slots and
 //! GQA groups 1..16; agreement with the query-major path; bit-determinism; a
 //! whole prefill step captured in a CUDA graph (the plan never waits for the
-//! host); the host side of the plan.
+//! host); a step whose device page tables are corrupted after `plan` (no
+//! fault); the host side of the plan.
 //!
 //! GPU tests print `SKIP` where there is no NVIDIA driver; every random case
 //! prints its seed (`SPARSE_ATTN_SEED=<n>` replays it). Tolerances: the
@@ -14,12 +15,12 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::abi::msa::BM_WINDOW;
 use sparse_attn::msa_block_major::plan_keys;
-use sparse_attn::{AttentionPath, Gpu, MsaAttentionConfig, RaggedBatch};
+use sparse_attn::{bf16, AttentionPath, Gpu, MsaAttentionConfig, RaggedBatch};
 use sparse_attn_reference::msa_attention as reference;
-use sparse_attn_tests::data::{lengths, seeded, RaggedSpec};
+use sparse_attn_tests::data::{corrupt_lookup, lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
-    assert_same_bits, attention_config as cfg, check_step_graph_replay, gpu_or_skip as gpu,
-    run_attention, AttentionInputs,
+    assert_no_fault, assert_same_bits, attention_config as cfg, check_step_graph_replay,
+    gpu_or_skip as gpu, run_attention, AttentionInputs, StepBuffers, StepData,
 };
 
 /// Both paths against the reference; the planned one must be block-major.
@@ -213,6 +214,44 @@ fn gpu_prefill_step_graph_replay_matches_eager() {
     let spec = RaggedSpec::prefill(&[700, 300, 5], &[0, 5_000, 20]);
     let path = check_step_graph_replay(&gpu, &mut rng, &spec);
     assert_eq!(path, AttentionPath::BlockMajor);
+}
+
+/// A prefill step whose device page tables are corrupted after `plan`
+/// ([`corrupt_lookup`]) must not fault: the indexer and the block-major run
+/// clamp every page id they read (the output is then unspecified). With
+/// the real tables back, the same plan gives the bits of the run before.
+#[test]
+fn gpu_prefill_step_survives_a_corrupt_page_table() {
+    let Some(gpu) = gpu() else { return };
+    let (mut rng, seed) = seeded(None);
+    eprintln!("seed {seed}");
+    let spec = RaggedSpec::prefill(&[300, 129, 1], &[1000, 0, 5_000]);
+    let data = StepData::random(&mut rng, &spec, 2);
+    let (mut step, mut buf) = data.plan_and_upload(&gpu, &spec).unwrap();
+    assert_eq!(step.attention.path(), Some(AttentionPath::BlockMajor));
+    let rows_heads = spec.num_rows() * MsaAttentionConfig::minimax_m3().n_heads;
+    let mut run = |buf: &StepBuffers| {
+        let mut out = gpu.zeros::<bf16>(rows_heads * 128).unwrap();
+        step.run(&buf.inputs(), 0, &mut out, None).unwrap();
+        gpu.download(&out)
+    };
+    let before = run(&buf).unwrap();
+    let (kv, ik) = (&data.kv, &data.ik);
+    let bad_kv = corrupt_lookup(&mut rng, kv.lookup.len(), kv.layout.num_pages);
+    let bad_ik = corrupt_lookup(&mut rng, ik.lookup.len(), ik.layout.num_pages);
+    buf.upload_tables(&gpu, &bad_kv, &bad_ik);
+    assert_no_fault(&gpu, &format!("seed {seed}, the step"), || {
+        run(&buf).unwrap();
+    });
+    buf.upload_tables(&gpu, &kv.lookup, &ik.lookup);
+    let after = run(&buf).unwrap();
+    assert!(
+        before
+            .iter()
+            .zip(&after)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "seed {seed}: the real tables after the corrupt ones give other bits"
+    );
 }
 
 // ------------------------------------------------------------ host-only tests
