@@ -15,12 +15,12 @@ use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use sparse_attn::abi::msa::BM_WINDOW;
 use sparse_attn::msa_block_major::plan_keys;
-use sparse_attn::{bf16, AttentionPath, Gpu, MsaAttentionConfig, RaggedBatch};
+use sparse_attn::{bf16, AttentionPath, Gpu, MsaAttentionConfig, MsaStep, RaggedBatch};
 use sparse_attn_reference::msa_attention as reference;
 use sparse_attn_tests::data::{corrupt_lookup, lengths, seeded, RaggedSpec};
 use sparse_attn_tests::harness::{
     assert_no_fault, assert_same_bits, attention_config as cfg, check_step_graph_replay,
-    gpu_or_skip as gpu, run_attention, AttentionInputs, StepBuffers, StepData,
+    gpu_or_skip as gpu, poisoned_run, run_attention, AttentionInputs, StepBuffers, StepData,
 };
 
 /// Both paths against the reference; the planned one must be block-major.
@@ -230,28 +230,22 @@ fn gpu_prefill_step_survives_a_corrupt_page_table() {
     let (mut step, mut buf) = data.plan_and_upload(&gpu, &spec).unwrap();
     assert_eq!(step.attention.path(), Some(AttentionPath::BlockMajor));
     let rows_heads = spec.num_rows() * MsaAttentionConfig::minimax_m3().n_heads;
-    let mut run = |buf: &StepBuffers| {
-        let mut out = gpu.zeros::<bf16>(rows_heads * 128).unwrap();
-        step.run(&buf.inputs(), 0, &mut out, None).unwrap();
-        gpu.download(&out)
+    let run = |step: &mut MsaStep, buf: &StepBuffers| {
+        poisoned_run(&gpu, rows_heads, |out, lse| {
+            step.run(&buf.inputs(), 0, out, Some(lse)).unwrap()
+        })
     };
-    let before = run(&buf).unwrap();
+    let before = run(&mut step, &buf);
     let (kv, ik) = (&data.kv, &data.ik);
     let bad_kv = corrupt_lookup(&mut rng, kv.lookup.len(), kv.layout.num_pages);
     let bad_ik = corrupt_lookup(&mut rng, ik.lookup.len(), ik.layout.num_pages);
     buf.upload_tables(&gpu, &bad_kv, &bad_ik);
+    let mut out = gpu.zeros::<bf16>(rows_heads * 128).unwrap();
     assert_no_fault(&gpu, &format!("seed {seed}, the step"), || {
-        run(&buf).unwrap();
+        step.run(&buf.inputs(), 0, &mut out, None).unwrap()
     });
     buf.upload_tables(&gpu, &kv.lookup, &ik.lookup);
-    let after = run(&buf).unwrap();
-    assert!(
-        before
-            .iter()
-            .zip(&after)
-            .all(|(a, b)| a.to_bits() == b.to_bits()),
-        "seed {seed}: the real tables after the corrupt ones give other bits"
-    );
+    assert_same_bits(&before, &run(&mut step, &buf));
 }
 
 // ------------------------------------------------------------ host-only tests
