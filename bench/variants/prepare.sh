@@ -22,7 +22,9 @@
 # target folder (the xtask binary knows its repository by the path it was
 # built from). Takes minutes; prints the ptxas verdict of each PTX.
 #
-# usage: bench/variants/prepare.sh
+# usage: bench/variants/prepare.sh [main]   (main: bm.txz alone, for a
+# change of main's host or tests that leaves the kernels and patches as
+# they were)
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -66,6 +68,10 @@ variant() {
 echo "== main" >&2
 cargo xtask build-ptx --check
 bundle "$root" "${CARGO_TARGET_DIR:-$root/target}" "$out/bm.txz"
+if [ "${1:-}" = main ]; then
+    ls -la "$out"
+    exit 0
+fi
 
 echo "== bf: topk-branchfree" >&2
 wt=$(variant bf topk-branchfree.patch)
