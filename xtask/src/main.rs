@@ -282,19 +282,52 @@ fn write_if_changed(path: &Path, content: &[u8]) -> Result<bool> {
 
 fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Result<()> {
     let root = repo_root();
+    let tc = detect_device_toolchain().map_err(anyhow::Error::msg)?;
+    println!("device toolchain: {}", tc.describe());
+
+    let hash_before = kernel_source_hash(&root).context("hashing the kernel sources")?;
+    let asm = compile_kernels(&root, &tc, arch)?;
+    let (ptx_built, ptx) = bound_ptx(&asm, arch)?;
+    let hash_after = kernel_source_hash(&root).context("hashing the kernel sources")?;
+    if hash_before != hash_after {
+        bail!("the kernel sources changed during the build; run it again");
+    }
+    let entries = ptx_entries(&String::from_utf8_lossy(&ptx));
+    println!(
+        "built PTX: {} ({} bytes, sha256 {})",
+        ptx_built.display(),
+        ptx.len(),
+        sha256_hex(&ptx)
+    );
+    println!("kernels ({}): {}", entries.len(), entries.join(", "));
+    if entries.is_empty() {
+        println!("WARNING: the PTX has no kernels (.entry)");
+    }
+    println!("kernel source hash: {hash_after}");
+
+    if check {
+        check_checked_in(&root, &ptx, &hash_after, &tc)?;
+    } else {
+        install_ptx(&root, &ptx, &hash_after, &tc)?;
+    }
+    if no_ptxas {
+        println!("ptxas: skipped (--no-ptxas)");
+        return Ok(());
+    }
+    run_ptxas(&ptx_built, arch, deny_spills)
+}
+
+/// Compiles the kernel crate for `arch` with the device toolchain; the
+/// path of the assembly rustc wrote (the PTX, without launch bounds).
+fn compile_kernels(root: &Path, tc: &DeviceToolchain, arch: &str) -> Result<PathBuf> {
     let kdir = root.join(KERNEL_CRATE_DIR);
     let manifest_path = kdir.join("Cargo.toml");
     let manifest = fs::read_to_string(&manifest_path)
         .with_context(|| format!("reading {}", manifest_path.display()))?;
     let crate_name = lib_crate_name(&manifest)
         .with_context(|| format!("no package name in {}", manifest_path.display()))?;
-
-    let tc = detect_device_toolchain().map_err(anyhow::Error::msg)?;
-    println!("device toolchain: {}", tc.describe());
-
-    let hash_before = kernel_source_hash(&root).context("hashing the kernel sources")?;
     let target_dir = kdir.join("target");
-    let ptx_built = target_dir
+    let asm = target_dir
         .join(DEVICE_TARGET)
         .join("release/deps")
         .join(format!("{crate_name}.s"));
@@ -325,7 +358,7 @@ fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Resu
     // build. (cargo reruns rustc every time here, as the cdylib it expects is
     // never linked; should it ever consider the crate fresh, its fingerprint
     // is removed and the build runs once more.)
-    let _ = fs::remove_file(&ptx_built);
+    let _ = fs::remove_file(&asm);
     for attempt in 0..2 {
         let status = cmd
             .status()
@@ -333,46 +366,50 @@ fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Resu
         if !status.success() {
             bail!("the kernel build failed ({status}); see the compiler output above");
         }
-        if ptx_built.is_file() {
-            break;
+        if asm.is_file() {
+            return Ok(asm);
         }
-        let fingerprints = target_dir.join(DEVICE_TARGET).join("release/.fingerprint");
-        let package = package_name_of(&manifest);
         if attempt == 0 {
             println!("cargo wrote no PTX (build considered fresh): removing the kernel crate's fingerprint and building again");
-            if let Ok(rd) = fs::read_dir(&fingerprints) {
-                for e in rd.flatten() {
-                    if e.file_name()
-                        .to_string_lossy()
-                        .starts_with(&format!("{package}-"))
-                    {
-                        let _ = fs::remove_dir_all(e.path());
-                    }
-                }
-            }
-        } else {
-            bail!(
-                "the kernel build succeeded but wrote no {}; remove {} and run again",
-                ptx_built.display(),
-                target_dir.join(DEVICE_TARGET).display()
+            remove_fingerprints(
+                &target_dir.join(DEVICE_TARGET).join("release/.fingerprint"),
+                &package_name_of(&manifest),
             );
         }
     }
-    let raw = fs::read_to_string(&ptx_built)
-        .with_context(|| format!("reading {}", ptx_built.display()))?;
-    // rustc writes no launch bounds: add each kernel's `.maxntid` (the
-    // abi's table), and give ptxas the result.
-    let ptx = xtask::add_launch_bounds(&raw, sparse_attn_abi::KERNEL_BOUNDS)
-        .map_err(|e| anyhow::anyhow!("adding launch bounds: {e}"))?
-        .into_bytes();
-    let ptx_built = ptx_built.with_extension("bounded.ptx");
-    fs::write(&ptx_built, &ptx).with_context(|| format!("writing {}", ptx_built.display()))?;
-    let hash_after = kernel_source_hash(&root).context("hashing the kernel sources")?;
-    if hash_before != hash_after {
-        bail!("the kernel sources changed during the build; run it again");
+    bail!(
+        "the kernel build succeeded but wrote no {}; remove {} and run again",
+        asm.display(),
+        target_dir.join(DEVICE_TARGET).display()
+    )
+}
+
+/// Removes cargo's fingerprints of `package` under `fingerprints` (so that
+/// the next build runs its compiler again).
+fn remove_fingerprints(fingerprints: &Path, package: &str) {
+    if let Ok(rd) = fs::read_dir(fingerprints) {
+        for e in rd.flatten() {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{package}-"))
+            {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
     }
-    let ptx_text = String::from_utf8_lossy(&ptx);
-    let target_line = ptx_text
+}
+
+/// rustc's PTX at `asm` with each kernel's launch bounds added (rustc
+/// writes none: the abi's table), written beside it as `.bounded.ptx`
+/// (what ptxas assembles); checks its `.target` is `arch`. Returns that
+/// path and the PTX.
+fn bound_ptx(asm: &Path, arch: &str) -> Result<(PathBuf, Vec<u8>)> {
+    let raw = fs::read_to_string(asm).with_context(|| format!("reading {}", asm.display()))?;
+    let ptx = xtask::add_launch_bounds(&raw, sparse_attn_abi::KERNEL_BOUNDS)
+        .map_err(|e| anyhow::anyhow!("adding launch bounds: {e}"))?;
+    let path = asm.with_extension("bounded.ptx");
+    fs::write(&path, &ptx).with_context(|| format!("writing {}", path.display()))?;
+    let target_line = ptx
         .lines()
         .find(|l| l.trim_start().starts_with(".target"))
         .map(|l| l.trim().to_string())
@@ -384,50 +421,27 @@ fn build_ptx(arch: &str, no_ptxas: bool, check: bool, deny_spills: bool) -> Resu
         != Some(arch)
     {
         bail!(
-            "{} says `{target_line}`, not {arch}: a stale build output? remove {} and run again",
-            ptx_built.display(),
-            target_dir.join(DEVICE_TARGET).display()
+            "{} says `{target_line}`, not {arch}: a stale build output? remove the kernel crate's \
+             target/{DEVICE_TARGET} and run again",
+            path.display()
         );
     }
-    let entries = ptx_entries(&ptx_text);
-    println!(
-        "built PTX: {} ({} bytes, sha256 {})",
-        ptx_built.display(),
-        ptx.len(),
-        sha256_hex(&ptx)
-    );
-    println!("kernels ({}): {}", entries.len(), entries.join(", "));
-    if entries.is_empty() {
-        println!("WARNING: the PTX has no kernels (.entry)");
-    }
-    println!("kernel source hash: {hash_after}");
+    Ok((path, ptx.into_bytes()))
+}
 
-    let ptx_dst = root.join(PTX_PATH);
-    let hash_dst = root.join(PTX_HASH_PATH);
-    if check {
-        check_checked_in(&root, &ptx, &hash_after, &tc)?;
-    } else {
-        let wrote_ptx = write_if_changed(&ptx_dst, &ptx)?;
-        let wrote_hash = write_if_changed(&hash_dst, format!("{hash_after}\n").as_bytes())?;
-        write_if_changed(
-            &root.join(PTX_TOOLCHAIN_PATH),
-            format!("{}\n", tc.version).as_bytes(),
-        )?;
-        println!(
-            "{PTX_PATH}: {}",
-            if wrote_ptx { "written" } else { "unchanged" }
-        );
-        println!(
-            "{PTX_HASH_PATH}: {}",
-            if wrote_hash { "written" } else { "unchanged" }
-        );
-    }
-
-    if no_ptxas {
-        println!("ptxas: skipped (--no-ptxas)");
-        return Ok(());
-    }
-    run_ptxas(&ptx_built, arch, deny_spills)
+/// Writes the PTX, its source hash and the device compiler's version into
+/// the tree (each file only where it changed).
+fn install_ptx(root: &Path, ptx: &[u8], hash: &str, tc: &DeviceToolchain) -> Result<()> {
+    let wrote_ptx = write_if_changed(&root.join(PTX_PATH), ptx)?;
+    let wrote_hash = write_if_changed(&root.join(PTX_HASH_PATH), format!("{hash}\n").as_bytes())?;
+    write_if_changed(
+        &root.join(PTX_TOOLCHAIN_PATH),
+        format!("{}\n", tc.version).as_bytes(),
+    )?;
+    let said = |wrote| if wrote { "written" } else { "unchanged" };
+    println!("{PTX_PATH}: {}", said(wrote_ptx));
+    println!("{PTX_HASH_PATH}: {}", said(wrote_hash));
+    Ok(())
 }
 
 /// The device compiler recorded next to the checked-in PTX.
