@@ -791,17 +791,7 @@ fn gpu_bundle(out: Option<PathBuf>) -> Result<()> {
         Some(p) => std::env::current_dir()?.join(p),
         None => root.join("bundle"),
     };
-
-    match (kernel_source_hash(&root), checked_in_source_hash(&root)) {
-        (Ok(now), Ok(recorded)) if now == recorded => {
-            println!("{PTX_PATH}: current (source hash {now})")
-        }
-        (Ok(now), Ok(recorded)) => println!(
-            "WARNING: {PTX_PATH} is stale (recorded source hash {recorded}, sources hash to {now}); \
-             the bundle would run old kernels: run `cargo xtask build-ptx` first"
-        ),
-        (Err(e), _) | (_, Err(e)) => println!("WARNING: cannot check {PTX_HASH_PATH}: {e}"),
-    }
+    warn_if_ptx_stale(&root);
 
     let mut tests = cargo_executables(&root, &["test", "--release", "--workspace", "--no-run"])?;
     tests.sort_by(|a, b| (&a.package, &a.kinds, &a.target).cmp(&(&b.package, &b.kinds, &b.target)));
@@ -823,6 +813,39 @@ fn gpu_bundle(out: Option<PathBuf>) -> Result<()> {
     fs::create_dir_all(&bin_dir)?;
 
     let mut used: Vec<String> = vec!["run.sh".into()];
+    bundle_tools(&bins, &bin_dir, &mut used)?;
+    let test_names = bundle_tests(&tests, &bin_dir, &mut used)?;
+    bundle_extras(&root, &out, &test_names)?;
+
+    let (bytes, files) = dir_size(&out);
+    println!(
+        "bundle: {} ({:.1} MiB, {files} files; {} test binaries). On the GPU machine: {}/run.sh tests|bench|demo|all",
+        out.display(),
+        bytes as f64 / (1024.0 * 1024.0),
+        test_names.len(),
+        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Says so where the checked-in PTX is not the kernel sources' (the bundle
+/// would run old kernels).
+fn warn_if_ptx_stale(root: &Path) {
+    match (kernel_source_hash(root), checked_in_source_hash(root)) {
+        (Ok(now), Ok(recorded)) if now == recorded => {
+            println!("{PTX_PATH}: current (source hash {now})")
+        }
+        (Ok(now), Ok(recorded)) => println!(
+            "WARNING: {PTX_PATH} is stale (recorded source hash {recorded}, sources hash to {now}); \
+             the bundle would run old kernels: run `cargo xtask build-ptx` first"
+        ),
+        (Err(e), _) | (_, Err(e)) => println!("WARNING: cannot check {PTX_HASH_PATH}: {e}"),
+    }
+}
+
+/// Copies the tool binaries of sparse-attn-tests (`bench`, `demo`, ...)
+/// into `bin_dir`, their names added to `used`.
+fn bundle_tools(bins: &[Artifact], bin_dir: &Path, used: &mut Vec<String>) -> Result<()> {
     let mut tool_names = Vec::new();
     for a in bins
         .iter()
@@ -839,26 +862,17 @@ fn gpu_bundle(out: Option<PathBuf>) -> Result<()> {
             println!("WARNING: sparse-attn-tests has no `{want}` binary; bin/{want} is missing");
         }
     }
+    Ok(())
+}
 
-    let mut test_names = Vec::new();
-    // xtask's own tests check the build tooling, not the GPU: they stay in CI.
+/// Copies every test binary of the workspace but xtask's (they check the
+/// build tooling, not the GPU: they stay in CI) into `bin_dir`, each under
+/// a name not yet in `used`; returns the names.
+fn bundle_tests(tests: &[Artifact], bin_dir: &Path, used: &mut Vec<String>) -> Result<Vec<String>> {
+    let mut names = Vec::new();
     for a in tests.iter().filter(|a| a.test && a.package != "xtask") {
         let kind = a.kinds.first().map(String::as_str).unwrap_or("");
-        let base = match kind {
-            "test" => a.target.clone(),
-            "bin" => format!("{}-bin-tests", a.target),
-            "example" | "bench" => format!("{}-{kind}", a.target),
-            _ => a.target.clone(), // lib unit tests: the crate name
-        };
-        let mut name = base.clone();
-        if used.contains(&name) {
-            name = format!("{}-{base}", a.package);
-        }
-        let mut i = 2;
-        while used.contains(&name) {
-            name = format!("{}-{base}-{i}", a.package);
-            i += 1;
-        }
+        let name = test_bundle_name(a, kind, used);
         fs::copy(&a.executable, bin_dir.join(&name))
             .with_context(|| format!("copying {}", a.executable.display()))?;
         println!(
@@ -873,12 +887,39 @@ fn gpu_bundle(out: Option<PathBuf>) -> Result<()> {
             }
         );
         used.push(name.clone());
-        test_names.push(name);
+        names.push(name);
     }
-    if test_names.is_empty() {
+    if names.is_empty() {
         println!("WARNING: no test binaries");
     }
+    Ok(names)
+}
 
+/// The bundle name of test binary `a` (of target kind `kind`): its
+/// target's, made unique against `used` with its package's name, then a
+/// number.
+fn test_bundle_name(a: &Artifact, kind: &str, used: &[String]) -> String {
+    let base = match kind {
+        "test" => a.target.clone(),
+        "bin" => format!("{}-bin-tests", a.target),
+        "example" | "bench" => format!("{}-{kind}", a.target),
+        _ => a.target.clone(), // lib unit tests: the crate name
+    };
+    let mut name = base.clone();
+    if used.contains(&name) {
+        name = format!("{}-{base}", a.package);
+    }
+    let mut i = 2;
+    while used.contains(&name) {
+        name = format!("{}-{base}-{i}", a.package);
+        i += 1;
+    }
+    name
+}
+
+/// The peer scripts, the checked-in PTX and `run.sh` (which runs
+/// `test_names`) into the bundle at `out`.
+fn bundle_extras(root: &Path, out: &Path, test_names: &[String]) -> Result<()> {
     let peers = root.join("bench/peers");
     if peers.is_dir() {
         let n = copy_dir(&peers, &out.join("peers"))?;
@@ -890,22 +931,10 @@ fn gpu_bundle(out: Option<PathBuf>) -> Result<()> {
         fs::copy(&ptx, out.join("ptx").join(ptx.file_name().unwrap()))?;
         println!("ptx/{}", ptx.file_name().unwrap().to_string_lossy());
     }
-
     let run_sh = out.join("run.sh");
-    fs::write(&run_sh, run_script(&test_names))?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&run_sh, fs::Permissions::from_mode(0o755))?;
-    }
-
-    let (bytes, files) = dir_size(&out);
-    println!(
-        "bundle: {} ({:.1} MiB, {files} files; {} test binaries). On the GPU machine: {}/run.sh tests|bench|demo|all",
-        out.display(),
-        bytes as f64 / (1024.0 * 1024.0),
-        test_names.len(),
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-    );
+    fs::write(&run_sh, run_script(test_names))?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&run_sh, fs::Permissions::from_mode(0o755))?;
     Ok(())
 }
 
