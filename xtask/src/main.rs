@@ -134,79 +134,23 @@ fn main() {
             runs,
             peers,
         } => records(&out, &note, &runs, &peers),
-        Cmd::Bench { args } => run_host_cargo(
-            &[
-                "run",
-                "--release",
-                "-p",
-                "sparse-attn-tests",
-                "--bin",
-                "bench",
-                "--",
-            ],
-            &args,
-        ),
+        Cmd::Bench { args } => run_tests_bin("bench", &args),
         Cmd::Charts {
             results,
             out,
             peers,
             bf16_matmul_tflops,
             fp8_matmul_tflops,
-        } => {
-            let root = repo_root();
-            let cwd = std::env::current_dir().unwrap_or_else(|_| root.clone());
-            let path = |p: Option<PathBuf>, default: &str| match p {
-                Some(p) => cwd.join(p),
-                None => root.join(default),
-            };
-            let mut args = vec![
-                "--results".to_string(),
-                path(results, "bench/results/h200.json")
-                    .display()
-                    .to_string(),
-                "--out".to_string(),
-                path(out, "bench/charts").display().to_string(),
-            ];
-            if let Some(p) = peers {
-                let abs: Vec<String> = p
-                    .split(',')
-                    .map(|f| cwd.join(f).display().to_string())
-                    .collect();
-                args.extend(["--peers".to_string(), abs.join(",")]);
-            }
-            for (flag, v) in [
+        } => charts(
+            results,
+            out,
+            peers,
+            [
                 ("--bf16-matmul-tflops", bf16_matmul_tflops),
                 ("--fp8-matmul-tflops", fp8_matmul_tflops),
-            ] {
-                if let Some(v) = v {
-                    args.extend([flag.to_string(), v.to_string()]);
-                }
-            }
-            run_host_cargo(
-                &[
-                    "run",
-                    "--release",
-                    "-p",
-                    "sparse-attn-tests",
-                    "--bin",
-                    "charts",
-                    "--",
-                ],
-                &args,
-            )
-        }
-        Cmd::Demo { args } => run_host_cargo(
-            &[
-                "run",
-                "--release",
-                "-p",
-                "sparse-attn-tests",
-                "--bin",
-                "demo",
-                "--",
             ],
-            &args,
         ),
+        Cmd::Demo { args } => run_tests_bin("demo", &args),
         Cmd::Test { args } => run_host_cargo(&["test", "--release", "--workspace"], &args),
         Cmd::Ptxas {
             ptx,
@@ -228,6 +172,61 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Runs binary `bin` of sparse-attn-tests (release) with `args`.
+fn run_tests_bin(bin: &str, args: &[String]) -> Result<()> {
+    run_host_cargo(
+        &[
+            "run",
+            "--release",
+            "-p",
+            "sparse-attn-tests",
+            "--bin",
+            bin,
+            "--",
+        ],
+        args,
+    )
+}
+
+/// `cargo xtask charts`: the charts binary on the results (default
+/// `bench/results/h200.json`) into `out` (default `bench/charts`), paths
+/// given relative to the current folder; `peers` a comma-separated list
+/// of files; `rates` the matmul rates given.
+fn charts(
+    results: Option<PathBuf>,
+    out: Option<PathBuf>,
+    peers: Option<String>,
+    rates: [(&str, Option<f64>); 2],
+) -> Result<()> {
+    let root = repo_root();
+    let cwd = std::env::current_dir().unwrap_or_else(|_| root.clone());
+    let path = |p: Option<PathBuf>, default: &str| match p {
+        Some(p) => cwd.join(p),
+        None => root.join(default),
+    };
+    let mut args = vec![
+        "--results".to_string(),
+        path(results, "bench/results/h200.json")
+            .display()
+            .to_string(),
+        "--out".to_string(),
+        path(out, "bench/charts").display().to_string(),
+    ];
+    if let Some(p) = peers {
+        let abs: Vec<String> = p
+            .split(',')
+            .map(|f| cwd.join(f).display().to_string())
+            .collect();
+        args.extend(["--peers".to_string(), abs.join(",")]);
+    }
+    for (flag, v) in rates {
+        if let Some(v) = v {
+            args.extend([flag.to_string(), v.to_string()]);
+        }
+    }
+    run_tests_bin("charts", &args)
 }
 
 /// A command line for display.
