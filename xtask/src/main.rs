@@ -536,7 +536,36 @@ fn run_ptxas(ptx: &Path, arch: &str, deny_spills: bool) -> Result<()> {
         println!("WARNING: {msg}\nskipping the ptxas check");
         return Ok(());
     };
-    let version = Command::new(&ptxas.path)
+    println!(
+        "ptxas: {} ({}; {})",
+        ptxas.path.display(),
+        ptxas.source,
+        ptxas_version(&ptxas.path)
+    );
+    let (report, cubin_len) = assemble(&ptxas.path, ptx, arch)?;
+    let funcs = parse_ptxas_report(&report);
+    let kernels = funcs.iter().filter(|f| f.entry).count();
+    println!();
+    print!("{}", format_kernel_table(&funcs));
+    if let Some(n) = cubin_len {
+        println!("({kernels} kernels, cubin {n} bytes for {arch})");
+    }
+    if kernels == 0 {
+        println!("WARNING: ptxas reported no kernels");
+    }
+    let (spilled, losses) = (warn_local_memory(&funcs), warn_performance_losses(&report));
+    if losses > 0 && deny_spills {
+        bail!("{losses} ptxas performance loss note(s) (--deny-spills)");
+    }
+    if spilled > 0 && deny_spills {
+        bail!("{spilled} function(s) with a stack frame or spills (--deny-spills)");
+    }
+    Ok(())
+}
+
+/// The release line of `ptxas --version`.
+fn ptxas_version(ptxas: &Path) -> String {
+    Command::new(ptxas)
         .arg("--version")
         .output()
         .ok()
@@ -549,16 +578,16 @@ fn run_ptxas(ptx: &Path, arch: &str, deny_spills: bool) -> Result<()> {
                 .or(lines.last())
                 .map(|l| l.trim().to_string())
         })
-        .unwrap_or_else(|| "version unknown".into());
-    println!(
-        "ptxas: {} ({}; {version})",
-        ptxas.path.display(),
-        ptxas.source
-    );
+        .unwrap_or_else(|| "version unknown".into())
+}
 
+/// Assembles `ptx` for `arch` with `ptxas -v` into a temporary cubin
+/// (removed); its report (stderr, then stdout) and the cubin's size. Prints
+/// ptxas' warning and error lines; fails where ptxas does.
+fn assemble(ptxas: &Path, ptx: &Path, arch: &str) -> Result<(String, Option<u64>)> {
     let cubin =
         std::env::temp_dir().join(format!("sparse_attn-{arch}-{}.cubin", std::process::id()));
-    let mut cmd = Command::new(&ptxas.path);
+    let mut cmd = Command::new(ptxas);
     cmd.arg(format!("-arch={arch}"))
         .arg("-v")
         .arg(ptx)
@@ -585,14 +614,11 @@ fn run_ptxas(ptx: &Path, arch: &str, deny_spills: bool) -> Result<()> {
             println!("ptxas: {}", line.trim());
         }
     }
-    let report = format!("{stderr}\n{stdout}");
-    let funcs = parse_ptxas_report(&report);
-    let kernels = funcs.iter().filter(|f| f.entry).count();
-    println!();
-    print!("{}", format_kernel_table(&funcs));
-    if let Some(n) = cubin_len {
-        println!("({kernels} kernels, cubin {n} bytes for {arch})");
-    }
+    Ok((format!("{stderr}\n{stdout}"), cubin_len))
+}
+
+/// Warns of every function with a stack frame or spills; how many.
+fn warn_local_memory(funcs: &[FunctionReport]) -> usize {
     let bad: Vec<&FunctionReport> = funcs.iter().filter(|f| f.uses_local_memory()).collect();
     for f in &bad {
         println!(
@@ -604,12 +630,14 @@ fn run_ptxas(ptx: &Path, arch: &str, deny_spills: bool) -> Result<()> {
             f.spill_loads
         );
     }
-    if kernels == 0 {
-        println!("WARNING: ptxas reported no kernels");
-    }
-    // ptxas' performance notes: `setmaxnreg` dropped (C7508), `wgmma`s
-    // serialized (C7513, e.g. registers of an in-flight `wgmma` rewritten):
-    // correct code, but the warp-specialized pipeline is gone.
+    bad.len()
+}
+
+/// Warns of ptxas' performance notes: `setmaxnreg` dropped (C7508),
+/// `wgmma`s serialized (C7513, e.g. registers of an in-flight `wgmma`
+/// rewritten): correct code, but the warp-specialized pipeline is gone.
+/// How many.
+fn warn_performance_losses(report: &str) -> usize {
     let losses: Vec<&str> = report
         .lines()
         .filter(|l| l.contains("Potential Performance Loss"))
@@ -620,19 +648,7 @@ fn run_ptxas(ptx: &Path, arch: &str, deny_spills: bool) -> Result<()> {
             l.trim().trim_start_matches("ptxas info    : ")
         );
     }
-    if !losses.is_empty() && deny_spills {
-        bail!(
-            "{} ptxas performance loss note(s) (--deny-spills)",
-            losses.len()
-        );
-    }
-    if !bad.is_empty() && deny_spills {
-        bail!(
-            "{} function(s) with a stack frame or spills (--deny-spills)",
-            bad.len()
-        );
-    }
-    Ok(())
+    losses.len()
 }
 
 // ---------------------------------------------------------------------------
