@@ -600,57 +600,8 @@ pub fn plan_work(
     layout: &PagedLayout,
     opts: &PlanOptions,
 ) -> Result<WorkList> {
-    cfg.validate()?;
-    batch.validate()?;
-    layout.check_shape(&CacheExpect {
-        dtypes: &[KvDtype::Bf16],
-        name: "k_cache",
-        shape: "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]",
-        kv_dim: 1,
-        n_heads: 1,
-        head_dim: cfg.head_dim,
-        page_size: cfg.block_size,
-    })?;
-    pages.validate(batch, layout)?;
-
-    let h = cfg.num_index_heads;
-    let num_rows = batch.num_rows();
-    ensure(
-        num_rows
-            .checked_mul(h)
-            .is_some_and(|m| m < i32::MAX as usize),
-        "input_row_offsets",
-        || "num_rows * num_index_heads below 2^31".into(),
-        || format!("{num_rows} * {h}"),
-    )?;
-    // Decode batches (one new token per sequence) take the decode kernel
-    // when its single m-tile holds all index heads; with more heads the
-    // prefill kernel serves them (same op, one row per tile).
-    let decode_fits = batch.max_q_len() <= 1 && h <= IDX_MAX_HEADS as usize;
-    let path = match opts.force_path {
-        Some(p) => p,
-        None if decode_fits => IndexerPath::Decode,
-        None => IndexerPath::Prefill,
-    };
-    if path == IndexerPath::Decode {
-        ensure(
-            batch.max_q_len() <= 1,
-            "input_row_offsets",
-            || "at most one new token per sequence on the decode path".into(),
-            || format!("a sequence with {} new tokens", batch.max_q_len()),
-        )?;
-        if h > IDX_MAX_HEADS as usize {
-            return Err(Error::Unsupported {
-                arg: "num_index_heads",
-                what: format!(
-                    "{h} heads on the forced decode path: its kernel holds all heads of a query in \
-                     one 16-row tile (at most {IDX_MAX_HEADS}); the default path choice runs such \
-                     batches on the prefill kernel"
-                ),
-            });
-        }
-    }
-
+    validate_inputs(cfg, batch, pages, layout)?;
+    let path = choose_path(cfg.num_index_heads, batch, opts)?;
     let blocks_of = |qpos: usize| qpos / MSA_BLOCK as usize + 1;
     let total_blocks: usize = (0..batch.batch())
         .filter(|&b| batch.q_len(b) > 0)
@@ -663,12 +614,15 @@ pub fn plan_work(
                 .unwrap_or_else(|| decode_chunk(total_blocks, opts.sm_count));
             (c.clamp(1, IDX_MAX_ITEM_BLOCKS as usize), 1)
         }
-        IndexerPath::Prefill => (PREFILL_CHUNK, IDX_PREFILL_M_ROWS as usize / h),
+        IndexerPath::Prefill => (
+            PREFILL_CHUNK,
+            IDX_PREFILL_M_ROWS as usize / cfg.num_index_heads,
+        ),
     };
     let mut w = WorkList {
         path,
         items: Vec::new(),
-        row_qpos: Vec::with_capacity(num_rows),
+        row_qpos: Vec::with_capacity(batch.num_rows()),
         score_stride: 1,
     };
     for b in 0..batch.batch() {
@@ -698,4 +652,67 @@ pub fn plan_work(
     // Longest items first, so the tail of the grid is short ones.
     w.items.sort_by_key(|it| std::cmp::Reverse(it.blocks()));
     Ok(w)
+}
+
+/// The configuration, the batch, the index-K cache's layout and the page
+/// table, each against the spec (the first bad one is the error).
+fn validate_inputs(
+    cfg: &MsaIndexerConfig,
+    batch: &RaggedBatch,
+    pages: &PageTable,
+    layout: &PagedLayout,
+) -> Result<()> {
+    cfg.validate()?;
+    batch.validate()?;
+    layout.check_shape(&CacheExpect {
+        dtypes: &[KvDtype::Bf16],
+        name: "k_cache",
+        shape: "an index-K cache [num_pages, 1, num_layers, page_size, 1, head_dim]",
+        kv_dim: 1,
+        n_heads: 1,
+        head_dim: cfg.head_dim,
+        page_size: cfg.block_size,
+    })?;
+    pages.validate(batch, layout)?;
+    let num_rows = batch.num_rows();
+    ensure(
+        num_rows
+            .checked_mul(cfg.num_index_heads)
+            .is_some_and(|m| m < i32::MAX as usize),
+        "input_row_offsets",
+        || "num_rows * num_index_heads below 2^31".into(),
+        || format!("{num_rows} * {}", cfg.num_index_heads),
+    )
+}
+
+/// The kernel path for `batch` with `h` index heads: decode batches (one
+/// new token per sequence) take the decode kernel when its single m-tile
+/// holds all index heads; with more heads the prefill kernel serves them
+/// (same op, one row per tile). A forced path must suit the batch.
+fn choose_path(h: usize, batch: &RaggedBatch, opts: &PlanOptions) -> Result<IndexerPath> {
+    let decode_fits = batch.max_q_len() <= 1 && h <= IDX_MAX_HEADS as usize;
+    let path = match opts.force_path {
+        Some(p) => p,
+        None if decode_fits => IndexerPath::Decode,
+        None => IndexerPath::Prefill,
+    };
+    if path == IndexerPath::Decode {
+        ensure(
+            batch.max_q_len() <= 1,
+            "input_row_offsets",
+            || "at most one new token per sequence on the decode path".into(),
+            || format!("a sequence with {} new tokens", batch.max_q_len()),
+        )?;
+        if h > IDX_MAX_HEADS as usize {
+            return Err(Error::Unsupported {
+                arg: "num_index_heads",
+                what: format!(
+                    "{h} heads on the forced decode path: its kernel holds all heads of a query in \
+                     one 16-row tile (at most {IDX_MAX_HEADS}); the default path choice runs such \
+                     batches on the prefill kernel"
+                ),
+            });
+        }
+    }
+    Ok(path)
 }
