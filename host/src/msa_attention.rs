@@ -114,6 +114,25 @@ pub enum AttentionPath {
     BlockMajor,
 }
 
+/// Every row's record (its sequence, keys, position and first plan key),
+/// in row order.
+fn row_infos(batch: &RaggedBatch, key_base: &[u32]) -> Vec<RowInfo> {
+    let mut info = Vec::with_capacity(batch.num_rows());
+    for b in 0..batch.batch() {
+        let (cache, sk) = (batch.cache_lengths[b], batch.seqlen_k(b) as u32);
+        let r0 = batch.input_row_offsets[b] as usize;
+        for i in 0..batch.q_len(b) {
+            info.push(RowInfo {
+                seq: b as u32,
+                seqlen_k: sk,
+                q_pos: cache + i as u32,
+                key_base: key_base[r0 + i],
+            });
+        }
+    }
+    info
+}
+
 /// The path for a batch: block-major as soon as one sequence has more than
 /// one new token (its rows share blocks), query-major for pure decode.
 pub fn attention_path(max_q_len: usize) -> AttentionPath {
@@ -382,19 +401,7 @@ impl MsaAttention {
             }
             AttentionPath::QueryMajor => (vec![0; rows], Vec::new(), 0),
         };
-        let mut info = Vec::with_capacity(rows);
-        for b in 0..n {
-            let (cache, sk) = (batch.cache_lengths[b], batch.seqlen_k(b) as u32);
-            let r0 = batch.input_row_offsets[b] as usize;
-            for i in 0..batch.q_len(b) {
-                info.push(RowInfo {
-                    seq: b as u32,
-                    seqlen_k: sk,
-                    q_pos: cache + i as u32,
-                    key_base: key_base[r0 + i],
-                });
-            }
-        }
+        let info = row_infos(batch, &key_base);
         if rows > 0 {
             let words = record_words(&info);
             self.gpu
@@ -412,16 +419,37 @@ impl MsaAttention {
                 cfg.group(),
             )?;
         }
+        let parts = self.plan_partitions(rows, path)?;
+        let plan = Plan {
+            batch: n,
+            rows,
+            max_pages: pages.max_pages,
+            layout: *layout,
+            parts,
+            path,
+        };
+        // A block-major plan's launches follow the contexts (plan keys,
+        // CSR sizes): never the same as the last plan's.
+        let moved = path == AttentionPath::BlockMajor;
+        self.graph.planned(&self.gpu, plan.clone(), moved, 0)?;
+        self.plan = Some(plan);
+        Ok(())
+    }
+
+    /// Split-K partitions of each (row, KV head) for `rows` rows: the
+    /// decode rule (or the forced count), within the workspace. A
+    /// partition stages at most `ATT_MAX_SLOTS` slots. Partitions that do
+    /// not merge inside a cluster write partials, which must fit in the
+    /// workspace's `part_cap` (rows × partitions); one partition, or a
+    /// cluster's worth, writes `out` directly.
+    fn plan_partitions(&self, rows: usize, path: AttentionPath) -> Result<usize> {
+        let cfg = &self.cfg;
         let rule = decode_partitions(
             self.gpu.props().sm_count as usize,
             rows,
             cfg.n_kv_heads,
             cfg.topk,
         );
-        // A partition stages at most ATT_MAX_SLOTS slots. Partitions that
-        // do not merge inside a cluster write partials, which must fit in
-        // the workspace's `part_cap` (rows x partitions); one partition, or
-        // a cluster's worth, writes `out` directly.
         let min_parts = cfg.topk.div_ceil(ATT_MAX_SLOTS as usize).max(1);
         let fit = (ATT_MAX_PARTS as usize).min(self.part_cap / rows.max(1));
         let parts = self
@@ -443,20 +471,7 @@ impl MsaAttention {
             },
             || cfg.topk.to_string(),
         )?;
-        let plan = Plan {
-            batch: n,
-            rows,
-            max_pages: pages.max_pages,
-            layout: *layout,
-            parts,
-            path,
-        };
-        // A block-major plan's launches follow the contexts (plan keys,
-        // CSR sizes): never the same as the last plan's.
-        let moved = path == AttentionPath::BlockMajor;
-        self.graph.planned(&self.gpu, plan.clone(), moved, 0)?;
-        self.plan = Some(plan);
-        Ok(())
+        Ok(parts)
     }
 
     /// `lookup` and `d_indices` have the planned sizes.
