@@ -247,6 +247,53 @@ impl MlaIndexer {
     ) -> Result<()> {
         self.plan = None;
         self.chunks.clear();
+        let ld = self.validate(batch, layout, &pages)?;
+        let rows = batch.num_rows();
+        // The kernel with the fewest rows an item that still holds every
+        // sequence's rows in one item (decode: one row, no padding
+        // columns), or the largest (prefill).
+        let q = batch.max_q_len();
+        let kernel = (0..self.kernels.len())
+            .rev()
+            .find(|&k| self.kernels[k].1 >= q)
+            .unwrap_or(0);
+        let per = self.chunk_rows(ld);
+        let (work, lens, chunks) = self.plan_chunks(batch, per, ld, kernel)?;
+        let g = &self.gpu;
+        grow(g, &mut self.work, record_words(&work).len().max(1))?;
+        grow(g, &mut self.row_lens, rows.max(1))?;
+        self.scratch.fit(g, Self::logits_bytes(per.min(rows), ld))?;
+        self.tmaps.reserve(g, MI_TMAPS * chunks.len())?;
+        let s = g.stream();
+        if !work.is_empty() {
+            s.memcpy_htod(
+                record_words(&work),
+                &mut self.work.slice_mut(..record_words(&work).len()),
+            )
+            .during(|| "uploading the indexer's work items".into())?;
+            s.memcpy_htod(&lens, &mut self.row_lens.slice_mut(..rows))
+                .during(|| "uploading the indexer's row lengths".into())?;
+        }
+        self.chunks = chunks;
+        self.plan = Some(Plan {
+            rows,
+            batch: batch.batch(),
+            ld,
+            kernel,
+            layout: *layout,
+            max_pages: pages.max_pages,
+        });
+        Ok(())
+    }
+
+    /// Checks the batch, the cache layout and the page table (the first bad
+    /// one is the error); the logits' row stride.
+    fn validate(
+        &self,
+        batch: &RaggedBatch,
+        layout: &PagedLayout,
+        pages: &PageTable,
+    ) -> Result<usize> {
         batch.validate()?;
         let ps = layout.page_size;
         ensure(
@@ -293,41 +340,7 @@ impl MlaIndexer {
             },
             || format!("{rows} rows, {ld} keys"),
         )?;
-        // The kernel with the fewest rows an item that still holds every
-        // sequence's rows in one item (decode: one row, no padding
-        // columns), or the largest (prefill).
-        let q = batch.max_q_len();
-        let kernel = (0..self.kernels.len())
-            .rev()
-            .find(|&k| self.kernels[k].1 >= q)
-            .unwrap_or(0);
-        let per = self.chunk_rows(ld);
-        let (work, lens, chunks) = self.plan_chunks(batch, per, ld, kernel)?;
-        let g = &self.gpu;
-        grow(g, &mut self.work, record_words(&work).len().max(1))?;
-        grow(g, &mut self.row_lens, rows.max(1))?;
-        self.scratch.fit(g, Self::logits_bytes(per.min(rows), ld))?;
-        self.tmaps.reserve(g, MI_TMAPS * chunks.len())?;
-        let s = g.stream();
-        if !work.is_empty() {
-            s.memcpy_htod(
-                record_words(&work),
-                &mut self.work.slice_mut(..record_words(&work).len()),
-            )
-            .during(|| "uploading the indexer's work items".into())?;
-            s.memcpy_htod(&lens, &mut self.row_lens.slice_mut(..rows))
-                .during(|| "uploading the indexer's row lengths".into())?;
-        }
-        self.chunks = chunks;
-        self.plan = Some(Plan {
-            rows,
-            batch: batch.batch(),
-            ld,
-            kernel,
-            layout: *layout,
-            max_pages: pages.max_pages,
-        });
-        Ok(())
+        Ok(ld)
     }
 
     /// The items and visible lengths of every row, and the chunks of `per`
