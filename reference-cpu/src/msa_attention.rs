@@ -268,24 +268,9 @@ pub fn check_attention(
     reference: &AttentionOutput,
     p: &MsaAttentionConfig,
 ) -> Result<(), String> {
+    check_lengths(gpu_out, reference, p)?;
     let (nh, d) = (p.n_heads, p.head_dim);
-    if reference.out.len() != reference.lse.len() * d
-        || !reference.lse.len().is_multiple_of(nh.max(1))
-    {
-        return Err(format!(
-            "reference has {} out / {} lse values, inconsistent with {p:?}",
-            reference.out.len(),
-            reference.lse.len()
-        ));
-    }
-    if gpu_out.len() != reference.out.len() {
-        return Err(format!(
-            "out has {} elements, expected {} (num_rows {} * n_heads {nh} * head_dim {d})",
-            gpu_out.len(),
-            reference.out.len(),
-            reference.lse.len() / nh.max(1)
-        ));
-    }
+    // (row, head, dim) of element `i` of `out`.
     let at = |i: usize| {
         let (row, rest) = (i / (nh * d).max(1), i % (nh * d).max(1));
         (row, rest / d.max(1), rest % d.max(1))
@@ -308,33 +293,7 @@ pub fn check_attention(
         ));
     }
     if let Some(gl) = gpu_lse {
-        if gl.len() != reference.lse.len() {
-            return Err(format!(
-                "lse has {} elements, expected {} (num_rows * n_heads {nh})",
-                gl.len(),
-                reference.lse.len()
-            ));
-        }
-        let bad = gl
-            .par_iter()
-            .zip(reference.lse.par_iter())
-            .enumerate()
-            .find_first(|(_, (&g, &r))| {
-                let g = g as f64;
-                let ok = if r == f64::NEG_INFINITY || g == f64::NEG_INFINITY {
-                    g == r
-                } else {
-                    (g - r).abs() <= LSE_TOL * r.abs().max(1.0)
-                };
-                !ok
-            });
-        if let Some((i, (g, r))) = bad {
-            return Err(format!(
-                "lse[row {}, head {}] = {g:e} but reference {r:e} (tolerance {LSE_TOL} * max(1, |ref|)); {p:?}",
-                i / nh.max(1),
-                i % nh.max(1)
-            ));
-        }
+        check_lse(gl, &reference.lse, p)?;
     }
     let (err2, ref2) = gpu_out
         .par_iter()
@@ -365,6 +324,69 @@ pub fn check_attention(
     Ok(())
 }
 
+/// [`check_attention`]'s lengths: the reference's `out` and `lse` agree
+/// with `p`, and the GPU's `out` has as many elements.
+fn check_lengths(
+    gpu_out: &[bf16],
+    reference: &AttentionOutput,
+    p: &MsaAttentionConfig,
+) -> Result<(), String> {
+    let (nh, d) = (p.n_heads, p.head_dim);
+    if reference.out.len() != reference.lse.len() * d
+        || !reference.lse.len().is_multiple_of(nh.max(1))
+    {
+        return Err(format!(
+            "reference has {} out / {} lse values, inconsistent with {p:?}",
+            reference.out.len(),
+            reference.lse.len()
+        ));
+    }
+    if gpu_out.len() != reference.out.len() {
+        return Err(format!(
+            "out has {} elements, expected {} (num_rows {} * n_heads {nh} * head_dim {d})",
+            gpu_out.len(),
+            reference.out.len(),
+            reference.lse.len() / nh.max(1)
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_attention`]'s rule for `lse`: its length, then each value
+/// within [`LSE_TOL`] (`-inf` matches only `-inf`, NaN never passes).
+fn check_lse(gpu_lse: &[f32], want: &[f64], p: &MsaAttentionConfig) -> Result<(), String> {
+    let nh = p.n_heads.max(1);
+    if gpu_lse.len() != want.len() {
+        return Err(format!(
+            "lse has {} elements, expected {} (num_rows * n_heads {})",
+            gpu_lse.len(),
+            want.len(),
+            p.n_heads
+        ));
+    }
+    let bad = gpu_lse
+        .par_iter()
+        .zip(want.par_iter())
+        .enumerate()
+        .find_first(|(_, (&g, &r))| {
+            let g = g as f64;
+            let ok = if r == f64::NEG_INFINITY || g == f64::NEG_INFINITY {
+                g == r
+            } else {
+                (g - r).abs() <= LSE_TOL * r.abs().max(1.0)
+            };
+            !ok
+        });
+    if let Some((i, (g, r))) = bad {
+        return Err(format!(
+            "lse[row {}, head {}] = {g:e} but reference {r:e} (tolerance {LSE_TOL} * max(1, |ref|)); {p:?}",
+            i / nh,
+            i % nh
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +405,51 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-12 * b.abs().max(1.0)
+    }
+
+    /// Each of `check_attention`'s rules rejects what it must: an element
+    /// past its tolerance, an lse off, NaN or of the wrong length, and a
+    /// bias every element passes but the L2 rule does not.
+    #[test]
+    fn check_attention_rejects_each_kind_of_error() {
+        let p = params(2, 1, 4, 1, 1.0);
+        let want = AttentionOutput {
+            out: (0..16).map(|i| 1.0 + i as f64 / 8.0).collect(),
+            lse: vec![0.5, f64::NEG_INFINITY, 2.0, 3.0],
+        };
+        let out = |f: &dyn Fn(usize, f64) -> f64| -> Vec<bf16> {
+            want.out
+                .iter()
+                .enumerate()
+                .map(|(i, &r)| bf16::from_f64(f(i, r)))
+                .collect()
+        };
+        let lse: Vec<f32> = want.lse.iter().map(|&l| l as f32).collect();
+        check_attention(&out(&|_, r| r), Some(&lse), &want, &p).unwrap();
+        let e = check_attention(
+            &out(&|i, r| if i == 9 { r + 0.5 } else { r }),
+            None,
+            &want,
+            &p,
+        );
+        assert!(e.unwrap_err().contains("out[row 1, head 0, dim 1]"));
+        for (bad, needle) in [
+            (vec![0.5, f32::NEG_INFINITY, 2.0, 3.1], "lse[row 1, head 1]"),
+            (vec![0.5, 0.0, 2.0, 3.0], "lse[row 0, head 1]"),
+            (
+                vec![0.5, f32::NEG_INFINITY, f32::NAN, 3.0],
+                "lse[row 1, head 0]",
+            ),
+            (vec![0.5, f32::NEG_INFINITY, 2.0], "lse has 3 elements"),
+        ] {
+            let e = check_attention(&out(&|_, r| r), Some(&bad), &want, &p).unwrap_err();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
+        // 1.5% high everywhere: inside 2e-2 per element, over 1e-2 in L2.
+        let e = check_attention(&out(&|_, r| r * 1.015), Some(&lse), &want, &p).unwrap_err();
+        assert!(e.contains("relative L2 error"), "{e}");
+        let e = check_attention(&out(&|_, r| r)[1..], None, &want, &p).unwrap_err();
+        assert!(e.contains("out has 15 elements"), "{e}");
     }
 
     fn assert_close(got: &[f64], want: &[f64]) {
