@@ -600,7 +600,7 @@ pub fn plan_work(
     layout: &PagedLayout,
     opts: &PlanOptions,
 ) -> Result<WorkList> {
-    validate_inputs(cfg, batch, pages, layout)?;
+    validate_indexer(cfg, batch, pages, layout)?;
     let path = choose_path(cfg.num_index_heads, batch, opts)?;
     let blocks_of = |qpos: usize| qpos / MSA_BLOCK as usize + 1;
     let total_blocks: usize = (0..batch.batch())
@@ -656,7 +656,7 @@ pub fn plan_work(
 
 /// The configuration, the batch, the index-K cache's layout and the page
 /// table, each against the spec (the first bad one is the error).
-fn validate_inputs(
+fn validate_indexer(
     cfg: &MsaIndexerConfig,
     batch: &RaggedBatch,
     pages: &PageTable,

@@ -198,16 +198,16 @@ pub fn sample(rng: &mut impl Rng, fill: Fill) -> f32 {
     }
 }
 
-/// A page table of `len` entries for a pool of `num_pages` pages, corrupt
+/// A copy of the page table `lookup` for a pool of `num_pages` pages, corrupt
 /// in the ways a device-side table can be after `plan` checked the host's
 /// copy (an engine rewrites it between graph replays): `u32::MAX`, the
 /// first id past the pool, random ids past it, and every fourth entry a
 /// valid id. The kernels clamp every id they read to the pool; a run with
 /// this table must complete without a fault (what it returns is then
 /// unspecified).
-pub fn corrupt_lookup(rng: &mut impl Rng, len: usize, num_pages: usize) -> Vec<u32> {
+pub fn corrupt_lookup(rng: &mut impl Rng, lookup: &[u32], num_pages: usize) -> Vec<u32> {
     let past = u32::try_from(num_pages).expect("a pool of fewer than 2^32 pages");
-    (0..len)
+    (0..lookup.len())
         .map(|i| match i % 4 {
             0 => u32::MAX,
             1 => past,

@@ -428,7 +428,7 @@ fn gpu_dense_prefill_survives_a_corrupt_page_table() {
         let mut op = DensePrefill::new(&gpu, c.cfg).unwrap();
         op.plan(&c.spec.as_batch(), &c.layout()).unwrap();
         let mut d = Dev::new(&gpu, &c);
-        let bad = corrupt_lookup(&mut rng, pool.lookup.len(), pool.layout.num_pages);
+        let bad = corrupt_lookup(&mut rng, &pool.lookup, pool.layout.num_pages);
         let real = std::mem::replace(&mut d.lookup, gpu.upload(&bad).unwrap());
         let n = c.spec.num_rows() * c.cfg.n_heads;
         let mut out = gpu.zeros::<bf16>(n * 128).unwrap();

@@ -528,7 +528,7 @@ fn gpu_dense_prefill_fp8_survives_a_corrupt_page_table() {
         d.lookup = gpu
             .upload(&corrupt_lookup(
                 &mut rng,
-                pool.lookup.len(),
+                &pool.lookup,
                 pool.layout.num_pages,
             ))
             .unwrap();

@@ -466,7 +466,7 @@ fn gpu_replay_with_a_corrupt_page_table_does_not_fault() {
     let graph = capture(&gpu, || replayed.run(&mut step, &d));
     let s = gpu.stream();
     for pool in [&mut d.kv, &mut d.ik] {
-        let bad = corrupt_lookup(&mut rng, pool.lookup.len(), pool.layout().num_pages);
+        let bad = corrupt_lookup(&mut rng, &pool.lookup, pool.layout().num_pages);
         s.memcpy_htod(&bad, &mut pool.d_lookup).unwrap();
     }
     assert_no_fault(&gpu, &format!("seed {seed}, a replay"), || {

@@ -364,17 +364,13 @@ fn corrupt_page_table_still_selects_visible_positions() {
         let mut d = c.upload(&gpu);
         let p = &c.pool;
         d.lookup = gpu
-            .upload(&corrupt_lookup(
-                &mut rng,
-                p.lookup.len(),
-                p.layout.num_pages,
-            ))
+            .upload(&corrupt_lookup(&mut rng, &p.lookup, p.layout.num_pages))
             .unwrap();
         let mut out = gpu.upload(&vec![POISON; want.len()]).unwrap();
         assert_no_fault(&gpu, &what, || d.run(&mut op, &mut out).unwrap());
         let got = gpu.download(&out).unwrap();
-        let k = c.cfg.top_k;
-        for rl in c.reference() {
+        let (k, logits) = (c.cfg.top_k, c.reference());
+        for rl in &logits {
             let row = &got[rl.row * k..(rl.row + 1) * k];
             let n = k.min(rl.num_keys);
             let mut pos: Vec<i32> = row[..n].to_vec();
@@ -399,7 +395,7 @@ fn corrupt_page_table_still_selects_visible_positions() {
             want,
             "{what}: the real table after the corrupt one"
         );
-        check_selection(&want, &c.reference(), k, true, &what);
+        check_selection(&want, &logits, k, true, &what);
     }
 }
 

@@ -237,8 +237,8 @@ fn gpu_prefill_step_survives_a_corrupt_page_table() {
     };
     let before = run(&mut step, &buf);
     let (kv, ik) = (&data.kv, &data.ik);
-    let bad_kv = corrupt_lookup(&mut rng, kv.lookup.len(), kv.layout.num_pages);
-    let bad_ik = corrupt_lookup(&mut rng, ik.lookup.len(), ik.layout.num_pages);
+    let bad_kv = corrupt_lookup(&mut rng, &kv.lookup, kv.layout.num_pages);
+    let bad_ik = corrupt_lookup(&mut rng, &ik.lookup, ik.layout.num_pages);
     buf.upload_tables(&gpu, &bad_kv, &bad_ik);
     let mut out = gpu.zeros::<bf16>(rows_heads * 128).unwrap();
     assert_no_fault(&gpu, &format!("seed {seed}, the step"), || {
